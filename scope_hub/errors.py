@@ -1,0 +1,85 @@
+"""Typed errors for scope-hub.
+
+Every error derives from :class:`ScopeHubError` *and* from the builtin a caller
+would naturally catch (``ValueError``, ``FileNotFoundError``, ``KeyError`` ...),
+so ``except KeyError`` keeps working for code that does not know scope-hub.
+Messages are one line: what is wrong, where, and what to do about it.
+
+Example:
+    >>> from scope_hub.errors import KeyParseError, ScopeHubError
+    >>> issubclass(KeyParseError, ValueError) and issubclass(KeyParseError, ScopeHubError)
+    True
+"""
+
+from __future__ import annotations
+
+
+class ScopeHubError(Exception):
+    """Base class of every error scope-hub raises on purpose."""
+
+    def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(ScopeHubError, ValueError):
+    """A config.json (or other metadata) is missing fields, has unknown ones, or bad values."""
+
+
+class ShapeMismatchError(ScopeHubError, ValueError):
+    """A tensor's name, shape or dtype does not match what its config promises."""
+
+
+class WeightsFileError(ScopeHubError, ValueError):
+    """A weights file is truncated, corrupt, or not in the safetensors format."""
+
+
+class NonFiniteWeightsError(ScopeHubError, ValueError):
+    """A weights file holds NaN or infinite values."""
+
+
+class UnsafeFormatError(ScopeHubError, ValueError):
+    """Only a pickle-based file is available; scope-hub never unpickles."""
+
+
+class DictionaryNotFoundError(ScopeHubError, FileNotFoundError):
+    """A local dictionary folder or one of its files does not exist."""
+
+
+class KeyParseError(ScopeHubError, ValueError):
+    """A registry key or ref does not follow the key grammar."""
+
+
+class UnsafePathError(ScopeHubError, ValueError):
+    """A key or file name would escape its folder (``..``, absolute paths, odd characters)."""
+
+
+class UnknownKeyError(ScopeHubError, KeyError):
+    """No dictionary is published under this key in the registry."""
+
+
+class VersionNotFoundError(ScopeHubError, KeyError):
+    """The key exists but the requested version or ref does not."""
+
+
+class IntegrityError(ScopeHubError, ValueError):
+    """Bytes on disk or in a store do not match their recorded sha256 or size."""
+
+
+class OfflineError(ScopeHubError, ConnectionError):
+    """Offline mode is on and the requested data is not in the local cache."""
+
+
+class RegistryError(ScopeHubError, RuntimeError):
+    """A registry operation failed in a way the caller can act on (see message)."""
+
+
+class LockfileError(ScopeHubError, ValueError):
+    """A scope.lock file is malformed, or a pinned entry no longer matches the registry."""
+
+
+class UnsupportedModelError(ScopeHubError, ValueError):
+    """A model family or site has no hookpoint adapter; the message lists what is supported."""
+
+
+class HookpointError(ScopeHubError, LookupError):
+    """A hookpoint path does not name a module of the model."""
