@@ -132,6 +132,8 @@ class DictionaryConfig(_Strict):
     """Width as published (16k, 262k ...)."""
     variant: str | None = None
     """Published variant label (l0_small, l0_big_affine ...)."""
+    affine_skip: bool = False
+    """Whether each encoder layer also has an affine skip path (always true for skip_transcoder)."""
     l0_target: float | None = None
     """Target L0 used in training."""
     normalization: Normalization = Field(default_factory=Normalization)
@@ -151,6 +153,10 @@ class DictionaryConfig(_Strict):
     def _check_consistency(self) -> DictionaryConfig:
         if self.d_out is None:
             self.d_out = self.d_in
+        if self.type == "skip_transcoder":
+            self.affine_skip = True
+        if self.affine_skip and self.type not in ("skip_transcoder", "clt"):
+            raise ValueError(f"affine_skip is for skip_transcoder and clt, not {self.type} (use type skip_transcoder)")
         if self.architecture in ("topk", "batchtopk") and self.k is None:
             raise ValueError(f"architecture {self.architecture} needs k (active latents per token)")
         if self.type in MULTI_LAYER_TYPES:
