@@ -83,3 +83,7 @@ class UnsupportedModelError(ScopeHubError, ValueError):
 
 class HookpointError(ScopeHubError, LookupError):
     """A hookpoint path does not name a module of the model."""
+
+
+class CardError(ScopeHubError, ValueError):
+    """A card lacks required fields (base model, license) or does not parse."""

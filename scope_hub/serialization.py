@@ -23,31 +23,15 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from scope_hub.config_io import CONFIG_FILE, TensorInfo, read_safetensors_header
-from scope_hub.errors import NonFiniteWeightsError, ShapeMismatchError
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Where one tensor lives on disk and in the module, and its expected shape."""
-
-    file: str
-    """File name inside the folder (``params.safetensors``)."""
-    name: str
-    """Tensor name inside the file (``w_enc``)."""
-    shape: tuple[int, ...]
-    """Expected shape."""
-    attr: str
-    """Dotted attribute path of the parameter in the module (``w_enc``, ``layers.3.w_enc``)."""
-    latent_axis: int | None
-    """Axis of length d_sae, for Matryoshka truncation; None if the tensor has none."""
+from scope_hub.config_io import CONFIG_FILE
+from scope_hub.errors import NonFiniteWeightsError
+from scope_hub.tensor_layout import TensorSpec, check_tensors  # noqa: F401  (re-exported)
 
 
 def write_folder(
@@ -84,37 +68,6 @@ def _swap_into_place(staging: Path, folder: Path) -> None:
     os.rename(folder, retired)
     os.rename(staging, folder)
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
-    """Refuse missing, unexpected, mis-shaped or mis-typed tensors, naming file and tensor."""
-    by_file: dict[str, list[TensorSpec]] = {}
-    for spec in specs:
-        by_file.setdefault(spec.file, []).append(spec)
-    for file, file_specs in by_file.items():
-        header = read_safetensors_header(folder / file)
-        expected = {spec.name for spec in file_specs}
-        extra = sorted(set(header) - expected)
-        if extra:
-            raise ShapeMismatchError(
-                f"{folder / file}: unexpected tensors {extra}; expected exactly {sorted(expected)} for this config"
-            )
-        for spec in file_specs:
-            _check_one(folder / file, spec, header.get(spec.name), dtype)
-
-
-def _check_one(path: Path, spec: TensorSpec, info: TensorInfo | None, dtype: str) -> None:
-    if info is None:
-        raise ShapeMismatchError(f"{path}: tensor '{spec.name}' is missing; re-export the dictionary")
-    if info.shape != spec.shape:
-        raise ShapeMismatchError(
-            f"{path}: tensor '{spec.name}' has shape {list(info.shape)} but config.json implies "
-            f"{list(spec.shape)}; fix d_in/d_sae/d_out in config.json or re-export"
-        )
-    if info.dtype != dtype:
-        raise ShapeMismatchError(
-            f"{path}: tensor '{spec.name}' is {info.dtype} but config.json says dtype {dtype}; fix the config's dtype"
-        )
 
 
 def load_tensors(

@@ -22,7 +22,8 @@ from scope_hub.config_io import read_config
 from scope_hub.dictionaries.activation import Activation
 from scope_hub.errors import ConfigError, DictionaryNotFoundError
 from scope_hub.metadata import DictionaryConfig
-from scope_hub.serialization import TensorSpec, check_tensors, load_tensors, write_folder
+from scope_hub.serialization import load_tensors, write_folder
+from scope_hub.tensor_layout import TensorSpec, check_tensors
 
 
 class Dictionary(nn.Module):

@@ -6,14 +6,11 @@ import torch
 from torch import nn
 
 from scope_hub.dictionaries.base import Dictionary
-from scope_hub.dictionaries.sae import single_layer_specs
 from scope_hub.metadata import DictionaryConfig
-from scope_hub.serialization import TensorSpec
+from scope_hub.tensor_layout import TensorSpec, clt_layer_file, clt_specs
 
 
-def layer_file(i: int) -> str:
-    """File of source layer ``i`` (Gemma Scope 2: ``params_layer_{i}.safetensors``)."""
-    return f"params_layer_{i}.safetensors"
+layer_file = clt_layer_file
 
 
 class CrossLayerTranscoder(Dictionary):
@@ -40,11 +37,7 @@ class CrossLayerTranscoder(Dictionary):
 
     @classmethod
     def tensor_specs(cls, config: DictionaryConfig) -> list[TensorSpec]:
-        n = config.n_layers
-        specs: list[TensorSpec] = []
-        for i in range(n):
-            specs += single_layer_specs(config, layer_file(i), prefix=f"per_layer.{i}.", d_dec=(n - i,))
-        return specs
+        return clt_specs(config)
 
     @property
     def n_layers(self) -> int:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from scope_hub.dictionaries.base import Dictionary
-from scope_hub.dictionaries.sae import PARAMS_FILE
 from scope_hub.metadata import DictionaryConfig
-from scope_hub.serialization import TensorSpec
+from scope_hub.tensor_layout import TensorSpec, crosscoder_specs
 
 
 class Crosscoder(Dictionary):
@@ -31,19 +30,7 @@ class Crosscoder(Dictionary):
 
     @classmethod
     def tensor_specs(cls, config: DictionaryConfig) -> list[TensorSpec]:
-        from scope_hub.dictionaries.kinds import ACTIVATIONS
-
-        n, d_in, d_sae, d_out = config.n_layers, config.d_in, config.d_sae, config.d_out
-        specs = [
-            TensorSpec(PARAMS_FILE, "w_enc", (n, d_in, d_sae), "w_enc", 2),
-            TensorSpec(PARAMS_FILE, "b_enc", (d_sae,), "b_enc", 0),
-        ]
-        if ACTIVATIONS[config.architecture].uses_threshold:
-            specs.append(TensorSpec(PARAMS_FILE, "threshold", (d_sae,), "threshold", 0))
-        return specs + [
-            TensorSpec(PARAMS_FILE, "w_dec", (d_sae, n, d_out), "w_dec", 0),
-            TensorSpec(PARAMS_FILE, "b_dec", (n, d_out), "b_dec", None),
-        ]
+        return crosscoder_specs(config)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         x = self._normalize_in(x.to(self.w_enc.dtype))

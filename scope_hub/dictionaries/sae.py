@@ -9,9 +9,7 @@ from scope_hub.dictionaries.base import Dictionary
 from scope_hub.dictionaries.sparse import SparseFeatures
 from scope_hub.dictionaries.topk import TopK
 from scope_hub.metadata import DictionaryConfig
-from scope_hub.serialization import TensorSpec
-
-PARAMS_FILE = "params.safetensors"
+from scope_hub.tensor_layout import PARAMS_FILE, TensorSpec, single_layer_specs
 
 
 class SAE(Dictionary):
@@ -71,23 +69,3 @@ def decode_linear(features: torch.Tensor | SparseFeatures, w_dec: torch.Tensor) 
         )
         return out.reshape(*lead, w_dec.shape[-1])
     return features.to(w_dec.dtype) @ w_dec
-
-
-def single_layer_specs(config: DictionaryConfig, file: str, prefix: str, d_dec: tuple[int, ...] = ()) -> list[TensorSpec]:
-    """Tensor specs shared by every single-site encoder (SAE, transcoders, CLT layers)."""
-    from scope_hub.dictionaries.kinds import ACTIVATIONS
-
-    d_in, d_sae, d_out = config.d_in, config.d_sae, config.d_out
-    specs = [
-        TensorSpec(file, "w_enc", (d_in, d_sae), f"{prefix}w_enc", 1),
-        TensorSpec(file, "b_enc", (d_sae,), f"{prefix}b_enc", 0),
-    ]
-    if ACTIVATIONS[config.architecture].uses_threshold:
-        specs.append(TensorSpec(file, "threshold", (d_sae,), f"{prefix}threshold", 0))
-    specs += [
-        TensorSpec(file, "w_dec", (d_sae, *d_dec, d_out), f"{prefix}w_dec", 0),
-        TensorSpec(file, "b_dec", (d_out,), f"{prefix}b_dec", None),
-    ]
-    if config.affine_skip:
-        specs.append(TensorSpec(file, "affine_skip_connection", (d_in, d_out), f"{prefix}affine_skip_connection", None))
-    return specs

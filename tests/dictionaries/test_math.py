@@ -118,3 +118,10 @@ def test_matryoshka_truncation_keeps_prefix_groups(type_, tmp_path):
     torch.testing.assert_close(cut.encode(x), module.encode(x)[..., :8])
     with pytest.raises(ValueError, match="out of range"):
         Dictionary.from_pretrained(tmp_path / "m", matryoshka_groups=4)
+
+
+def test_torch_free_layout_agrees_with_the_activation_table():
+    from scope_hub.dictionaries import ACTIVATIONS
+    from scope_hub.tensor_layout import THRESHOLD_ARCHITECTURES
+
+    assert {name for name, cls in ACTIVATIONS.items() if cls.uses_threshold} == THRESHOLD_ARCHITECTURES

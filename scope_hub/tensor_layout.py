@@ -1,0 +1,145 @@
+"""Which tensors a dictionary of a given config stores, with names and shapes — torch-free.
+
+The single source of truth for the on-disk layout (Gemma Scope 2 names): the
+dictionary classes build their parameters from it, loading checks files
+against it, and the registry validates a folder at push without importing torch.
+
+Example:
+    >>> from scope_hub.metadata import DictionaryConfig
+    >>> cfg = DictionaryConfig(type="skip_transcoder", architecture="jumprelu", d_in=4, d_sae=8, d_out=6)
+    >>> [(s.name, s.shape) for s in tensor_specs(cfg)]  # doctest: +NORMALIZE_WHITESPACE
+    [('w_enc', (4, 8)), ('b_enc', (8,)), ('threshold', (8,)), ('w_dec', (8, 6)), ('b_dec', (6,)),
+     ('affine_skip_connection', (4, 6))]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from scope_hub.config_io import TensorInfo, read_config, read_safetensors_header
+from scope_hub.errors import ShapeMismatchError
+from scope_hub.metadata import DictionaryConfig
+
+PARAMS_FILE = "params.safetensors"
+THRESHOLD_ARCHITECTURES = frozenset({"jumprelu", "batchtopk"})
+"""Architectures that store a per-latent ``threshold`` tensor."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Where one tensor lives on disk and in the module, and its expected shape."""
+
+    file: str
+    """File name inside the folder (``params.safetensors``)."""
+    name: str
+    """Tensor name inside the file (``w_enc``)."""
+    shape: tuple[int, ...]
+    """Expected shape."""
+    attr: str
+    """Dotted attribute path of the parameter in the module (``w_enc``, ``per_layer.3.w_enc``)."""
+    latent_axis: int | None
+    """Axis of length d_sae, for Matryoshka truncation; None if the tensor has none."""
+
+
+def clt_layer_file(i: int) -> str:
+    """File of CLT source layer ``i`` (Gemma Scope 2: ``params_layer_{i}.safetensors``)."""
+    return f"params_layer_{i}.safetensors"
+
+
+def single_layer_specs(config: DictionaryConfig, file: str, prefix: str, d_dec: tuple[int, ...] = ()) -> list[TensorSpec]:
+    """Specs of one encoder/decoder block (SAE, transcoders, one CLT layer)."""
+    d_in, d_sae, d_out = config.d_in, config.d_sae, config.d_out
+    specs = [
+        TensorSpec(file, "w_enc", (d_in, d_sae), f"{prefix}w_enc", 1),
+        TensorSpec(file, "b_enc", (d_sae,), f"{prefix}b_enc", 0),
+    ]
+    if config.architecture in THRESHOLD_ARCHITECTURES:
+        specs.append(TensorSpec(file, "threshold", (d_sae,), f"{prefix}threshold", 0))
+    specs += [
+        TensorSpec(file, "w_dec", (d_sae, *d_dec, d_out), f"{prefix}w_dec", 0),
+        TensorSpec(file, "b_dec", (d_out,), f"{prefix}b_dec", None),
+    ]
+    if config.affine_skip:
+        specs.append(TensorSpec(file, "affine_skip_connection", (d_in, d_out), f"{prefix}affine_skip_connection", None))
+    return specs
+
+
+def clt_specs(config: DictionaryConfig) -> list[TensorSpec]:
+    """Per source layer i: w_dec is ``[d_sae, n_layers - i, d_out]`` (decoders to layers i..n-1)."""
+    n = config.n_layers
+    return [s for i in range(n) for s in single_layer_specs(config, clt_layer_file(i), f"per_layer.{i}.", (n - i,))]
+
+
+def crosscoder_specs(config: DictionaryConfig) -> list[TensorSpec]:
+    """Shared latents over ``n_layers`` stacked sites."""
+    n, d_in, d_sae, d_out = config.n_layers, config.d_in, config.d_sae, config.d_out
+    specs = [
+        TensorSpec(PARAMS_FILE, "w_enc", (n, d_in, d_sae), "w_enc", 2),
+        TensorSpec(PARAMS_FILE, "b_enc", (d_sae,), "b_enc", 0),
+    ]
+    if config.architecture in THRESHOLD_ARCHITECTURES:
+        specs.append(TensorSpec(PARAMS_FILE, "threshold", (d_sae,), "threshold", 0))
+    return specs + [
+        TensorSpec(PARAMS_FILE, "w_dec", (d_sae, n, d_out), "w_dec", 0),
+        TensorSpec(PARAMS_FILE, "b_dec", (n, d_out), "b_dec", None),
+    ]
+
+
+def tensor_specs(config: DictionaryConfig) -> list[TensorSpec]:
+    """Every tensor a dictionary with ``config`` stores."""
+    if config.type == "clt":
+        return clt_specs(config)
+    if config.type == "crosscoder":
+        return crosscoder_specs(config)
+    return single_layer_specs(config, PARAMS_FILE, prefix="")
+
+
+def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
+    """Refuse missing, unexpected, mis-shaped or mis-typed tensors, naming file and tensor."""
+    by_file: dict[str, list[TensorSpec]] = {}
+    for spec in specs:
+        by_file.setdefault(spec.file, []).append(spec)
+    for file, file_specs in by_file.items():
+        header = read_safetensors_header(folder / file)
+        expected = {spec.name for spec in file_specs}
+        extra = sorted(set(header) - expected)
+        if extra:
+            raise ShapeMismatchError(
+                f"{folder / file}: unexpected tensors {extra}; expected exactly {sorted(expected)} for this config"
+            )
+        for spec in file_specs:
+            _check_one(folder / file, spec, header.get(spec.name), dtype)
+
+
+def _check_one(path: Path, spec: TensorSpec, info: TensorInfo | None, dtype: str) -> None:
+    if info is None:
+        raise ShapeMismatchError(f"{path}: tensor '{spec.name}' is missing; re-export the dictionary")
+    if info.shape != spec.shape:
+        raise ShapeMismatchError(
+            f"{path}: tensor '{spec.name}' has shape {list(info.shape)} but config.json implies "
+            f"{list(spec.shape)}; fix d_in/d_sae/d_out in config.json or re-export"
+        )
+    if info.dtype != dtype:
+        raise ShapeMismatchError(
+            f"{path}: tensor '{spec.name}' is {info.dtype} but config.json says dtype {dtype}; fix the config's dtype"
+        )
+
+
+def check_folder(folder: Path | str) -> DictionaryConfig:
+    """Validate a dictionary folder's config and every tensor header without torch; returns the config.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "config.json").write_text(json.dumps(
+        ...     {"type": "sae", "architecture": "relu", "d_in": 4, "d_sae": 8, "schema_version": 1}))
+        >>> check_folder(folder)
+        Traceback (most recent call last):
+        ...
+        scope_hub.errors.DictionaryNotFoundError: .../params.safetensors: weights file not found; ...
+    """
+    folder = Path(folder)
+    config = read_config(folder)
+    check_tensors(folder, tensor_specs(config), config.dtype)
+    return config
