@@ -1,0 +1,167 @@
+"""The small config a ScopedModel saves, and turning dictionary sources into dictionaries.
+
+``scoped_model.json`` records the base model (id + revision) and every attached
+dictionary pinned so that :meth:`ScopedModel.from_pretrained` rebuilds exactly
+the same scoped model: registry keys with their version and content sha256,
+local folders with their path and content sha256, in-memory dictionaries saved
+next to the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError
+from scope_hub.keys import DictionaryKey, parse_key
+from scope_hub.metadata import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from scope_hub.scoped_model import ScopedModel
+
+
+class DictionaryEntry(BaseModel):
+    """One attached dictionary, pinned."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    name: str
+    """Name the dictionary is attached under."""
+    key: str | None = None
+    """Registry key pinned to a version (``...@vN``), when it came from a registry."""
+    registry: str | None = None
+    """URL of that registry."""
+    path: str | None = None
+    """Folder it was loaded from (relative paths are relative to the saved config)."""
+    sha256: str | None = None
+    """Content hash: the manifest's content_sha256 for keys, :func:`folder_sha256` for folders."""
+
+
+class ScopedModelConfig(BaseModel):
+    """Contents of ``scoped_model.json``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    FILE: ClassVar[str] = "scoped_model.json"
+
+    schema_version: int = SCHEMA_VERSION
+    """Schema version of this file."""
+    base_model: str
+    """Hub id or local folder of the base causal LM."""
+    base_model_revision: str | None = None
+    """Revision of the base model, if pinned."""
+    dictionaries: list[DictionaryEntry]
+    """Attached dictionaries, in attach order."""
+
+    @classmethod
+    def read(cls, folder: Path) -> ScopedModelConfig:
+        path = folder / cls.FILE
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path}: not a valid scoped-model config ({exc.__class__.__name__}: "
+                              f"{str(exc).splitlines()[0]}); re-save it with ScopedModel.save_pretrained") from None
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 over the sorted (file name, file sha256) pairs of a dictionary folder."""
+    outer = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+        inner = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                inner.update(block)
+        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def _default_name(dictionary: Dictionary) -> str:
+    c = dictionary.config
+    where = f"layer_{c.layer}" if c.layer is not None else "layers_" + "-".join(map(str, c.layers or []))
+    return f"{c.site or 'site'}/{where}/{c.type}"
+
+
+def load_dictionary_source(
+    source: Any, base: Path | None, registry: Any, *, lazy: bool
+) -> tuple[Dictionary, dict[str, Any]]:
+    """(dictionary, record) for a Dictionary, a folder, a registry key, or a saved DictionaryEntry."""
+    if isinstance(source, DictionaryEntry):
+        return _from_entry(source, base, registry, lazy)
+    if isinstance(source, Dictionary):
+        return source, {"name": _default_name(source), "inline": True}
+    folder = Path(source)
+    if folder.is_dir():
+        return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": str(folder.resolve())}
+    try:
+        key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
+    except KeyParseError as exc:
+        raise DictionaryNotFoundError(f"{source!r} is neither a dictionary folder nor a registry key ({exc})") from None
+    return _from_registry(key, registry, lazy, expected_sha=None)
+
+
+def _registry(registry: Any) -> Any:
+    from scope_hub.registry import Registry
+
+    return registry if isinstance(registry, Registry) else Registry(registry)
+
+
+def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: str | None):
+    reg = _registry(registry)
+    manifest = reg.resolve(key)
+    if expected_sha is not None and manifest.content_sha256 != expected_sha:
+        raise IntegrityError(
+            f"{key}: registry {reg.url} now holds content {manifest.content_sha256[:12]} but the saved scoped model "
+            f"pinned {expected_sha[:12]}; pull the exact version or re-save the scoped model"
+        )
+    pinned = key.with_ref(f"v{manifest.version}")
+    folder = reg.pull(pinned)
+    record = {"name": str(key.unpinned()), "key": str(pinned), "registry": reg.url,
+              "sha256": manifest.content_sha256}
+    return Dictionary.from_pretrained(folder, lazy=lazy), record
+
+
+def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: bool):
+    if entry.key is not None:
+        dictionary, record = _from_registry(parse_key(entry.key), registry or entry.registry, lazy, entry.sha256)
+        return dictionary, {**record, "name": entry.name}
+    folder = Path(entry.path or "")
+    folder = folder if folder.is_absolute() or base is None else base / folder
+    if entry.sha256 is not None and folder_sha256(folder) != entry.sha256:
+        raise IntegrityError(f"{folder}: files changed since the scoped model was saved (sha256 mismatch); "
+                             "restore them or re-save the scoped model")
+    return Dictionary.from_pretrained(folder, lazy=lazy), {**entry.model_dump(), "path": str(folder)}
+
+
+def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
+    """Write ``scoped_model.json`` (and in-memory dictionaries) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, record in scoped._sources.items():
+        if record.get("key"):
+            entries.append(DictionaryEntry(name=name, key=record["key"], registry=record.get("registry"),
+                                           sha256=record.get("sha256")))
+            continue
+        if record.get("inline"):
+            relative = Path("dictionaries") / name.replace("/", "__")
+            scoped.dictionaries[name].save_pretrained(folder / relative)
+            path, stored = relative, folder / relative
+        else:
+            path = stored = Path(record["path"])
+        entries.append(DictionaryEntry(name=name, path=str(path), sha256=folder_sha256(stored)))
+    if scoped.base_model_id is None:
+        raise ConfigError("the wrapped model has no Hub id or folder (config._name_or_path); save the base model "
+                          "with model.save_pretrained(dir) and build the ScopedModel from that dir")
+    config = ScopedModelConfig(base_model=scoped.base_model_id, base_model_revision=scoped.base_model_revision,
+                               dictionaries=entries)
+    target = folder / ScopedModelConfig.FILE
+    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".scoped_model.", suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        out.write(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    os.replace(tmp, target)
+    return folder

@@ -1,0 +1,357 @@
+"""``ScopedModel``: any Hugging Face causal LM with dictionaries attached as hooks.
+
+It wraps the transformers model the way PEFT's ``PeftModel`` does: calls,
+``generate``, ``config``, ``device``, ``to`` ... reach the wrapped model, so
+existing code keeps working. Attached dictionaries do nothing until a mode asks
+for them; every mode is a context manager whose hooks are removed in
+``finally``, and each mode object can also run a single call.
+
+Example:
+    >>> import torch
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> from scope_hub.dictionaries import SAE
+    >>> from scope_hub.metadata import DictionaryConfig
+    >>> torch.manual_seed(0) and None
+    >>> lm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2)).eval()
+    >>> sae = SAE(DictionaryConfig(type="sae", architecture="topk", k=4, d_in=16, d_sae=32,
+    ...                            site="resid_post", layer=0))
+    >>> _ = [torch.nn.init.normal_(p, std=0.3) for p in sae.parameters()]
+    >>> sm = ScopedModel.from_pretrained(lm, dictionaries={"sae": sae})
+    >>> ids = torch.tensor([[1, 2, 3, 4]])
+    >>> out, cache = sm.run_with_cache(ids)
+    >>> cache["sae"].shape, torch.equal(out.logits, lm(ids).logits)
+    (torch.Size([1, 4, 32]), True)
+    >>> with sm.splice():
+    ...     spliced = sm(ids).logits
+    >>> bool((spliced != out.logits).any())
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from scope_hub.attachment import Attachment, FeatureEdit, Mode, attachment_for
+from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import ConfigError
+from scope_hub.hookpoints import Hookpoint, adapter_for, resolve_hookpoint
+from scope_hub.hooks import replace, stop_after
+from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, save_scoped_config
+
+DictionarySource = str | Path | Dictionary
+
+
+class ScopedModel(nn.Module):
+    """A transformers causal LM plus named dictionaries, with observe/splice/steer modes."""
+
+    def __init__(self, model: nn.Module, *, base_model_id: str | None = None, revision: str | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.base_model_id = base_model_id or getattr(model.config, "_name_or_path", None)
+        self.base_model_revision = revision
+        self._attachments: dict[str, Attachment] = {}
+        self._sources: dict[str, dict[str, Any]] = {}
+        self._dict_modules = nn.ModuleList()
+        self._modes: list[Mode] = [Mode()]
+        self._hook_stack: contextlib.ExitStack | None = None
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path | nn.Module,
+        dictionaries: Iterable[DictionarySource] | Mapping[str, DictionarySource] = (),
+        *,
+        revision: str | None = None,
+        registry: Any = None,
+        lazy: bool = True,
+        **hf_kwargs: Any,
+    ) -> ScopedModel:
+        """Load (or wrap) a causal LM and attach dictionaries.
+
+        ``model``: a Hub id, a local folder (also one written by :meth:`save_pretrained`),
+        or a loaded ``PreTrainedModel``. Each dictionary: a registry key (``@ref``
+        allowed), a folder, or a :class:`Dictionary`; pass a mapping to choose names.
+        ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
+        """
+        saved = Path(model) / ScopedModelConfig.FILE if isinstance(model, (str, Path)) else None
+        if saved is not None and saved.is_file():
+            return cls._from_saved(Path(model), registry=registry, lazy=lazy, **hf_kwargs)
+        base_id = None
+        if isinstance(model, (str, Path)):
+            from transformers import AutoModelForCausalLM
+
+            base_id = str(model)
+            model = AutoModelForCausalLM.from_pretrained(str(model), revision=revision, **hf_kwargs)
+        scoped = cls(model, base_model_id=base_id, revision=revision)
+        scoped.attach(dictionaries, registry=registry, lazy=lazy)
+        return scoped
+
+    @classmethod
+    def _from_saved(cls, folder: Path, *, registry: Any, lazy: bool, **hf_kwargs: Any) -> ScopedModel:
+        config = ScopedModelConfig.read(folder)
+        loaded = [load_dictionary_source(entry, folder, registry, lazy=lazy) for entry in config.dictionaries]
+        scoped = cls.from_pretrained(config.base_model, revision=config.base_model_revision, lazy=lazy, **hf_kwargs)
+        for entry, (dictionary, record) in zip(config.dictionaries, loaded):
+            scoped._attach_one(entry.name, dictionary, source_record=record)
+        return scoped
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``scoped_model.json``: base model id + revision and each dictionary pinned
+        (registry keys with version and sha256; folders by path and sha256; in-memory
+        dictionaries saved under ``dictionaries/``)."""
+        return save_scoped_config(self, Path(folder))
+
+    # --- attach / detach ------------------------------------------------------------------
+    def attach(
+        self,
+        dictionaries: Iterable[DictionarySource] | Mapping[str, DictionarySource] | DictionarySource,
+        *,
+        name: str | None = None,
+        registry: Any = None,
+        lazy: bool = True,
+    ) -> list[str]:
+        """Attach dictionaries; returns their names (key without ref, folder name, or given name)."""
+        if isinstance(dictionaries, (str, Path, Dictionary)):
+            dictionaries = {name: dictionaries} if name else [dictionaries]
+        items = dictionaries.items() if isinstance(dictionaries, Mapping) else ((None, d) for d in dictionaries)
+        names = []
+        for given, source in items:
+            dictionary, record = load_dictionary_source(source, None, registry, lazy=lazy)
+            names.append(self._attach_one(given or record["name"], dictionary, source_record=record))
+        return names
+
+    def _attach_one(self, name: str, dictionary: Dictionary, source_record: dict[str, Any]) -> str:
+        if name in self._attachments:
+            raise ConfigError(f"a dictionary named {name!r} is already attached; detach it or pass another name")
+        hook_in, hook_out = self._hookpoints_for(dictionary)
+        param = next(self.model.parameters())
+        _move_to(dictionary, param.device, param.dtype)
+        self._attachments[name] = attachment_for(name, dictionary, hook_in, hook_out)
+        self._sources[name] = {**source_record, "name": name}
+        self._dict_modules.append(dictionary)
+        self._refresh_hooks()
+        return name
+
+    def detach(self, *names: str) -> None:
+        """Remove dictionaries by name (all when no name is given)."""
+        for name in names or list(self._attachments):
+            attachment = self._attachments.pop(name)
+            self._sources.pop(name)
+            for i, module in enumerate(self._dict_modules):
+                if module is attachment.dictionary:
+                    del self._dict_modules[i]
+                    break
+        self._refresh_hooks()
+
+    def _hookpoints_for(self, dictionary: Dictionary) -> tuple[list[str], list[str]]:
+        config = dictionary.config
+        layers = config.layers if config.layers is not None else [config.layer]
+        explicit_in, explicit_out = config.hook_points()
+        site_in = config.site
+        site_out = config.site_out or config.site
+        if explicit_in is None and (site_in is None or None in layers):
+            raise ConfigError(
+                "the dictionary's config names neither hook_point_in nor site + layer(s); set them "
+                "(e.g. site='resid_post', layer=6) before attaching"
+            )
+
+        def resolve(explicit: str | None, site: str | None, layer: int) -> str:
+            if explicit is not None:
+                return str(Hookpoint.parse(explicit.replace("{layer}", str(layer))))
+            return str(resolve_hookpoint(self.model, site, layer))
+
+        hook_in = [resolve(explicit_in, site_in, layer) for layer in layers]
+        hook_out = [resolve(explicit_out, site_out, layer) for layer in layers]
+        for hp in hook_in + hook_out:
+            Hookpoint.parse(hp).resolve(self.model)  # fail now, not mid-forward
+        return hook_in, hook_out
+
+    @property
+    def dictionaries(self) -> dict[str, Dictionary]:
+        """Attached dictionaries by name."""
+        return {name: a.dictionary for name, a in self._attachments.items()}
+
+    # --- modes ----------------------------------------------------------------------------
+    def splice(self, *names: str, error_term: bool = False) -> ModeContext:
+        """Replace each named (default: every) dictionary's site by its output.
+
+        ``error_term=True`` adds back the exact error, so outputs equal the bare model's
+        while gradients and interventions flow through the features.
+        """
+        return ModeContext(self, splice=frozenset(self._names(names)), error_term=error_term)
+
+    def steer(self, name: str, feature: int | tuple[int, int], alpha: float) -> ModeContext:
+        """Add ``alpha`` x the feature's decoder direction at the dictionary's output site."""
+        return self._edit(name, feature, "add", alpha)
+
+    def clamp(self, name: str, feature: int | tuple[int, int], value: float) -> ModeContext:
+        """Hold a feature's activation at ``value`` (the error term is kept)."""
+        return self._edit(name, feature, "set", value)
+
+    def ablate(self, name: str, features: int | Iterable[int] | tuple[int, Iterable[int]]) -> ModeContext:
+        """Zero features (for a CLT: ``(layer_index, features)``)."""
+        return self._edit(name, features, "set", 0.0)
+
+    @contextlib.contextmanager
+    def disable_dictionaries(self) -> Iterator[None]:
+        """No dictionary hook runs inside this context (like PEFT's ``disable_adapter()``)."""
+        self._modes.append(Mode())
+        self._refresh_hooks()
+        try:
+            yield
+        finally:
+            self._modes.pop()
+            self._refresh_hooks()
+
+    def _edit(self, name: str, feature: Any, op: str, value: float) -> ModeContext:
+        self._names([name])
+        layer = None
+        if isinstance(feature, tuple) and len(feature) == 2 and not isinstance(feature[1], float):
+            layer, feature = feature
+        feats = (feature,) if isinstance(feature, int) else tuple(int(f) for f in feature)
+        edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer)
+        return ModeContext(self, edits={name: (edit,)})
+
+    def _names(self, names: Iterable[str]) -> list[str]:
+        names = list(names) or list(self._attachments)
+        unknown = [n for n in names if n not in self._attachments]
+        if unknown:
+            raise KeyError(f"no attached dictionary named {unknown[0]!r}; attached: {sorted(self._attachments)}")
+        return names
+
+    # --- hooks ----------------------------------------------------------------------------
+    def _push_mode(self, **changes: Any) -> None:
+        top = self._modes[-1]
+        edits = dict(top.edits)
+        for name, new in changes.pop("edits", {}).items():
+            edits[name] = edits.get(name, ()) + new
+        splice = top.splice | changes.pop("splice", frozenset())
+        self._modes.append(dataclasses.replace(top, splice=splice, edits=edits, **changes))
+        self._refresh_hooks()
+
+    def _pop_mode(self) -> None:
+        self._modes.pop()
+        self._refresh_hooks()
+
+    def _refresh_hooks(self) -> None:
+        if self._hook_stack is not None:
+            stack, self._hook_stack = self._hook_stack, None
+            stack.close()
+        mode = self._modes[-1]
+        stack = contextlib.ExitStack()
+        try:
+            for attachment in self._attachments.values():
+                for hookpoint, fn in attachment.hooks(mode):
+                    stack.enter_context(replace(self.model, hookpoint, fn))
+        except BaseException:
+            stack.close()
+            raise
+        self._hook_stack = stack
+
+    # --- running --------------------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """``model.generate`` with the active modes applied at every step (KV cache included)."""
+        return self.model.generate(*args, **kwargs)
+
+    @torch.no_grad()
+    def run_with_cache(
+        self,
+        input_ids: torch.Tensor | None = None,
+        *,
+        names: Iterable[str] | None = None,
+        sparse: bool = False,
+        stop_after_last: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Run the model and return ``(outputs, cache)``, ``cache[name]`` = that dictionary's features.
+
+        Features at padded positions (``attention_mask == 0``) are zeroed. With
+        ``stop_after_last=True`` the forward stops after the last hooked layer
+        (outputs are None): the fast path when only features are needed.
+        """
+        cache: dict[str, Any] = {}
+        chosen = frozenset(self._names(names or []))
+        self._push_mode(capture=cache, capture_names=chosen, sparse=sparse,
+                        attention_mask=kwargs.get("attention_mask"))
+        try:
+            stop_at = self._stop_hookpoint(chosen) if stop_after_last else None
+            if stop_at is None:
+                return self.model(input_ids=input_ids, **kwargs), cache
+            with stop_after(self.model, stop_at):
+                self.model(input_ids=input_ids, **kwargs)
+            return None, cache
+        finally:
+            self._pop_mode()
+
+    def _stop_hookpoint(self, names: Iterable[str]) -> Hookpoint | None:
+        hookpoints = [hp for n in names for hp in self._attachments[n].hook_in + self._attachments[n].hook_out]
+        return adapter_for(self.model).stop_hookpoint(hookpoints)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["model"], name)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}: {type(a.dictionary).__name__}" for n, a in self._attachments.items())
+        return f"ScopedModel({type(self.model).__name__}, dictionaries={{{inner}}})"
+
+
+def _move_to(dictionary: Dictionary, device: torch.device, dtype: torch.dtype) -> None:
+    """``dictionary.to(device, dtype)``, keeping a lazily loaded dictionary lazy.
+
+    ``Module.to`` makes a lazy dictionary read (and check) all its weights, so attaching
+    18 layer SAEs would read every byte up front. Instead the move is chained onto the
+    pending load and applied when the weights are first touched; the meta placeholders
+    take the target dtype now so dtype queries agree before and after loading.
+    """
+    load = dictionary.__dict__.get("_pending_load")
+    if load is None:
+        dictionary.to(device=device, dtype=dtype)
+        return
+
+    def load_moved() -> dict[str, torch.Tensor]:
+        return {attr: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for attr, t in load().items()}
+
+    dictionary._pending_load = load_moved
+    nn.Module._apply(dictionary, lambda t: t.to(dtype=dtype) if t.is_floating_point() else t)
+
+
+class ModeContext:
+    """A mode of a ScopedModel: a context manager, or ``mode(*args)`` / ``mode.generate(...)`` for one call."""
+
+    def __init__(self, scoped: ScopedModel, **changes: Any) -> None:
+        self._scoped = scoped
+        self._changes = changes
+
+    def __enter__(self) -> ScopedModel:
+        self._scoped._push_mode(**self._changes)
+        return self._scoped
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._scoped._pop_mode()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self:
+            return self._scoped(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        with self:
+            return self._scoped.generate(*args, **kwargs)
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        with self:
+            return self._scoped.run_with_cache(*args, **kwargs)

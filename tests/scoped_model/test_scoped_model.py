@@ -1,0 +1,274 @@
+"""ScopedModel on tiny random-config models of every supported family.
+
+Independent references: transformers' own ``output_hidden_states`` and plain
+torch forward hooks written here (not scope_hub.hooks), NumPy-free but
+hand-written math for the replacements.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scope_hub.dictionaries import Dictionary
+from scope_hub.hookpoints import adapter_for
+from scope_hub.hooks import attached_hookpoints
+from scope_hub.scoped_model import ScopedModel
+from tests.dictionaries.factory import make_config, make_dictionary
+from tests.tiny_models import N_LAYERS, PAD_ID, tiny_model
+
+FAMILIES = ["gemma3", "gemma2", "llama", "qwen2", "qwen3", "gpt2", "gpt_neox"]
+LAYER = 1
+SPLICE_ATOL = 1e-5  # splice with error term vs bare logits, fp32
+
+
+def _ids(batch=2, seq=7, seed=0):
+    return torch.randint(0, 256, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def _sae(model, site="resid_post", layer=LAYER, architecture="jumprelu", seed=0, d_sae=48):
+    width = adapter_for(model).site_width(site)
+    cfg = make_config("sae", architecture, d_in=width, d_sae=d_sae, site=site, layer=layer)
+    return make_dictionary(cfg, seed=seed).eval()
+
+
+def _plain_hook(model, hookpoint: str, fn):
+    """A hand-written torch hook, independent of scope_hub.hooks."""
+    module_path, io = hookpoint.rsplit(".", 1)
+    module = model.get_submodule(module_path)
+    if io == "output":
+        def out_hook(mod, args, output):
+            if isinstance(output, tuple):
+                return (fn(output[0]),) + output[1:]
+            return fn(output)
+        return module.register_forward_hook(out_hook)
+
+    def pre_hook(mod, args, kwargs):
+        if args:
+            return (fn(args[0]),) + args[1:], kwargs
+        return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+    return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_observe_is_exact_and_features_match_independent_hidden_states(family):
+    model = tiny_model(family)
+    sae = _sae(model)
+    sm = ScopedModel.from_pretrained(model, dictionaries={"res": sae})
+    ids = _ids()
+    bare = model(ids, output_hidden_states=True)
+    out, cache = sm.run_with_cache(ids)
+    assert torch.equal(out.logits, bare.logits), "observing must not change a single bit"
+    torch.testing.assert_close(cache["res"], sae.encode(bare.hidden_states[LAYER + 1]), rtol=0, atol=0)
+    assert attached_hookpoints(model) == [], "no hook may stay behind after run_with_cache"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("site", ["attn_out", "mlp_out", "resid_pre"])
+def test_splice_matches_hand_written_replacement_and_error_term_restores_logits(family, site):
+    model = tiny_model(family)
+    sae = _sae(model, site=site)
+    sm = ScopedModel.from_pretrained(model, dictionaries={"d": sae})
+    hookpoint = sm._attachments["d"].hook_out[0]
+    ids = _ids()
+    bare = model(ids).logits
+    handle = _plain_hook(model, hookpoint, lambda act: sae(act))
+    try:
+        expected = model(ids).logits
+    finally:
+        handle.remove()
+    with sm.splice():
+        spliced = sm(ids).logits
+    torch.testing.assert_close(spliced, expected, rtol=0, atol=0)
+    assert (spliced - bare).abs().max() > 1e-3, "a random dictionary must change the logits"
+    with sm.splice(error_term=True):
+        restored = sm(ids).logits
+    torch.testing.assert_close(restored, bare, rtol=0, atol=SPLICE_ATOL)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama", "gpt2"])
+@pytest.mark.parametrize("type_", ["transcoder", "skip_transcoder"])
+def test_transcoder_splice_replaces_mlp_output_computed_from_mlp_input(family, type_):
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    width = adapter.site_width("mlp_in")
+    cfg = make_config(type_, "relu", d_in=width, d_out=width, d_sae=32, site="mlp_in", site_out="mlp_out", layer=LAYER)
+    tc = make_dictionary(cfg).eval()
+    sm = ScopedModel.from_pretrained(model, dictionaries={"tc": tc})
+    block = adapter.mlp_block(LAYER)
+    ids = _ids()
+    seen = {}
+    h_in = _plain_hook(model, str(block.input), lambda a: seen.setdefault("x", a))
+    h_out = _plain_hook(model, str(block.output), lambda a: tc(seen["x"]))
+    try:
+        expected = model(ids).logits
+    finally:
+        h_in.remove(), h_out.remove()
+    torch.testing.assert_close(sm.splice()(ids).logits, expected, rtol=0, atol=0)
+    torch.testing.assert_close(sm.splice(error_term=True)(ids).logits, model(ids).logits, rtol=0, atol=SPLICE_ATOL)
+
+
+def test_clt_splices_every_mlp_output_from_all_earlier_layers():
+    model = tiny_model("gemma3")
+    adapter = adapter_for(model)
+    width = adapter.site_width("mlp_in")
+    cfg = make_config("clt", "jumprelu", d_in=width, d_out=width, d_sae=16, n_layers=N_LAYERS,
+                      site="mlp_in", site_out="mlp_out", affine_skip=True)
+    clt = make_dictionary(cfg).eval()
+    sm = ScopedModel.from_pretrained(model, dictionaries={"clt": clt})
+    ids = _ids()
+    inputs: list[torch.Tensor] = []
+    handles = []
+    for layer in range(N_LAYERS):
+        block = adapter.mlp_block(layer)
+        handles.append(_plain_hook(model, str(block.input), lambda a: inputs.append(a) or a))
+
+        def write(act, j=layer):  # hand-written: y_j = sum_{i<=j} f_i W_i[:, j-i] + b_j + x_j A_j
+            feats = [clt.encode_layer(i, inputs[i]) for i in range(j + 1)]
+            y = clt.b_dec(j) + sum(feats[i] @ clt.w_dec(i)[:, j - i] for i in range(j + 1))
+            return y + inputs[j] @ clt.per_layer[j].affine_skip_connection
+
+        handles.append(_plain_hook(model, str(block.output), write))
+    try:
+        expected = model(ids).logits
+    finally:
+        [h.remove() for h in handles]
+    torch.testing.assert_close(sm.splice()(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.splice(error_term=True)(ids).logits, model(ids).logits, rtol=0, atol=SPLICE_ATOL)
+    _, cache = sm.run_with_cache(ids)
+    assert cache["clt"].shape == (2, 7, N_LAYERS, 16)
+
+
+def test_steer_clamp_ablate_are_feature_edits_through_the_decoder():
+    model = tiny_model("llama")
+    sae = _sae(model, architecture="relu")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
+    hookpoint = sm._attachments["s"].hook_out[0]
+    ids = _ids()
+
+    def expect(edit):
+        handle = _plain_hook(model, hookpoint, lambda a: a + (edit(sae.encode(a)) - sae.encode(a)) @ sae.w_dec)
+        try:
+            return model(ids).logits
+        finally:
+            handle.remove()
+
+    def steered(f):
+        f = f.clone()
+        f[..., 3] += 4.0
+        return f
+
+    def clamped(f):
+        f = f.clone()
+        f[..., 5] = 2.5
+        return f
+
+    def ablated(f):
+        f = f.clone()
+        f[..., [1, 2]] = 0
+        return f
+
+    torch.testing.assert_close(sm.steer("s", 3, 4.0)(ids).logits, expect(steered), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.clamp("s", 5, 2.5)(ids).logits, expect(clamped), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.ablate("s", [1, 2])(ids).logits, expect(ablated), rtol=1e-5, atol=1e-5)
+    with sm.steer("s", 3, 4.0), sm.disable_dictionaries():
+        assert torch.equal(sm(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt2"])
+def test_steering_changes_generate_deterministically_with_kv_cache(family):
+    model = tiny_model(family)
+    sae = _sae(model, architecture="relu")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
+    ids = _ids(batch=1, seq=4)
+    kwargs = dict(max_new_tokens=8, do_sample=False, pad_token_id=PAD_ID)
+    plain = sm.generate(ids, **kwargs)
+    feature = int(sae.w_dec.norm(dim=-1).argmax())
+    first = sm.steer("s", feature, 50.0).generate(ids, **kwargs)
+    second = sm.steer("s", feature, 50.0).generate(ids, **kwargs)
+    assert torch.equal(first, second) and not torch.equal(first, plain)
+    # With KV cache, each step's new token is steered exactly as in a full recompute.
+    with sm.steer("s", feature, 50.0):
+        full = model(first[:, :-1]).logits[:, -1].argmax(-1)
+    assert int(full) == int(first[0, -1])
+    assert torch.equal(sm.generate(ids, **kwargs), plain), "steering must end with its context"
+
+
+def test_hooks_are_removed_after_an_exception_inside_a_mode():
+    model = tiny_model("qwen2")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": _sae(model)})
+    ids = _ids()
+    bare = model(ids).logits
+    with pytest.raises(RuntimeError, match="boom"):
+        with sm.splice(), sm.steer("s", 0, 3.0):
+            assert attached_hookpoints(model) != []
+            raise RuntimeError("boom")
+    assert attached_hookpoints(model) == []
+    assert torch.equal(sm(ids).logits, bare)
+
+
+def test_padding_positions_report_no_active_features():
+    model = tiny_model("llama")
+    sae = _sae(model, architecture="relu")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
+    ids = _ids(batch=2, seq=6)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0  # left padding in the first row
+    ids[0, :2] = PAD_ID
+    _, cache = sm.run_with_cache(ids, attention_mask=mask)
+    assert (cache["s"][0, :2] == 0).all() and (cache["s"][0, 2:] != 0).any()
+    _, sparse = sm.run_with_cache(ids, attention_mask=mask, sparse=True)
+    torch.testing.assert_close(sparse["s"].to_dense(), cache["s"])
+
+
+def test_features_only_run_stops_after_the_last_hooked_layer():
+    model = tiny_model("gemma3")
+    sae = _sae(model, layer=0)
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
+    ids = _ids()
+    calls = []
+    handle = model.model.layers[N_LAYERS - 1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out, fast = sm.run_with_cache(ids, stop_after_last=True)
+    finally:
+        handle.remove()
+    assert out is None and calls == []
+    torch.testing.assert_close(fast["s"], sm.run_with_cache(ids)[1]["s"], rtol=0, atol=0)
+
+
+def test_save_and_rebuild_pins_dictionaries(tmp_path):
+    model = tiny_model("gpt2")
+    model.save_pretrained(tmp_path / "base")
+    folder_sae = _sae(model, seed=3).save_pretrained(tmp_path / "folder_sae")
+    sm = ScopedModel.from_pretrained(str(tmp_path / "base"), dictionaries=[str(folder_sae)])
+    sm.attach(_sae(model, site="mlp_out", seed=4), name="inline")
+    sm.save_pretrained(tmp_path / "scoped")
+    again = ScopedModel.from_pretrained(tmp_path / "scoped")
+    assert list(again.dictionaries) == ["folder_sae", "inline"]
+    ids = _ids()
+    with sm.splice():
+        a = sm(ids).logits
+    with again.splice():
+        b = again(ids).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Changing a pinned folder's bytes is detected at rebuild.
+    tampered = make_dictionary(make_config("sae", "jumprelu", d_in=64, d_sae=48, site="resid_post", layer=LAYER), seed=9)
+    tampered.save_pretrained(folder_sae)
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        ScopedModel.from_pretrained(tmp_path / "scoped")
+
+
+def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
+    model = tiny_model("llama")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": _sae(model)})
+    assert sm.config is model.config and sm.device == model.device
+    assert isinstance(sm.dictionaries["s"], Dictionary)
+    with pytest.raises(ValueError, match="already attached"):
+        sm.attach(_sae(model), name="s")
+    with pytest.raises(KeyError, match="no attached dictionary named 'x'"):
+        sm.steer("x", 0, 1.0)
+    sm.detach("s")
+    assert sm.dictionaries == {}
+    bad = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=8))  # no site or layer
+    with pytest.raises(ValueError, match="neither hook_point_in nor site"):
+        sm.attach(bad, name="bad")
