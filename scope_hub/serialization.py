@@ -85,7 +85,7 @@ def load_tensors(
         for spec in specs:
             if spec.file not in handles:
                 handles[spec.file] = safe_open(str(folder / spec.file), framework="pt", device="cpu")
-            tensor = handles[spec.file].get_tensor(spec.name)
+            tensor = spec.to_module(handles[spec.file].get_tensor(spec.name))
             _check_finite(folder / spec.file, spec.name, tensor, allow_nonfinite)
             out[spec.attr] = tensor.to(device=device or "cpu", dtype=dtype or tensor.dtype)
     finally:

@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from scope_hub.config_io import TensorInfo, read_config, read_safetensors_header
@@ -40,6 +40,26 @@ class TensorSpec:
     """Dotted attribute path of the parameter in the module (``w_enc``, ``per_layer.3.w_enc``)."""
     latent_axis: int | None
     """Axis of length d_sae, for Matryoshka truncation; None if the tensor has none."""
+    stored_shape: tuple[int, ...] | None = None
+    """Shape on disk when it differs from the module's (the module keeps a slice of it)."""
+    stored_start: tuple[int, int] | None = None
+    """(axis, start) of the module's slice inside the stored tensor; the rest is stored as zeros."""
+
+    def to_module(self, tensor):
+        """The module's view of a tensor read from disk (either layout accepted)."""
+        if self.stored_shape is not None and tuple(tensor.shape) == self.stored_shape:
+            axis, start = self.stored_start
+            return tensor.narrow(axis, start, self.shape[axis])
+        return tensor
+
+    def to_stored(self, tensor):
+        """The on-disk form of a module tensor: zero-padded into ``stored_shape``."""
+        if self.stored_shape is None:
+            return tensor
+        axis, start = self.stored_start
+        padded = tensor.new_zeros(self.stored_shape)
+        padded.narrow(axis, start, self.shape[axis]).copy_(tensor)
+        return padded
 
 
 def clt_layer_file(i: int) -> str:
@@ -66,9 +86,20 @@ def single_layer_specs(config: DictionaryConfig, file: str, prefix: str, d_dec: 
 
 
 def clt_specs(config: DictionaryConfig) -> list[TensorSpec]:
-    """Per source layer i: w_dec is ``[d_sae, n_layers - i, d_out]`` (decoders to layers i..n-1)."""
+    """Per source layer i, the module's w_dec is ``[d_sae, n_layers - i, d_out]`` (decoders to layers i..n-1).
+
+    On disk it is ``[d_sae, n_layers, d_out]`` with zeros for the layers before i, as Gemma Scope 2
+    publishes it (circuit-tracer's loader stacks the layer files and slices ``w_dec[i, :, i:]``);
+    the compact form is accepted when reading too.
+    """
     n = config.n_layers
-    return [s for i in range(n) for s in single_layer_specs(config, clt_layer_file(i), f"per_layer.{i}.", (n - i,))]
+    specs = []
+    for i in range(n):
+        for spec in single_layer_specs(config, clt_layer_file(i), f"per_layer.{i}.", (n - i,)):
+            if spec.name == "w_dec":
+                spec = replace(spec, stored_shape=(config.d_sae, n, config.d_out), stored_start=(1, i))
+            specs.append(spec)
+    return specs
 
 
 def crosscoder_specs(config: DictionaryConfig) -> list[TensorSpec]:
@@ -115,10 +146,11 @@ def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
 def _check_one(path: Path, spec: TensorSpec, info: TensorInfo | None, dtype: str) -> None:
     if info is None:
         raise ShapeMismatchError(f"{path}: tensor '{spec.name}' is missing; re-export the dictionary")
-    if info.shape != spec.shape:
+    if info.shape not in (spec.shape, spec.stored_shape):
+        implied = list(spec.stored_shape or spec.shape)
         raise ShapeMismatchError(
             f"{path}: tensor '{spec.name}' has shape {list(info.shape)} but config.json implies "
-            f"{list(spec.shape)}; fix d_in/d_sae/d_out in config.json or re-export"
+            f"{implied}; fix d_in/d_sae/d_out in config.json or re-export"
         )
     if info.dtype != dtype:
         raise ShapeMismatchError(

@@ -132,12 +132,14 @@ class Dictionary(nn.Module):
         """False while a lazily loaded dictionary has not read its weights yet."""
         return self._pending_load is None
 
-    def tensors_by_file(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Parameters grouped as they are stored: ``{file: {name: tensor}}``."""
+    def tensors_by_file(self, stored: bool = True) -> dict[str, dict[str, torch.Tensor]]:
+        """Parameters grouped per file: ``{file: {name: tensor}}``, in their on-disk layout
+        (``stored=False``: the module's layout, e.g. a CLT's compact ``w_dec``)."""
         self._ensure_loaded()
         files: dict[str, dict[str, torch.Tensor]] = {}
         for spec in self.tensor_specs(self.config):
-            files.setdefault(spec.file, {})[spec.name] = self.get_parameter(spec.attr).detach()
+            tensor = self.get_parameter(spec.attr).detach()
+            files.setdefault(spec.file, {})[spec.name] = spec.to_stored(tensor) if stored else tensor
         return files
 
     def save_pretrained(self, folder: Path | str, *, card: str | None = None) -> Path:

@@ -38,7 +38,8 @@ def make_dictionary(config: DictionaryConfig, seed: int = 0, dtype=torch.float32
 
 def numpy_params(module: Dictionary) -> dict | list[dict]:
     """Parameters as float64 NumPy arrays, grouped per file as stored (a list for CLTs)."""
-    files = module.tensors_by_file()
-    groups = [{k: v.double().numpy() for k, v in tensors.items()} for _, tensors in sorted(
-        files.items(), key=lambda item: int("".join(c for c in item[0] if c.isdigit()) or 0))]
-    return groups if module.config.type == "clt" else groups[0]
+    groups: dict[str, dict] = {}
+    for spec in module.tensor_specs(module.config):  # the module's view (CLT w_dec: layers i..n-1 only)
+        groups.setdefault(spec.file, {})[spec.name] = module.get_parameter(spec.attr).detach().double().numpy()
+    ordered = [groups[f] for f in sorted(groups, key=lambda f: int("".join(c for c in f if c.isdigit()) or 0))]
+    return ordered if module.config.type == "clt" else ordered[0]

@@ -234,3 +234,20 @@ def test_configs_of_every_released_schema_still_load(tmp_path, fixture):
     # Every field an old config set must survive migration with its meaning.
     for field in ("type", "architecture", "d_in", "d_sae", "d_out", "model", "matryoshka_groups"):
         assert parsed[field] == raw[field], field
+
+
+def test_clt_layer_files_use_gemma_scope_2_full_width_decoders_and_compact_files_still_load(tmp_path):
+    from safetensors.torch import load_file
+
+    clt = make_dictionary(make_config("clt", "jumprelu", n_layers=3))
+    clt.save_pretrained(tmp_path / "clt")
+    stored = load_file(str(tmp_path / "clt" / "params_layer_1.safetensors"))["w_dec"]
+    assert stored.shape == (16, 3, 8) and not stored[:, :1].any()  # zeros for layers before 1
+    torch.testing.assert_close(stored[:, 1:], clt.w_dec(1), rtol=0, atol=0)
+    # A compact file (decoders to layers i..n-1 only) is read the same way.
+    compact = {k: {n: t[:, 1:].contiguous() if n == "w_dec" and "_1." in k else t for n, t in v.items()}
+               for k, v in clt.tensors_by_file().items()}
+    for name, tensors in compact.items():
+        save_file(tensors, str(tmp_path / "clt" / name))
+    again = Dictionary.from_pretrained(tmp_path / "clt")
+    torch.testing.assert_close(again.w_dec(1), clt.w_dec(1), rtol=0, atol=0)

@@ -1,0 +1,250 @@
+"""Machinery every converter shares: building a dictionary from foreign tensors, the embedded
+scope-hub config, folding normalization and ``b_dec`` into the weights, atomic output folders.
+
+Each converter reads its format's fields into a :class:`DictionaryConfig` (authoritative for the
+math) and, where the format tolerates extra fields, also writes our full config under the key
+:data:`EMBED_KEY`. On the way back :func:`reconcile` keeps the embedded config when it describes
+exactly the tensors found (same kind, activation, widths), so metadata the foreign format cannot
+express (model, site, variant, metrics, provenance, Matryoshka groups...) survives a round trip.
+
+Example:
+    >>> from scope_hub.metadata import DictionaryConfig
+    >>> derived = DictionaryConfig(type="sae", architecture="jumprelu", d_in=4, d_sae=8)
+    >>> embedded = derived.model_copy(update={"architecture": "batchtopk", "k": 2, "variant": "x"})
+    >>> reconcile(derived, embedded.model_dump(mode="json"), where="doc").variant
+    'x'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scope_hub.config_io import validate_config
+from scope_hub.dictionaries import KINDS, Dictionary
+from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
+from scope_hub.metadata import DictionaryConfig
+
+EMBED_KEY = "scope_hub"
+"""Key under which exporters store our full config inside a foreign config file."""
+SIDECAR = "scope_hub_config.json"
+"""Our config beside the files, for formats with no config file (Gemma Scope 1) or one whose
+reader complains about unknown fields (sparsify prints every dropped field)."""
+
+Files = dict[str, dict[str, torch.Tensor]]
+"""Tensors grouped as stored: ``{file name: {tensor name: tensor}}`` (our native names)."""
+
+
+class UnsupportedError(ScopeHubError, ValueError):
+    """The dictionary (or folder) uses something the target (or source) format cannot express."""
+
+
+class FormatError(ScopeHubError, ValueError):
+    """A folder does not follow the format it was read as (missing file, unknown layout, ...)."""
+
+
+# --- building and reading dictionaries -------------------------------------------------------
+
+def build_dictionary(config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]],
+                     *, where: str) -> Dictionary:
+    """A dictionary of ``config`` holding ``files`` (native names), checked like a native load.
+
+    Missing, unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``where``;
+    NaN/inf raise :class:`NonFiniteWeightsError`.
+    """
+    kind = KINDS[config.type]
+    specs = kind.tensor_specs(config)
+    expected = {(s.file, s.name) for s in specs}
+    found = {(f, n) for f, tensors in files.items() for n in tensors}
+    if found - expected:
+        extra = sorted(f"{f}:{n}" for f, n in found - expected)
+        raise ShapeMismatchError(f"{where}: unexpected tensors {extra} for a {config.architecture} {config.type}")
+    state: dict[str, torch.Tensor] = {}
+    for spec in specs:
+        tensor = files.get(spec.file, {}).get(spec.name)
+        tensor = spec.to_module(tensor) if tensor is not None else None
+        if tensor is None:
+            raise ShapeMismatchError(f"{where}: tensor '{spec.name}' is missing (needed by a "
+                                     f"{config.architecture} {config.type})")
+        if tuple(tensor.shape) != spec.shape:
+            raise ShapeMismatchError(f"{where}: tensor '{spec.name}' has shape {list(tensor.shape)}, "
+                                     f"expected {list(spec.shape)}")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteWeightsError(f"{where}: tensor '{spec.name}' contains NaN or inf")
+        state[spec.attr] = tensor.detach()
+    dtypes = {t.dtype for t in state.values()}
+    if len(dtypes) != 1:
+        raise ShapeMismatchError(f"{where}: tensors mix dtypes {sorted(map(str, dtypes))}; convert them to one dtype")
+    dtype = str(dtypes.pop()).removeprefix("torch.")
+    config = validate_config({**config.model_dump(mode="json"), "dtype": dtype}, where)
+    module = kind(config, device="meta")
+    module.load_state_dict(state, strict=True, assign=True)
+    module.requires_grad_(False)
+    return module
+
+
+def require(dictionary_or_config: Dictionary | DictionaryConfig, fmt: str,
+            supported: Mapping[str, tuple[str, ...]], *, same_width: bool = False) -> DictionaryConfig:
+    """Raise :class:`UnsupportedError` unless ``(type, architecture)`` is in ``supported``."""
+    config = getattr(dictionary_or_config, "config", dictionary_or_config)
+    archs = supported.get(config.type)
+    if not archs or config.architecture not in archs:
+        listing = "; ".join(f"{t}: {', '.join(a)}" for t, a in supported.items())
+        raise UnsupportedError(f"the {fmt} format cannot hold a {config.architecture} {config.type} "
+                               f"(it holds {listing}); keep it in the scope-hub format")
+    if same_width and config.d_out != config.d_in:
+        raise UnsupportedError(f"the {fmt} format needs d_out == d_in; this {config.type} maps "
+                               f"{config.d_in} -> {config.d_out}")
+    return config
+
+
+# --- folding -------------------------------------------------------------------------------------
+
+def folded_files(dictionary: Dictionary) -> tuple[DictionaryConfig, Files]:
+    """Config and tensors with input/output normalization folded into the weights.
+
+    ``constant_scale`` (``x * s_in`` in, ``y / s_out`` out) becomes ``w_enc * s_in``,
+    ``w_dec / s_out``, ``b_dec / s_out``, ``affine_skip_connection * s_in / s_out`` (computed
+    in float64, stored in the original dtype), for formats that have no such field. The
+    returned config has normalization ``none`` and the stored dtype.
+    """
+    files = dictionary.tensors_by_file(stored=False)
+    dtype = next(iter(next(iter(files.values())).values())).dtype
+    config = dictionary.config.model_copy(update={"dtype": str(dtype).removeprefix("torch.")})
+    norm = config.normalization
+    if norm.kind == "none":
+        return config, files
+    s_in, s_out = norm.scale_in, norm.scale_out
+    factors = {"w_enc": s_in, "w_dec": 1 / s_out, "b_dec": 1 / s_out, "affine_skip_connection": s_in / s_out}
+    out: Files = {}
+    for file, tensors in files.items():
+        out[file] = {name: (t.double() * factors[name]).to(t.dtype) if name in factors else t
+                     for name, t in tensors.items()}
+    return config.model_copy(update={"normalization": type(norm)()}), out
+
+
+def fold_b_dec_in(b_enc: torch.Tensor, w_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    """Encoder bias of ``(x - b_dec) @ w_enc + b`` rewritten as ``x @ w_enc + b_enc``: ``b_enc - b_dec @ w_enc``."""
+    return (b_enc.double() - b_dec.double() @ w_enc.double()).to(b_enc.dtype)
+
+
+def unfold_b_dec_in(b_enc: torch.Tensor, w_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`fold_b_dec_in`: the bias a subtract-``b_dec``-first format stores."""
+    return (b_enc.double() + b_dec.double() @ w_enc.double()).to(b_enc.dtype)
+
+
+# --- embedded config -----------------------------------------------------------------------------
+
+def embed(config: DictionaryConfig) -> dict[str, Any]:
+    """Our config as the JSON-able dict exporters store under :data:`EMBED_KEY`."""
+    return config.model_dump(mode="json")
+
+
+def _family(config: DictionaryConfig) -> tuple:
+    arch = "jumprelu" if config.architecture == "batchtopk" else config.architecture
+    kind = "single" if config.type in ("sae", "transcoder") else config.type
+    k = config.k if config.architecture == "topk" else None
+    return kind, arch, k, config.d_in, config.d_sae, config.d_out, config.n_layers, config.affine_skip
+
+
+def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> DictionaryConfig:
+    """``embedded`` (our config found in a foreign file) if it describes the same tensors, else ``derived``.
+
+    Same tensors: same kind family (sae/transcoder interchangeable at equal widths), same
+    activation (batchtopk is stored as jumprelu by most formats), same k for topk, same widths,
+    layer count and skip path. The dtype always comes from the tensors.
+    """
+    if embedded is None:
+        return derived
+    try:
+        if not isinstance(embedded, dict):
+            raise ConfigError(f"'{EMBED_KEY}' must be an object")
+        candidate = validate_config(embedded, where)
+    except ConfigError as exc:
+        warnings.warn(f"{where}: ignoring the embedded scope-hub config ({exc})", UserWarning, stacklevel=3)
+        return derived
+    if candidate.normalization.kind != "none" or _family(candidate) != _family(derived):
+        warnings.warn(f"{where}: the embedded scope-hub config does not describe these tensors "
+                      "(edited after export?); using the format's own fields", UserWarning, stacklevel=3)
+        return derived
+    return candidate.model_copy(update={"dtype": derived.dtype})
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or :class:`FormatError` saying what is wrong."""
+    if not path.is_file():
+        raise FormatError(f"{path}: {what} not found")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise FormatError(f"{path}: must hold a JSON object")
+    return raw
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Deterministic JSON (sorted keys, 2-space indent, trailing newline)."""
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, or a typed error naming the file."""
+    from safetensors.torch import load_file
+
+    from scope_hub.errors import DictionaryNotFoundError, WeightsFileError
+
+    if not path.is_file():
+        raise DictionaryNotFoundError(f"{path}: weights file not found")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise WeightsFileError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Write tensors (made contiguous, on CPU) to a safetensors file."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+@contextmanager
+def atomic_folder(out: Path | str) -> Iterator[Path]:
+    """Yield an empty staging folder that replaces ``out`` only once the body succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            retired = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.rename(out, retired)
+            os.rename(staging, out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def parent_model_name(folder: Path, key: str = "model") -> str | None:
+    """``key`` of a ``config.json`` one level up (sparsify's run config), if any."""
+    path = folder.parent / "config.json"
+    try:
+        value = json.loads(path.read_text()).get(key) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

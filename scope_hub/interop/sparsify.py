@@ -1,0 +1,121 @@
+"""EleutherAI sparsify (PyPI ``eai-sparsify``) per-hookpoint folders in and out.
+
+A folder is named after its hookpoint (``layers.12``, ``layers.12.mlp``, a module path under the
+model's base model) and holds ``cfg.json`` (``SparseCoderConfig`` fields + ``d_in``) and
+``sae.safetensors``: ``encoder.weight [d_sae, d_in]``, ``encoder.bias [d_sae]``,
+``W_dec [d_sae, d_in]``, ``b_dec [d_in]``, optional ``W_skip [d_in, d_in]`` (applied as
+``x @ W_skip.T``). Checked against eai-sparsify 1.3.3 (``sparse_coder.py``,
+``fused_encoder.py``): features = top-k of ``relu((x - b_dec) @ encoder.weight.T + encoder.bias)``,
+where ``b_dec`` is subtracted only when ``transcode`` is false.
+
+Mapping: ``transcode: false`` -> our SAE with ``b_enc = encoder.bias - b_dec @ w_enc`` (and the
+reverse on export: sparsify's own semantics are kept, so the encoder bias round-trips to float
+rounding, not bit-exactly); ``transcode: true`` -> transcoder (skip transcoder with ``W_skip``),
+exact. Only TopK and ``d_out == d_in`` exist in sparsify; ``groupmax`` is refused. Hook points
+become ``model.<hookpoint>.output`` (``.input``/``.output`` for transcoders); the run's
+``config.json`` one level up gives the model. Our config travels in ``scope_hub_config.json``
+beside ``cfg.json`` (sparsify prints every unknown ``cfg.json`` field it drops).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from scope_hub.config_io import site_of_hook_point
+from scope_hub.dictionaries import Dictionary
+from scope_hub.interop.common import (
+    EMBED_KEY,
+    SIDECAR,
+    FormatError,
+    UnsupportedError,
+    atomic_folder,
+    build_dictionary,
+    embed,
+    fold_b_dec_in,
+    folded_files,
+    load_safetensors,
+    parent_model_name,
+    read_json,
+    reconcile,
+    require,
+    save_safetensors,
+    unfold_b_dec_in,
+    write_json,
+)
+from scope_hub.metadata import DictionaryConfig
+
+NAME = "sparsify"
+FILES = "cfg.json + sae.safetensors"
+SUPPORTED = {"sae": ("topk",), "transcoder": ("topk",), "skip_transcoder": ("topk",)}
+
+
+def detect(folder: Path) -> bool:
+    return (Path(folder) / "cfg.json").is_file() and (Path(folder) / "sae.safetensors").is_file()
+
+
+def load(folder: Path) -> Dictionary:
+    """A sparsify folder as a dictionary."""
+    folder = Path(folder)
+    cfg = read_json(folder / "cfg.json", "cfg.json")
+    if cfg.get("activation", "topk") != "topk":
+        raise UnsupportedError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported (topk only)")
+    if "d_in" not in cfg or "k" not in cfg:
+        raise FormatError(f"{folder / 'cfg.json'}: needs d_in and k")
+    t = load_safetensors(folder / "sae.safetensors")
+    missing = [n for n in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if n not in t]
+    if missing:
+        raise FormatError(f"{folder / 'sae.safetensors'}: missing tensors {missing}")
+    d_in = int(cfg["d_in"])
+    d_sae = int(cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32)))
+    w_enc = t.pop("encoder.weight").T.contiguous()
+    bias, w_dec, b_dec = t.pop("encoder.bias"), t.pop("W_dec"), t.pop("b_dec")
+    transcode = bool(cfg.get("transcode", False))
+    params = {"w_enc": w_enc, "b_enc": bias if transcode else fold_b_dec_in(bias, w_enc, b_dec),
+              "w_dec": w_dec, "b_dec": b_dec}
+    if "W_skip" in t:
+        params["affine_skip_connection"] = t.pop("W_skip").T.contiguous()
+    if t:
+        raise FormatError(f"{folder / 'sae.safetensors'}: unexpected tensors {sorted(t)}")
+    type_ = "skip_transcoder" if "affine_skip_connection" in params else "transcoder" if transcode else "sae"
+    hookpoint = f"model.{folder.name}"
+    hook_in = f"{hookpoint}.input" if type_ != "sae" else f"{hookpoint}.output"
+    hook_out = f"{hookpoint}.output" if type_ != "sae" else None
+    site, layer = site_of_hook_point(hook_in)
+    config = DictionaryConfig(
+        type=type_, architecture="topk", k=int(cfg["k"]), d_in=d_in, d_sae=d_sae, d_out=w_dec.shape[-1],
+        model=parent_model_name(folder), site=site, layer=layer, hook_point_in=hook_in, hook_point_out=hook_out,
+        site_out=site_of_hook_point(hook_out)[0] if hook_out else None,
+        provenance={"source": "sparsify", "source_uri": str(folder)},
+        source_config={k: v for k, v in cfg.items() if k != EMBED_KEY})
+    files = {"params.safetensors": params}
+    module = build_dictionary(config, files, where=str(folder))
+    sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else cfg.get(EMBED_KEY)
+    final = reconcile(module.config, sidecar, where=str(folder / SIDECAR))
+    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+
+
+def save(dictionary: Dictionary, out: Path) -> Path:
+    """A sparsify folder ``SparseCoder.load_from_disk`` loads to the same features.
+
+    Name ``out`` after the hookpoint (``layers.12``) if sparsify tools should find it.
+    """
+    require(dictionary, NAME, SUPPORTED, same_width=True)
+    config, files = folded_files(dictionary)
+    t = files["params.safetensors"]
+    transcode = config.type != "sae"
+    cfg: dict[str, Any] = {
+        "activation": "topk", "expansion_factor": max(1, config.d_sae // config.d_in), "normalize_decoder": False,
+        "num_latents": config.d_sae, "k": config.k, "multi_topk": False,
+        "skip_connection": config.type == "skip_transcoder", "transcode": transcode, "d_in": config.d_in,
+    }
+    bias = t["b_enc"] if transcode else unfold_b_dec_in(t["b_enc"], t["w_enc"], t["b_dec"])
+    weights = {"encoder.weight": t["w_enc"].T.contiguous(), "encoder.bias": bias, "W_dec": t["w_dec"],
+               "b_dec": t["b_dec"]}
+    if "affine_skip_connection" in t:
+        weights["W_skip"] = t["affine_skip_connection"].T.contiguous()
+    with atomic_folder(out) as stage:
+        write_json(stage / "cfg.json", cfg)
+        write_json(stage / SIDECAR, embed(config))
+        save_safetensors(stage / "sae.safetensors", weights)
+    return Path(out)
