@@ -209,6 +209,11 @@ def from_gemma_scope_2(raw: dict[str, Any], folder: Path, where: str = CONFIG_FI
     d_out = shapes["w_dec"].shape[-1]
     has_skip = "affine_skip_connection" in shapes or bool(raw.get("affine_connection"))
     published_type = str(raw.get("type", "")).lower()
+    if published_type == "crosscoder":
+        raise ConfigError(
+            f"{where}: a Gemma Scope 2 crosscoder stores its layers concatenated; load it with "
+            "scope_hub.interop.gemma_scope_2.load(folder) or `scope-hub convert --from gemma-scope-2`"
+        )
     if clt_files:
         dict_type, layers = "clt", list(range(len(clt_files)))
         template = lambda hp: _LAYER_IN_HOOK.sub(lambda m: m.group(0).replace(m.group(1), "{layer}"), hp)  # noqa: E731

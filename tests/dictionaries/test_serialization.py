@@ -251,3 +251,11 @@ def test_clt_layer_files_use_gemma_scope_2_full_width_decoders_and_compact_files
         save_file(tensors, str(tmp_path / "clt" / name))
     again = Dictionary.from_pretrained(tmp_path / "clt")
     torch.testing.assert_close(again.w_dec(1), clt.w_dec(1), rtol=0, atol=0)
+
+
+def test_gemma_scope_2_crosscoder_folder_points_to_the_converter(tmp_path):
+    config = {"hf_hook_point_in": "model.layers.5.output", "model_name": "gemma-v3-270m-pt",
+              "architecture": "jump_relu", "type": "crosscoder"}
+    folder = _gemma_scope_2_folder(tmp_path, "crosscoder/width_16k_l0_small", config, _gs2_tensors(32, 16, 32))
+    with pytest.raises(ConfigError, match="scope_hub.interop.gemma_scope_2.load"):
+        load_dictionary(folder)
