@@ -1,0 +1,185 @@
+"""Registry benchmark: cold/warm pulls of 18 layer dictionaries, and ls/resolve on 20,000 keys.
+
+Run: ``python -m benchmarks.registry_bench`` (real size: 18 x 640x16384 fp32 SAEs, ~84 MB each,
+needs ~5 GB of disk in a temp folder) or ``--small`` (18 x 64x1024). The 20,000-key part runs on
+file:// and on s3:// against a local moto server, and prints store requests next to times.
+
+"Cold" pull = empty scope-hub cache (the OS page cache may still hold the registry's files:
+we cannot drop it without root, so cold times here are CPU/disk-copy bound, not network bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from scope_hub.keys import parse_key
+from scope_hub.metadata import DictionaryConfig
+from scope_hub.registry import Registry
+from scope_hub.registry.content import build_manifest, manifest_bytes, stage_folder
+from scope_hub.registry.index import RegistryIndex, StoreIndex
+from scope_hub.registry.layout import blob_path, manifest_path
+from scope_hub.registry.protocol import record_of
+
+LAYERS = 18
+MODELS = [f"google/gemma-scope-bench-{i}" for i in range(10)]
+SITES = ["resid_post", "attn_out", "mlp_out", "resid_pre", "mlp_in"]
+WIDTHS = ["16k", "65k", "262k", "1m"]
+VARIANTS = ["l0_small", "l0_medium", "l0_big", "l0_big_affine"]
+
+
+def make_layer(folder: Path, layer: int, d_in: int, d_sae: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = DictionaryConfig(type="sae", architecture="jumprelu", d_in=d_in, d_sae=d_sae,
+                           model="google/gemma-3-270m", site="resid_post", layer=layer)
+    (folder / "config.json").write_text(cfg.model_dump_json())
+    rng = np.random.default_rng(layer)
+    save_file({"w_enc": rng.random((d_in, d_sae), dtype=np.float32), "b_enc": np.zeros(d_sae, np.float32),
+               "threshold": np.full(d_sae, 0.01, np.float32), "w_dec": rng.random((d_sae, d_in), dtype=np.float32),
+               "b_dec": np.zeros(d_in, np.float32)}, str(folder / "params.safetensors"))
+    return folder
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def bench_pulls(root: Path, small: bool) -> None:
+    d_in, d_sae = (64, 1024) if small else (640, 16384)
+    url = (root / "pull-registry").as_uri()
+    keys = [f"google/gemma-3-270m:resid_post/layer_{i}/width_16k/sae" for i in range(LAYERS)]
+    folders = [make_layer(root / "src" / f"layer_{i}", i, d_in, d_sae) for i in range(LAYERS)]
+    size = sum((f / "params.safetensors").stat().st_size for f in folders)
+    push_s, _ = timed(lambda: [Registry(url, progress=False).push(f, k) for f, k in zip(folders, keys)])
+    pins = [f"{k}@v1" for k in keys]
+    cold = Registry(url, cache_dir=root / "cache", progress=False)
+    cold_s, _ = timed(lambda: [cold.pull(p) for p in pins])
+    warm_runs, reads = [], []
+    for _ in range(5):
+        warm = Registry(url, cache_dir=root / "cache", progress=False)
+        warm_runs.append(timed(lambda: [warm.pull(p) for p in pins])[0])
+        reads.append(warm.backend.requests())
+    latest = Registry(url, cache_dir=root / "cache", progress=False)
+    latest_s, _ = timed(lambda: [latest.pull(k) for k in keys])
+    threaded = Registry(url, cache_dir=root / "cache-threaded", progress=False)
+    with ThreadPoolExecutor(4) as pool:
+        threaded_s, _ = timed(lambda: list(pool.map(threaded.pull, pins)))
+    print(f"pull: {LAYERS} dictionaries {d_in}x{d_sae} fp32, {size / 1e6:.0f} MB total, file:// registry")
+    print(f"  push (hash + copy into registry)   {push_s:7.3f} s")
+    print(f"  cold pull @v1 (empty cache)        {cold_s:7.3f} s   store requests {cold.backend.requests()}")
+    print(f"  cold pull @v1, 4 threads over keys {threaded_s:7.3f} s")
+    print(f"  warm pull @v1 (median of 5)        {statistics.median(warm_runs) * 1000:7.2f} ms  store requests {max(reads)}")
+    print(f"  warm pull @latest                  {latest_s * 1000:7.2f} ms  store requests {latest.backend.requests()}")
+    shutil.rmtree(root / "src")
+
+
+def all_keys() -> list[str]:
+    return [f"{m}:{s}/layer_{layer}/width_{w}/sae/{v}" for m in MODELS for s in SITES for layer in range(25)
+            for w in WIDTHS for v in VARIANTS]
+
+
+def build_big_registry(reg: Registry, keys: list[str], tmp: Path) -> None:
+    """20,000 keys, one version each, written directly (one tiny shared blob set) plus an index snapshot.
+
+    Setup only (not timed as a registry operation): pushing 20,000 times would mostly measure
+    hashing the same tiny folder 20,000 times.
+    """
+    folder = make_layer(tmp / "tiny", 0, 4, 8)
+    store = reg.backend.store
+    staged = stage_folder(folder, parse_key(keys[0]))
+    for f in staged.files:
+        store.put_file(blob_path(f.sha256), f.local)
+    index, payload = RegistryIndex(), {}
+    for text in keys:
+        manifest = build_manifest(dataclasses.replace(staged, key=parse_key(text)), 1)
+        data = manifest_bytes(manifest)
+        payload[manifest_path(parse_key(text), 1)] = data
+        index.add(text, record_of(manifest, data))
+    if reg.url.startswith("s3://"):
+        store.fs.pipe({store.full(p): d for p, d in payload.items()})  # concurrent PUTs
+    else:
+        for path, data in payload.items():
+            target = store.base / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+    StoreIndex(store)._write_snapshot(index, 1, [])
+
+
+def bench_listing(name: str, url: str, tmp: Path, reindex: bool) -> None:
+    keys = all_keys()
+    builder = Registry(url, cache_dir=tmp / f"{name}-build-cache", progress=False)
+    build_s, _ = timed(lambda: build_big_registry(builder, keys, tmp))
+    extra = make_layer(tmp / "extra", 1, 4, 8)
+    for i in range(10):  # ten ordinary pushes on top: ten pending index segments
+        builder.push(extra, f"google/gemma-3-270m:resid_post/layer_{i}/width_16k/sae")
+    print(f"\n{name}: {len(keys) + 10:,} keys (built in {build_s:.1f} s)")
+    reg = Registry(url, cache_dir=tmp / f"{name}-cache", progress=False)
+    store = reg.backend.store
+    for label, action in [
+        ("ls (all keys)", lambda: reg.list()),
+        ("ls 'google/gemma-scope-bench-3:attn_out/*'", lambda: reg.list("google/gemma-scope-bench-3:attn_out/*")),
+        ("resolve KEY (latest, cold cache)", lambda: reg.resolve(keys[12345])),
+        ("resolve KEY@v1 (manifest cached)", lambda: reg.resolve(keys[12345] + "@v1")),
+        ("resolve KEY@sha256:<prefix>", lambda: reg.resolve(f"{keys[777]}@sha256:" + reg.resolve(keys[777] + "@v1").content_sha256[:12])),
+    ]:
+        before = store.reads
+        seconds, out = timed(action)
+        count = f"{len(out):,} keys" if isinstance(out, list) else f"v{out.version}"
+        print(f"  {label:<46} {seconds * 1000:8.1f} ms  store reads {store.reads - before:3d}  ({count})")
+    if reindex:
+        seconds, n = timed(reg.reindex)
+        print(f"  reindex (reads every manifest)                 {seconds:8.1f} s   ({n:,} versions)")
+
+
+def start_moto() -> tuple[object, str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+                      AWS_DEFAULT_REGION="us-east-1")
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench-registry")
+    return server, "s3://bench-registry/registry"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="18 x 64x1024 dictionaries instead of 640x16384")
+    parser.add_argument("--skip-s3", action="store_true", help="skip the moto part")
+    args = parser.parse_args()
+    os.environ.setdefault("CI", "1")  # no progress bars in benchmark output
+    with tempfile.TemporaryDirectory(prefix="scope-hub-bench-") as tmp:
+        root = Path(tmp)
+        bench_pulls(root, args.small)
+        bench_listing("file://", (root / "big-registry").as_uri(), root, reindex=True)
+        if not args.skip_s3:
+            server, url = start_moto()
+            try:
+                bench_listing("s3:// (moto on 127.0.0.1)", url, root, reindex=False)
+            finally:
+                server.stop()
+
+
+if __name__ == "__main__":
+    main()

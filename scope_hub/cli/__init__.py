@@ -1,0 +1,145 @@
+"""The ``scope-hub`` command line (console script ``scope_hub.cli:main``).
+
+Subcommands are registered by name in :data:`COMMANDS` with a ``"module:function"`` target;
+only the chosen command's module is imported, so ``scope-hub ls`` never imports torch even
+when other commands need it. To add one (``train``, ``convert``, ``import``, ``trace``,
+``dashboard`` ...), write a module with::
+
+    def setup(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+        parser.add_argument(...)          # cheap: no heavy imports at module or setup level
+        def run(args) -> int:
+            import torch                  # heavy imports here, when the command really runs
+            ...
+            return 0
+        return run
+
+and register it: ``register_command("train", "train a dictionary", "trainers.cli:setup")``
+(or add a line to :data:`COMMANDS`). Every command gets the global ``--registry URL``.
+
+Errors print one line to stderr and exit 2 (usage: bad arguments, bad keys) or 1 (anything
+else); ``SCOPE_HUB_DEBUG=1`` shows the traceback instead.
+
+Example:
+    >>> main(["--help"])  # doctest: +ELLIPSIS
+    usage: scope-hub ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, NoReturn, Sequence
+
+from scope_hub.errors import KeyParseError, ScopeHubError, UnsafePathError
+
+PROG = "scope-hub"
+USAGE_ERRORS = (KeyParseError, UnsafePathError)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A lazily imported subcommand."""
+
+    name: str
+    help: str
+    target: str  # "module:function", function(parser) -> run(args) -> exit code
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def register_command(name: str, help: str, target: str) -> None:
+    """Add (or replace) a subcommand; ``target`` is imported only when the command runs."""
+    COMMANDS[name] = Command(name, help, target)
+
+
+_REGISTRY = "scope_hub.cli.registry_commands"
+for _name, _help in [
+    ("push", "publish a dictionary folder as the next version of KEY"),
+    ("pull", "download KEY (default @latest) and print its local folder"),
+    ("ls", "list published keys matching an fnmatch PATTERN"),
+    ("info", "versions, sizes, metadata and card of KEY"),
+    ("verify", "re-hash every blob of the registry; exit 1 on any mismatch"),
+    ("lock", "pin KEYs into a lockfile (scope.lock)"),
+    ("yank", "yank KEY@vN: latest skips it, exact pins still pull it"),
+    ("rm", "alias of yank (versions are immutable; nothing is deleted)"),
+    ("gc", "delete blobs no manifest references"),
+    ("reindex", "rebuild the registry index from the manifests"),
+]:
+    register_command(_name, _help, f"{_REGISTRY}:setup_{_name}")
+register_command("convert", "convert a dictionary folder between formats (saelens, sparsify, ...)",
+                 "scope_hub.interop.cli_commands:setup_convert")
+register_command("import", "publish a whole Gemma Scope 1/2 release (folder or Hub repo) to the registry",
+                 "scope_hub.interop.cli_commands:setup_import")
+register_command("trace", "attribution graph of a prompt over transcoders/CLTs (circuit-tracer JSON)",
+                 "scope_hub.analysis.circuits.cli:setup")
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _global_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--registry", metavar="URL", default=default,
+                        help="registry URL: file://, memory://, s3://, hf:// (default: $SCOPE_HUB_REGISTRY or a local one)")
+
+
+def _top_parser() -> _Parser:
+    listing = "\n".join(f"  {c.name:<10} {c.help}" for c in COMMANDS.values())
+    parser = _Parser(prog=PROG, description="Dictionary registry and tools for mechanistic interpretability.",
+                     epilog=f"commands:\n{listing}\n\nrun `{PROG} COMMAND --help` for a command's options",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(parser)
+    parser.add_argument("command", metavar="COMMAND", help="one of the commands below")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _run(argv: Sequence[str]) -> int:
+    top = _top_parser().parse_args(argv)
+    command = COMMANDS.get(top.command)
+    if command is None:
+        _top_parser().error(f"unknown command {top.command!r}; choose from {', '.join(COMMANDS)}")
+    module, _, function = command.target.partition(":")
+    sub = _Parser(prog=f"{PROG} {command.name}", description=command.help)
+    _global_options(sub, default=top.registry)
+    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), function)(sub)
+    return handler(sub.parse_args(top.args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``scope-hub`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("SCOPE_HUB_DEBUG", "") not in ("", "0")
+    try:
+        return _run(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)
+        return exc.code if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, ScopeHubError):
+            sys.stderr.write(f"{PROG}: error: {_one_line(exc)}\n")
+            return 2 if isinstance(exc, USAGE_ERRORS) else 1
+        kind = "error" if isinstance(exc, OSError) else f"internal error ({type(exc).__name__})"
+        sys.stderr.write(f"{PROG}: {kind}: {_one_line(exc)} (set SCOPE_HUB_DEBUG=1 for a traceback)\n")
+        return 1
+
+
+if __name__ == "__main__":  # python -m scope_hub.cli
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The :class:`Registry` facade: push, pull, resolve, list, info, verify, yank, gc, reindex, lock.
+
+It adds to any backend the local cache (verified blobs, immutable manifests, snapshots),
+offline mode and lockfiles, so every backend behaves the same to callers.
+
+Example:
+    >>> import tempfile, json
+    >>> from pathlib import Path
+    >>> from safetensors.numpy import save_file
+    >>> import numpy as np
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "config.json").write_text(json.dumps({"type": "sae", "architecture": "relu", "d_in": 4, "d_sae": 8}))
+    >>> save_file({"w_enc": np.zeros((4, 8), np.float32)}, str(folder / "params.safetensors"))
+    >>> reg = Registry("memory://doc-api", cache_dir=tempfile.mkdtemp())
+    >>> reg.push(folder, "m:resid_post/layer_1/width_8/sae").version
+    1
+    >>> sorted(p.name for p in reg.pull("m:resid_post/layer_1/width_8/sae@v1").iterdir())
+    ['config.json', 'params.safetensors']
+"""
+
+from __future__ import annotations
+
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from scope_hub.errors import KeyParseError, LockfileError, OfflineError, UnknownKeyError, VersionNotFoundError
+from scope_hub.keys import DictionaryKey, parse_key, version_number
+from scope_hub.metadata import Manifest
+from scope_hub.registry.backends import normalize_url, open_backend
+from scope_hub.registry.cache import LocalCache, export_snapshot
+from scope_hub.registry.content import map_threads, parse_manifest, sha256_bytes, sha256_file, stage_folder
+from scope_hub.registry.faults import fault_point
+from scope_hub.registry.layout import key_path
+from scope_hub.registry.lockfile import LockEntry, Lockfile
+from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
+from scope_hub.registry.progress import Progress
+from scope_hub.registry.protocol import Backend, latest_live
+from scope_hub.registry.settings import cache_root, default_registry_url, is_offline
+
+
+def as_key(key: str | DictionaryKey) -> DictionaryKey:
+    """Parse a key string (or pass a DictionaryKey through) and check its path is safe."""
+    parsed = parse_key(key) if isinstance(key, str) else key
+    key_path(parsed)
+    return parsed
+
+
+class Registry:
+    """A dictionary registry at ``url`` (``None``: ``$SCOPE_HUB_REGISTRY`` or the local default).
+
+    ``cache_dir`` defaults to ``$SCOPE_HUB_CACHE``; ``offline`` to ``SCOPE_HUB_OFFLINE`` /
+    ``HF_HUB_OFFLINE``; ``progress`` (bars on transfers) to "stderr is a terminal and not CI".
+    """
+
+    def __init__(self, url: str | None = None, *, cache_dir: str | Path | None = None,
+                 offline: bool | None = None, progress: bool | None = None):
+        self.url = normalize_url(url or default_registry_url())
+        self.cache = LocalCache(Path(cache_dir) if cache_dir else cache_root(), self.url)
+        self.progress = Progress(progress)
+        self._offline = offline
+        self._backend: Backend | None = None
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r})"
+
+    @property
+    def offline(self) -> bool:
+        """Whether only the local cache may be used."""
+        return is_offline() if self._offline is None else self._offline
+
+    @property
+    def backend(self) -> Backend:
+        """The backend serving this URL (opened on first use)."""
+        if self._backend is None:
+            self._backend = open_backend(self.url)
+        return self._backend
+
+    def _can_read_remote(self) -> bool:
+        return not self.offline or self.backend.serves_offline
+
+    def _require_online(self, what: str) -> None:
+        if self.offline:
+            raise OfflineError(f"cannot {what} on {self.url} in offline mode; unset SCOPE_HUB_OFFLINE / HF_HUB_OFFLINE")
+
+    # -- writing ---------------------------------------------------------------------------
+    def push(self, folder: str | Path, key: str | DictionaryKey, *, card: str | Path | None = None) -> PushResult:
+        """Publish ``folder`` as the next version of ``key``; identical content is a no-op.
+
+        Example: ``Registry("s3://bucket/reg").push("out/sae", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae")``
+        """
+        k = as_key(key)
+        if k.ref:
+            raise KeyParseError(f"push takes a key without a ref, got {str(k)!r}: versions are assigned by the registry")
+        self._require_online("push")
+        staged = stage_folder(folder, k, card)
+        fault_point("staged")
+        return self.backend.publish(staged, self.progress)
+
+    def yank(self, key: str | DictionaryKey) -> int:
+        """Yank ``key@vN``: ``latest`` skips it, exact pins still pull it. Returns N."""
+        k = as_key(key)
+        version = version_number(k.ref or "")
+        if version is None:
+            raise KeyParseError(f"yank needs an exact version, e.g. {k.unpinned()}@v1")
+        self._require_online("yank")
+        manifest, data = self._manifest(k, version)
+        self.backend.yank(k, version, manifest, data)
+        return version
+
+    # -- resolving -------------------------------------------------------------------------
+    def _manifest(self, key: DictionaryKey, version: int) -> tuple[Manifest, bytes]:
+        data = self.cache.manifest(key, version)
+        if data is not None:
+            return parse_manifest(data, key, version, f"cache {self.cache.rid}"), data
+        if not self._can_read_remote():
+            raise OfflineError(f"{key.unpinned()}@v{version} is not in the local cache and offline mode is on")
+        data = self.backend.read_manifest(key, version)
+        manifest = parse_manifest(data, key, version, self.url)
+        self.cache.save_manifest(key, version, data)
+        return manifest, data
+
+    def _latest(self, key: DictionaryKey) -> int:
+        if not self._can_read_remote():
+            cached = self.cache.latest(key)
+            if cached is None:
+                raise OfflineError(f"offline: {key.unpinned()}@latest was never resolved online; pin a cached version")
+            return cached
+        states = self.backend.versions(key)
+        if not states and self.offline:  # a backend's own cache (hf) may just predate the key
+            raise OfflineError(f"offline: {key.unpinned()} is not in the cached index of {self.url}")
+        if not states:
+            raise UnknownKeyError(f"{key.unpinned()} is not published in {self.url}; see `scope-hub ls`")
+        version = latest_live(states)
+        if version is None:
+            raise VersionNotFoundError(f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}")
+        self.cache.save_latest(key, version)
+        return version
+
+    def _by_content(self, key: DictionaryKey, prefix: str) -> int:
+        if self._can_read_remote():
+            record = self.backend.load_index().match_content(str(key.unpinned()), prefix)
+            if record is not None:
+                return record.version
+            candidates = [s.version for s in self.backend.versions(key)]  # the index may lag: ask the manifests
+        else:
+            candidates = self.cache.cached_versions(key)
+        for version in reversed(candidates):
+            if self._manifest(key, version)[0].content_sha256.startswith(prefix):
+                return version
+        raise VersionNotFoundError(f"no version of {key.unpinned()} has content sha256:{prefix}… in {self.url}")
+
+    def resolve_version(self, key: str | DictionaryKey) -> int:
+        """The N a key's ref (``latest`` by default) points to now."""
+        k = as_key(key)
+        ref = k.ref or "latest"
+        if (n := version_number(ref)) is not None:
+            return n
+        return self._latest(k) if ref == "latest" else self._by_content(k, ref.removeprefix("sha256:"))
+
+    def resolve(self, key: str | DictionaryKey) -> Manifest:
+        """The manifest a key (with its ref) resolves to.
+
+        Example: ``Registry().resolve("google/gemma-3-270m:resid_post/layer_6/width_16k/sae@v2").files``
+        """
+        k = as_key(key)
+        return self._manifest(k, self.resolve_version(k))[0]
+
+    # -- pulling ----------------------------------------------------------------------------
+    def pull(self, key: str | DictionaryKey, *, to: str | Path | None = None,
+             lock: str | Path | Lockfile | None = None, verify: bool = False) -> Path:
+        """Local folder holding the dictionary's files, downloaded and verified if needed.
+
+        ``lock``: a lockfile (path or object) that must pin this key in this registry; the
+        version and manifest bytes are then exactly the locked ones (else LockfileError).
+        ``to``: copy the files there instead of returning the cache snapshot.
+        ``verify``: re-hash cached files instead of trusting sizes (slower).
+
+        Example: ``Registry("file:///data/reg").pull("m:resid_post/layer_1/width_16k/sae@v1")``
+        """
+        k = as_key(key)
+        if lock is not None:
+            entry = (Lockfile.load(lock) if not isinstance(lock, Lockfile) else lock).find(k, registry=self.url)
+            manifest = self._locked_manifest(k, entry)
+        else:
+            manifest = self._manifest(k, self.resolve_version(k))[0]
+        snapshot = self._materialize(k, manifest, verify)
+        return export_snapshot(snapshot, manifest, Path(to)) if to is not None else snapshot
+
+    def _locked_manifest(self, key: DictionaryKey, entry: LockEntry) -> Manifest:
+        manifest, data = self._manifest(key, entry.version)
+        if sha256_bytes(data) != entry.manifest_sha256:
+            raise LockfileError(
+                f"{entry.key}@v{entry.version} in {self.url} no longer matches the lockfile (manifest sha256 "
+                f"{sha256_bytes(data)[:12]} != locked {entry.manifest_sha256[:12]}); re-lock only if the change is intended")
+        return manifest
+
+    def _materialize(self, key: DictionaryKey, manifest: Manifest, verify: bool) -> Path:
+        if self.cache.snapshot_ready(key, manifest, rehash=verify):
+            return self.cache.snapshot_dir(key, manifest.version)
+        label = f"{key.unpinned()}@v{manifest.version}"
+        missing = []
+        for entry in manifest.files:
+            blob = self.cache.blob(entry)
+            if blob is not None and verify and sha256_file(blob)[0] != entry.sha256:
+                blob.unlink()
+                blob = None
+            if blob is None:
+                missing.append(entry)
+        if missing and not self._can_read_remote():
+            raise OfflineError(f"offline: {missing[0].path} of {label} is not in the local cache")
+
+        def fetch(entry):
+            with self.backend.open_file(key, manifest.version, entry) as stream:
+                return self.cache.ingest(stream, entry, label, self.progress)
+
+        map_threads(fetch, missing)  # several files (CLT layers, card, config) download at once
+        return self.cache.build_snapshot(key, manifest)
+
+    # -- browsing and maintenance ------------------------------------------------------------
+    def list(self, pattern: str = "*") -> list[KeySummary]:
+        """Published keys matching an fnmatch ``pattern`` over canonical keys (from the index)."""
+        if not self._can_read_remote():
+            raise OfflineError(f"cannot list {self.url} in offline mode")
+        return [s for s in self.backend.load_index().summaries() if fnmatchcase(s.key, pattern)]
+
+    def info(self, key: str | DictionaryKey) -> KeyInfo:
+        """Versions, sizes, config and card of a key (the card of its ref, default latest)."""
+        k = as_key(key)
+        if not self._can_read_remote():
+            raise OfflineError(f"cannot read {self.url} in offline mode")
+        states = self.backend.versions(k)
+        if not states:
+            raise UnknownKeyError(f"{k.unpinned()} is not published in {self.url}; see `scope-hub ls`")
+        details, manifests = [], {}
+        for state in states:
+            manifest, data = self._manifest(k, state.version)
+            manifests[state.version] = manifest
+            details.append(VersionDetail(version=state.version, yanked=state.yanked, created_at=manifest.created_at,
+                                         content_sha256=manifest.content_sha256, manifest_sha256=sha256_bytes(data),
+                                         size=sum(f.size for f in manifest.files), files=manifest.files))
+        latest = latest_live(states)
+        shown = manifests.get(self.resolve_version(k) if k.ref else (latest or states[-1].version))
+        if shown is None:
+            raise VersionNotFoundError(f"{k} does not exist in {self.url}")
+        return KeyInfo(key=str(k.unpinned()), registry=self.url, latest=latest, versions=details,
+                       config=shown.config, card=self._card_text(k, shown))
+
+    def _card_text(self, key: DictionaryKey, manifest: Manifest) -> str | None:
+        if not manifest.card:
+            return None
+        snapshot = self._materialize(key, manifest, verify=False)
+        return (snapshot / manifest.card).read_text(errors="replace")
+
+    def verify(self, *, cache: bool = False) -> VerifyReport:
+        """Re-hash every blob of the registry (and of the local cache if ``cache``)."""
+        self._require_online("verify")
+        report = self.backend.verify(self.progress)
+        if cache:
+            local = self.cache.verify(self.progress)
+            report.blobs_checked += local.blobs_checked
+            report.problems += local.problems
+        return report
+
+    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
+        """Delete blobs no manifest references (and stale temp files) older than the grace period."""
+        self._require_online("gc")
+        return self.backend.gc(grace_seconds, dry_run)
+
+    def reindex(self) -> int:
+        """Rebuild the index from the manifests; returns the number of versions indexed."""
+        self._require_online("reindex")
+        return self.backend.reindex()
+
+    def lock(self, keys: list[str | DictionaryKey], path: str | Path | None = None) -> Lockfile:
+        """Pin ``keys`` (each at its ref, default latest) into a lockfile, written to ``path`` if given."""
+        entries = []
+        for key in keys:
+            k = as_key(key)
+            version = self.resolve_version(k)
+            manifest, data = self._manifest(k, version)
+            entries.append(LockEntry(registry=self.url, key=str(k.unpinned()), version=version,
+                                     manifest_sha256=sha256_bytes(data), content_sha256=manifest.content_sha256))
+        lockfile = Lockfile(entries=entries)
+        if path is not None:
+            lockfile.save(path)
+        return lockfile
+
+
+def pull_locked(key: str | DictionaryKey, lockfile: str | Path = "scope.lock", **kwargs) -> Path:
+    """Pull ``key`` from the registry its lockfile entry names, exactly as locked.
+
+    Example: ``pull_locked("google/gemma-3-270m:resid_post/layer_6/width_16k/sae", "scope.lock")``
+    """
+    lock = Lockfile.load(lockfile)
+    entry = lock.find(as_key(key))
+    return Registry(entry.registry, **kwargs).pull(key, lock=lock)

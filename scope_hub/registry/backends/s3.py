@@ -1,0 +1,73 @@
+"""s3:// registry root through s3fs (any S3-compatible endpoint).
+
+The endpoint comes from the standard AWS variables (``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL``), credentials from the usual boto chain. Exclusive create is a
+conditional put (``If-None-Match: *``, s3fs ``pipe_file(mode="create")``): S3 and moto 5.2.5
+answer 412 PreconditionFailed to the second writer, which s3fs raises as FileExistsError.
+Plain S3 puts (and completed multipart uploads) are atomic, so blobs need no temp name.
+
+Example (needs an endpoint, so not run here)::
+
+    store = S3Store("s3://my-bucket/registry")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from scope_hub.errors import RegistryError
+from scope_hub.registry.backends.base import FsspecStore, _Forward
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+class S3Store(FsspecStore):
+    """A registry root in an S3 bucket (optionally under a prefix)."""
+
+    def __init__(self, url: str):
+        try:
+            import s3fs
+        except ImportError:  # optional dependency: say exactly what to install
+            raise RegistryError("s3:// registries need s3fs: pip install 'scope-hub[s3]'") from None
+        root = url.removeprefix("s3://").strip("/")
+        if not root:
+            raise RegistryError(f"s3 URL {url!r} has no bucket; use s3://bucket[/prefix]")
+        # No listing cache: versions and index segments must be seen as soon as they exist.
+        # The instance cache stays on: Registry objects with the same endpoint share one client.
+        fs = s3fs.S3FileSystem(
+            use_listings_cache=False,
+            client_kwargs={"endpoint_url": _endpoint()},
+        )
+        super().__init__(f"s3://{root}", fs, root)
+
+    def create_bytes(self, path: str, data: bytes) -> bool:
+        self._count("put")
+        for attempt in range(10):
+            try:
+                self.fs.pipe_file(self.full(path), data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+            except OSError as exc:
+                # AWS answers 409 ConditionalRequestConflict while a racing conditional put is in flight.
+                if "Conflict" not in str(exc) or attempt == 9:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        return False
+
+    def read_many(self, paths: list[str]) -> dict[str, bytes | None]:
+        if not paths:
+            return {}
+        self._count("get", len(paths))
+        got = self.fs.cat([self.full(p) for p in paths], on_error="omit")  # concurrent GETs
+        by_rel = {self.relative(k): v for k, v in got.items()}
+        return {p: by_rel.get(p) for p in paths}
+
+    def put_file(self, path: str, local: Path, on_bytes: Callable[[int], None] | None = None) -> None:
+        self._count("put")
+        self.fs.put_file(str(local), self.full(path), callback=_Forward(on_bytes))

@@ -1,0 +1,129 @@
+"""verify, gc and reindex over a byte store: the slow, whole-registry operations.
+
+Each walks the store (one paginated listing per folder tree) and reads manifests in batches;
+none is needed for normal pushes and pulls.
+
+Example:
+    >>> from scope_hub.registry.backends.memory import MemoryStore
+    >>> verify_store(MemoryStore("memory://doc-maint"), Progress(enabled=False)).ok
+    True
+"""
+
+from __future__ import annotations
+
+import time
+
+from scope_hub.errors import IntegrityError, RegistryError
+from scope_hub.metadata import Manifest
+from scope_hub.registry.backends.base import Store
+from scope_hub.registry.content import copy_hashing, parse_manifest
+from scope_hub.registry.index import RegistryIndex
+from scope_hub.registry.layout import BLOB_DIR, MANIFEST_DIR, TMP_DIR, key_of_version_file
+from scope_hub.registry.models import GcReport, VerifyReport
+from scope_hub.registry.progress import Progress
+from scope_hub.registry.protocol import record_of
+
+BATCH = 500
+
+
+def _version_files(store: Store) -> tuple[list[tuple[str, object, int]], set[tuple[str, int]]]:
+    """(manifest paths with their key and version, set of yanked (key, version))."""
+    manifests, yanked = [], set()
+    for path in store.walk(MANIFEST_DIR):
+        parsed = key_of_version_file(path)
+        if parsed is None:
+            continue
+        key, version, kind = parsed
+        if kind == "json":
+            manifests.append((path, key, version))
+        else:
+            yanked.add((str(key), version))
+    return manifests, yanked
+
+
+def _read_manifests(store: Store, manifests, problems: list[str]):
+    """Yield (key, version, Manifest, bytes) for every readable manifest; record the rest."""
+    for start in range(0, len(manifests), BATCH):
+        chunk = manifests[start:start + BATCH]
+        datas = store.read_many([p for p, _, _ in chunk])
+        for path, key, version in chunk:
+            data = datas.get(path)
+            if data is None:
+                problems.append(f"manifest {path} vanished while being read")
+                continue
+            try:
+                yield key, version, parse_manifest(data, key, version, f"{store.url}/{path}"), data
+            except IntegrityError as exc:
+                problems.append(str(exc))
+
+
+def verify_store(store: Store, progress: Progress) -> VerifyReport:
+    """Re-hash every blob, then check every manifest's files exist with the right size and hash."""
+    report = VerifyReport()
+    sizes: dict[str, int] = {}
+    corrupt: set[str] = set()
+    blobs = store.walk(BLOB_DIR)
+    with progress.bar(len(blobs), "verify blobs", unit="blob") as update:
+        for path in blobs:
+            name = path.rsplit("/", 1)[-1]
+            with store.open_read(path) as stream:
+                sha, size = copy_hashing(stream, None)
+            sizes[name] = size
+            report.blobs_checked += 1
+            if sha != name:
+                corrupt.add(name)
+                report.problems.append(f"blob {name[:16]} is corrupt: its bytes hash to {sha[:16]}")
+            update(1)
+    manifests, _ = _version_files(store)
+    for key, version, manifest, _ in _read_manifests(store, manifests, report.problems):
+        report.manifests_checked += 1
+        _check_entries(f"{key}@v{version}", manifest, sizes, corrupt, report.problems)
+    return report
+
+
+def _check_entries(label: str, manifest: Manifest, sizes: dict[str, int], corrupt: set[str], problems: list[str]) -> None:
+    for entry in manifest.files:
+        if entry.sha256 not in sizes:
+            problems.append(f"{label}: blob of {entry.path} ({entry.sha256[:16]}) is missing")
+        elif sizes[entry.sha256] != entry.size:
+            problems.append(f"{label}: {entry.path} has {sizes[entry.sha256]} bytes, manifest says {entry.size}")
+        elif entry.sha256 in corrupt:
+            problems.append(f"{label}: {entry.path} is corrupt (blob {entry.sha256[:16]})")
+
+
+def gc_store(store: Store, grace_seconds: float, dry_run: bool) -> GcReport:
+    """Delete blobs no manifest references, and stale temp files, older than ``grace_seconds``.
+
+    Refuses to delete anything if a manifest cannot be read: a blob is only garbage when
+    every manifest has been seen.
+    """
+    problems: list[str] = []
+    manifests, _ = _version_files(store)
+    referenced = {e.sha256 for _, _, m, _ in _read_manifests(store, manifests, problems) for e in m.files}
+    if problems:
+        raise RegistryError(f"gc refused: {problems[0]} (fix it or run `scope-hub verify`)")
+    report = GcReport()
+    now = time.time()
+    candidates = [p for p in store.walk(BLOB_DIR) if p.rsplit("/", 1)[-1] not in referenced]
+    for path in candidates + store.walk(TMP_DIR):
+        stat = store.stat(path)
+        if stat is None:
+            continue
+        if now - stat[1] < grace_seconds:
+            report.kept_recent += 1  # may belong to a push still in flight
+            continue
+        report.deleted.append(path)
+        report.bytes_freed += stat[0]
+        if not dry_run:
+            store.delete(path)
+    return report
+
+
+def scan_manifests(store: Store) -> RegistryIndex:
+    """An index built from the manifests themselves (the source of truth)."""
+    problems: list[str] = []
+    manifests, yanked = _version_files(store)
+    index = RegistryIndex()
+    for key, version, manifest, data in _read_manifests(store, manifests, problems):
+        index.add(str(key), record_of(manifest, data, yanked=(str(key), version) in yanked))
+    return index

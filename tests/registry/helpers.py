@@ -1,0 +1,64 @@
+"""Shared helpers for registry tests: tiny dictionary folders and CLI subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from scope_hub.metadata import DictionaryConfig
+
+KEY = "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def make_dictionary(folder: Path, seed: int = 0, d_in: int = 4, d_sae: int = 8, card: str | None = None,
+                    type_: str = "sae") -> Path:
+    """A valid native folder: config.json (DictionaryConfig dump) + params.safetensors (+ README.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = DictionaryConfig(type=type_, architecture="jumprelu", d_in=d_in, d_sae=d_sae,
+                              model="google/gemma-3-270m", site="resid_post", layer=6)
+    (folder / "config.json").write_text(config.model_dump_json(indent=1))
+    rng = np.random.default_rng(seed)
+    save_file({"w_enc": rng.standard_normal((d_in, d_sae)).astype(np.float32),
+               "b_enc": rng.standard_normal(d_sae).astype(np.float32),
+               "threshold": np.full(d_sae, 0.1, np.float32),
+               "w_dec": rng.standard_normal((d_sae, d_in)).astype(np.float32),
+               "b_dec": np.zeros(d_in, np.float32)}, str(folder / "params.safetensors"))
+    if card is not None:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Name -> bytes of every file in a folder."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The current environment (fixtures already point caches at tmp dirs) plus ``extra``."""
+    env = dict(os.environ)
+    env.update(extra)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -m scope_hub.cli ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "scope_hub.cli", *args], capture_output=True, text=True,
+                          env=env or cli_env(), timeout=timeout)
+
+
+def popen_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m scope_hub.cli ARGS`` without waiting."""
+    return subprocess.Popen([sys.executable, "-m", "scope_hub.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env or cli_env())
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, sort_keys=True)

@@ -1,0 +1,114 @@
+"""hf:// specifics against the fake Hub: one commit per push, a browsable layout, the HF cache offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+
+import pytest
+
+from scope_hub.errors import OfflineError, RegistryError
+from scope_hub.registry import Registry
+from scope_hub.registry.backends.hf import tag_name
+from scope_hub.registry.backends.hf_client import parse_hf_url
+from scope_hub.keys import parse_key
+
+from .helpers import KEY, cli_env, folder_bytes, make_dictionary, run_cli
+
+FOLDER = parse_key(KEY).path
+
+
+def _head(hub, repo_id):
+    repo = hub.repos[repo_id]
+    return repo.commits[repo.branches["main"]]
+
+
+def test_each_push_is_one_commit_with_a_browsable_folder_and_a_tag(tmp_path, hf_repo, fake_hub):
+    reg = Registry(f"hf://{hf_repo}", progress=False)
+    reg.push(make_dictionary(tmp_path / "v1", seed=1, card="# v1 card"), KEY)
+    first = _head(fake_hub, hf_repo)
+    assert first.title == f"scope-hub: publish {KEY}@v1"
+    assert {f"{FOLDER}/config.json", f"{FOLDER}/params.safetensors", f"{FOLDER}/README.md",
+            f"{FOLDER}/.scope/v1.json", ".scope/index.json"} <= set(first.files)
+    reg.push(make_dictionary(tmp_path / "v2", seed=2), KEY)  # no card this time
+    second = _head(fake_hub, hf_repo)
+    assert second.parent == first.oid  # exactly one new commit
+    assert f"{FOLDER}/README.md" not in second.files  # the folder shows v2 only
+    assert json.loads(second.files[".scope/index.json"])["keys"][KEY][0]["revision"] == first.oid
+    assert fake_hub.repos[hf_repo].tags[tag_name(parse_key(KEY), 1)] == first.oid
+    assert "# v1 card" in Registry(f"hf://{hf_repo}", progress=False).info(f"{KEY}@v1").card  # read at its commit
+
+
+def test_offline_with_a_prepopulated_hf_cache_and_no_hub(tmp_path, hf_repo, fake_hub, monkeypatch):
+    url = f"hf://{hf_repo}"
+    v1, v2 = make_dictionary(tmp_path / "v1", seed=1), make_dictionary(tmp_path / "v2", seed=2)
+    Registry(url, progress=False).push(v1, KEY)
+    Registry(url, progress=False).push(v2, KEY)
+    warm = Registry(url, cache_dir=tmp_path / "first-session", progress=False)
+    warm.pull(f"{KEY}@v1")
+    warm.pull(KEY)  # fills the standard HF cache (blobs/snapshots/refs)
+    shutil.rmtree(tmp_path / "first-session")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: any request would fail
+    offline = Registry(url, cache_dir=tmp_path / "second-session", progress=False)
+    assert folder_bytes(offline.pull(f"{KEY}@v1")) == folder_bytes(v1)
+    assert folder_bytes(offline.pull(KEY)) == folder_bytes(v2)
+    assert [s.latest for s in offline.list()] == [2]
+    with pytest.raises(OfflineError):
+        offline.pull(KEY.replace("layer_6", "layer_7"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    with pytest.raises(OfflineError):
+        Registry(url, cache_dir=tmp_path / "third-session", progress=False).pull(f"{KEY}@v1")
+
+
+def test_reindex_rebuilds_a_lost_index_from_manifests_and_history(tmp_path, hf_repo, fake_hub, monkeypatch):
+    url = f"hf://{hf_repo}"
+    folders = [make_dictionary(tmp_path / f"v{i}", seed=i) for i in range(3)]
+    for folder in folders:
+        Registry(url, progress=False).push(folder, KEY)
+    repo = fake_hub.repos[hf_repo]
+    with fake_hub.lock:  # someone deletes the index in a plain commit
+        files = dict(_head(fake_hub, hf_repo).files)
+        del files[".scope/index.json"]
+        repo.branches["main"] = fake_hub.new_commit(repo, repo.branches["main"], files, "oops").oid
+    assert Registry(url, progress=False).list() == []
+    assert Registry(url, progress=False).reindex() == 3
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "fresh-hf-cache"))
+    fresh = Registry(url, cache_dir=tmp_path / "fresh", progress=False)
+    assert [s.latest for s in fresh.list()] == [3]
+    for version, folder in enumerate(folders, start=1):
+        assert folder_bytes(fresh.pull(f"{KEY}@v{version}")) == folder_bytes(folder)
+
+
+def test_tokens_are_never_printed_or_written(tmp_path, hf_repo, fake_hub):
+    token = f"hf_{uuid.uuid4().hex}"
+    env = cli_env(HF_TOKEN=token, HF_ENDPOINT=fake_hub.url)
+    url = f"hf://{hf_repo}"
+    outputs = [run_cli("--registry", url, "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY, env=env),
+               run_cli("--registry", url, "pull", KEY, env=env),
+               run_cli("--registry", url, "pull", f"{KEY}@v7", env=env),
+               run_cli("--registry", "hf://org/does-not-exist", "ls", env=env)]
+    assert [r.returncode for r in outputs] == [0, 0, 1, 1]
+    assert all(token not in r.stdout + r.stderr for r in outputs)
+    for root in (tmp_path / "scope-cache", tmp_path / "hf-cache"):
+        for dirpath, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                if not os.path.islink(path):
+                    assert token.encode() not in open(path, "rb").read(), path
+
+
+def test_dataset_repos_and_bad_urls():
+    assert parse_hf_url("hf://datasets/org/dicts") == ("dataset", "org/dicts", "main")
+    assert parse_hf_url("hf://org/dicts@dev") == ("model", "org/dicts", "dev")
+    with pytest.raises(RegistryError):
+        parse_hf_url("hf://just-a-name")
+
+
+def test_dataset_repo_round_trip(tmp_path, hf_repo, fake_hub):
+    url = f"hf://datasets/{hf_repo}"
+    src = make_dictionary(tmp_path / "v1", seed=1)
+    Registry(url, progress=False).push(src, KEY)
+    assert folder_bytes(Registry(url, cache_dir=tmp_path / "c", progress=False).pull(KEY)) == folder_bytes(src)
