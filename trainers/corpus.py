@@ -1,0 +1,87 @@
+"""A real English corpus present on every machine without network: the standard library's docstrings.
+
+Python ships thousands of hand-written English docstrings. Collected in a fixed
+order from a fixed module list, they form a small, reproducible corpus; its
+sha256 is recorded in every card trained on it (it differs between Python
+versions, which is exactly what the hash is for).
+
+Example:
+    >>> import tempfile
+    >>> path, digest, n_docs = write_stdlib_corpus(tempfile.mkdtemp() + "/corpus.jsonl", max_docs=5)
+    >>> n_docs, len(digest)
+    (5, 64)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
+    "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal",
+    "difflib", "email", "enum", "filecmp", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext",
+    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "http.server", "imaplib", "inspect", "io",
+    "ipaddress", "itertools", "json", "logging", "mailbox", "math", "mimetypes", "operator", "optparse", "os",
+    "pathlib", "pickle", "platform", "poplib", "pprint", "queue", "random", "re", "sched", "secrets", "selectors",
+    "shelve", "shlex", "shutil", "signal", "smtplib", "socket", "socketserver", "sqlite3", "statistics", "string",
+    "struct", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace",
+    "traceback", "turtle", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
+    "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo",
+)
+MIN_CHARS = 200
+"""Docstrings shorter than this are mostly signatures, not prose."""
+
+
+def _docstrings(module_name: str) -> list[str]:
+    try:
+        module = importlib.import_module(module_name)
+    except Exception:  # noqa: BLE001 - a module missing from this build (e.g. turtle without tk) is skipped
+        return []
+    found = [inspect.getdoc(module) or ""]
+    for name, member in sorted(vars(module).items()):
+        if name.startswith("_") or getattr(member, "__module__", module_name) != module_name:
+            continue
+        found.append(inspect.getdoc(member) or "")
+        if inspect.isclass(member):
+            found += [inspect.getdoc(m) or "" for n, m in sorted(vars(member).items()) if not n.startswith("_")]
+    return [doc.strip() for doc in found if len(doc.strip()) >= MIN_CHARS]
+
+
+def stdlib_documents(max_docs: int | None = None) -> list[str]:
+    """Unique docstrings of :data:`MODULES`, in a fixed order."""
+    seen: set[str] = set()
+    docs: list[str] = []
+    for module_name in MODULES:
+        for doc in _docstrings(module_name):
+            if doc not in seen:
+                seen.add(doc)
+                docs.append(doc)
+                if max_docs is not None and len(docs) >= max_docs:
+                    return docs
+    return docs
+
+
+def write_stdlib_corpus(path: str | Path, max_docs: int | None = None) -> tuple[Path, str, int]:
+    """Write the corpus as JSONL (``{"text": ...}`` per line) atomically; returns (path, sha256, n_docs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    docs = stdlib_documents(max_docs)
+    data = "".join(json.dumps({"text": doc}) + "\n" for doc in docs).encode()
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the corpus is meant to be read by anyone
+    os.replace(tmp, path)
+    return path, hashlib.sha256(data).hexdigest(), len(docs)
+
+
+def corpus_label() -> str:
+    """Human-readable name of the corpus, with the Python version that produced it."""
+    return f"python-{sys.version_info.major}.{sys.version_info.minor}-stdlib-docstrings"
