@@ -49,6 +49,7 @@ def make_layer(folder: Path, layer: int, d_in: int, d_sae: int) -> Path:
     save_file({"w_enc": rng.random((d_in, d_sae), dtype=np.float32), "b_enc": np.zeros(d_sae, np.float32),
                "threshold": np.full(d_sae, 0.01, np.float32), "w_dec": rng.random((d_sae, d_in), dtype=np.float32),
                "b_dec": np.zeros(d_in, np.float32)}, str(folder / "params.safetensors"))
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\nBenchmark dictionary.\n")  # card source
     return folder
 
 
@@ -103,9 +104,11 @@ def build_big_registry(reg: Registry, keys: list[str], tmp: Path) -> None:
     staged = stage_folder(folder, parse_key(keys[0]))
     for f in staged.files:
         store.put_file(blob_path(f.sha256), f.local)
+    card = staged.render_card(1)  # one card blob shared by every key (rendering 20,000 cards is not the point)
+    store.put_bytes(blob_path(card.sha256), card.data)
     index, payload = RegistryIndex(), {}
     for text in keys:
-        manifest = build_manifest(dataclasses.replace(staged, key=parse_key(text)), 1)
+        manifest = build_manifest(dataclasses.replace(staged, key=parse_key(text)), 1, card)
         data = manifest_bytes(manifest)
         payload[manifest_path(parse_key(text), 1)] = data
         index.add(text, record_of(manifest, data))

@@ -153,8 +153,12 @@ _SITE_BY_HOOK_SUFFIX = {
 }
 
 
-def _looks_like_gemma_scope_2(raw: dict[str, Any]) -> bool:
+def looks_like_gemma_scope_2(raw: dict[str, Any]) -> bool:
+    """Whether a config dict without ``schema_version`` is Gemma Scope 2's as published."""
     return "hf_hook_point_in" in raw or raw.get("architecture") == "jump_relu"
+
+
+_looks_like_gemma_scope_2 = looks_like_gemma_scope_2
 
 
 def gemma_model_id(model_name: str) -> str:

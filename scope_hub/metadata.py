@@ -204,8 +204,11 @@ class Manifest(_Strict):
     config: dict[str, Any]
     """The dictionary's config.json as published."""
     content_sha256: str
-    """sha256 over the sorted (path, sha256) pairs: identical content, identical hash."""
+    """sha256 over the sorted (path, sha256) pairs: identical content, identical hash. The card
+    counts by ``card_source_sha256`` (its source), not by the rendered file's sha256."""
     created_at: str
     """ISO 8601 UTC timestamp of the push."""
     card: str | None = None
     """Path of the card file among ``files``, if any."""
+    card_source_sha256: str | None = None
+    """Digest of the card source the card was rendered from (None: the card counts as itself)."""

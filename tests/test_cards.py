@@ -53,3 +53,41 @@ def test_release_card_renders_and_parses_back():
     assert ReleaseCard.parse(card.render()) == card
     with pytest.raises(CardError, match="scope_hub_release"):
         ReleaseCard.parse("---\nlicense: mit\nbase_model: x\n---\nhello\n")
+
+
+def test_card_source_keeps_only_what_the_author_wrote():
+    from scope_hub.cards import CardSource
+
+    author = "---\nlicense: mit\nbase_model: google/gemma-3-270m\ntags: [mine, topk]\n---\n\nMy text.\n\n"
+    src = CardSource.parse(author, _config(), KEY)
+    assert src == CardSource(front={"license": "mit", "tags": ["mine"]}, text="My text.")  # defaults dropped
+    rendered = render_dictionary_card(_config(), KEY, 7, text=author, registry_url="file:///r")
+    assert CardSource.parse(rendered, _config(), KEY) == src  # a rendered card gives its source back
+    again = render_dictionary_card(_config(), KEY.with_ref(None), 7, text=rendered, registry_url="file:///r")
+    assert again == rendered  # rendering is idempotent, so re-pushing a pulled folder changes nothing
+    assert CardSource.parse(author.replace("My text.", "Other."), _config(), KEY).digest != src.digest
+    assert CardSource.parse(author.replace("mit", "apache-2.0"), _config(), KEY).digest != src.digest
+    with pytest.raises(CardError, match="says license 'mit' but 'apache-2.0'"):
+        CardSource.parse(author, _config(), KEY, license="apache-2.0", strict=True)
+    assert CardSource.parse("Just text", _config(), KEY, license="mit").front == {"license": "mit"}
+
+
+def test_cards_never_carry_secrets_from_registry_urls_and_pin_the_base_model_revision():
+    text = render_dictionary_card(_config(model_revision="abc123"), KEY, 1, license="mit",
+                                  registry_url="s3://AKIA:secret@bucket/reg?X-Amz-Signature=sig")
+    assert "secret" not in text and "Signature" not in text and "registry='s3://bucket/reg'" in text
+    assert "ScopedModel.from_pretrained('google/gemma-3-270m', dictionaries=[" in text and "revision='abc123'" in text
+
+
+def test_release_entries_pin_exact_versions():
+    with pytest.raises(ValueError, match="exact version"):
+        ReleaseEntry(key=str(KEY))
+    with pytest.raises(ValueError, match="exact version"):
+        ReleaseEntry(key=f"{KEY}@latest")
+    with pytest.raises(ValueError, match="64 lowercase hex"):
+        ReleaseEntry(key=f"{KEY}@v1", sha256="abc")
+    card = ReleaseCard(name="r", version=3, license="mit", base_model=["m"], entries=[ReleaseEntry(key=f"{KEY}@v2")])
+    text = card.render()
+    assert "# r (v3)" in text and "not yet built" in text and ReleaseCard.parse(text) == card
+    with pytest.raises(CardError, match="entries"):
+        ReleaseCard.parse(text.replace(f"{KEY}@v2", str(KEY)))

@@ -63,6 +63,8 @@ for _name, _help in [
     ("pull", "download KEY (default @latest) and print its local folder"),
     ("ls", "list published keys matching an fnmatch PATTERN"),
     ("info", "versions, sizes, metadata and card of KEY"),
+    ("card", "print the card of KEY[@ref] (rendered at push, pinned to its version)"),
+    ("release", "build (and --publish) a release card pinning KEYs, or print a published one"),
     ("verify", "re-hash every blob of the registry; exit 1 on any mismatch"),
     ("lock", "pin KEYs into a lockfile (scope.lock)"),
     ("yank", "yank KEY@vN: latest skips it, exact pins still pull it"),

@@ -1,5 +1,5 @@
-"""Registry subcommands of ``scope-hub`` (torch-free): push, pull, ls, info, verify, lock,
-yank/rm, gc, reindex. Each ``setup_<name>(parser)`` adds its arguments and returns its runner.
+"""Registry subcommands of ``scope-hub`` (torch-free): push, pull, ls, info, card, release, verify,
+lock, yank/rm, gc, reindex. Each ``setup_<name>(parser)`` adds its arguments and returns its runner.
 
 Example:
     >>> from scope_hub.cli import main
@@ -22,7 +22,19 @@ Runner = Callable[[argparse.Namespace], int]
 def _registry(args: argparse.Namespace):
     from scope_hub.registry import Registry
 
+    revision = getattr(args, "revision", None)
+    if revision:
+        from scope_hub.registry.backends.hf_client import with_revision
+        from scope_hub.registry.settings import default_registry_url
+
+        return Registry(with_revision(args.registry or default_registry_url(), revision))
     return Registry(args.registry)
+
+
+def _revision_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", metavar="REV",
+                        help="hf:// only: read the registry as it is at this branch, tag or commit sha "
+                             "(same as hf://org/repo@REV)")
 
 
 def human_size(n: int) -> str:
@@ -38,10 +50,17 @@ def human_size(n: int) -> str:
 def setup_push(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("folder", metavar="FOLDER", help="dictionary folder (config.json + params*.safetensors)")
     parser.add_argument("key", metavar="KEY", help="key without @ref, e.g. google/gemma-3-270m:resid_post/layer_6/width_16k/sae")
-    parser.add_argument("--card", metavar="FILE", help="card file to publish as README.md")
+    parser.add_argument("--card", metavar="FILE",
+                        help="card source (markdown, optional front matter); default: the folder's README.md. "
+                             "The stored README.md is rendered from it and config.json for the new version")
+    parser.add_argument("--license", metavar="ID",
+                        help="license of the weights (e.g. apache-2.0), when the card source does not state one")
+    parser.add_argument("--private", action="store_true", default=None,
+                        help="hf:// only: create the Hub repo private if this push creates it")
 
     def run(args: argparse.Namespace) -> int:
-        result = _registry(args).push(args.folder, args.key, card=args.card)
+        result = _registry(args).push(args.folder, args.key, card=args.card, license=args.license,
+                                      private=args.private)
         verb = "pushed" if result.created else "unchanged (identical content):"
         print(f"{verb} {result.ref} sha256:{result.content_sha256[:12]}")
         return 0
@@ -54,12 +73,110 @@ def setup_pull(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--to", metavar="DIR", help="copy the files into DIR instead of printing the cache folder")
     parser.add_argument("--lock", metavar="FILE", help="resolve through this lockfile (exact locked bytes)")
     parser.add_argument("--verify", action="store_true", help="re-hash cached files instead of trusting sizes")
+    _revision_option(parser)
 
     def run(args: argparse.Namespace) -> int:
         print(_registry(args).pull(args.key, to=args.to, lock=args.lock, verify=args.verify))
         return 0
 
     return run
+
+
+def setup_card(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument("key", metavar="KEY", help="key, optionally @vN, @latest or @sha256:<prefix>")
+    _revision_option(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        sys.stdout.write(_registry(args).card(args.key).rstrip("\n") + "\n")
+        return 0
+
+    return run
+
+
+def _description(path: str | None, out: str) -> str:
+    """Description text from --description FILE (a release card's description, or the file's
+    markdown without front matter), else from the existing --out card (re-pinning keeps it)."""
+    from pathlib import Path
+
+    from scope_hub.cards import ReleaseCard, parse_card
+    from scope_hub.errors import CardError, DictionaryNotFoundError
+
+    source = Path(path) if path else Path(out)
+    if not source.is_file():
+        if path:
+            raise DictionaryNotFoundError(f"description file {path!r} does not exist")
+        return ""
+    text = source.read_text(encoding="utf-8")
+    front, body = parse_card(text)
+    if "scope_hub_release" in front:
+        try:
+            return ReleaseCard.parse(text, str(source)).description
+        except CardError:
+            if not path:
+                return ""  # an --out file that is not a valid release card: overwritten
+            raise
+    return body.strip() if path else ""
+
+
+def setup_release(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = ("build a release card pinning KEYs to their versions and content sha256 "
+                          "(written to --out, stored in the registry with --publish); without KEYs, print "
+                          "a published release card (NAME or NAME@vN)")
+    parser.add_argument("name", metavar="NAME", help="release name, e.g. scope-hub-demo-gemma-3-270m (NAME@vN to read one)")
+    parser.add_argument("keys", metavar="KEY", nargs="*", help="keys to pin (each at its ref, default latest)")
+    parser.add_argument("--license", metavar="ID", help="license of the released weights (required with KEYs)")
+    parser.add_argument("--description", metavar="FILE",
+                        help="markdown describing the release (default: the description of an existing --out card)")
+    parser.add_argument("--out", metavar="FILE", help="where to write the card (default cards/NAME.md)")
+    parser.add_argument("--publish", action="store_true",
+                        help="also store it in the registry as releases/NAME/vN.md (write-once; N assigned)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from scope_hub.registry.layout import check_release_name
+
+        name, _, ref = args.name.partition("@")
+        check_release_name(name)
+        if not args.keys:
+            if args.license or args.description or args.out or args.publish:
+                parser.error("--license/--description/--out/--publish build a release: give its KEYs")
+            version = None
+            if ref:
+                if not (ref.startswith("v") and ref[1:].isdigit()):
+                    parser.error(f"bad release ref {ref!r}: use NAME@vN")
+                version = int(ref[1:])
+            sys.stdout.write(_registry(args).read_release(name, version).rstrip("\n") + "\n")
+            return 0
+        if ref:
+            parser.error("a release being built gets its version when published: give NAME without @vN")
+        if not args.license:
+            parser.error("--license is required to build a release (e.g. --license apache-2.0)")
+        out = Path(args.out or Path("cards") / f"{name}.md")
+        reg = _registry(args)
+        card = reg.build_release(name, args.keys, license=args.license,
+                                 description=_description(args.description, str(out)))
+        if args.publish:
+            card, created = reg.publish_release(card)
+            where = f"releases/{name}/v{card.version}.md in {reg.url}"
+            print(f"published {where}" if created else f"unchanged (identical to {where})")
+        _write_atomic(out, card.render())
+        for entry in card.entries:
+            print(f"pinned {entry.key} sha256:{(entry.sha256 or '')[:12]}")
+        print(f"wrote {out}")
+        return 0
+
+    return run
+
+
+def _write_atomic(path, text: str) -> None:
+    import os
+    import uuid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def setup_ls(parser: argparse.ArgumentParser) -> Runner:
@@ -81,6 +198,7 @@ def setup_ls(parser: argparse.ArgumentParser) -> Runner:
 def setup_info(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("key", metavar="KEY", help="key (its ref picks which version's config and card to show)")
     parser.add_argument("--json", action="store_true", help="print the full record as JSON")
+    _revision_option(parser)
 
     def run(args: argparse.Namespace) -> int:
         info = _registry(args).info(args.key)

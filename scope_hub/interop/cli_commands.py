@@ -63,6 +63,8 @@ def setup_import(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--include", metavar="GLOB", action="append",
                         help="only folders matching this glob (repeatable), e.g. 'resid_post/*'")
     parser.add_argument("--dry-run", action="store_true", help="print the planned keys, push nothing")
+    parser.add_argument("--license", metavar="ID", default="cc-by-4.0",
+                        help="license stated in every imported version's card (default: cc-by-4.0, Gemma Scope's)")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
     return run_import
 
@@ -75,7 +77,7 @@ def run_import(args: argparse.Namespace) -> int:
     module, _, function = IMPORTERS[args.format].partition(":")
     importer = getattr(importlib.import_module(module), function)
     options = dict(repo_id=args.repo_id, revision=args.revision, model=args.model, include=args.include,
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, license=args.license)
     if args.format == "gemma-scope-1":
         options["site"] = args.site
     elif args.site:

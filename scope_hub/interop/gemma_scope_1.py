@@ -42,7 +42,8 @@ from scope_hub.interop.common import (
     write_json,
 )
 from scope_hub.interop.gemma_scope_2 import gemma_hook_points
-from scope_hub.interop.release import ImportReport, Planned, ReleaseSource, digest_files, folders_of, publish
+from scope_hub.interop.release import (GEMMA_SCOPE_LICENSE, ImportReport, Planned, ReleaseSource, digest_files,
+                                      folders_of, publish)
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig
 
@@ -192,7 +193,7 @@ def _builder(source: ReleaseSource, rel: str, repo_id: str | None, model: str, s
 def import_gemma_scope_1(source: str | Path, registry: Any, *, repo_id: str | None = None,
                          revision: str | None = None, model: str | None = None, site: str | None = None,
                          include: list[str] | None = None, dry_run: bool = False,
-                         progress: bool | None = None) -> ImportReport:
+                         progress: bool | None = None, license: str = GEMMA_SCOPE_LICENSE) -> ImportReport:
     """Publish every dictionary of a Gemma Scope (1) release repo or local folder to ``registry``.
 
     Same behaviour as :func:`scope_hub.interop.gemma_scope_2.import_gemma_scope_2`. A local
@@ -201,4 +202,4 @@ def import_gemma_scope_1(source: str | Path, registry: Any, *, repo_id: str | No
     """
     src = ReleaseSource(source, revision=revision, repo_id=repo_id)
     return publish(src.name, plan_release(src, model=model, site=site, include=include), registry,
-                   dry_run=dry_run, progress=progress)
+                   dry_run=dry_run, progress=progress, license=license)

@@ -54,7 +54,8 @@ from scope_hub.interop.common import (
     save_safetensors,
     write_json,
 )
-from scope_hub.interop.release import ImportReport, Planned, ReleaseSource, digest_files, folders_of, publish
+from scope_hub.interop.release import (GEMMA_SCOPE_LICENSE, ImportReport, Planned, ReleaseSource, digest_files,
+                                      folders_of, publish)
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig
 
@@ -378,13 +379,15 @@ def _digest(source: ReleaseSource, rel: str, names: list[str]):
 
 def import_gemma_scope_2(source: str | Path, registry: Any, *, repo_id: str | None = None,
                          revision: str | None = None, model: str | None = None, include: list[str] | None = None,
-                         dry_run: bool = False, progress: bool | None = None) -> ImportReport:
+                         dry_run: bool = False, progress: bool | None = None,
+                         license: str = GEMMA_SCOPE_LICENSE) -> ImportReport:
     """Publish every dictionary of a Gemma Scope 2 release (local folder or Hub repo) to ``registry``.
 
     ``registry`` is a Registry or its URL. Re-running is cheap and safe: identical content is a
     no-op push (reported ``unchanged``). Malformed folders are reported ``failed`` with the
     reason and the import continues. ``include`` keeps only folders matching any glob
-    (``"resid_post/*"``); ``dry_run`` plans keys without pushing.
+    (``"resid_post/*"``); ``dry_run`` plans keys without pushing. ``license`` goes into each
+    version's card (default: Gemma Scope's published license, cc-by-4.0).
 
     Example (offline, from the HF cache)::
 
@@ -394,4 +397,4 @@ def import_gemma_scope_2(source: str | Path, registry: Any, *, repo_id: str | No
     """
     src = ReleaseSource(source, revision=revision, repo_id=repo_id)
     return publish(src.name, plan_release(src, model=model, include=include), registry,
-                   dry_run=dry_run, progress=progress)
+                   dry_run=dry_run, progress=progress, license=license)

@@ -282,9 +282,26 @@ def open_registry(registry: Any) -> Any:
     return registry
 
 
+GEMMA_SCOPE_LICENSE = "cc-by-4.0"
+"""License the Gemma Scope releases are published under (their Hub model cards); ``--license`` overrides."""
+
+
+def card_source(rel: str, license: str) -> str:
+    """The card source written next to an imported folder: its license and where it came from.
+
+    Stable across runs and machines (no local paths), so a re-import stays a no-op push.
+    """
+    return (f"---\nlicense: {license}\n---\nImported by `scope-hub import` from the release folder "
+            f"`{rel}`; its original config.json is kept in the `source_config` field of config.json.\n")
+
+
 def publish(source_name: str, plan: list[Planned], registry: Any, *, dry_run: bool = False,
-            progress: bool | None = None) -> ImportReport:
-    """Build and push every planned folder; failures are recorded and the import goes on."""
+            progress: bool | None = None, license: str = GEMMA_SCOPE_LICENSE) -> ImportReport:
+    """Build and push every planned folder; failures are recorded and the import goes on.
+
+    Each pushed folder gets a README.md card source stating ``license`` (the registry refuses
+    versions whose card has no license); the registry renders the card from it.
+    """
     from tqdm.auto import tqdm
 
     report = ImportReport(source_name)
@@ -307,6 +324,8 @@ def publish(source_name: str, plan: list[Planned], registry: Any, *, dry_run: bo
             stage = Path(tmp) / f"d{index}"
             try:
                 item.build(stage, item.key)
+                if not (stage / "README.md").exists():
+                    (stage / "README.md").write_text(card_source(item.rel, license), encoding="utf-8")
                 pushed = reg.push(stage, item.key)
             except Exception as exc:  # noqa: BLE001 - one bad folder must not stop the import
                 report.results.append(FolderResult(item.rel, "failed", str(item.key),

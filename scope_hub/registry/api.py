@@ -1,4 +1,5 @@
-"""The :class:`Registry` facade: push, pull, resolve, list, info, verify, yank, gc, reindex, lock.
+"""The :class:`Registry` facade: push, pull, resolve, list, info, card, verify, yank, gc, reindex,
+lock, and release cards.
 
 It adds to any backend the local cache (verified blobs, immutable manifests, snapshots),
 offline mode and lockfiles, so every backend behaves the same to callers.
@@ -9,13 +10,17 @@ Example:
     >>> from safetensors.numpy import save_file
     >>> import numpy as np
     >>> folder = Path(tempfile.mkdtemp())
-    >>> _ = (folder / "config.json").write_text(json.dumps({"type": "sae", "architecture": "relu", "d_in": 4, "d_sae": 8}))
-    >>> save_file({"w_enc": np.zeros((4, 8), np.float32)}, str(folder / "params.safetensors"))
+    >>> _ = (folder / "config.json").write_text(json.dumps(
+    ...     {"schema_version": 1, "type": "sae", "architecture": "relu", "d_in": 4, "d_sae": 8}))
+    >>> z = lambda *shape: np.zeros(shape, np.float32)
+    >>> save_file({"w_enc": z(4, 8), "b_enc": z(8), "w_dec": z(8, 4), "b_dec": z(4)}, str(folder / "params.safetensors"))
     >>> reg = Registry("memory://doc-api", cache_dir=tempfile.mkdtemp())
-    >>> reg.push(folder, "m:resid_post/layer_1/width_8/sae").version
+    >>> reg.push(folder, "m:resid_post/layer_1/width_8/sae", license="mit").version
     1
     >>> sorted(p.name for p in reg.pull("m:resid_post/layer_1/width_8/sae@v1").iterdir())
-    ['config.json', 'params.safetensors']
+    ['README.md', 'config.json', 'params.safetensors']
+    >>> "m:resid_post/layer_1/width_8/sae@v1" in reg.card("m:resid_post/layer_1/width_8/sae")
+    True
 """
 
 from __future__ import annotations
@@ -23,14 +28,15 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from scope_hub.errors import KeyParseError, LockfileError, OfflineError, UnknownKeyError, VersionNotFoundError
+from scope_hub.errors import (KeyParseError, LockfileError, OfflineError, RegistryError, UnknownKeyError,
+                              VersionNotFoundError)
 from scope_hub.keys import DictionaryKey, parse_key, version_number
-from scope_hub.metadata import Manifest
+from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends import normalize_url, open_backend
 from scope_hub.registry.cache import LocalCache, export_snapshot
 from scope_hub.registry.content import map_threads, parse_manifest, sha256_bytes, sha256_file, stage_folder
 from scope_hub.registry.faults import fault_point
-from scope_hub.registry.layout import key_path
+from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
 from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
 from scope_hub.registry.progress import Progress
@@ -83,16 +89,27 @@ class Registry:
             raise OfflineError(f"cannot {what} on {self.url} in offline mode; unset SCOPE_HUB_OFFLINE / HF_HUB_OFFLINE")
 
     # -- writing ---------------------------------------------------------------------------
-    def push(self, folder: str | Path, key: str | DictionaryKey, *, card: str | Path | None = None) -> PushResult:
+    def push(self, folder: str | Path, key: str | DictionaryKey, *, card: str | Path | None = None,
+             license: str | None = None, private: bool | None = None) -> PushResult:
         """Publish ``folder`` as the next version of ``key``; identical content is a no-op.
 
-        Example: ``Registry("s3://bucket/reg").push("out/sae", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae")``
+        ``card``: the card source (default: the folder's README.md); the stored README.md is
+        rendered from it and config.json for the version claimed. The card must state a
+        license (in its front matter, or ``license``) and a base model (there, or config.model).
+        ``private``: hf:// only, visibility of the Hub repo if this push creates it.
+
+        Example: ``Registry("s3://bucket/reg").push("out/sae", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae",
+        license="apache-2.0")``
         """
         k = as_key(key)
         if k.ref:
             raise KeyParseError(f"push takes a key without a ref, got {str(k)!r}: versions are assigned by the registry")
         self._require_online("push")
-        staged = stage_folder(folder, k, card)
+        if private is not None:
+            if not hasattr(self.backend, "private"):
+                raise RegistryError(f"private applies to hf:// registries (the Hub repo a push creates), not {self.url}")
+            self.backend.private = private
+        staged = stage_folder(folder, k, card, license=license, registry_url=self.url)
         fault_point("staged")
         return self.backend.publish(staged, self.progress)
 
@@ -248,8 +265,38 @@ class Registry:
     def _card_text(self, key: DictionaryKey, manifest: Manifest) -> str | None:
         if not manifest.card:
             return None
-        snapshot = self._materialize(key, manifest, verify=False)
-        return (snapshot / manifest.card).read_text(errors="replace")
+        entry = next(e for e in manifest.files if e.path == manifest.card)
+        return self._small_file(key, manifest, entry).decode("utf-8", errors="replace")
+
+    def _small_file(self, key: DictionaryKey, manifest: Manifest, entry: FileEntry) -> bytes:
+        """One file of a version through the verified cache, without fetching the others (the card)."""
+        blob = self.cache.blob(entry)
+        if blob is None:
+            if not self._can_read_remote():
+                raise OfflineError(f"offline: {entry.path} of {key.unpinned()}@v{manifest.version} is not in the local cache")
+            with self.backend.open_file(key, manifest.version, entry) as stream:
+                blob = self.cache.ingest(stream, entry, f"{key.unpinned()}@v{manifest.version}", self.progress)
+        return blob.read_bytes()
+
+    def card(self, key: str | DictionaryKey) -> str:
+        """The card of a version (its ref, default latest): the stored README.md.
+
+        A version pushed before cards were generated has none stored: a card is rendered from
+        its metadata then (without a license, which only the pusher could state).
+
+        Example: ``print(Registry().card("google/gemma-3-270m:resid_post/layer_6/width_16k/sae@v2"))``
+        """
+        k = as_key(key)
+        manifest = self.resolve(k)
+        text = self._card_text(k, manifest)
+        if text is not None:
+            return text
+        from scope_hub.cards import render_dictionary_card
+        from scope_hub.config_io import migrate, validate_config
+
+        raw = manifest.config
+        config = validate_config(migrate(raw) if "schema_version" in raw else raw, f"config of {k.unpinned()}@v{manifest.version}")
+        return render_dictionary_card(config, k, manifest.version, registry_url=self.url)
 
     def verify(self, *, cache: bool = False) -> VerifyReport:
         """Re-hash every blob of the registry (and of the local cache if ``cache``)."""
@@ -270,6 +317,79 @@ class Registry:
         """Rebuild the index from the manifests; returns the number of versions indexed."""
         self._require_online("reindex")
         return self.backend.reindex()
+
+    # -- release cards ------------------------------------------------------------------------
+    def build_release(self, name: str, keys: list[str | DictionaryKey], *, license: str,
+                      description: str = ""):
+        """A :class:`~scope_hub.cards.ReleaseCard` pinning each key (at its ref, default latest)
+        to its version and content sha256 in this registry. Nothing is written.
+
+        Example: ``Registry().build_release("my-release", ["m:resid_post/layer_6/width_16k/sae"], license="mit")``
+        """
+        from scope_hub.cards import ReleaseCard, ReleaseEntry, public_url
+
+        check_release_name(name)
+        entries, models, seen = [], [], set()
+        for key in keys:
+            k = as_key(key)
+            if str(k.unpinned()) in seen:
+                raise KeyParseError(f"{k.unpinned()} is listed twice in release {name}; list each key once")
+            seen.add(str(k.unpinned()))
+            manifest = self.resolve(k)
+            entries.append(ReleaseEntry(key=str(k.with_ref(f"v{manifest.version}")), sha256=manifest.content_sha256))
+            if k.model not in models:
+                models.append(k.model)
+        return ReleaseCard(name=name, license=license, base_model=models, registry=public_url(self.url),
+                           entries=entries, description=description.strip())
+
+    def publish_release(self, card):
+        """Store a release card as ``releases/<name>/vN.md`` (N: the next free number, written once).
+
+        Returns ``(card with its version, created)``; a card equal to the latest published one
+        (ignoring the version) is not stored again (``created`` False, the latest returned).
+        """
+        from scope_hub.cards import ReleaseCard
+
+        self._require_online("publish a release")
+        name = check_release_name(card.name)
+        versions = self.backend.release_versions(name)
+        if versions:
+            latest = ReleaseCard.parse(self.backend.read_release(name, versions[-1]).decode(), f"release {name}@v{versions[-1]}")
+            if latest.model_copy(update={"version": None}) == card.model_copy(update={"version": None}):
+                return latest, False
+        version = self.backend.publish_release(name, lambda v: card.model_copy(update={"version": v}).render().encode())
+        return card.model_copy(update={"version": version}), True
+
+    def release_versions(self, name: str) -> list[int]:
+        """Published versions of release ``name``."""
+        if not self._can_read_remote():
+            raise OfflineError(f"cannot list the releases of {self.url} in offline mode")
+        return self.backend.release_versions(check_release_name(name))
+
+    def read_release(self, name: str, version: int | None = None) -> str:
+        """Text of release card ``name`` at ``version`` (default: the latest published).
+
+        Example: ``print(Registry("hf://org/dicts").read_release("scope-hub-demo-gemma-3-270m"))``
+        """
+        check_release_name(name)
+        if version is None:
+            if self._can_read_remote() and not (self.offline and self.cache.latest_release(name)):
+                versions = self.backend.release_versions(name)
+                if not versions:
+                    raise UnknownKeyError(f"no release named {name!r} is published in {self.url}")
+                version = versions[-1]
+                self.cache.save_latest_release(name, version)
+            else:
+                version = self.cache.latest_release(name)
+                if version is None:
+                    raise OfflineError(f"offline: release {name} was never read online; pin a cached version")
+        data = self.cache.release(name, version)
+        if data is None:
+            if not self._can_read_remote():
+                raise OfflineError(f"offline: release {name}@v{version} is not in the local cache")
+            data = self.backend.read_release(name, version)
+            self.cache.save_release(name, version, data)
+        return data.decode("utf-8")
 
     def lock(self, keys: list[str | DictionaryKey], path: str | Path | None = None) -> Lockfile:
         """Pin ``keys`` (each at its ref, default latest) into a lockfile, written to ``path`` if given."""

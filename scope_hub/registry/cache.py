@@ -7,6 +7,7 @@ Layout under ``$SCOPE_HUB_CACHE`` (default ``~/.cache/scope_hub``)::
     registries/<rid>/manifests/<key path>/vN.json       exact manifest bytes (immutable by vN)
     registries/<rid>/refs/<key path>/latest             last version ``latest`` resolved to
     registries/<rid>/snapshots/<key path>/vN/<file>     hardlinks to blobs: what ``pull`` returns
+    registries/<rid>/releases/<name>/vN.md              release cards (immutable by vN), ``latest``
     tmp/                                                downloads in flight
 
 ``<rid>`` is the URL's scheme plus 16 hex of its sha256. Blobs enter the cache only after
@@ -34,7 +35,7 @@ from scope_hub.errors import IntegrityError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.content import copy_hashing, sha256_file
-from scope_hub.registry.layout import blob_path, check_file_name, key_path, parse_version_file
+from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
 from scope_hub.registry.models import VerifyReport
 from scope_hub.registry.progress import Progress
 
@@ -103,6 +104,33 @@ class LocalCache:
     def save_latest(self, key: DictionaryKey, version: int) -> None:
         """Remember what ``latest`` resolved to."""
         self._write(self.base / "refs" / key_path(key) / "latest", str(version).encode())
+
+    # -- release cards -------------------------------------------------------------------------
+    def _release_file(self, name: str, leaf: str) -> Path:
+        return self.base / "releases" / check_release_name(name) / leaf
+
+    def release(self, name: str, version: int) -> bytes | None:
+        """Cached bytes of release card ``name@vN``."""
+        try:
+            return self._release_file(name, f"v{int(version)}.md").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save_release(self, name: str, version: int, data: bytes) -> None:
+        """Cache a release card (immutable by version)."""
+        self._remember_url()
+        self._write(self._release_file(name, f"v{int(version)}.md"), data)
+
+    def latest_release(self, name: str) -> int | None:
+        """The version a release's ``latest`` last resolved to online."""
+        try:
+            return int(self._release_file(name, "latest").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save_latest_release(self, name: str, version: int) -> None:
+        """Remember what a release's ``latest`` resolved to (for offline mode)."""
+        self._write(self._release_file(name, "latest"), str(version).encode())
 
     # -- blobs ---------------------------------------------------------------------------------
     def blob(self, entry: FileEntry) -> Path | None:

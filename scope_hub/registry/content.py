@@ -1,8 +1,15 @@
-"""Content addressing: hash a dictionary folder, build and parse manifests.
+"""Content addressing: hash a dictionary folder, render its card, build and parse manifests.
 
-A pushed folder is flat: ``config.json`` (a valid DictionaryConfig), ``params*.safetensors``,
-optionally ``README.md`` (the card) and other files. Dotfiles are skipped; subfolders, odd
-names and a missing or invalid config.json are refused before anything is uploaded.
+A pushed folder is flat: ``config.json`` (a scope-hub DictionaryConfig), ``params*.safetensors``,
+optionally ``README.md`` (the card *source*) and other files. Dotfiles are skipped; subfolders,
+odd names, a missing, foreign or invalid config.json, tensors that disagree with it
+(:func:`scope_hub.tensor_layout.check_folder`) and a card source without license or base
+model are refused before anything is uploaded.
+
+The stored ``README.md`` is not the source: it is rendered for the version being claimed
+(:meth:`Staged.render_card`), so it always names its own version. ``content_sha256`` covers
+the other files plus the card source's digest (:class:`scope_hub.cards.CardSource`), never
+the rendered card, so it does not depend on the version number a push ends up with.
 
 Example:
     >>> content_digest([("config.json", "ab" * 32)]) == content_digest([("config.json", "ab" * 32)])
@@ -17,14 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TypeVar
 
 from pydantic import ValidationError
 
-from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, RegistryError
+from scope_hub.errors import CardError, ConfigError, DictionaryNotFoundError, IntegrityError, RegistryError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig, FileEntry, Manifest
 from scope_hub.registry.layout import check_file_name
+
+if TYPE_CHECKING:  # cards imports huggingface_hub: loaded only when a push stages a folder
+    from scope_hub.cards import CardSource
 
 CHUNK = 8 * 1024 * 1024
 TRANSFER_THREADS = 4
@@ -85,23 +95,58 @@ class StagedFile:
 
 
 @dataclass(frozen=True)
+class StagedCard:
+    """A card rendered for one version: small bytes uploaded like any other file."""
+
+    name: str
+    data: bytes
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, eq=False)
 class Staged:
-    """A hashed dictionary folder, ready to become a version of ``key``."""
+    """A hashed dictionary folder, ready to become a version of ``key``.
+
+    ``files`` excludes the card: :meth:`render_card` makes it for the version being claimed.
+    """
 
     key: DictionaryKey
     files: tuple[StagedFile, ...]
     config: dict
     content_sha256: str
+    dictionary: DictionaryConfig | None = None
+    """The validated config (what the card is rendered from)."""
+    card_source: CardSource | None = None
+    """The :class:`scope_hub.cards.CardSource` (None: the version has no card)."""
+    registry_url: str | None = None
+    """Registry URL the card's loading snippet names."""
 
     @property
     def card(self) -> str | None:
-        """Name of the card file if the folder has one."""
-        return CARD_NAME if any(f.name == CARD_NAME for f in self.files) else None
+        """Name of the card file if the version gets one."""
+        return CARD_NAME if self.card_source is not None else None
+
+    @property
+    def card_source_sha256(self) -> str | None:
+        """Digest of the card source (part of ``content_sha256``)."""
+        return self.card_source.digest if self.card_source is not None else None
 
     @property
     def size(self) -> int:
-        """Total bytes."""
+        """Total bytes of the non-card files."""
         return sum(f.size for f in self.files)
+
+    def render_card(self, version: int) -> StagedCard | None:
+        """The card of ``key@v{version}`` (None when the version has no card)."""
+        if self.card_source is None:
+            return None
+        from scope_hub.cards import render_dictionary_card
+
+        text = render_dictionary_card(self.dictionary, self.key, version, text=self.card_source,
+                                      registry_url=self.registry_url)
+        data = text.encode("utf-8")
+        return StagedCard(name=CARD_NAME, data=data, sha256=sha256_bytes(data), size=len(data))
 
 
 def _folder_files(folder: Path) -> dict[str, Path]:
@@ -117,35 +162,75 @@ def _folder_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _load_config(path: Path | None, key: DictionaryKey) -> dict:
+_CONVERT_HINT = ("convert it first with `scope-hub convert FOLDER OUT --to scope-hub`, or publish a whole "
+                 "Gemma Scope release with `scope-hub import gemma-scope-2 SOURCE`")
+
+
+def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[dict, DictionaryConfig]:
+    """(config.json as stored, validated config); refuses foreign formats and tensor mismatches."""
+    from scope_hub.config_io import looks_like_gemma_scope_2
+    from scope_hub.tensor_layout import check_folder
+
     if path is None:
-        raise ConfigError(f"no {CONFIG_NAME} in the folder pushed as {str(key)!r}; write one (a DictionaryConfig dump)")
+        raise ConfigError(f"no {CONFIG_NAME} in the folder pushed as {str(key)!r}; a folder in another format "
+                          f"(SAELens cfg.json, sparsify, Gemma Scope .npz, ...) must be converted: {_CONVERT_HINT}")
     try:
-        config = json.loads(path.read_text())
-        DictionaryConfig.model_validate(config)
-    except (ValueError, ValidationError) as exc:
-        first = str(exc).splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ConfigError(f"{str(path)!r} is not a valid DictionaryConfig: {detail}") from None
-    if config.get("type") != key.type:
-        raise ConfigError(f"{str(path)!r} says type {config.get('type')!r} but the key says {key.type!r}")
-    return config
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{str(path)!r} is not valid JSON ({exc}); fix or re-export it") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{str(path)!r} must hold a JSON object")
+    if "schema_version" not in raw:
+        what = "a Gemma Scope 2 config.json" if looks_like_gemma_scope_2(raw) else "not a scope-hub config.json"
+        raise ConfigError(f"{str(path)!r} is {what} (no schema_version); push publishes scope-hub folders as "
+                          f"they are: {_CONVERT_HINT}")
+    try:
+        config = check_folder(folder)  # migrates old schemas; every tensor's name, shape and dtype vs config.json
+    except ValidationError as exc:  # pragma: no cover - validate_config already turns these into ConfigError
+        raise ConfigError(f"{str(path)!r} is not a valid DictionaryConfig: {exc.errors()[0]['msg']}") from None
+    if config.type != key.type:
+        raise ConfigError(f"{str(path)!r} says type {config.type!r} but the key says {key.type!r}")
+    return raw, config
 
 
-def stage_folder(folder: str | Path, key: DictionaryKey, card: str | Path | None = None) -> Staged:
-    """Hash every file of ``folder`` (``card`` replaces its README.md) for a push as ``key``."""
-    files = _folder_files(Path(folder))
+def _card_source(path: Path | None, config: DictionaryConfig, key: DictionaryKey, license: str | None) -> CardSource:
+    from scope_hub.cards import CardSource, default_base_model, validate_card
+
+    where = (f"card source {str(path)!r}" if path is not None
+             else f"card of {key} (no --card FILE and no README.md in the folder)")
+    try:
+        text = path.read_text(encoding="utf-8") if path is not None else None
+    except UnicodeDecodeError:
+        raise CardError(f"{where} is not UTF-8 text") from None
+    source = CardSource.parse(text, config, key, license=license, strict=True, where=where)
+    validate_card({"license": source.front.get("license"),
+                   "base_model": source.front.get("base_model") or default_base_model(config, key)}, where)
+    return source
+
+
+def stage_folder(folder: str | Path, key: DictionaryKey, card: str | Path | None = None, *,
+                 license: str | None = None, registry_url: str | None = None) -> Staged:
+    """Check and hash ``folder`` for a push as ``key``.
+
+    The card source is ``card`` if given, else the folder's README.md (else none); the card
+    must state a license (there, or ``license``) and a base model (there, or config.model,
+    or the key's model). Raises ConfigError / ShapeMismatchError / CardError before any upload.
+    """
+    folder = Path(folder)
+    files = _folder_files(folder)
+    source_path = files.pop(CARD_NAME, None)
     if card is not None:
-        card_path = Path(card)
-        if not card_path.is_file():
-            raise DictionaryNotFoundError(f"card file {str(card_path)!r} does not exist")
-        files[CARD_NAME] = card_path
-    config = _load_config(files.get(CONFIG_NAME), key)
+        source_path = Path(card)
+        if not source_path.is_file():
+            raise DictionaryNotFoundError(f"card file {str(source_path)!r} does not exist")
+    raw, config = _load_config(folder, files.get(CONFIG_NAME), key)
+    source = _card_source(source_path, config, key, license)
     items = sorted(files.items())
     hashes = map_threads(lambda item: sha256_file(item[1]), items)
     staged = [StagedFile(name=name, local=path, sha256=sha, size=size) for (name, path), (sha, size) in zip(items, hashes)]
-    digest = content_digest([(f.name, f.sha256) for f in staged])
-    return Staged(key=key.unpinned(), files=tuple(staged), config=config, content_sha256=digest)
+    pairs = [(f.name, f.sha256) for f in staged] + [(CARD_NAME, source.digest)]
+    return Staged(key=key.unpinned(), files=tuple(staged), config=raw, content_sha256=content_digest(pairs),
+                  dictionary=config, card_source=source, registry_url=registry_url)
 
 
 def utc_now() -> str:
@@ -153,17 +238,30 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def build_manifest(staged: Staged, version: int) -> Manifest:
-    """The manifest that makes ``staged`` version ``version`` of its key."""
+def build_manifest(staged: Staged, version: int, card: StagedCard | None = None) -> Manifest:
+    """The manifest that makes ``staged`` version ``version`` of its key (``card``: its rendered card)."""
+    if card is None:
+        card = staged.render_card(version)
+    entries = [FileEntry(path=f.name, sha256=f.sha256, size=f.size) for f in staged.files]
+    if card is not None:
+        entries.append(FileEntry(path=card.name, sha256=card.sha256, size=card.size))
     return Manifest(
         key=str(staged.key),
         version=version,
-        files=[FileEntry(path=f.name, sha256=f.sha256, size=f.size) for f in staged.files],
+        files=sorted(entries, key=lambda e: e.path),
         config=staged.config,
         content_sha256=staged.content_sha256,
         created_at=utc_now(),
-        card=staged.card,
+        card=card.name if card is not None else None,
+        card_source_sha256=staged.card_source_sha256 if card is not None else None,
     )
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """The content_sha256 a manifest must carry: its files, the card counted by its source digest."""
+    pairs = [(e.path, manifest.card_source_sha256 if e.path == manifest.card and manifest.card_source_sha256
+              else e.sha256) for e in manifest.files]
+    return content_digest(pairs)
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
@@ -183,7 +281,6 @@ def parse_manifest(data: bytes, key: DictionaryKey, version: int, where: str) ->
         )
     for entry in manifest.files:
         check_file_name(entry.path)
-    expected = content_digest([(e.path, e.sha256) for e in manifest.files])
-    if manifest.content_sha256 != expected:
+    if manifest.content_sha256 != manifest_digest(manifest):
         raise IntegrityError(f"manifest of {key.unpinned()}@v{version} at {where} has a wrong content_sha256")
     return manifest

@@ -7,6 +7,7 @@ Layout (file://, memory://, s3://)::
     manifests/<key path>/_versions/vN.yanked marker: vN skipped by latest, still pullable
     index/snapshots/g<G>.json                compacted index, generation G (write-once)
     index/log/<ns>-<uuid>.json               one index segment per push / yank
+    releases/<name>/vN.md                    release card N of a release (written once, exclusively)
     tmp/                                     temp files (file://), removed by gc
 
 ``_versions`` cannot collide with a variant folder: variants start with a letter or digit.
@@ -34,10 +35,12 @@ VERSIONS = "_versions"
 INDEX_SNAPSHOTS = "index/snapshots"
 INDEX_LOG = "index/log"
 TMP_DIR = "tmp"
+RELEASES_DIR = "releases"
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _VERSION_FILE = re.compile(r"^v([1-9]\d{0,8})\.(json|yanked)$")
+_RELEASE_FILE = re.compile(r"^v([1-9]\d{0,8})\.md$")
 _FILE_RULE = "letters, digits, '.', '_', '-', starting with a letter or digit, no '..', at most 128"
 
 
@@ -99,3 +102,26 @@ def key_of_version_file(path: str) -> tuple[DictionaryKey, int, str] | None:
         return None
     key = DictionaryKey.from_path(head[len(prefix):-len(suffix)])
     return key, parsed[0], parsed[1]
+
+
+def check_release_name(name: str) -> str:
+    """Return ``name`` if it is a safe release name (one path component), else raise UnsafePathError."""
+    if not isinstance(name, str) or ".." in name or not _SAFE_PART.match(name):
+        raise UnsafePathError(f"bad release name {name!r}: use {_FILE_RULE} characters, e.g. scope-hub-demo-gemma-3-270m")
+    return name
+
+
+def release_dir(name: str) -> str:
+    """Folder holding every published version of release ``name``."""
+    return f"{RELEASES_DIR}/{check_release_name(name)}"
+
+
+def release_path(name: str, version: int) -> str:
+    """Store path of release card ``name`` version ``version``."""
+    return f"{release_dir(name)}/v{int(version)}.md"
+
+
+def parse_release_file(name: str) -> int | None:
+    """``"v3.md"`` -> 3; anything else -> None."""
+    match = _RELEASE_FILE.match(name)
+    return int(match.group(1)) if match else None

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
+from scope_hub.errors import RegistryError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.content import Staged, sha256_bytes
@@ -92,3 +93,16 @@ class Backend(ABC):
     def requests(self) -> int:
         """Store requests made so far (for tests and benchmarks)."""
         return 0
+
+    # -- release cards (``releases/<name>/vN.md``, write-once like manifests) ----------------
+    def release_versions(self, name: str) -> list[int]:
+        """Published versions of release ``name``, ascending (empty if none)."""
+        raise RegistryError(f"{self.url}: this backend does not store release cards")
+
+    def read_release(self, name: str, version: int) -> bytes:
+        """Bytes of release card ``name`` version ``version`` (VersionNotFoundError if absent)."""
+        raise RegistryError(f"{self.url}: this backend does not store release cards")
+
+    def publish_release(self, name: str, render: Callable[[int], bytes]) -> int:
+        """Store ``render(N)`` as version N = next free number of release ``name``, exclusively; return N."""
+        raise RegistryError(f"{self.url}: this backend does not store release cards")

@@ -2,14 +2,16 @@
 
 Push, in order (each step is a fault point, see :mod:`scope_hub.registry.faults`):
 
-1. hash the folder (``staged``);
+1. check and hash the folder (``staged``);
 2. upload every blob not already stored to ``blobs/sha256/<hex>`` (``blob_uploaded``);
    a blob only ever holds the bytes its name hashes to, so concurrent uploads are harmless;
 3. list the key's ``_versions/``; if the latest live version has the same content, stop:
    identical re-push is a no-op reporting that version;
-4. exclusively create ``vN.json`` with N = highest existing + 1 (``before_manifest``). This one
-   write makes the version exist, complete (its blobs are already stored). Losing the race to
-   another pusher just means relisting and trying N+1;
+4. render the card for N = highest existing + 1 and upload its (small) blob, then exclusively
+   create ``vN.json`` (``before_manifest``). This one write makes the version exist, complete
+   (its blobs, card included, are already stored). Losing the race to another pusher just
+   means relisting, re-rendering the card for N+1 and trying again, so the stored card
+   always names its own version;
 5. append an index segment (``manifest_written`` before, ``index_appended`` after), then
    compact the index if enough segments are pending.
 
@@ -28,17 +30,19 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from scope_hub.errors import RegistryError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry import maintenance
 from scope_hub.registry.backends.base import Store
-from scope_hub.registry.content import Staged, StagedFile, build_manifest, manifest_bytes, map_threads, parse_manifest, utc_now
+from scope_hub.registry.content import (Staged, StagedCard, StagedFile, build_manifest, manifest_bytes, map_threads,
+                                        parse_manifest, utc_now)
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.index import RegistryIndex, StoreIndex
-from scope_hub.registry.layout import blob_path, manifest_path, parse_version_file, versions_dir, yank_path
+from scope_hub.registry.layout import (blob_path, manifest_path, parse_release_file, parse_version_file, release_dir,
+                                       release_path, versions_dir, yank_path)
 from scope_hub.registry.models import GcReport, PushResult, VerifyReport
 from scope_hub.registry.progress import Progress
 from scope_hub.registry.protocol import Backend, VersionState, latest_live, record_of
@@ -100,6 +104,14 @@ class StoreBackend(Backend):
 
         map_threads(upload, staged.files)
 
+    def _upload_card(self, card: StagedCard) -> None:
+        path = blob_path(card.sha256)
+        existing = self.store.stat(path)
+        if existing is not None and existing[0] == card.size:
+            self.store.touch(path)
+            return
+        self.store.put_bytes(path, card.data)
+
     def _identical_latest(self, staged: Staged, states: list[VersionState]) -> PushResult | None:
         latest = latest_live(states)
         if latest is None:
@@ -112,13 +124,18 @@ class StoreBackend(Backend):
                           content_sha256=manifest.content_sha256, manifest_sha256=record_of(manifest, data).manifest_sha256)
 
     def _claim_version(self, staged: Staged) -> tuple[Manifest, bytes] | PushResult:
+        cards: dict[int, StagedCard | None] = {}  # version -> its card, rendered and uploaded once
         for attempt in range(MAX_CLAIMS):
             states = self.versions(staged.key)
             same = self._identical_latest(staged, states)
             if same is not None:
                 return same
             version = max((s.version for s in states), default=0) + 1
-            manifest = build_manifest(staged, version)
+            if version not in cards:  # first try, or another pusher took the number we rendered for
+                cards[version] = staged.render_card(version)
+                if cards[version] is not None:
+                    self._upload_card(cards[version])
+            manifest = build_manifest(staged, version, cards[version])
             data = manifest_bytes(manifest)
             fault_point("before_manifest")
             if self.store.create_bytes(manifest_path(staged.key, version), data):
@@ -156,6 +173,24 @@ class StoreBackend(Backend):
             return None
         yanked = self.store.stat(yank_path(key, version - 1)) is not None
         return record_of(parse_manifest(data, key, version - 1, self.url), data, yanked=yanked)
+
+    # -- release cards -------------------------------------------------------------------
+    def release_versions(self, name: str) -> list[int]:
+        return sorted(v for v in map(parse_release_file, self.store.list_names(release_dir(name))) if v)
+
+    def read_release(self, name: str, version: int) -> bytes:
+        try:
+            return self.store.read_bytes(release_path(name, version))
+        except FileNotFoundError:
+            raise VersionNotFoundError(f"release {name}@v{version} does not exist in {self.url}") from None
+
+    def publish_release(self, name: str, render: Callable[[int], bytes]) -> int:
+        for attempt in range(MAX_CLAIMS):
+            version = max(self.release_versions(name), default=0) + 1
+            if self.store.create_bytes(release_path(name, version), render(version)):
+                return version
+            time.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))  # another publisher took N
+        raise RegistryError(f"could not claim a version of release {name} after {MAX_CLAIMS} attempts; retry")
 
     # -- maintenance ---------------------------------------------------------------------
     def yank(self, key: DictionaryKey, version: int, manifest: Manifest, data: bytes) -> None:

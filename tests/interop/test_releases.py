@@ -214,3 +214,18 @@ def test_registry_given_as_url(tmp_path, monkeypatch):
     assert report.ok and report.results[0].version == 1
     assert json.loads((Registry(url, offline=False).pull(report.results[0].key) / "config.json").read_text())[
         "site"] == "attn_out"
+
+
+def test_imported_versions_carry_a_card_stating_the_release_license(tmp_path, registry):
+    from scope_hub.cards import parse_card
+
+    root = make_gs2_release(tmp_path, malformed=False)
+    report = import_gemma_scope_2(root, registry, include=["transcoder/*"])
+    result = report.of("published")[0]
+    front, body = parse_card(registry.card(result.key))
+    assert front["license"] == "cc-by-4.0" and front["scope_hub"]["key"] == f"{result.key}@v1"
+    assert result.folder in body  # where it came from: the release folder, no local path
+    assert str(root) not in registry.card(result.key)
+    again = import_gemma_scope_2(root, registry, include=["transcoder/*"], license="apache-2.0")
+    assert {r.status for r in again.results} == {"published"}  # another license: new versions
+    assert parse_card(registry.card(result.key))[0]["license"] == "apache-2.0"

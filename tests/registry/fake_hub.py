@@ -37,6 +37,7 @@ class Repo:
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    private: bool | None = None
 
     def resolve(self, revision: str) -> Commit | None:
         oid = self.branches.get(revision) or self.tags.get(revision) or revision
@@ -83,8 +84,8 @@ class FakeHub:
         repo.commits[oid] = commit
         return commit
 
-    def create_repo(self, repo_id: str) -> Repo:
-        repo = Repo(repo_id)
+    def create_repo(self, repo_id: str, private: bool | None = None) -> Repo:
+        repo = Repo(repo_id, private=private)
         first = self.new_commit(repo, None, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
                                 "initial commit")
         repo.branches["main"] = first.oid
@@ -156,7 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
         if repo_id in self.hub.repos:
             return self._error(409, None, "You already created this model repo")
-        self.hub.create_repo(repo_id)
+        visibility = payload.get("visibility")  # huggingface_hub 2.x; older clients sent "private"
+        private = visibility == "private" if visibility is not None else payload.get("private")
+        self.hub.create_repo(repo_id, private=private)
         self._json(200, {"url": f"{self.hub.url}/{repo_id}"})
 
     def _api(self, method: str, repo_id: str, rest: list[str], query: dict) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,17 @@ from scope_hub.metadata import DictionaryConfig
 
 KEY = "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LICENSE = "apache-2.0"
+CARD = "README.md"
 
 
 def make_dictionary(folder: Path, seed: int = 0, d_in: int = 4, d_sae: int = 8, card: str | None = None,
-                    type_: str = "sae") -> Path:
-    """A valid native folder: config.json (DictionaryConfig dump) + params.safetensors (+ README.md)."""
+                    type_: str = "sae", license: str | None = LICENSE) -> Path:
+    """A valid native folder: config.json (DictionaryConfig dump) + params.safetensors + README.md.
+
+    The README.md is a card source: front matter with ``license`` (if given) and the ``card``
+    text; no README.md at all when both are None.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     config = DictionaryConfig(type=type_, architecture="jumprelu", d_in=d_in, d_sae=d_sae,
                               model="google/gemma-3-270m", site="resid_post", layer=6)
@@ -30,14 +37,17 @@ def make_dictionary(folder: Path, seed: int = 0, d_in: int = 4, d_sae: int = 8, 
                "threshold": np.full(d_sae, 0.1, np.float32),
                "w_dec": rng.standard_normal((d_sae, d_in)).astype(np.float32),
                "b_dec": np.zeros(d_in, np.float32)}, str(folder / "params.safetensors"))
-    if card is not None:
-        (folder / "README.md").write_text(card)
+    if card is not None or license is not None:
+        front = f"---\nlicense: {license}\n---\n" if license else ""
+        (folder / CARD).write_text(front + (card or ""))
     return folder
 
 
-def folder_bytes(folder: Path) -> dict[str, bytes]:
-    """Name -> bytes of every file in a folder."""
-    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+def folder_bytes(folder: Path, card: bool = False) -> dict[str, bytes]:
+    """Name -> bytes of every file in a folder; the README.md only if ``card`` (a pushed folder holds
+    the card source, a pulled one the card rendered for its version)."""
+    return {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir())
+            if p.is_file() and (card or p.name != CARD)}
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -62,3 +72,20 @@ def popen_cli(*args: str, env: dict | None = None) -> subprocess.Popen:
 
 def dump(obj) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def race_pushes(url: str, jobs: list[tuple[Path, str]], point: str, tmp_path: Path, *extra: str) -> list[str]:
+    """Start one `scope-hub push FOLDER KEY *extra` per job, hold them all at fault point ``point``,
+    release them together; returns their stdouts (each must exit 0)."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    env = cli_env(SCOPE_HUB_FAULT=f"{point}:wait", SCOPE_HUB_FAULT_READY=str(ready), SCOPE_HUB_FAULT_GO=str(go),
+                  SCOPE_HUB_INDEX_COMPACT_AFTER="2")  # compactions race too
+    procs = [popen_cli("--registry", url, "push", str(folder), key, *extra, env=env) for folder, key in jobs]
+    deadline = time.time() + 90
+    while len(list(tmp_path.glob("ready.*"))) < len(jobs):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        time.sleep(0.02)
+    go.touch()
+    outputs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(jobs), outputs
+    return [out for out, _ in outputs]

@@ -8,7 +8,7 @@ from scope_hub.errors import (ConfigError, DictionaryNotFoundError, IntegrityErr
                               OfflineError, RegistryError, UnknownKeyError, UnsafePathError, VersionNotFoundError)
 from scope_hub.registry import Lockfile
 
-from .helpers import KEY, folder_bytes, make_dictionary
+from .helpers import KEY, LICENSE, folder_bytes, make_dictionary
 
 OTHER = "google/gemma-3-270m:mlp_out/layer_3/width_65k/sae/l0_small"
 
@@ -18,7 +18,9 @@ def test_push_then_pull_returns_the_same_bytes(harness, tmp_path):
     result = harness.registry().push(src, KEY)
     assert (result.version, result.created, result.key) == (1, True, KEY)
     pulled = harness.registry(fresh_cache=True).pull(KEY)
-    assert folder_bytes(pulled) == folder_bytes(src)
+    assert folder_bytes(pulled) == folder_bytes(src)  # every file but the card, byte for byte
+    card = (pulled / "README.md").read_text()  # the card: rendered from the source for v1
+    assert "hello" in card and f"{KEY}@v1" in card and f"license: {LICENSE}" in card
     assert pulled.name == "v1"
 
 
@@ -28,9 +30,10 @@ def test_identical_repush_is_a_noop_and_changed_content_is_a_new_version(harness
     first = reg.push(src, KEY)
     again = reg.push(src, KEY)
     assert (again.version, again.created, again.manifest_sha256) == (1, False, first.manifest_sha256)
-    carded = reg.push(src, KEY, card=_card(tmp_path, "# now with a card"))
-    assert (carded.version, carded.created) == (2, True)
+    carded = reg.push(src, KEY, card=_card(tmp_path, f"---\nlicense: {LICENSE}\n---\n# now with a card"))
+    assert (carded.version, carded.created) == (2, True)  # same weights, another card source
     assert reg.resolve(KEY).card == "README.md"
+    assert reg.push(src, KEY, card=tmp_path / "card.md").created is False
 
 
 def _card(tmp_path, text):
@@ -76,8 +79,9 @@ def test_info_shows_versions_sizes_config_and_card(harness, tmp_path):
     reg.push(make_dictionary(tmp_path / "b", seed=2), KEY)
     info = reg.info(KEY)
     assert (info.latest, [v.version for v in info.versions]) == (2, [1, 2])
-    assert info.versions[0].size == sum(len(b) for b in folder_bytes(src).values())
-    assert info.config["d_sae"] == 8 and info.card is None  # v2 has no card
+    card_size = next(f.size for f in info.versions[0].files if f.path == "README.md")
+    assert info.versions[0].size == sum(len(b) for b in folder_bytes(src).values()) + card_size
+    assert info.config["d_sae"] == 8 and f"{KEY}@v2" in info.card and "chat data" not in info.card  # v2's own card
     assert "trained on chat data" in reg.info(f"{KEY}@v1").card
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from scope_hub.registry import Registry
 
-from .helpers import KEY, cli_env, folder_bytes, make_dictionary, popen_cli
+from .helpers import KEY, folder_bytes, make_dictionary, race_pushes as _race
 
 N = 6
 N_S3 = 4  # each s3 pusher imports s3fs/botocore (~1.5 CPU-s): keep the 2-core run short
@@ -21,22 +20,6 @@ def _url(kind: str, tmp_path: Path, request) -> str:
     if kind == "file":
         return (tmp_path / "registry").as_uri()
     return f"s3://{request.getfixturevalue('s3_bucket')}/registry"
-
-
-def _race(url: str, jobs: list[tuple[Path, str]], point: str, tmp_path: Path) -> list[str]:
-    """Start one `scope-hub push` per job, hold them all at ``point``, release together."""
-    ready, go = tmp_path / "ready", tmp_path / "go"
-    env = cli_env(SCOPE_HUB_FAULT=f"{point}:wait", SCOPE_HUB_FAULT_READY=str(ready), SCOPE_HUB_FAULT_GO=str(go),
-                  SCOPE_HUB_INDEX_COMPACT_AFTER="2")  # compactions race too
-    procs = [popen_cli("--registry", url, "push", str(folder), key, env=env) for folder, key in jobs]
-    deadline = time.time() + 90
-    while len(list(tmp_path.glob("ready.*"))) < len(jobs):
-        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.02)
-    go.touch()
-    outputs = [p.communicate(timeout=90) for p in procs]
-    assert [p.returncode for p in procs] == [0] * len(jobs), outputs
-    return [out for out, _ in outputs]
 
 
 @pytest.mark.parametrize("kind", ["file", "s3"])

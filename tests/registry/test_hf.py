@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from scope_hub.cli import main
 from scope_hub.errors import OfflineError, RegistryError
 from scope_hub.registry import Registry
 from scope_hub.registry.backends.hf import tag_name
@@ -32,10 +33,11 @@ def test_each_push_is_one_commit_with_a_browsable_folder_and_a_tag(tmp_path, hf_
     assert first.title == f"scope-hub: publish {KEY}@v1"
     assert {f"{FOLDER}/config.json", f"{FOLDER}/params.safetensors", f"{FOLDER}/README.md",
             f"{FOLDER}/.scope/v1.json", ".scope/index.json"} <= set(first.files)
-    reg.push(make_dictionary(tmp_path / "v2", seed=2), KEY)  # no card this time
+    reg.push(make_dictionary(tmp_path / "v2", seed=2), KEY)  # no card text this time
     second = _head(fake_hub, hf_repo)
     assert second.parent == first.oid  # exactly one new commit
-    assert f"{FOLDER}/README.md" not in second.files  # the folder shows v2 only
+    card = second.files[f"{FOLDER}/README.md"].decode()  # the folder shows v2 only, its own card
+    assert f"{KEY}@v2" in card and "# v1 card" not in card
     assert json.loads(second.files[".scope/index.json"])["keys"][KEY][0]["revision"] == first.oid
     assert fake_hub.repos[hf_repo].tags[tag_name(parse_key(KEY), 1)] == first.oid
     assert "# v1 card" in Registry(f"hf://{hf_repo}", progress=False).info(f"{KEY}@v1").card  # read at its commit
@@ -88,10 +90,18 @@ def test_tokens_are_never_printed_or_written(tmp_path, hf_repo, fake_hub):
     url = f"hf://{hf_repo}"
     outputs = [run_cli("--registry", url, "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY, env=env),
                run_cli("--registry", url, "pull", KEY, env=env),
+               run_cli("--registry", url, "card", KEY, env=env),
+               run_cli("--registry", url, "release", "rel", KEY, "--license", "mit", "--publish",
+                       "--out", str(tmp_path / "rel.md"), env=env),
                run_cli("--registry", url, "pull", f"{KEY}@v7", env=env),
                run_cli("--registry", "hf://org/does-not-exist", "ls", env=env)]
-    assert [r.returncode for r in outputs] == [0, 0, 1, 1]
+    assert [r.returncode for r in outputs] == [0, 0, 0, 0, 1, 1]
     assert all(token not in r.stdout + r.stderr for r in outputs)
+    assert "license: apache-2.0" in outputs[2].stdout  # the card was read (and is checked below, as stored)
+    with fake_hub.lock:  # nothing on the Hub either: cards, manifests, index, release cards
+        assert all(token.encode() not in data for c in fake_hub.repos[hf_repo].commits.values()
+                   for data in c.files.values())
+    assert token not in (tmp_path / "rel.md").read_text()
     for root in (tmp_path / "scope-cache", tmp_path / "hf-cache"):
         for dirpath, _, names in os.walk(root):
             for name in names:
@@ -112,3 +122,49 @@ def test_dataset_repo_round_trip(tmp_path, hf_repo, fake_hub):
     src = make_dictionary(tmp_path / "v1", seed=1)
     Registry(url, progress=False).push(src, KEY)
     assert folder_bytes(Registry(url, cache_dir=tmp_path / "c", progress=False).pull(KEY)) == folder_bytes(src)
+
+
+def test_pull_at_a_tag_a_commit_or_a_branch_then_offline(tmp_path, hf_repo, fake_hub, monkeypatch, capsys):
+    url = f"hf://{hf_repo}"
+    v1, v2 = make_dictionary(tmp_path / "v1", seed=1), make_dictionary(tmp_path / "v2", seed=2)
+    Registry(url, progress=False).push(v1, KEY)
+    Registry(url, progress=False).push(v2, KEY)
+    repo = fake_hub.repos[hf_repo]
+    tag = tag_name(parse_key(KEY), 1)
+    sha = repo.tags[tag]
+    assert repo.commits[sha].title == f"scope-hub: publish {KEY}@v1"  # the tag marks the version's commit
+    for revision in (tag, sha):  # the registry as it was: v1 is its latest, read at that commit
+        at = Registry(f"{url}@{revision}", cache_dir=tmp_path / f"c-{revision[:8]}", progress=False)
+        assert at.resolve(KEY).version == 1 and folder_bytes(at.pull(KEY)) == folder_bytes(v1)
+        assert f"{KEY}@v1" in at.card(KEY)
+    assert main(["--registry", url, "pull", KEY, "--revision", tag]) == 0
+    assert folder_bytes(capsys.readouterr().out.strip()) == folder_bytes(v1)
+    assert main(["--registry", url, "pull", KEY, "--revision", "main"]) == 0
+    assert folder_bytes(capsys.readouterr().out.strip()) == folder_bytes(v2)
+    assert main(["--registry", (tmp_path / "reg").as_uri(), "pull", KEY, "--revision", tag]) == 1
+    assert "--revision applies to hf://" in capsys.readouterr().err
+    # the standard HF cache now holds the tag's files: offline, with the Hub unreachable
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    for revision in (tag, sha):
+        offline = Registry(f"{url}@{revision}", cache_dir=tmp_path / f"off-{revision[:8]}", progress=False)
+        assert folder_bytes(offline.pull(KEY)) == folder_bytes(v1)
+
+
+def test_a_commit_pinned_url_is_read_only(tmp_path, hf_repo, fake_hub):
+    url = f"hf://{hf_repo}"
+    Registry(url, progress=False).push(make_dictionary(tmp_path / "v1", seed=1), KEY)
+    sha = fake_hub.repos[hf_repo].branches["main"]
+    with pytest.raises(RegistryError, match="pinned to a commit"):
+        Registry(f"{url}@{sha}", progress=False).push(make_dictionary(tmp_path / "v2", seed=2), KEY)
+
+
+def test_private_repos_are_created_private(tmp_path, hf_repo, fake_hub):
+    assert main(["--registry", f"hf://{hf_repo}", "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY,
+                 "--private"]) == 0
+    assert fake_hub.repos[hf_repo].private is True
+    other = f"{hf_repo}-public"
+    Registry(f"hf://{other}", progress=False).push(make_dictionary(tmp_path / "v2", seed=2), KEY)
+    assert fake_hub.repos[other].private is None  # huggingface_hub's default: the account decides
+    with pytest.raises(RegistryError, match="hf://"):
+        Registry((tmp_path / "reg").as_uri(), progress=False).push(tmp_path / "v1", KEY, private=True)

@@ -8,6 +8,7 @@ Layout in the repo (browsable on the Hub)::
     <key path>/README.md                card (if the version has one)
     <key path>/.scope/vN.json           manifest of every version
     <key path>/.scope/vN.yanked         yank marker
+    releases/<name>/vN.md               release cards (each added once, by its own commit)
 
 One push = ONE commit holding the files, the manifest and the updated index, created with
 ``parent_commit=<head it was built on>``: if anyone committed in between, the Hub refuses
@@ -15,7 +16,8 @@ One push = ONE commit holding the files, the manifest and the updated index, cre
 versions and a crash leaves nothing half-published. Older versions stay readable at the
 commit recorded in their index record (``revision``: a commit where the key folder still held
 that version); the newest version of a key is read at the head the index was read from.
-Each version's commit is also tagged (``<key path with __>__vN``) for humans.
+Each version's commit is also tagged (``<key path with __>__vN``), so ``hf://org/repo@<tag>``
+(or ``scope-hub pull --revision <tag|sha|branch>``) reads the registry as it was then.
 
 Example:
     >>> tag_name(parse_key("google/gemma-3-270m:resid_post/layer_6/width_16k/sae"), 2)
@@ -27,18 +29,18 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from pydantic import ValidationError
 
 from scope_hub.errors import IntegrityError, RegistryError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
-from scope_hub.registry.backends.hf_client import HubClient
+from scope_hub.registry.backends.hf_client import HubClient, is_commit_sha
 from scope_hub.registry.content import Staged, build_manifest, copy_hashing, manifest_bytes, parse_manifest, sha256_bytes, utc_now
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.index import IndexSnapshot, RegistryIndex
-from scope_hub.registry.layout import key_path
+from scope_hub.registry.layout import key_path, parse_release_file, release_dir, release_path
 from scope_hub.registry.models import GcReport, PushResult, VerifyReport, VersionRecord
 from scope_hub.registry.progress import Progress
 from scope_hub.registry.protocol import Backend, VersionState, record_of
@@ -70,6 +72,8 @@ class HfBackend(Backend):
         self.client = HubClient(url)
         self.url = url
         self._state: tuple[str, RegistryIndex] | None = None
+        self.private: bool | None = None
+        """Visibility of the repo if a push has to create it (None: the account's default)."""
 
     def requests(self) -> int:
         return sum(self.client.calls.values())
@@ -90,7 +94,7 @@ class HfBackend(Backend):
 
             commit = commit_of(self.client.download(INDEX_FILE, self.client.branch))
         else:
-            commit = self.client.head_commit(create=create)
+            commit = self.client.head_commit(create=create, private=self.private)
         index = self._index_at(commit)
         if not is_offline() and index.keys:
             self.client.remember_head(commit)
@@ -140,6 +144,9 @@ class HfBackend(Backend):
 
     def _commit_loop(self, build, message_of) -> tuple[str, object]:
         """Build operations on the current head and commit them; rebuild on conflict."""
+        if is_commit_sha(self.client.branch):
+            raise RegistryError(f"{self.url} is pinned to a commit (read-only); write to a branch: "
+                                f"hf://{self.client.repo_id} or hf://{self.client.repo_id}@BRANCH")
         for attempt in range(MAX_COMMITS):
             parent, index = self._refresh(create=True)
             self._state = None  # build() edits this index in place: never reuse it for reads
@@ -166,9 +173,13 @@ class HfBackend(Backend):
                                   content_sha256=latest.content_sha256, manifest_sha256=latest.manifest_sha256)
             records = index.records(name)
             newest = records[-1] if records else None
-            manifest = build_manifest(staged, (newest.version if newest else 0) + 1)
+            version = (newest.version if newest else 0) + 1
+            card = staged.render_card(version)  # rebuilt on every attempt: it always names its own version
+            manifest = build_manifest(staged, version, card)
             data = manifest_bytes(manifest)
             ops = [CommitOperationAdd(f"{folder}/{f.name}", str(f.local)) for f in staged.files]
+            if card is not None:
+                ops.append(CommitOperationAdd(f"{folder}/{card.name}", card.data))
             ops.append(CommitOperationAdd(_manifest_file(key, manifest.version), data))
             if newest is not None:  # its files leave the folder: pin where they can still be read
                 ops += [CommitOperationDelete(f"{folder}/{p}") for p in self._stale_files(key, newest, parent, staged)]
@@ -189,7 +200,7 @@ class HfBackend(Backend):
     def _stale_files(self, key: DictionaryKey, newest: VersionRecord, parent: str, staged: Staged) -> list[str]:
         with open(self.client.download(_manifest_file(key, newest.version), parent), "rb") as f:
             old = parse_manifest(f.read(), key, newest.version, self.url)
-        keep = {f.name for f in staged.files}
+        keep = {f.name for f in staged.files} | ({staged.card} if staged.card else set())
         return [e.path for e in old.files if e.path not in keep]
 
     def yank(self, key: DictionaryKey, version: int, manifest: Manifest, data: bytes) -> None:
@@ -209,6 +220,35 @@ class HfBackend(Backend):
             return ops, version
 
         self._commit_loop(build, lambda v: f"scope-hub: yank {name}@v{v}")
+
+    # -- release cards ---------------------------------------------------------------------------
+    def release_versions(self, name: str) -> list[int]:
+        commit, _ = self._refresh()
+        return self._release_versions_at(name, commit)
+
+    def _release_versions_at(self, name: str, commit: str) -> list[int]:
+        return sorted(v for v in map(parse_release_file, self.client.list_folder(commit, release_dir(name))) if v)
+
+    def read_release(self, name: str, version: int) -> bytes:
+        for state in ([self._state] if self._state else []) + [None]:  # release files stay at every later head
+            commit, _ = state or self._refresh()
+            try:
+                with open(self.client.download(release_path(name, version), commit), "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                continue
+        raise VersionNotFoundError(f"release {name}@v{version} does not exist in {self.url}")
+
+    def publish_release(self, name: str, render: Callable[[int], bytes]) -> int:
+        from huggingface_hub import CommitOperationAdd
+
+        def build(parent: str, index: RegistryIndex):
+            version = max(self._release_versions_at(name, parent), default=0) + 1
+            return [CommitOperationAdd(release_path(name, version), render(version))], version
+
+        commit, version = self._commit_loop(build, lambda v: f"scope-hub: release {name}@v{v}")
+        self.client.tag(commit, f"releases__{name}__v{version}", f"scope-hub: release {name}@v{version}")
+        return version
 
     # -- maintenance ----------------------------------------------------------------------------
     def verify(self, progress: Progress) -> VerifyReport:

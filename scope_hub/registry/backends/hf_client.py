@@ -5,9 +5,14 @@ Reads go through ``hf_hub_download`` so the standard Hugging Face cache is used 
 ``HF_ENDPOINT``, ``HF_HUB_CACHE`` / ``HF_HOME`` and the token (``HF_TOKEN`` or a saved login)
 are read when the client is made, never printed or written by scope-hub.
 
+``hf://org/name@REV``: REV is a branch (read and write; default ``main``), or a tag or a
+commit sha (read-only: the registry as it was at that revision).
+
 Example:
     >>> parse_hf_url("hf://datasets/org/dicts@dev")
     ('dataset', 'org/dicts', 'dev')
+    >>> with_revision("hf://org/dicts@main", "v1-tag")
+    'hf://org/dicts@v1-tag'
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from scope_hub.errors import OfflineError, RegistryError
 from scope_hub.registry.settings import is_offline
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 CONFLICT_STATUS = (409, 412)
 """What the Hub answers when ``parent_commit`` is no longer the branch head."""
 
@@ -38,6 +44,20 @@ def parse_hf_url(url: str) -> tuple[str, str, str]:
     if len(parts) != 2 or not all(_REPO_PART.match(p) for p in parts):
         raise RegistryError(f"bad hf URL {url!r}: use hf://org/name[@branch] or hf://datasets/org/name[@branch]")
     return repo_type, "/".join(parts), branch or "main"
+
+
+def with_revision(url: str, revision: str) -> str:
+    """``url`` (an hf:// registry URL) read at ``revision`` (branch, tag or commit sha)."""
+    if not url.startswith("hf://"):
+        raise RegistryError(f"--revision applies to hf:// registries, not {url!r}")
+    if not revision or "@" in revision or any(c.isspace() for c in revision):
+        raise RegistryError(f"bad revision {revision!r}: give a branch, a tag or a commit sha")
+    return f"{url.partition('@')[0]}@{revision}"
+
+
+def is_commit_sha(revision: str) -> bool:
+    """A full 40-hex commit id (as opposed to a branch or tag name)."""
+    return bool(_COMMIT_SHA.match(revision))
 
 
 def hf_cache_dir() -> str | None:
@@ -100,8 +120,9 @@ class HubClient:
             return hf_hub_download(self.repo_id, filename, repo_type=self.repo_type, revision=revision,
                                    endpoint=self.endpoint, cache_dir=hf_cache_dir(), local_files_only=is_offline())
 
-    def head_commit(self, create: bool = False) -> str:
-        """Commit at the tip of the branch (``create``: make the repo first if it does not exist)."""
+    def head_commit(self, create: bool = False, private: bool | None = None) -> str:
+        """Commit at the tip of the branch (``create``: make the repo first if it does not exist,
+        ``private`` as huggingface_hub's ``create_repo``: None = the account's default)."""
         from huggingface_hub import errors as hf
 
         self.calls["repo_info"] += 1
@@ -112,7 +133,7 @@ class HubClient:
             if not create:
                 raise
         with hub_errors(self.url, "create repo"):
-            self.api.create_repo(self.repo_id, repo_type=self.repo_type, exist_ok=True)
+            self.api.create_repo(self.repo_id, repo_type=self.repo_type, exist_ok=True, private=private)
             try:
                 return self.api.repo_info(self.repo_id, repo_type=self.repo_type, revision=self.branch).sha
             except hf.RevisionNotFoundError:
@@ -126,6 +147,8 @@ class HubClient:
         """
         from huggingface_hub.file_download import repo_folder_name
 
+        if is_commit_sha(self.branch):
+            return  # a commit needs no ref: the HF cache serves it offline by its sha
         root = hf_cache_dir()
         if root is None:
             from huggingface_hub import constants
@@ -172,6 +195,17 @@ class HubClient:
         with hub_errors(self.url, "file listing"):
             tree = self.api.list_repo_tree(self.repo_id, revision=commit, repo_type=self.repo_type, recursive=True)
             return [item.path for item in tree if hasattr(item, "size")]
+
+    def list_folder(self, commit: str, folder: str) -> list[str]:
+        """Names of the files directly inside ``folder`` at ``commit`` (empty if it does not exist)."""
+        self.calls["tree"] += 1
+        try:
+            with hub_errors(self.url, f"listing of {folder}"):
+                tree = self.api.list_repo_tree(self.repo_id, path_in_repo=folder, revision=commit,
+                                               repo_type=self.repo_type)
+                return sorted(item.path.rsplit("/", 1)[-1] for item in tree if hasattr(item, "size"))
+        except FileNotFoundError:
+            return []
 
     def commit_titles(self, commit: str) -> dict[str, str]:
         """Commit title -> commit id, for the history reachable from ``commit``."""
