@@ -1,0 +1,70 @@
+"""The config is one strict pydantic model and also the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scope_hub.errors import ConfigError
+from trainers.cli import main
+from trainers.config import TrainConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_yaml_plus_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"synthetic": {"d_in": 8}, "optim": {"lr": 1.0}}))
+    cfg = load_config(path, ["optim.lr=3e-4", "dictionary.matryoshka_groups=[8,16]", "dictionary.d_sae=24",
+                             "train.resume=false"])
+    assert cfg.optim.lr == 3e-4 and cfg.dictionary.matryoshka_groups == [8, 16] and cfg.train.resume is False
+    assert cfg.optim.beta1 == 0.0 and cfg.optim.beta2 == 0.999  # the GS2 recipe's Adam
+    assert cfg.loss.bandwidth == 0.001 and cfg.loss.threshold_init == 0.001
+
+
+@pytest.mark.parametrize("override,where", [("optim.lrr=1", "optim.lrr"), ("dictionary.architecture=gelu", "architecture"),
+                                            ("dictionary.architecture=topk", "dictionary.k")])
+def test_errors_name_the_field(override: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
+        load_config(None, ["synthetic.d_in=8", override])
+
+
+def test_every_field_is_documented() -> None:
+    def walk(model: type) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no docstring"
+            annotation = field.annotation
+            for inner in getattr(annotation, "__args__", (annotation,)):
+                if isinstance(inner, type) and issubclass(inner, TrainConfig.__mro__[1]):
+                    walk(inner)
+
+    walk(TrainConfig)
+
+
+def test_fingerprint_ignores_paths_but_not_numbers() -> None:
+    base = load_config(None, ["synthetic.d_in=8"])
+    moved = load_config(None, ["synthetic.d_in=8", "output.dir=/elsewhere", "train.checkpoint_dir=/x"])
+    changed = load_config(None, ["synthetic.d_in=8", "optim.lr=1e-3"])
+    assert base.fingerprint() == moved.fingerprint() != changed.fingerprint()
+
+
+def test_cli_print_config_and_exit_codes(capsys) -> None:
+    assert main(["--print-config", "synthetic.d_in=8", "optim.lr=0.5"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 0.5
+    assert main(["synthetic.d_in=8", "optim.nope=1"]) == 2
+    assert "optim.nope" in capsys.readouterr().err
+
+
+def test_python_m_trainers_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers", "synthetic.d_in=8", "synthetic.n_atoms=16", "dictionary.d_sae=16",
+         "dictionary.architecture=relu", "train.tokens=4096", "train.batch_size=512", "eval.tokens=1024",
+         f"output.dir={out}", "train.threads=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stderr
+    assert "fvu=" in done.stdout and (out / "config.json").is_file()

@@ -1,0 +1,105 @@
+"""End to end on a tiny model: text -> harvest -> train -> evaluate (incl. delta LM loss) -> registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from scope_hub.cards import parse_card
+from scope_hub.dictionaries import Dictionary
+from tests.dictionaries.factory import make_config, make_dictionary
+from tests.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
+from trainers.config import load_config
+from trainers.lm_eval import delta_lm_loss
+from trainers.pipeline import train
+from trainers.shards import read_meta
+
+TEXT = "A tiny model reads tiny text, and a tiny dictionary learns its tiny features. " * 40
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    tiny_gemma3().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (folder / "text.txt").write_text(TEXT)
+    return folder
+
+
+def _cfg(model_dir: Path, tmp: Path, *extra: str):
+    return load_config(None, [
+        f"model.id={model_dir}", f"data.paths=[{model_dir / 'text.txt'}]", "data.context_size=32",
+        "harvest.layer=1", "harvest.batch_sequences=8", "dictionary.architecture=topk", "dictionary.k=8",
+        "dictionary.d_sae=128", "train.tokens=16384", "train.batch_size=512", "optim.lr=3e-3",
+        "optim.warmup_steps=5", "eval.tokens=512", "train.threads=1", "train.progress=false",
+        f"output.dir={tmp / 'out'}", *extra])
+
+
+def test_train_from_text_to_registry(model_dir: Path, tmp_path: Path) -> None:
+    registry = f"file://{tmp_path / 'registry'}"
+    key = "tiny-gemma3:resid_post/layer_1/width_128/sae/topk_k8"
+    cfg = _cfg(model_dir, tmp_path, f"harvest.cache_dir={tmp_path / 'harvest'}", "eval.delta_lm_loss=true",
+               "eval.lm_sequences=4", f"output.registry={registry}", f"output.key={key}", "train.seed=7")
+    outcome = train(cfg)
+    assert outcome.push.version == 1
+    loaded = Dictionary.from_pretrained(outcome.folder)
+    c = loaded.config
+    assert c.hook_point_in == "model.layers.1.output" and c.site == "resid_post" and c.layer == 1
+    assert c.normalization.kind == "none"  # folded: reads raw activations
+    m = c.metrics
+    assert m.eval_tokens == 512 and 0 < m.l0 <= 8 and m.fvu < 0.6
+    # a random tiny LM: splicing changes the loss (either way); the error term undoes it exactly
+    assert abs(m.delta_lm_loss_error_term) < 1e-4 and abs(m.delta_lm_loss) > 1e-4
+    harvest = read_meta(tmp_path / "harvest")
+    p = c.provenance
+    assert p.dataset_sha256 == harvest["data"]["sha256"] and p.seed == 7 and "torch" in p.software
+    assert p.training_config == cfg.model_dump(mode="json") and c.model == str(model_dir)
+
+    from scope_hub.registry import Registry
+
+    pulled = Registry(registry).pull(key)
+    front, body = parse_card((pulled / "README.md").read_text())
+    fields = front["scope_hub"]
+    assert front["base_model"] == str(model_dir) and fields["training_data"]["sha256"] == p.dataset_sha256
+    assert fields["seed"] == 7 and fields["metrics"]["fvu"] == pytest.approx(m.fvu)
+    assert fields["training_config"]["dictionary"]["k"] == 8 and "torch" in fields["software"]
+    assert torch.equal(Dictionary.from_pretrained(pulled).w_dec, loaded.w_dec)
+
+
+def test_streaming_transcoder(model_dir: Path, tmp_path: Path) -> None:
+    cfg = _cfg(model_dir, tmp_path, "dictionary.type=transcoder", "harvest.site=mlp_in", "harvest.stream_window=2",
+               "train.tokens=2048")
+    outcome = train(cfg)
+    c = outcome.dictionary.config
+    assert c.hook_point_in.endswith("pre_feedforward_layernorm.output")
+    assert c.hook_point_out.endswith("post_feedforward_layernorm.output")
+    assert c.metrics.eval_tokens == 512 and c.metrics.fvu == c.metrics.fvu  # evaluated (4 steps: no quality bar)
+    with pytest.raises(ValueError, match="streaming needs"):
+        train(_cfg(model_dir, tmp_path, "train.tokens=1000000"))
+
+
+@pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder", "clt"])
+def test_splice_with_error_term_leaves_the_loss_unchanged(kind: str) -> None:
+    model = tiny_gemma3()
+    extra = {"layers": [0, 1, 2]} if kind == "clt" else {"layer": 1}
+    site = "resid_post" if kind == "sae" else "mlp_in"
+    config = make_config(kind, "jumprelu", d_in=64, d_out=64, d_sae=32, site=site, **extra)
+    dictionary = make_dictionary(config, seed=3)
+    ids = torch.randint(0, 256, (4, 16))
+    ids[:, 0] = BOS_ID
+    delta, with_error = delta_lm_loss(model, dictionary, ids, torch.ones_like(ids), BOS_ID)
+    assert abs(with_error) < 1e-5 and abs(delta) > 1e-3
+
+
+def test_evaluate_on_demand_rewrites_metrics(tmp_path: Path) -> None:
+    from trainers.cli import main
+
+    common = ["synthetic.d_in=16", "synthetic.n_atoms=32", "dictionary.d_sae=32", "dictionary.architecture=topk",
+              "dictionary.k=3", "train.batch_size=512", "optim.lr=1e-2", f"output.dir={tmp_path / 'sae'}"]
+    assert main([*common, "train.tokens=8192", "eval.tokens=0"]) == 0
+    assert Dictionary.from_pretrained(tmp_path / "sae").config.metrics.fvu is None
+    assert main([*common, "eval.tokens=2048", "--evaluate", str(tmp_path / "sae")]) == 0
+    metrics = Dictionary.from_pretrained(tmp_path / "sae").config.metrics
+    assert metrics.eval_tokens == 2048 and 0 < metrics.fvu < 1

@@ -1,0 +1,102 @@
+"""Command line: ``python -m trainers CONFIG.yaml key=value ...`` and the ``scope-hub train`` plugin.
+
+The config file fills :class:`trainers.config.TrainConfig`; ``key=value``
+arguments override dotted fields (``optim.lr=3e-4 train.tokens=1e8``). Flags:
+``--print-config`` prints the resolved config as YAML and exits;
+``--harvest-only`` fills ``harvest.cache_dir`` and stops; ``--evaluate FOLDER``
+evaluates an existing dictionary on the config's data and records the metrics. Data-parallel:
+``torchrun --nproc-per-node N -m trainers CONFIG.yaml``.
+
+Exit codes: 0 done, 143 stopped by SIGTERM after checkpointing (run again to
+resume), 2 bad config, 1 other errors.
+
+``scope-hub train`` is the same command, registered by the entry point
+``train = "trainers.cli:setup"`` in the ``scope_hub.commands`` group, so
+scope_hub itself never imports this package.
+
+Example:
+    >>> main(["--print-config", "synthetic.d_in=8", "dictionary.architecture=relu"])  # doctest: +ELLIPSIS
+    model:
+    ...
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+EXIT_INTERRUPTED = 143
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The train command's arguments (shared by ``python -m trainers`` and ``scope-hub train``)."""
+    parser.add_argument("config", nargs="?", help="YAML config file (sections: model, data, harvest, dictionary, "
+                                                  "optim, loss, train, eval, output)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    parser.add_argument("--harvest-only", action="store_true", help="harvest into harvest.cache_dir and exit")
+    parser.add_argument("--evaluate", metavar="FOLDER", help="evaluate an existing dictionary folder on the config's "
+                        "data (held-out rows; delta LM loss if eval.delta_lm_loss) and write its metrics")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed train command; returns the exit code."""
+    import yaml
+
+    from trainers.config import load_config
+
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and "=" in config_path:  # only overrides were given
+        config_path, overrides = None, [config_path, *overrides]
+    registry = getattr(args, "registry", None)
+    if registry and not any(o.startswith("output.registry=") for o in overrides):
+        overrides.append(f"output.registry={registry}")
+    cfg = load_config(config_path, overrides)
+    if args.print_config:
+        sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return 0
+    if args.evaluate:
+        from trainers.pipeline import evaluate_folder
+
+        metrics = evaluate_folder(args.evaluate, cfg)
+        print("  ".join(f"{k}={v:.4g}" for k, v in metrics.model_dump(exclude_none=True, exclude={"per_layer"}).items()))
+        return 0
+    if args.harvest_only:
+        from trainers.pipeline import harvest_only
+
+        print(harvest_only(cfg))
+        return 0
+    from trainers.pipeline import train
+
+    outcome = train(cfg)
+    if outcome.interrupted:
+        sys.stderr.write(f"stopped at step {outcome.result.steps}; checkpoint in {cfg.train.checkpoint_dir}\n")
+        return EXIT_INTERRUPTED
+    if outcome.folder is not None:
+        metrics = outcome.dictionary.config.metrics.model_dump(exclude_none=True, exclude={"per_layer"})
+        print(f"{outcome.folder}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    if outcome.push is not None:
+        print(f"pushed {outcome.push.key}@v{outcome.push.version}")
+    return 0
+
+
+def setup(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """``scope-hub train`` plugin hook (entry point group ``scope_hub.commands``)."""
+    add_arguments(parser)
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainers``: parse ``argv`` and run; config errors exit 2 with one line."""
+    from scope_hub.errors import ConfigError
+
+    parser = argparse.ArgumentParser(prog="python -m trainers", description="Train a sparse dictionary.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2

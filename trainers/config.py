@@ -1,0 +1,364 @@
+"""The one training configuration: a pydantic model that is also the command line.
+
+Every field has a docstring and unknown fields are errors. A YAML file gives the
+config; ``key=value`` arguments override it (dotted paths into the sections,
+values parsed as YAML), so ``python -m trainers run.yaml optim.lr=3e-4`` works.
+
+Example:
+    >>> cfg = load_config(None, ["dictionary.architecture=topk", "dictionary.k=8",
+    ...                          "synthetic.n_atoms=64", "train.tokens=4096"])
+    >>> cfg.dictionary.architecture, cfg.dictionary.k, cfg.optim.beta1
+    ('topk', 8, 0.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from scope_hub.errors import ConfigError
+
+Site = Literal["resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out"]
+Architecture = Literal["jumprelu", "topk", "batchtopk", "relu"]
+DictType = Literal["sae", "transcoder", "skip_transcoder", "clt"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """The base model activations are harvested from."""
+
+    id: str | None = None
+    """Hub id or local path (``google/gemma-3-270m``); None when training from a harvest or synthetic data."""
+    revision: str | None = None
+    """Model revision, recorded in the card."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype the model runs in while harvesting."""
+    device: str = "cpu"
+    """Device of the model and of training (``cpu``, ``cuda``, ``cuda:1``)."""
+
+
+class DataConfig(_Section):
+    """Text the model reads: local files or a ``datasets`` dataset (local or already cached)."""
+
+    paths: list[str] = Field(default_factory=list)
+    """Local text files (one document per file) or ``.jsonl``/``.json`` record files; globs allowed."""
+    dataset: str | None = None
+    """A ``datasets`` name or local folder (``load_from_disk`` output or a script/data dir); never downloads
+    when ``HF_DATASETS_OFFLINE=1``."""
+    dataset_config: str | None = None
+    """Dataset configuration name, if it has several."""
+    split: str = "train"
+    """Dataset split."""
+    text_field: str = "text"
+    """Field holding plain text in JSONL/dataset rows."""
+    messages_field: str | None = None
+    """Field holding a chat (list of ``{role, content}``); rendered through the tokenizer's chat template."""
+    context_size: int = Field(default=128, gt=1)
+    """Tokens per model sequence."""
+    prepend_bos: bool = True
+    """Start every document with the tokenizer's BOS token (chat templates that already add it are left alone)."""
+    packing: bool = True
+    """Concatenate documents into full ``context_size`` windows; False pads each document to its own window."""
+    exclude_bos: bool = True
+    """Drop positions holding BOS (and padding) from harvested activations: their norms are outliers."""
+    max_tokens: int | None = Field(default=None, gt=0)
+    """Stop reading text after this many tokens."""
+
+
+class HarvestConfig(_Section):
+    """Which site(s) to read and how activations are stored."""
+
+    site: Site = "resid_post"
+    """Site the dictionary reads (transcoders and CLTs: ``mlp_in``)."""
+    site_out: Site | None = None
+    """Site a transcoder/CLT writes (default ``mlp_out`` for those types, else ``site``)."""
+    layer: int | None = Field(default=None, ge=0)
+    """Layer of a single-layer dictionary."""
+    layers: list[int] | None = None
+    """Layers of a CLT (source = target layers, in order)."""
+    batch_sequences: int = Field(default=8, gt=0)
+    """Sequences per model forward."""
+    cache_dir: str | None = None
+    """Harvest into safetensors shards here (resumable, reusable by several trainings); None streams."""
+    shard_tokens: int = Field(default=262_144, gt=0)
+    """Tokens per shard file."""
+    storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype activations are stored in on disk."""
+    stream_window: int = Field(default=16, gt=0)
+    """Streaming only: model batches harvested together and shuffled before training on them."""
+
+
+class SyntheticConfig(_Section):
+    """Planted sparse dictionary data (tests, demos): known unit-norm atoms, known sparsity."""
+
+    n_atoms: int = Field(default=64, gt=0)
+    """Number of true atoms."""
+    d_in: int = Field(default=32, gt=0)
+    """Input width."""
+    d_out: int | None = None
+    """Output width for transcoder kinds (default d_in)."""
+    n_layers: int = Field(default=1, gt=0)
+    """Layers (CLT data)."""
+    active_per_token: float = Field(default=3.0, gt=0)
+    """Expected number of active atoms per token."""
+    noise: float = Field(default=0.0, ge=0)
+    """Std of isotropic Gaussian noise added to inputs."""
+    seed: int = 1234
+    """Seed of the atoms (the data stream is seeded by ``train.seed``)."""
+
+
+class DictionarySection(_Section):
+    """What is trained."""
+
+    type: DictType = "sae"
+    """sae, transcoder, skip_transcoder or clt (trained jointly over all layers)."""
+    architecture: Architecture = "jumprelu"
+    """jumprelu (Gemma Scope 2 recipe), topk, batchtopk or relu (+L1)."""
+    d_sae: int = Field(default=16384, gt=0)
+    """Latents (per layer for CLTs)."""
+    k: int | None = Field(default=None, gt=0)
+    """Active latents per token for topk/batchtopk."""
+    l0_target: float | None = Field(default=32.0, gt=0)
+    """JumpReLU target L0 (the quadratic penalty pulls the batch L0 toward it); Gemma Scope 2's "small",
+    "medium" and "big" are about 10-20, 30-60 and 90-150."""
+    matryoshka_groups: list[int] | None = None
+    """Nested group sizes (sum = d_sae): the loss averages the reconstructions of every prefix."""
+    affine_skip: bool = False
+    """CLT only: add a learned affine skip path per layer (skip_transcoder always has one)."""
+    variant: str | None = None
+    """Registry key variant (``l0_small``); derived from l0_target/k when None."""
+
+
+class OptimConfig(_Section):
+    """Adam and the learning-rate schedule (Gemma Scope 2: beta1=0, beta2=0.999)."""
+
+    lr: float = Field(default=7e-5, gt=0)
+    """Peak learning rate."""
+    beta1: float = Field(default=0.0, ge=0, lt=1)
+    """Adam beta1 (0 drops the first moment entirely)."""
+    beta2: float = Field(default=0.999, ge=0, lt=1)
+    """Adam beta2."""
+    eps: float = Field(default=1e-8, gt=0)
+    """Adam epsilon."""
+    warmup_steps: int = Field(default=1000, ge=0)
+    """Linear lr warm-up from 0."""
+    decay_fraction: float = Field(default=0.2, ge=0, le=1)
+    """Final fraction of steps over which lr decays linearly to 0."""
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    """Global gradient-norm clip; None disables."""
+
+
+class LossConfig(_Section):
+    """Sparsity penalties and dead-latent handling."""
+
+    l0_coefficient: float = Field(default=1.0, ge=0)
+    """JumpReLU: lambda of the quadratic L0 penalty lambda*(2/L0*)*(L0 - L0*)^2."""
+    l0_penalty: Literal["per_token", "batch_mean"] = "per_token"
+    """``per_token``: mean over tokens of the penalty on each token's L0 (as SAELens 6.54 implements Gemma
+    Scope 2's quadratic mode); ``batch_mean``: the penalty on the batch's mean L0 (tokens may vary freely)."""
+    l0_warmup_steps: int = Field(default=1000, ge=0)
+    """Steps over which the sparsity coefficient ramps linearly from 0."""
+    bandwidth: float = Field(default=0.001, gt=0)
+    """Width of the rectangle kernel of the JumpReLU straight-through estimator (normalised units)."""
+    threshold_init: float = Field(default=0.001, ge=0)
+    """Initial JumpReLU threshold."""
+    l1_coefficient: float = Field(default=5.0, ge=0)
+    """ReLU: L1 penalty on activations weighted by decoder row norms."""
+    aux_k: int | None = Field(default=None, gt=0)
+    """TopK/BatchTopK: latents used by the aux-k dead-latent loss (default d_in // 2)."""
+    aux_coefficient: float = Field(default=1 / 32, ge=0)
+    """Weight of the aux-k loss."""
+    dead_tokens: int = Field(default=1_000_000, gt=0)
+    """A latent is dead after not firing for this many training tokens."""
+    resample_every: int | None = Field(default=None, gt=0)
+    """ReLU/JumpReLU: re-initialise dead latents toward badly reconstructed inputs every N steps."""
+    batchtopk_threshold_decay: float = Field(default=0.99, ge=0, lt=1)
+    """BatchTopK: EMA decay of the learned inference threshold (mean of the smallest kept activation)."""
+
+
+class TrainSection(_Section):
+    """The loop: how long, how big, seeds, checkpoints, progress."""
+
+    tokens: int = Field(default=10_000_000, gt=0)
+    """Training tokens (steps = tokens // batch_size)."""
+    batch_size: int = Field(default=4096, gt=0)
+    """Tokens per optimizer step (global across data-parallel ranks)."""
+    seed: int = 0
+    """Seed of initialisation and data order."""
+    normalize: bool = True
+    """Scale inputs (and targets) to unit mean norm; the factors go into the dictionary's metadata."""
+    normalization_tokens: int = Field(default=65_536, gt=0)
+    """Tokens used to estimate the normalisation factors."""
+    decoder_unit_norm: bool = True
+    """Keep decoder rows at unit norm (parallel gradient removed, rows renormalised after each step)."""
+    decode: Literal["auto", "dense", "sparse"] = "auto"
+    """Dense matmuls or sparse gathers of active latents; auto switches on measured density."""
+    checkpoint_dir: str | None = None
+    """Where checkpoints go; None disables checkpointing and resume."""
+    checkpoint_every: int = Field(default=1000, gt=0)
+    """Steps between checkpoints (one is also written on SIGTERM and at the end)."""
+    keep_checkpoints: int = Field(default=2, gt=0)
+    """Newest checkpoints kept."""
+    resume: bool = True
+    """Continue from the newest checkpoint in checkpoint_dir if there is one."""
+    log_every: int = Field(default=10, gt=0)
+    """Steps between progress-bar updates."""
+    progress: bool | None = None
+    """Show a progress bar (default: only on a terminal and not under CI)."""
+    threads: int | None = Field(default=None, gt=0)
+    """torch intra-op threads (default: torch's choice)."""
+
+
+class EvalSection(_Section):
+    """Evaluation after training (L0, FVU, dead/dense fractions, optional delta LM loss)."""
+
+    tokens: int = Field(default=65_536, ge=0)
+    """Held-out tokens for L0/FVU/dead/dense; 0 skips evaluation."""
+    delta_lm_loss: bool = False
+    """Also splice the dictionary into the model and measure the LM loss increase (needs a model)."""
+    lm_sequences: int = Field(default=16, gt=0)
+    """Sequences for the delta LM loss."""
+
+
+class OutputConfig(_Section):
+    """Where the trained dictionary goes."""
+
+    dir: str = "out/dictionary"
+    """Local folder the dictionary (config.json + safetensors + README.md card) is written to."""
+    registry: str | None = None
+    """fsspec URL of a registry to push to (``file:///...``, ``s3://...``, ``memory://...``)."""
+    key: str | None = None
+    """Registry key; derived from model/site/layer/width/type/variant when None."""
+    fold_normalization: bool = True
+    """Fold the normalisation factors into the weights (then the dictionary reads raw activations)."""
+    license: str = "cc-by-4.0"
+    """License written into the card's front matter (Gemma Scope 2 uses CC-BY-4.0)."""
+
+
+class TrainConfig(_Section):
+    """Everything one training run needs; the YAML file and the CLI both fill this."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Base model."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Text data."""
+    harvest: HarvestConfig = Field(default_factory=HarvestConfig)
+    """Sites and activation storage."""
+    synthetic: SyntheticConfig | None = None
+    """Planted-dictionary data instead of a model (tests, demos)."""
+    dictionary: DictionarySection = Field(default_factory=DictionarySection)
+    """The dictionary."""
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    """Optimizer."""
+    loss: LossConfig = Field(default_factory=LossConfig)
+    """Penalties."""
+    train: TrainSection = Field(default_factory=TrainSection)
+    """Loop."""
+    eval: EvalSection = Field(default_factory=EvalSection)
+    """Evaluation."""
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    """Output."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        d = self.dictionary
+        if d.architecture in ("topk", "batchtopk") and d.k is None:
+            raise ValueError(f"dictionary.k is required for architecture {d.architecture}")
+        if d.architecture == "jumprelu" and d.l0_target is None:
+            raise ValueError("dictionary.l0_target is required for jumprelu (the quadratic L0 penalty's target)")
+        if d.matryoshka_groups is not None and sum(d.matryoshka_groups) != d.d_sae:
+            raise ValueError(f"dictionary.matryoshka_groups must sum to d_sae={d.d_sae}")
+        if self.synthetic is None and self.model.id is None and not self.harvest.cache_dir:
+            raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
+        if d.type == "clt" and not (self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)):
+            raise ValueError("a clt needs harvest.layers (or synthetic.n_layers > 1)")
+        return self
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the run."""
+        return max(1, self.train.tokens // self.train.batch_size)
+
+    @property
+    def site_out(self) -> str:
+        """Output site: explicit, else mlp_out for transcoder kinds, else the input site."""
+        if self.harvest.site_out:
+            return self.harvest.site_out
+        return "mlp_out" if self.dictionary.type != "sae" else self.harvest.site
+
+    def fingerprint(self) -> str:
+        """sha256 of the fields that change the numbers (not paths, logging or resume flags)."""
+        data = self.model_dump(mode="json")
+        for section, field in _NON_NUMERIC_FIELDS:
+            data.get(section, {}).pop(field, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+_NON_NUMERIC_FIELDS = [
+    ("train", "checkpoint_dir"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
+    ("train", "resume"), ("train", "log_every"), ("train", "progress"), ("train", "threads"),
+    ("output", "dir"), ("output", "registry"), ("output", "key"), ("harvest", "cache_dir"),
+    ("eval", "tokens"), ("eval", "delta_lm_loss"), ("eval", "lm_sequences"), ("train", "decode"),
+]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` entries (values parsed as YAML) into a nested dict.
+
+    Example:
+        >>> apply_overrides({"optim": {"lr": 1.0}}, ["optim.lr=3e-4", "train.resume=false"])
+        {'optim': {'lr': 0.0003}, 'train': {'resume': False}}
+    """
+    for item in overrides:
+        path, sep, text = item.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+        node = raw
+        *parents, leaf = path.split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = _parse_value(text)
+    return raw
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalar/list parsing, plus floats YAML 1.1 leaves as strings (``3e-4``)."""
+    if not text:
+        return None
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start empty when ``path`` is None), apply overrides, validate.
+
+    Errors name the offending field, e.g. ``optim.lrr: Extra inputs are not permitted``.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: must hold a YAML mapping of sections (model, data, dictionary, ...)")
+    raw = apply_overrides(raw, list(overrides or []))
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path or 'config'}: {problems}") from None

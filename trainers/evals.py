@@ -1,0 +1,121 @@
+"""Evaluation of a finished dictionary: L0, FVU, dead/dense latents (per layer for CLTs), delta LM loss.
+
+Metrics use the dictionary's *inference* path (``Dictionary.encode``/``forward``
+in eval mode: BatchTopK with its learned threshold) on raw activations, so they
+describe exactly what users load. Definitions:
+
+* L0: mean number of nonzero features per token (CLTs: mean over layers);
+* FVU: ``sum ||t - y||^2 / sum ||t - mean(t)||^2`` over tokens (CLTs: all layers
+  pooled; per-layer values in ``per_layer``);
+* dead fraction: latents never active on the evaluation tokens;
+* dense fraction: latents active on more than 10% of them;
+* delta LM loss: next-token cross-entropy with the dictionary's output spliced
+  in at its hookpoint minus the clean loss (and the same with the exact error
+  added back, which must be ~0: a check that the splice is right).
+
+Example:
+    >>> import torch
+    >>> from scope_hub.dictionaries import SAE
+    >>> from scope_hub.metadata import DictionaryConfig
+    >>> sae = SAE(DictionaryConfig(type="sae", architecture="relu", d_in=4, d_sae=4))
+    >>> with torch.no_grad():
+    ...     _ = sae.w_enc.copy_(torch.eye(4)), sae.w_dec.copy_(torch.eye(4)), sae.b_enc.zero_(), sae.b_dec.zero_()
+    >>> x = torch.rand(10, 1, 4)
+    >>> m = evaluate(sae, [(x, x)])
+    >>> round(m.fvu, 6), m.l0, m.dead_fraction
+    (0.0, 4.0, 0.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from scope_hub.dictionaries import Dictionary
+from scope_hub.metadata import Metrics
+
+DENSE_FRACTION = 0.1
+"""A latent active on more than this fraction of tokens counts as dense."""
+
+
+class _Accumulator:
+    """Running sums for one layer's metrics (float64)."""
+
+    def __init__(self, d_sae: int) -> None:
+        self.tokens = 0
+        self.active_total = 0.0
+        self.active_per_latent = torch.zeros(d_sae, dtype=torch.float64)
+        self.sq_error = 0.0
+        self.sum_t: torch.Tensor | None = None
+        self.sum_t2 = 0.0
+
+    def add(self, f: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> None:
+        active = f != 0
+        self.tokens += f.shape[0]
+        self.active_total += float(active.sum())
+        self.active_per_latent += active.sum(0).double()
+        t64 = t.double()
+        self.sq_error += float((t64 - y.double()).pow(2).sum())
+        self.sum_t = t64.sum(0) if self.sum_t is None else self.sum_t + t64.sum(0)
+        self.sum_t2 += float(t64.pow(2).sum())
+
+    def variance(self) -> float:
+        return self.sum_t2 - float(self.sum_t.pow(2).sum()) / max(self.tokens, 1)
+
+    def metrics(self) -> dict[str, float]:
+        freq = self.active_per_latent / max(self.tokens, 1)
+        return {
+            "l0": self.active_total / max(self.tokens, 1),
+            "fvu": self.sq_error / max(self.variance(), 1e-30),
+            "dead_fraction": float((freq == 0).double().mean()),
+            "dense_fraction": float((freq > DENSE_FRACTION).double().mean()),
+        }
+
+
+def _features_and_outputs(dictionary: Dictionary, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``[b, L, d_sae]`` and outputs ``[b, L, d_out]`` for inputs ``[b, L, d_in]``."""
+    if dictionary.config.type == "clt":
+        f = dictionary.encode(x)
+        return f, dictionary.forward(x)
+    x0 = x[:, 0]
+    f = dictionary.encode(x0)
+    y = dictionary.decode(f)
+    if hasattr(dictionary, "skip"):
+        y = y + dictionary.skip(x0)
+    return f.unsqueeze(1), y.unsqueeze(1)
+
+
+@torch.no_grad()
+def evaluate(dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             chunk: int = 1024) -> Metrics:
+    """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches."""
+    was_training = dictionary.training
+    dictionary.eval()
+    accs: list[_Accumulator] | None = None
+    try:
+        for x, t in batches:
+            for lo in range(0, x.shape[0], chunk):
+                xs, ts = x[lo:lo + chunk].float(), t[lo:lo + chunk].float()
+                f, y = _features_and_outputs(dictionary, xs)
+                accs = accs or [_Accumulator(dictionary.d_sae) for _ in range(f.shape[1])]
+                for i, acc in enumerate(accs):
+                    acc.add(f[:, i], y[:, i], ts[:, i])
+    finally:
+        dictionary.train(was_training)
+    if accs is None:
+        raise ValueError("evaluate() got no batches")
+    per_layer = [acc.metrics() for acc in accs]
+    total_error = sum(a.sq_error for a in accs)
+    total_var = sum(a.variance() for a in accs)
+    metrics = Metrics(
+        l0=sum(m["l0"] for m in per_layer) / len(per_layer),
+        fvu=total_error / max(total_var, 1e-30),
+        dead_fraction=sum(m["dead_fraction"] for m in per_layer) / len(per_layer),
+        dense_fraction=sum(m["dense_fraction"] for m in per_layer) / len(per_layer),
+        eval_tokens=accs[0].tokens,
+    )
+    if len(per_layer) > 1:
+        layers = dictionary.config.layers or list(range(len(per_layer)))
+        metrics.per_layer = {str(layer): m for layer, m in zip(layers, per_layer)}
+    return metrics

@@ -1,0 +1,163 @@
+"""One call from a config to a published dictionary: data -> harvest -> train -> evaluate -> publish.
+
+Data comes from (first match): ``synthetic``; an existing complete harvest in
+``harvest.cache_dir``; otherwise the model: harvested into ``harvest.cache_dir``
+(rank 0, resumable) or streamed. Only rank 0 evaluates and writes output.
+
+Example:
+    >>> import tempfile
+    >>> from trainers.config import load_config
+    >>> out = tempfile.mkdtemp() + "/sae"
+    >>> cfg = load_config(None, ["synthetic.d_in=16", "synthetic.n_atoms=32", "dictionary.d_sae=32",
+    ...     "dictionary.architecture=topk", "dictionary.k=3", "train.tokens=8192", "train.batch_size=512",
+    ...     "optim.lr=1e-2", "eval.tokens=2048", f"output.dir={out}"])
+    >>> outcome = train(cfg)
+    >>> outcome.folder.name, outcome.dictionary.config.metrics.eval_tokens
+    ('sae', 2048)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scope_hub.metadata import Metrics
+from trainers.config import TrainConfig
+from trainers.distributed import DistContext
+from trainers.evals import evaluate
+from trainers.harvest import Harvester, SiteSpec, StreamingSource, harvest_to_disk, load_model, site_spec
+from trainers.publish import export_dictionary, save_and_publish
+from trainers.shards import ShardSource, read_meta
+from trainers.sources import ActivationSource, SyntheticSource
+from trainers.synthetic import PlantedDictionary
+from trainers.trainer import Trainer, TrainResult
+
+
+@dataclass
+class Environment:
+    """What building the data source produced (the model is kept for the delta-LM-loss eval)."""
+
+    source: ActivationSource
+    layers: list[int]
+    spec: SiteSpec | None = None
+    model: Any = None
+    tokenizer: Any = None
+    data: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """Result of :func:`train`."""
+
+    result: TrainResult
+    dictionary: Any = None
+    folder: Path | None = None
+    push: Any = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.result.interrupted
+
+
+def _synthetic(cfg: TrainConfig) -> Environment:
+    s = cfg.synthetic
+    planted = PlantedDictionary.create(n_atoms=s.n_atoms, d_in=s.d_in, d_out=s.d_out, n_layers=s.n_layers,
+                                       active_per_token=s.active_per_token, kind=cfg.dictionary.type, seed=s.seed)
+    layers = cfg.harvest.layers or list(range(s.n_layers))
+    return Environment(SyntheticSource(planted, seed=cfg.train.seed, noise=s.noise), layers)
+
+
+def _model_env(cfg: TrainConfig) -> tuple[Environment, Harvester]:
+    from trainers.data import token_sequences
+
+    model, tok = load_model(cfg)
+    data = token_sequences(cfg.data, tok)
+    spec = site_spec(model, cfg)
+    harvester = Harvester(model, spec, tok.bos_token_id, cfg.data.exclude_bos)
+    # The commit of a Hub download (transformers records it), so the card can pin the base model.
+    revision = cfg.model.revision or getattr(model.config, "_commit_hash", None)
+    env = Environment(None, spec.layers, spec, model, tok, data, {"model_revision": revision})  # type: ignore[arg-type]
+    return env, harvester
+
+
+def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = False) -> Environment:
+    """The activation source of a run (harvesting first when configured)."""
+    if cfg.synthetic is not None:
+        return _synthetic(cfg)
+    cache = cfg.harvest.cache_dir
+    meta = read_meta(cache) if cache else None
+    if meta and meta.get("complete") and not need_model:
+        return Environment(ShardSource(cache, cfg.train.seed, cfg.eval.tokens), meta["layers"])
+    env, harvester = _model_env(cfg)
+    if cache:
+        if ctx.is_main:
+            harvest_to_disk(harvester, env.data, cfg, cache, progress=cfg.train.progress)
+        ctx.barrier()
+        env.source = ShardSource(cache, cfg.train.seed, cfg.eval.tokens)
+    else:
+        env.source = StreamingSource(harvester, env.data, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
+                                     window=cfg.harvest.stream_window, batch_sequences=cfg.harvest.batch_sequences,
+                                     eval_tokens=cfg.eval.tokens)
+        needed = -(-cfg.steps // cfg.harvest.stream_window) * env.source.chunk
+        if needed > env.source.n_train:
+            raise ValueError(f"streaming needs {needed} training tokens (whole chunks of harvest.stream_window "
+                             f"batches) but the data holds {env.source.n_train}; add data, lower train.tokens, "
+                             "or harvest to disk (harvest.cache_dir), which allows several epochs")
+    return env
+
+
+def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metrics:
+    """L0/FVU/dead/dense on held-out rows, plus delta LM loss when configured and a model is at hand."""
+    metrics = evaluate(dictionary, env.source.eval_batches(cfg.eval.tokens, cfg.train.batch_size))
+    if cfg.eval.delta_lm_loss:
+        if env.model is None:
+            raise ValueError("eval.delta_lm_loss needs the model: set model.id (the harvest alone is not enough)")
+        from trainers.lm_eval import delta_lm_loss
+
+        n = cfg.eval.lm_sequences
+        ids, mask = env.data.input_ids[-n:], env.data.attention_mask[-n:]
+        delta, with_error = delta_lm_loss(env.model, dictionary, ids, mask, env.tokenizer.bos_token_id,
+                                          cfg.data.exclude_bos, cfg.harvest.batch_sequences)
+        metrics.delta_lm_loss, metrics.delta_lm_loss_error_term = delta, with_error
+    return metrics
+
+
+def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
+    """Run the whole pipeline; an interrupted (SIGTERM) run returns after its checkpoint, unexported."""
+    ctx = ctx or DistContext.from_env(cfg.model.device)
+    env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
+    result = Trainer(cfg, env.source, ctx).run()
+    outcome = Outcome(result)
+    if result.interrupted or not ctx.is_main:
+        ctx.barrier()
+        return outcome
+    dictionary = export_dictionary(result, cfg, {**env.source.describe(), **env.extra}, env.spec)
+    if cfg.eval.tokens:
+        dictionary.config.metrics = run_evaluation(dictionary, cfg, env)
+    outcome.dictionary = dictionary
+    outcome.folder, outcome.push = save_and_publish(dictionary, cfg, env.layers)
+    ctx.barrier()
+    return outcome
+
+
+def evaluate_folder(folder: str | Path, cfg: TrainConfig) -> Metrics:
+    """Evaluate a saved dictionary on ``cfg``'s data and write the metrics into its ``config.json``."""
+    from scope_hub.dictionaries import Dictionary
+
+    dictionary = Dictionary.from_pretrained(folder)
+    env = build_environment(cfg, DistContext(), need_model=cfg.eval.delta_lm_loss)
+    metrics = run_evaluation(dictionary, cfg, env)
+    dictionary.config.metrics = metrics
+    readme = Path(folder) / "README.md"
+    dictionary.save_pretrained(folder, card=readme.read_text() if readme.is_file() else None)
+    return metrics
+
+
+def harvest_only(cfg: TrainConfig) -> Path:
+    """Harvest into ``harvest.cache_dir`` and stop (to share one harvest between several trainings)."""
+    if not cfg.harvest.cache_dir:
+        raise ValueError("harvest.cache_dir is required to harvest to disk")
+    env, harvester = _model_env(cfg)
+    return harvest_to_disk(harvester, env.data, cfg, cfg.harvest.cache_dir, progress=cfg.train.progress)
