@@ -1,0 +1,510 @@
+"""ScopedModel vs a bare HF forward, a hand-written hook, and SAELens (issue #5).
+
+Measures, side by side in one process on the real Gemma 3 270M (fp32, batch
+8 x 128 tokens), one JumpReLU SAE 640 -> 16384 at layer 6 ``resid_post``:
+
+1. full logits:  HF bare / floor (HF + hand-written JumpReLU forward hook) /
+   ``ScopedModel.splice()`` / TransformerLens bare / SAELens ``run_with_saes``;
+2. last-position logits: the same with ``logits_to_keep=1`` (SAELens: ``return_type=None``,
+   which skips the unembedding entirely);
+3. features only: HF stopped after layer 6 (+ hand-written encode) /
+   ``ScopedModel.run_with_cache(stop_after_last=True)`` / SAELens
+   ``run_with_cache_with_saes(stop_at_layer=7)`` and ``run_with_cache`` + ``sae.encode``;
+4. lazy attach of 18 layer SAEs (84 MB each, saved first in both formats), warm
+   and cold page cache: ``ScopedModel.from_pretrained(model, {18 folders})`` vs
+   SAELens ``SAE.load_from_disk`` x 18.
+
+Timings are medians over repeats; within a group the variants run round-robin
+(one of each per repeat) so drift hits them alike. Ratios are computed against
+baselines measured in the same run. SAELens rows are skipped with a message when
+``sae_lens`` is not importable.
+
+Usage::
+
+    .venv/bin/python benchmarks/scoped_model_bench.py            # 5 repeats (several minutes)
+    .venv/bin/python benchmarks/scoped_model_bench.py --quick    # 3 repeats, fewer attach runs
+    .venv/bin/python benchmarks/scoped_model_bench.py --only attach --repeats 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scope_hub.dictionaries import SAE  # noqa: E402
+from scope_hub.metadata import DictionaryConfig  # noqa: E402
+from scope_hub.models import gemma3_270m_path, load_causal_lm  # noqa: E402
+from scope_hub.scoped_model import ScopedModel  # noqa: E402
+
+D_IN, D_SAE, LAYER, N_LAYERS = 640, 16384, 6, 18
+BATCH, SEQ = 8, 128
+TOKENS = BATCH * SEQ
+TARGET_L0 = 64
+
+
+# --- timing ------------------------------------------------------------------------------
+CPU_TIMES: dict[str, list[float]] = {}
+"""Process CPU seconds per call (all threads), by variant: a second view when the machine is shared."""
+
+
+def bench(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+          before_each: Callable[[], None] | None = None) -> dict[str, list[float]]:
+    """Wall seconds per call for each fn, round-robin: every repeat runs each fn once."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for name in fns:
+        CPU_TIMES[name] = []
+    for r in range(warmup + repeats):
+        for name, fn in fns.items():
+            if before_each is not None:
+                before_each()
+            gc.collect()
+            c0, t0 = time.process_time(), time.perf_counter()
+            out = fn()
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            del out
+            if r >= warmup:
+                times[name].append(dt)
+                CPU_TIMES[name].append(dc)
+    return times
+
+
+def med(ts: list[float]) -> float:
+    return statistics.median(ts)
+
+
+def spread(ts: list[float]) -> str:
+    m = med(ts)
+    return f"{(min(ts) / m - 1) * 100:+.0f}/{(max(ts) / m - 1) * 100:+.0f}%"
+
+
+class Report:
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def group(self, title: str, times: dict[str, list[float]], tokens: int | None = TOKENS,
+              base: str | None = None) -> None:
+        print(f"\n== {title}")
+        head = f"{'variant':<44} {'median':>10} {'spread':>11}"
+        head += f" {'tok/s':>8}" if tokens else ""
+        head += f"  {'x ' + base:>16}" if base else ""
+        print(head)
+        for name, ts in times.items():
+            m = med(ts)
+            line = f"{name:<44} {m * 1e3:>8.1f}ms {spread(ts):>11}"
+            if tokens:
+                line += f" {tokens / m:>8.0f}"
+            if base:
+                line += f"  {m / med(times[base]):>15.3f}x"
+            print(line)
+            self.rows.append({"group": title, "variant": name, "median_s": m, "times_s": ts,
+                              "cpu_s": CPU_TIMES.get(name)})
+        print(f"(load average after: {os.getloadavg()[0]:.2f}; > ~0.3 means other jobs shared the 2 cores)")
+
+    def ratio(self, label: str, times: dict[str, list[float]], num: str, den: str) -> float:
+        """Ratio of medians, plus the median of per-round ratios (each round runs both
+        back to back, so it is less sensitive to load that drifts over the run)."""
+        r = med(times[num]) / med(times[den])
+        paired = statistics.median(a / b for a, b in zip(times[num], times[den]))
+        best = min(times[num]) / min(times[den])
+        cpu = med(CPU_TIMES[num]) / med(CPU_TIMES[den]) if CPU_TIMES.get(num) and CPU_TIMES.get(den) else float("nan")
+        print(f"  {label}: {r:.3f}x  ({med(times[num]) * 1e3:.1f} ms / {med(times[den]) * 1e3:.1f} ms; "
+              f"paired {paired:.3f}x, min/min {best:.3f}x, cpu-time {cpu:.3f}x)")
+        self.rows.append({"ratio": label, "value": r, "paired": paired, "min_ratio": best, "cpu_ratio": cpu,
+                          "num": num, "den": den})
+        return r
+
+
+# --- models and SAEs ---------------------------------------------------------------------
+def make_sae(model, ids: torch.Tensor) -> SAE:
+    """A JumpReLU SAE 640 -> 16384 for layer 6, thresholds set for L0 ~ 64 on real activations."""
+    g = torch.Generator().manual_seed(0)
+    cfg = DictionaryConfig(type="sae", architecture="jumprelu", d_in=D_IN, d_sae=D_SAE,
+                           model="google/gemma-3-270m", site="resid_post", layer=LAYER)
+    sae = SAE(cfg)
+    with torch.no_grad():
+        sae.w_enc.copy_(torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5)
+        sae.w_dec.copy_(torch.randn(D_SAE, D_IN, generator=g) / D_SAE**0.5)
+        sae.b_enc.zero_()
+        sae.b_dec.copy_(torch.randn(D_IN, generator=g) * 0.01)
+        acts = {}
+        h = model.model.layers[LAYER].register_forward_hook(lambda m, a, o: acts.setdefault("x", o))
+        try:
+            model(ids[:2], logits_to_keep=1)
+        finally:
+            h.remove()
+        pre = (acts["x"].reshape(-1, D_IN) @ sae.w_enc + sae.b_enc).flatten()
+        q = 1 - TARGET_L0 / D_SAE
+        sae.threshold.fill_(pre.kthvalue(int(q * pre.numel())).values.item())
+    sae.requires_grad_(False)
+    return sae
+
+
+def saelens_sae(sae: SAE, layer: int = LAYER):
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    cfg = JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, dtype="float32", device="cpu",
+                            apply_b_dec_to_input=False,  # Gemma Scope math: x @ W_enc + b_enc
+                            metadata=SAEMetadata(model_name="google/gemma-3-270m",
+                                                 hook_name=f"blocks.{layer}.hook_resid_post"))
+    sl = JumpReLUSAE(cfg)
+    sl.load_state_dict({"W_enc": sae.w_enc.detach().clone(), "W_dec": sae.w_dec.detach().clone(),
+                        "b_enc": sae.b_enc.detach().clone(), "b_dec": sae.b_dec.detach().clone(),
+                        "threshold": sae.threshold.detach().clone()})
+    sl.requires_grad_(False)
+    return sl.eval()
+
+
+def try_saelens():
+    try:
+        import sae_lens  # noqa: F401
+        from sae_lens import HookedSAETransformer  # noqa: F401
+        return True
+    except Exception as exc:  # ImportError, or a broken install
+        print(f"!! sae_lens is not importable ({type(exc).__name__}: {exc}); SAELens rows are skipped")
+        return False
+
+
+class _Stop(Exception):
+    pass
+
+
+def hand_hooks(sae: SAE):
+    """The floor: plain torch forward hooks doing the same JumpReLU math as the SAE."""
+    w_enc, b_enc, thr = sae.w_enc.detach(), sae.b_enc.detach(), sae.threshold.detach()
+    w_dec, b_dec = sae.w_dec.detach(), sae.b_dec.detach()
+
+    def encode(x):
+        pre = x @ w_enc + b_enc
+        return torch.relu(pre) * (pre > thr)
+
+    def splice(module, args, out):
+        return encode(out) @ w_dec + b_dec
+
+    feats: dict = {}
+
+    def features_and_stop(module, args, out):
+        feats["f"] = encode(out)
+        raise _Stop
+
+    def stop(module, args, out):
+        feats["x"] = out
+        raise _Stop
+
+    return splice, features_and_stop, stop, feats
+
+
+def with_hook(module, fn, call):
+    h = module.register_forward_hook(fn)
+    try:
+        return call()
+    except _Stop:
+        return None
+    finally:
+        h.remove()
+
+
+def load_tl(model, tok):
+    from sae_lens import HookedSAETransformer
+
+    # TransformerLens knows gemma-3-270m's architecture by name (no config fetch); with
+    # hf_model= it converts the already-loaded weights instead of downloading them.
+    return HookedSAETransformer.from_pretrained_no_processing(
+        "google/gemma-3-270m", hf_model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
+
+
+# --- groups ------------------------------------------------------------------------------
+def forward_groups(rep: Report, model, tok, repeats: int, use_sl: bool, only: set[str]) -> None:
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 200_000, (BATCH, SEQ))
+    ids[:, 0] = tok.bos_token_id
+    sae = make_sae(model, ids)
+    sm = ScopedModel.from_pretrained(model, dictionaries={"sae": sae})
+    layer = model.model.layers[LAYER]
+    splice_fn, feats_fn, stop_fn, feats = hand_hooks(sae)
+    tl = sl = None
+    if use_sl:
+        t0 = time.perf_counter()
+        tl = load_tl(model, tok)
+        sl = saelens_sae(sae)
+        print(f"TransformerLens model built from the loaded HF model in {time.perf_counter() - t0:.1f} s")
+    hook_name = f"blocks.{LAYER}.hook_resid_post"
+    acts_name = hook_name + ".hook_sae_acts_post"
+
+    # --- equivalence checks (once, untimed) ---
+    with torch.no_grad():
+        ours = sm.splice()(ids[:2]).logits
+        floor = with_hook(layer, splice_fn, lambda: model(ids[:2]).logits)
+        print(f"check: |ours - floor| max = {(ours - floor).abs().max().item():.2e} "
+              f"(logit scale {floor.abs().max().item():.1f})")
+        _, cache = sm.run_with_cache(ids[:2], stop_after_last=True)
+        with_hook(layer, feats_fn, lambda: model(ids[:2]))
+        print(f"check: features ours vs hand max diff = {(cache['sae'] - feats['f']).abs().max().item():.2e}, "
+              f"L0 = {(cache['sae'] > 0).sum(-1).float().mean().item():.1f}")
+        if use_sl:
+            sl_logits = tl.run_with_saes(ids[:2], saes=[sl])
+            print(f"check: |SAELens - floor| max = {(sl_logits - floor).abs().max().item():.2e}")
+            _, c = tl.run_with_cache_with_saes(ids[:2], saes=[sl], stop_at_layer=LAYER + 1, names_filter=acts_name)
+            print(f"check: features SAELens vs ours max diff = {(c[acts_name] - cache['sae']).abs().max().item():.2e}")
+        del ours, floor, cache
+    splice_mode = sm.splice()
+
+    if "full" in only:
+        fns = {
+            "hf_bare": lambda: model(ids),
+            "floor (hf + hand hook)": lambda: with_hook(layer, splice_fn, lambda: model(ids)),
+            "scope_hub splice()": lambda: splice_mode(ids),
+        }
+        if use_sl:
+            fns["tl_bare"] = lambda: tl(ids)
+            fns["saelens run_with_saes"] = lambda: tl.run_with_saes(ids, saes=[sl])
+        with torch.no_grad():
+            t = bench(fns, repeats)
+        rep.group("full logits [8x128]", t, base="floor (hf + hand hook)")
+        rep.ratio("splice / floor (full logits)", t, "scope_hub splice()", "floor (hf + hand hook)")
+        rep.ratio("splice / hf_bare (full logits)", t, "scope_hub splice()", "hf_bare")
+        rep.ratio("floor / hf_bare (full logits)", t, "floor (hf + hand hook)", "hf_bare")
+        if use_sl:
+            rep.ratio("SAELens / splice (full logits)", t, "saelens run_with_saes", "scope_hub splice()")
+            rep.ratio("SAELens / floor (full logits)", t, "saelens run_with_saes", "floor (hf + hand hook)")
+            rep.ratio("tl_bare / hf_bare", t, "tl_bare", "hf_bare")
+
+    if "keep1" in only:
+        fns = {
+            "hf_bare logits_to_keep=1": lambda: model(ids, logits_to_keep=1),
+            "floor logits_to_keep=1": lambda: with_hook(layer, splice_fn, lambda: model(ids, logits_to_keep=1)),
+            "scope_hub splice() logits_to_keep=1": lambda: splice_mode(ids, logits_to_keep=1),
+        }
+        if use_sl:
+            fns["saelens run_with_saes return_type=None"] = lambda: tl.run_with_saes(ids, saes=[sl], return_type=None)
+        with torch.no_grad():
+            t = bench(fns, repeats)
+        rep.group("last-position logits [8x128]", t, base="floor logits_to_keep=1")
+        rep.ratio("splice / floor (logits_to_keep=1)", t, "scope_hub splice() logits_to_keep=1", "floor logits_to_keep=1")
+        rep.ratio("splice / hf_bare (logits_to_keep=1)", t, "scope_hub splice() logits_to_keep=1", "hf_bare logits_to_keep=1")
+        if use_sl:
+            rep.ratio("SAELens(no unembed) / splice(logits_to_keep=1)", t,
+                      "saelens run_with_saes return_type=None", "scope_hub splice() logits_to_keep=1")
+
+    if "features" in only:
+        fns = {
+            "hf stopped after layer 6": lambda: with_hook(layer, stop_fn, lambda: model(ids)),
+            "hf stopped after 6 + hand encode": lambda: with_hook(layer, feats_fn, lambda: model(ids)),
+            "scope_hub run_with_cache(stop_after_last)": lambda: sm.run_with_cache(ids, stop_after_last=True),
+        }
+        if use_sl:
+            fns["saelens run_with_cache_with_saes(stop_at_layer=7)"] = lambda: tl.run_with_cache_with_saes(
+                ids, saes=[sl], stop_at_layer=LAYER + 1, names_filter=acts_name)
+            fns["saelens run_with_cache(stop_at_layer=7) + encode"] = lambda: sl.encode(
+                tl.run_with_cache(ids, stop_at_layer=LAYER + 1, names_filter=hook_name)[1][hook_name])
+        with torch.no_grad():
+            t = bench(fns, repeats)
+        rep.group("features only, layer 6 [8x128]", t, base="hf stopped after 6 + hand encode")
+        rep.ratio("features / (hf stop6 + hand encode)", t, "scope_hub run_with_cache(stop_after_last)",
+                  "hf stopped after 6 + hand encode")
+        rep.ratio("features / hf stop6", t, "scope_hub run_with_cache(stop_after_last)", "hf stopped after layer 6")
+        if use_sl:
+            best = min(("saelens run_with_cache_with_saes(stop_at_layer=7)",
+                        "saelens run_with_cache(stop_at_layer=7) + encode"), key=lambda k: med(t[k]))
+            rep.ratio(f"SAELens best ({best.split('(')[0].strip()}) / features", t, best,
+                      "scope_hub run_with_cache(stop_after_last)")
+    del tl, sl, sm
+
+
+# --- lazy attach -------------------------------------------------------------------------
+def write_18(root: Path, use_sl: bool) -> tuple[list[Path], list[Path]]:
+    g = torch.Generator().manual_seed(1)
+    ours, theirs = [], []
+    base = SAE(DictionaryConfig(type="sae", architecture="jumprelu", d_in=D_IN, d_sae=D_SAE,
+                                model="google/gemma-3-270m", site="resid_post", layer=0))
+    with torch.no_grad():
+        for p in base.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        base.threshold.abs_()
+    for i in range(N_LAYERS):
+        base.config = base.config.model_copy(update={"layer": i})
+        ours.append(base.save_pretrained(root / "ours" / f"layer_{i}"))
+        if use_sl:
+            sl = saelens_sae(base, layer=i)
+            path = root / "saelens" / f"layer_{i}"
+            sl.save_model(path)
+            theirs.append(path)
+    return ours, theirs
+
+
+def evict(paths: list[Path], use_drop_caches: bool) -> str:
+    """Empty the page cache of the SAE files before a cold run.
+
+    Default: ``posix_fadvise(DONTNEED)`` on each file (touches only our files, so other
+    jobs on the machine keep their cache); ``--drop-caches``: ``echo 3 > drop_caches``
+    (root only; also drops dentries/inodes, machine-wide). Falls back to fadvise.
+    """
+    if use_drop_caches:
+        subprocess.run(["sync"], check=False)
+        try:
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            return "drop_caches"
+        except OSError:
+            pass
+    for folder in paths:
+        for f in Path(folder).iterdir():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    return "posix_fadvise(DONTNEED) per file"
+
+
+def resident_fraction(paths: list[Path]) -> float:
+    """Fraction of the files' pages in the page cache (mincore), to check that eviction worked."""
+    import ctypes
+    import ctypes.util
+    import mmap
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page = mmap.PAGESIZE
+    resident = total = 0
+    for folder in paths:
+        for f in Path(folder).iterdir():
+            size = f.stat().st_size
+            if size == 0:
+                continue
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+                if addr in (None, ctypes.c_void_p(-1).value):
+                    return float("nan")
+                n = (size + page - 1) // page
+                vec = (ctypes.c_ubyte * n)()
+                ok = libc.mincore(addr, size, vec) == 0
+                libc.munmap(addr, size)
+                if not ok:
+                    return float("nan")
+                resident += sum(b & 1 for b in vec)
+                total += n
+            finally:
+                os.close(fd)
+    return resident / max(total, 1)
+
+
+def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path | None,
+                 use_drop_caches: bool) -> None:
+    root = Path(tempfile.mkdtemp(prefix="scope_hub_bench_", dir=workdir))
+    try:
+        t0 = time.perf_counter()
+        ours, theirs = write_18(root, use_sl)
+        size = sum(f.stat().st_size for f in (ours[0]).iterdir()) / 1e6
+        print(f"\nwrote 18 SAEs ({size:.0f} MB each) in both formats in {time.perf_counter() - t0:.1f} s under {root}")
+
+        def attach_ours():
+            return ScopedModel.from_pretrained(model, dictionaries={f"layer_{i}": p for i, p in enumerate(ours)})
+
+        def attach_ours_and_read():
+            sm = attach_ours()
+            for d in sm.dictionaries.values():
+                d.w_enc  # first touch loads every tensor (and checks it is finite)
+            return sm
+
+        fns = {"scope_hub ScopedModel.from_pretrained(18 folders)": attach_ours}
+        if use_sl:
+            from sae_lens import SAE as SLSAE
+
+            fns["saelens SAE.load_from_disk x18"] = lambda: [SLSAE.load_from_disk(p) for p in theirs]
+
+        def sl_and_read():
+            saes = [SLSAE.load_from_disk(p) for p in theirs]
+            for s in saes:
+                for t in s.state_dict().values():
+                    t.sum()  # touch every page
+            return saes
+
+        read_fns = {"scope_hub attach + first touch of every SAE": attach_ours_and_read}
+        if use_sl:
+            read_fns["saelens load_from_disk x18 + read every tensor"] = sl_and_read
+
+        all_paths = ours + theirs
+        t = bench(fns, repeats * 2, warmup=2)
+        rep.group("lazy attach, warm page cache (18 SAEs)", t, tokens=None,
+                  base="scope_hub ScopedModel.from_pretrained(18 folders)")
+        if use_sl:
+            rep.ratio("SAELens / ours (attach, warm)", t, "saelens SAE.load_from_disk x18",
+                      "scope_hub ScopedModel.from_pretrained(18 folders)")
+        warm_frac = resident_fraction(all_paths)
+        how = evict(all_paths, use_drop_caches)
+        print(f"(cold: page cache emptied with {how} before every call; resident pages "
+              f"{warm_frac:.0%} -> {resident_fraction(all_paths):.0%})")
+        cold = lambda: evict(all_paths, use_drop_caches)  # noqa: E731
+        t = bench(fns, repeats, warmup=1, before_each=cold)
+        rep.group(f"lazy attach, cold page cache ({how})", t, tokens=None,
+                  base="scope_hub ScopedModel.from_pretrained(18 folders)")
+        if use_sl:
+            rep.ratio("SAELens / ours (attach, cold)", t, "saelens SAE.load_from_disk x18",
+                      "scope_hub ScopedModel.from_pretrained(18 folders)")
+        t = bench(read_fns, max(3, repeats // 2), warmup=0, before_each=cold)
+        rep.group("cold load + read every byte (for scale)", t, tokens=None,
+                  base="scope_hub attach + first touch of every SAE")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="3 repeats instead of 5")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--only", nargs="+", choices=["full", "keep1", "features", "attach"],
+                    default=["full", "keep1", "features", "attach"])
+    ap.add_argument("--no-saelens", action="store_true", help="skip the SAELens rows")
+    ap.add_argument("--workdir", type=Path, default=None, help="where the 18 x 2 SAE folders are written (~3 GB)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="cold runs use echo 3 > /proc/sys/vm/drop_caches (root; machine-wide) instead of fadvise")
+    ap.add_argument("--json", type=Path, default=None, help="also write every timing here")
+    args = ap.parse_args()
+    repeats = args.repeats or (3 if args.quick else 5)
+    only = set(args.only)
+    use_sl = not args.no_saelens and try_saelens()
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for pkg in ("transformers", "sae_lens", "transformer_lens"):
+        try:
+            versions[pkg] = __import__(pkg).__version__
+        except Exception:
+            pass
+    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+          f"cuda {torch.cuda.is_available()}; {versions}; repeats {repeats}")
+    model, tok = load_causal_lm(gemma3_270m_path())
+    model.requires_grad_(False)
+    rep = Report()
+    if only & {"full", "keep1", "features"}:
+        forward_groups(rep, model, tok, repeats, use_sl, only)
+    if "attach" in only:
+        attach_group(rep, model, repeats, use_sl, args.workdir, args.drop_caches)
+    if args.json:
+        args.json.write_text(json.dumps({"versions": versions, "repeats": repeats, "rows": rep.rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Attribution graphs over transcoders and CLTs ("Circuit Tracing", Ameisen et al., 2025).
+
+Public API::
+
+    graph = attribute(prompt, model, transcoders, tokenizer=tok)   # Graph (unpruned)
+    result = prune(graph, node_threshold=0.8, edge_threshold=0.98)
+    write_graph_json(graph, "out/graph.json", prune_result=result)  # circuit-tracer / Neuronpedia format
+    write_html(graph, "out/graph.html", prune_result=result)        # self-contained viewer
+    report = check_interventions(graph, model, transcoders, nodes)  # real-model check of predictions
+
+See docs/circuits.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "attribute": "scope_hub.analysis.circuits.attribution",
+    "Graph": "scope_hub.analysis.circuits.graph",
+    "prune": "scope_hub.analysis.circuits.prune",
+    "PruneResult": "scope_hub.analysis.circuits.prune",
+    "node_influence": "scope_hub.analysis.circuits.prune",
+    "graph_scores": "scope_hub.analysis.circuits.prune",
+    "graph_json": "scope_hub.analysis.circuits.export",
+    "write_graph_json": "scope_hub.analysis.circuits.export",
+    "write_html": "scope_hub.analysis.circuits.html",
+    "check_interventions": "scope_hub.analysis.circuits.interventions",
+    "InterventionResult": "scope_hub.analysis.circuits.interventions",
+    "predict": "scope_hub.analysis.circuits.interventions",
+    "top_features": "scope_hub.analysis.circuits.interventions",
+    "total_effects": "scope_hub.analysis.circuits.interventions",
+    "TranscoderSet": "scope_hub.analysis.circuits.transcoder_set",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scope_hub.analysis.circuits' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
