@@ -138,13 +138,10 @@ def _steer(sm: Any, tokenizer: Any, name: str, feature: int, typical: float) -> 
 
 
 def _dashboard(sm: Any, tokenizer: Any, name: str, texts: list[str], out: Path) -> Path | None:
-    try:
-        from scope_hub.analysis.dashboard import build_dashboard  # present once the analysis issue lands
-    except ImportError:
-        print("  (scope_hub.analysis is not installed in this checkout: no dashboard)")
-        return None
+    from scope_hub.analysis.dashboard import dashboard_from_texts
+
     step(f"scope-hub dashboard {name} --out {out}")
-    return build_dashboard(sm, tokenizer, name, texts, out)
+    return dashboard_from_texts(sm, name, tokenizer, texts, out)
 
 
 def main(argv: list[str] | None = None) -> int:

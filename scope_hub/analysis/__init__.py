@@ -20,38 +20,33 @@ Example:
     ('phrase', 16)
 """
 
-from scope_hub.analysis.attribution import (
-    ablation_effects,
-    decoder_alignment,
-    feature_attribution,
-)
-from scope_hub.analysis.chat import ChatBatch, render_chat
-from scope_hub.analysis.cot import cot_faithfulness
-from scope_hub.analysis.direction import (
-    ablate_direction,
-    add_direction,
-    mean_difference,
-)
-from scope_hub.analysis.jailbreak import compare_jailbreak
-from scope_hub.analysis.model_diff import compare_models
-from scope_hub.analysis.prompts import load_prompts
-from scope_hub.analysis.refusal import analyze_refusal
-from scope_hub.analysis.scores import RefusalScore, refusal_rate
+from __future__ import annotations
 
-__all__ = [
-    "ChatBatch",
-    "RefusalScore",
-    "ablate_direction",
-    "ablation_effects",
-    "add_direction",
-    "analyze_refusal",
-    "compare_jailbreak",
-    "compare_models",
-    "cot_faithfulness",
-    "decoder_alignment",
-    "feature_attribution",
-    "load_prompts",
-    "mean_difference",
-    "refusal_rate",
-    "render_chat",
-]
+import importlib
+from typing import Any
+
+# Lazy re-exports: importing a subpackage (e.g. scope_hub.analysis.circuits) must not import every tool.
+_EXPORTS = {
+    "ChatBatch": "chat",
+    "RefusalScore": "scores",
+    "ablate_direction": "direction",
+    "ablation_effects": "attribution",
+    "add_direction": "direction",
+    "analyze_refusal": "refusal",
+    "compare_jailbreak": "jailbreak",
+    "compare_models": "model_diff",
+    "cot_faithfulness": "cot",
+    "decoder_alignment": "attribution",
+    "feature_attribution": "attribution",
+    "load_prompts": "prompts",
+    "mean_difference": "direction",
+    "refusal_rate": "scores",
+    "render_chat": "chat",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'scope_hub.analysis' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"scope_hub.analysis.{_EXPORTS[name]}"), name)

@@ -50,8 +50,14 @@ def dense(features: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def prompt_features(
-    scoped: ScopedModel, name: str, tokenizer: Any, prompts: Sequence[Conversation], *,
-    selector: str | Sequence[str] = "answer", reduce: str = "mean", batch_size: int = 16,
+    scoped: ScopedModel,
+    name: str,
+    tokenizer: Any,
+    prompts: Sequence[Conversation],
+    *,
+    selector: str | Sequence[str] = "answer",
+    reduce: str = "mean",
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """[len(prompts), d_sae] features per prompt.
 
@@ -81,7 +87,9 @@ def prompt_features(
     return torch.cat(rows)
 
 
-def text_windows(tokenizer: Any, texts: Sequence[str], window: int = 64, *, add_bos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def text_windows(
+    tokenizer: Any, texts: Sequence[str], window: int = 64, *, add_bos: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenize ``texts`` and cut each into windows of ``window`` tokens (the last one right-padded).
 
     Returns ``(input_ids, attention_mask)`` of shape [n_windows, window]. Each window starts
@@ -96,7 +104,7 @@ def text_windows(tokenizer: Any, texts: Sequence[str], window: int = 64, *, add_
     for text in texts:
         tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(tokens), body):
-            chunk = ([bos] if bos is not None else []) + tokens[start:start + body]
+            chunk = ([bos] if bos is not None else []) + tokens[start : start + body]
             ids.append(chunk + [pad] * (window - len(chunk)))
             masks.append([1] * len(chunk) + [0] * (window - len(chunk)))
     if not ids:
@@ -105,19 +113,28 @@ def text_windows(tokenizer: Any, texts: Sequence[str], window: int = 64, *, add_
 
 
 def iter_window_features(
-    scoped: ScopedModel, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 16,
+    scoped: ScopedModel,
+    name: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    batch_size: int = 16,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yields ``(rows, features)`` per batch: features [rows, window, d_sae], zero at padding."""
     for start in range(0, len(input_ids), batch_size):
         rows = slice(start, start + batch_size)
         with torch.no_grad():
-            _, cache = scoped.run_with_cache(input_ids[rows], attention_mask=attention_mask[rows],
-                                             names=[name], stop_after_last=True)
+            _, cache = scoped.run_with_cache(
+                input_ids[rows], attention_mask=attention_mask[rows], names=[name], stop_after_last=True
+            )
         yield rows, dense(cache[name]).float()
 
 
 def window_features(
-    scoped: ScopedModel, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 16,
+    scoped: ScopedModel,
+    name: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    batch_size: int = 16,
 ) -> torch.Tensor:
     """[n_windows, window, d_sae] features of every token (zero at padding); for small corpora."""
     return torch.cat([f for _, f in iter_window_features(scoped, name, input_ids, attention_mask, batch_size)])

@@ -94,8 +94,9 @@ def spliced_capture(scoped: ScopedModel, name: str, cache: dict[str, Any]) -> Mo
     """
     # ModeContext's fields mirror attachment.Mode; no attention_mask so the exact tensor is stored.
     _single_site(scoped, name)
-    return ModeContext(scoped, splice=frozenset({name}), error_term=True, capture=cache,
-                       capture_names=frozenset({name}), sparse=False)
+    return ModeContext(
+        scoped, splice=frozenset({name}), error_term=True, capture=cache, capture_names=frozenset({name}), sparse=False
+    )
 
 
 @dataclass

@@ -210,8 +210,8 @@ def _pad(tokenizer: Any, rows: list, convs: list, continuations: list[str] | Non
     message_index = torch.full((len(rows), width), -1, dtype=torch.long)
     for i, (_, tokens, roles, messages) in enumerate(rows):
         n = len(tokens)
-        ids[i, width - n:] = torch.tensor(tokens)
-        mask[i, width - n:] = 1
-        role_ids[i, width - n:] = torch.tensor(roles)
-        message_index[i, width - n:] = torch.tensor(messages)
+        ids[i, width - n :] = torch.tensor(tokens)
+        mask[i, width - n :] = 1
+        role_ids[i, width - n :] = torch.tensor(roles)
+        message_index[i, width - n :] = torch.tensor(messages)
     return ChatBatch(ids, mask, role_ids, message_index, [r[0] for r in rows], convs, continuations)

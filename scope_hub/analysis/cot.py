@@ -81,10 +81,14 @@ class CotReport:
 
     def to_markdown(self) -> str:
         head = f"answer metric {self.metric:.3f} (answer is the argmax: {self.answer_is_top})"
-        top = markdown_table(["position", "token", "feature", "activation", "attribution"],
-                             [[r.position, repr(r.token), r.feature, r.activation, r.attribution] for r in self.top])
-        abl = markdown_table(["ablated pairs", "Δ metric (top by attribution)", "Δ metric (random active)", "answer kept"],
-                             [[a.k, a.top_delta, a.random_delta, str(a.answer_kept)] for a in self.ablations])
+        top = markdown_table(
+            ["position", "token", "feature", "activation", "attribution"],
+            [[r.position, repr(r.token), r.feature, r.activation, r.attribution] for r in self.top],
+        )
+        abl = markdown_table(
+            ["ablated pairs", "Δ metric (top by attribution)", "Δ metric (random active)", "answer kept"],
+            [[a.k, a.top_delta, a.random_delta, str(a.answer_kept)] for a in self.ablations],
+        )
         return "\n".join([head, "\n## Reasoning features by attribution", top, "\n## Ablation test", abl])
 
 
@@ -101,9 +105,19 @@ def reasoning_mask(tokenizer: Any, question: str, reasoning: str, batch: ChatBat
 
 
 def cot_faithfulness(
-    scoped: ScopedModel, name: str, tokenizer: Any, question: str, reasoning: str, answer: str, *,
-    answer_prefix: str = "\nSo the answer is", alternative: str | None = None, top_k: int = 10,
-    ks: Sequence[int] = (1, 3, 10), n_random: int = 5, seed: int = 0,
+    scoped: ScopedModel,
+    name: str,
+    tokenizer: Any,
+    question: str,
+    reasoning: str,
+    answer: str,
+    *,
+    answer_prefix: str = "\nSo the answer is",
+    alternative: str | None = None,
+    top_k: int = 10,
+    ks: Sequence[int] = (1, 3, 10),
+    n_random: int = 5,
+    seed: int = 0,
 ) -> CotReport:
     """Attribute the answer to reasoning features and test the top ones by ablation."""
     batch = render_chat(tokenizer, [question], continuations=[reasoning + answer_prefix])
@@ -117,7 +131,9 @@ def cot_faithfulness(
         return last[:, target] - (last[:, other] if other is not None else 0.0)
 
     keep = last_logits_only(scoped)
-    result = feature_attribution(scoped, name, batch, lambda model, b: from_logits(model(**b.model_inputs(), **keep).logits))
+    result = feature_attribution(
+        scoped, name, batch, lambda model, b: from_logits(model(**b.model_inputs(), **keep).logits)
+    )
     mask = reasoning_mask(tokenizer, question, reasoning, batch)[0]
     if not mask.any():
         raise ConfigError("the reasoning text produced no model-turn tokens")
@@ -151,8 +167,13 @@ def _first_token(tokenizer: Any, text: str) -> int:
 
 def _row(tokenizer: Any, batch: ChatBatch, result: Any, position: int, feature: int) -> ReasoningFeature:
     token = tokenizer.decode([int(batch.input_ids[0, position])])
-    return ReasoningFeature(position, token, feature, float(result.activations[0, position, feature]),
-                            float(result.attribution[0, position, feature]))
+    return ReasoningFeature(
+        position,
+        token,
+        feature,
+        float(result.activations[0, position, feature]),
+        float(result.attribution[0, position, feature]),
+    )
 
 
 def _draw(active: list, k: int, gen: torch.Generator) -> list[tuple[int, int]]:
@@ -161,8 +182,9 @@ def _draw(active: list, k: int, gen: torch.Generator) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def _ablated(scoped: ScopedModel, batch: ChatBatch, name: str, result: Any, pairs: list, from_logits: Any,
-             target: int) -> tuple[float, bool]:
+def _ablated(
+    scoped: ScopedModel, batch: ChatBatch, name: str, result: Any, pairs: list, from_logits: Any, target: int
+) -> tuple[float, bool]:
     """Metric, and whether the answer is still the argmax, with ``pairs`` (position, feature) ablated."""
     selected = torch.zeros_like(result.activations, dtype=torch.bool)
     for position, feature in pairs:

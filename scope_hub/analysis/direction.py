@@ -70,12 +70,14 @@ def boundary_hookpoints(model: Any) -> list[Hookpoint]:
     return points + [Hookpoint(adapter.layer_module(adapter.n_layers - 1), "output")]
 
 
-def batches(tokenizer: Any, conversations: Sequence[Conversation], batch_size: int = 16, **kwargs: Any) -> Iterator[ChatBatch]:
+def batches(
+    tokenizer: Any, conversations: Sequence[Conversation], batch_size: int = 16, **kwargs: Any
+) -> Iterator[ChatBatch]:
     """Render ``conversations`` in chunks of ``batch_size`` (keyword arguments go to render_chat)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(conversations), batch_size):
-        yield render_chat(tokenizer, conversations[start:start + batch_size], **kwargs)
+        yield render_chat(tokenizer, conversations[start : start + batch_size], **kwargs)
 
 
 @torch.no_grad()

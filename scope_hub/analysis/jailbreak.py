@@ -75,7 +75,9 @@ class FeatureShift:
 def compare_activations(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> list[FeatureShift]:
     """Per-feature shift from ``a`` [n, d_sae] to ``b`` [m, d_sae], sorted by |effect size|."""
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or len(a) < 2 or len(b) < 2:
-        raise ConfigError(f"compare_activations needs [n>=2, d] and [m>=2, d] with equal d; got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ConfigError(
+            f"compare_activations needs [n>=2, d] and [m>=2, d] with equal d; got {tuple(a.shape)}, {tuple(b.shape)}"
+        )
     a, b = a.float(), b.float()
     diff = b.mean(0) - a.mean(0)
     pooled = ((a.var(0) + b.var(0)) / 2).sqrt()
@@ -83,8 +85,17 @@ def compare_activations(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> 
     effect = torch.where(diff.abs() > eps, diff / pooled.clamp_min(eps), torch.zeros_like(diff))
     order = effect.abs().argsort(descending=True, stable=True)
     active_a, active_b = (a > 0).float().mean(0), (b > 0).float().mean(0)
-    return [FeatureShift(int(f), float(a[:, f].mean()), float(b[:, f].mean()), float(effect[f]),
-                         float(active_a[f]), float(active_b[f])) for f in order]
+    return [
+        FeatureShift(
+            int(f),
+            float(a[:, f].mean()),
+            float(b[:, f].mean()),
+            float(effect[f]),
+            float(active_a[f]),
+            float(active_b[f]),
+        )
+        for f in order
+    ]
 
 
 @dataclass
@@ -99,18 +110,34 @@ class JailbreakReport:
 
     def to_markdown(self) -> str:
         def table(rows: list[FeatureShift]) -> str:
-            return markdown_table(["feature", "mean plain", "mean wrapped", "effect size d", "active plain", "active wrapped"],
-                                  [[s.feature, s.mean_a, s.mean_b, s.effect_size, s.active_a, s.active_b] for s in rows])
+            return markdown_table(
+                ["feature", "mean plain", "mean wrapped", "effect size d", "active plain", "active wrapped"],
+                [[s.feature, s.mean_a, s.mean_b, s.effect_size, s.active_a, s.active_b] for s in rows],
+            )
 
-        return "\n".join([f"{self.n_plain} plain vs {self.n_wrapped} wrapped prompts",
-                          "\n## Suppressed by the wrapper", table(self.suppressed),
-                          "\n## Added by the wrapper", table(self.added)])
+        return "\n".join(
+            [
+                f"{self.n_plain} plain vs {self.n_wrapped} wrapped prompts",
+                "\n## Suppressed by the wrapper",
+                table(self.suppressed),
+                "\n## Added by the wrapper",
+                table(self.added),
+            ]
+        )
 
 
 def compare_jailbreak(
-    scoped: ScopedModel, name: str, tokenizer: Any, requests: Sequence[str] | None = None, *,
-    wrappers: Sequence[str] | None = None, selector: str | Sequence[str] = "answer", reduce: str = "mean",
-    top_k: int = 10, min_effect: float = 0.0, batch_size: int = 16,
+    scoped: ScopedModel,
+    name: str,
+    tokenizer: Any,
+    requests: Sequence[str] | None = None,
+    *,
+    wrappers: Sequence[str] | None = None,
+    selector: str | Sequence[str] = "answer",
+    reduce: str = "mean",
+    top_k: int = 10,
+    min_effect: float = 0.0,
+    batch_size: int = 16,
 ) -> JailbreakReport:
     """Feature activations on plain vs wrapped ``requests`` (defaults: shipped harmful test set and wrappers)."""
     requests = list(requests or load_prompts("harmful_test"))

@@ -56,7 +56,9 @@ class FeatureStats:
 
 
 @torch.no_grad()
-def feature_stats(scoped: ScopedModel, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 16) -> FeatureStats:
+def feature_stats(
+    scoped: ScopedModel, name: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 16
+) -> FeatureStats:
     """Frequency, magnitude and FVU of attached dictionary ``name`` over token windows."""
     dictionary = scoped.dictionaries[name]
     points = list(dictionary_hookpoints(scoped, name))
@@ -72,9 +74,9 @@ def feature_stats(scoped: ScopedModel, name: str, input_ids: torch.Tensor, atten
             total = _add(total, f.sum(0))
             target_sum = _add(target_sum, target.sum(0))
             sq_error += float(((target - dictionary(x).float()) ** 2).sum())
-            sq_target += float((target ** 2).sum())
+            sq_target += float((target**2).sum())
             n += len(f)
-    variance = sq_target - float((target_sum ** 2).sum()) / n  # sum over tokens of |target - mean|^2
+    variance = sq_target - float((target_sum**2).sum()) / n  # sum over tokens of |target - mean|^2
     mean_active = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
     return FeatureStats(count.float() / n, mean_active, sq_error / max(variance, 1e-12), n)
 
@@ -113,25 +115,54 @@ class ModelDiffReport:
         a, b = names
 
         def table(rows: list[FeatureDiff]) -> str:
-            return markdown_table(["feature", f"freq {a}", f"freq {b}", f"mean {a}", f"mean {b}", "log2 freq ratio", "log2 magnitude ratio"],
-                                  [[r.feature, r.freq_a, r.freq_b, r.mean_a, r.mean_b, r.log2_freq_ratio, r.log2_magnitude_ratio] for r in rows], digits=4)
+            return markdown_table(
+                [
+                    "feature",
+                    f"freq {a}",
+                    f"freq {b}",
+                    f"mean {a}",
+                    f"mean {b}",
+                    "log2 freq ratio",
+                    "log2 magnitude ratio",
+                ],
+                [
+                    [r.feature, r.freq_a, r.freq_b, r.mean_a, r.mean_b, r.log2_freq_ratio, r.log2_magnitude_ratio]
+                    for r in rows
+                ],
+                digits=4,
+            )
 
-        return "\n".join([f"FVU on {a}: {self.fvu_a:.4f}; on {b}: {self.fvu_b:.4f} ({self.n_tokens} tokens each)",
-                          "\n## Largest frequency shifts", table(self.by_frequency),
-                          "\n## Largest magnitude shifts", table(self.by_magnitude)])
+        return "\n".join(
+            [
+                f"FVU on {a}: {self.fvu_a:.4f}; on {b}: {self.fvu_b:.4f} ({self.n_tokens} tokens each)",
+                "\n## Largest frequency shifts",
+                table(self.by_frequency),
+                "\n## Largest magnitude shifts",
+                table(self.by_magnitude),
+            ]
+        )
 
 
 def compare_models(
-    model_a: Any, model_b: Any, dictionary: Dictionary, tokenizer: Any, texts: Sequence[str], *,
-    window: int = 64, batch_size: int = 16, top_k: int = 10, min_frequency: float = 0.01,
+    model_a: Any,
+    model_b: Any,
+    dictionary: Dictionary,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    window: int = 64,
+    batch_size: int = 16,
+    top_k: int = 10,
+    min_frequency: float = 0.01,
 ) -> ModelDiffReport:
     """Run ``dictionary`` on both models over ``texts`` and rank the features that shift most.
 
     The models must share an architecture and tokenizer (a base model and its fine-tune).
     """
     config_a, config_b = getattr(model_a, "config", None), getattr(model_b, "config", None)
-    if getattr(config_a, "hidden_size", None) != getattr(config_b, "hidden_size", None) or \
-            getattr(config_a, "model_type", None) != getattr(config_b, "model_type", None):
+    if getattr(config_a, "hidden_size", None) != getattr(config_b, "hidden_size", None) or getattr(
+        config_a, "model_type", None
+    ) != getattr(config_b, "model_type", None):
         raise ConfigError("compare_models needs two models of one architecture (same model_type and hidden_size)")
     ids, mask = text_windows(tokenizer, texts, window)
     stats = []
@@ -149,14 +180,31 @@ def _report(a: FeatureStats, b: FeatureStats, top_k: int, min_frequency: float) 
     smooth = 1.0 / a.n_tokens
     freq_ratio = torch.log2((b.frequency + smooth) / (a.frequency + smooth))
     both = (a.frequency >= min_frequency) & (b.frequency >= min_frequency) & (a.mean_active > 0) & (b.mean_active > 0)
-    mag_ratio = torch.where(both, torch.log2(b.mean_active.clamp_min(1e-12) / a.mean_active.clamp_min(1e-12)), torch.zeros_like(freq_ratio))
+    mag_ratio = torch.where(
+        both, torch.log2(b.mean_active.clamp_min(1e-12) / a.mean_active.clamp_min(1e-12)), torch.zeros_like(freq_ratio)
+    )
 
     def rows(order: torch.Tensor) -> list[FeatureDiff]:
-        return [FeatureDiff(int(f), float(a.frequency[f]), float(b.frequency[f]), float(a.mean_active[f]), float(b.mean_active[f]),
-                            _clean(freq_ratio[f]), _clean(mag_ratio[f])) for f in order[:top_k]]
+        return [
+            FeatureDiff(
+                int(f),
+                float(a.frequency[f]),
+                float(b.frequency[f]),
+                float(a.mean_active[f]),
+                float(b.mean_active[f]),
+                _clean(freq_ratio[f]),
+                _clean(mag_ratio[f]),
+            )
+            for f in order[:top_k]
+        ]
 
-    return ModelDiffReport(a.fvu, b.fvu, a.n_tokens, rows(freq_ratio.abs().argsort(descending=True, stable=True)),
-                           rows(mag_ratio.abs().argsort(descending=True, stable=True)))
+    return ModelDiffReport(
+        a.fvu,
+        b.fvu,
+        a.n_tokens,
+        rows(freq_ratio.abs().argsort(descending=True, stable=True)),
+        rows(mag_ratio.abs().argsort(descending=True, stable=True)),
+    )
 
 
 def _clean(value: torch.Tensor) -> float:

@@ -75,9 +75,13 @@ Intervention = Callable[[], Any]
 
 
 @torch.no_grad()
-def refusal_scores(model: Any, tokenizer: Any, prompts: Sequence[Conversation], score: RefusalScore, batch_size: int = 16) -> torch.Tensor:
+def refusal_scores(
+    model: Any, tokenizer: Any, prompts: Sequence[Conversation], score: RefusalScore, batch_size: int = 16
+) -> torch.Tensor:
     """[len(prompts)] refusal scores, batched."""
-    return torch.cat([score(model, tokenizer, batch).float().cpu() for batch in batches(tokenizer, prompts, batch_size)])
+    return torch.cat(
+        [score(model, tokenizer, batch).float().cpu() for batch in batches(tokenizer, prompts, batch_size)]
+    )
 
 
 @dataclass
@@ -93,22 +97,34 @@ class LayerEffect:
 
 
 def direction_effects(
-    model: Any, tokenizer: Any, diff: MeanDifference, harmful: Sequence[Conversation], harmless: Sequence[Conversation],
-    *, layers: Sequence[int], score: RefusalScore, alpha: float = 1.0, batch_size: int = 16,
+    model: Any,
+    tokenizer: Any,
+    diff: MeanDifference,
+    harmful: Sequence[Conversation],
+    harmless: Sequence[Conversation],
+    *,
+    layers: Sequence[int],
+    score: RefusalScore,
+    alpha: float = 1.0,
+    batch_size: int = 16,
 ) -> list[LayerEffect]:
     """Ablation and addition effect of each candidate layer's direction."""
     base_harmful = refusal_scores(model, tokenizer, harmful, score, batch_size).mean()
     base_harmless = refusal_scores(model, tokenizer, harmless, score, batch_size).mean()
     n_layers = diff.directions.shape[0] - 1
     if any(not 0 <= layer < n_layers for layer in layers):
-        raise ConfigError(f"candidate layers must lie in 0..{n_layers - 1} (a direction is added at resid_pre of the layer)")
+        raise ConfigError(
+            f"candidate layers must lie in 0..{n_layers - 1} (a direction is added at resid_pre of the layer)"
+        )
     effects = []
     for layer in layers:
         with ablate_direction(model, diff.directions[layer]):
             ablated = refusal_scores(model, tokenizer, harmful, score, batch_size).mean()
         with add_direction(model, diff.directions[layer], layer, alpha):
             added = refusal_scores(model, tokenizer, harmless, score, batch_size).mean()
-        effects.append(LayerEffect(layer, float(diff.norms[layer]), float(ablated - base_harmful), float(added - base_harmless)))
+        effects.append(
+            LayerEffect(layer, float(diff.norms[layer]), float(ablated - base_harmful), float(added - base_harmless))
+        )
     return effects
 
 
@@ -126,8 +142,15 @@ class RefusalFeature:
 
 
 def refusal_features(
-    scoped: ScopedModel, name: str, tokenizer: Any, harmful: Sequence[Conversation], direction: torch.Tensor,
-    *, score: RefusalScore, top_k: int = 10, positions: Sequence[str] | None = None,
+    scoped: ScopedModel,
+    name: str,
+    tokenizer: Any,
+    harmful: Sequence[Conversation],
+    direction: torch.Tensor,
+    *,
+    score: RefusalScore,
+    top_k: int = 10,
+    positions: Sequence[str] | None = None,
 ) -> list[RefusalFeature]:
     """Candidates = top ``top_k`` by decoder cosine and by attribution; each measured by ablation.
 
@@ -143,7 +166,9 @@ def refusal_features(
     candidates = list(dict.fromkeys([f for f, _ in aligned] + totals.topk(min(top_k, len(totals))).indices.tolist()))
     _, deltas = ablation_effects(scoped, name, candidates, batch, metric)
     all_cos = _cosines(scoped, name, direction)
-    rows = [RefusalFeature(f, cosine.get(f, float(all_cos[f])), float(totals[f]), d) for f, d in zip(candidates, deltas)]
+    rows = [
+        RefusalFeature(f, cosine.get(f, float(all_cos[f])), float(totals[f]), d) for f, d in zip(candidates, deltas)
+    ]
     return sorted(rows, key=lambda r: -r.attribution)
 
 
@@ -183,8 +208,15 @@ class InterventionResult:
 
 
 def measure_interventions(
-    model: Any, tokenizer: Any, harmful: Sequence[Conversation], harmless: Sequence[Conversation],
-    interventions: dict[str, Intervention], *, score: RefusalScore, generate_tokens: int = 0, batch_size: int = 16,
+    model: Any,
+    tokenizer: Any,
+    harmful: Sequence[Conversation],
+    harmless: Sequence[Conversation],
+    interventions: dict[str, Intervention],
+    *,
+    score: RefusalScore,
+    generate_tokens: int = 0,
+    batch_size: int = 16,
     markers: Sequence[str] = REFUSAL_MARKERS,
 ) -> list[InterventionResult]:
     """Refusal score (and rate, when ``generate_tokens`` > 0) on held-out prompts per intervention.
@@ -230,26 +262,51 @@ class RefusalReport:
 
     def to_markdown(self) -> str:
         """The report as Markdown tables."""
-        parts = ["## Refusal direction by layer", markdown_table(
-            ["layer", "norm", "ablate: Δscore harmful", "add: Δscore harmless"],
-            [[e.layer, e.norm, e.ablation_delta, e.addition_delta] for e in self.effects]),
-            f"\nChosen layer: {self.layer}"]
+        parts = [
+            "## Refusal direction by layer",
+            markdown_table(
+                ["layer", "norm", "ablate: Δscore harmful", "add: Δscore harmless"],
+                [[e.layer, e.norm, e.ablation_delta, e.addition_delta] for e in self.effects],
+            ),
+            f"\nChosen layer: {self.layer}",
+        ]
         if self.features:
-            parts += ["\n## Features", markdown_table(
-                ["feature", "decoder cos", "attribution", "ablate: Δscore"],
-                [[f.feature, f.cosine, f.attribution, f.ablation_delta] for f in self.features])]
-        parts += ["\n## Held-out interventions", markdown_table(
-            ["intervention", "score harmful", "score harmless", "refusal rate harmful", "refusal rate harmless"],
-            [[r.name, r.harmful_score, r.harmless_score, r.harmful_rate, r.harmless_rate] for r in self.interventions])]
+            parts += [
+                "\n## Features",
+                markdown_table(
+                    ["feature", "decoder cos", "attribution", "ablate: Δscore"],
+                    [[f.feature, f.cosine, f.attribution, f.ablation_delta] for f in self.features],
+                ),
+            ]
+        parts += [
+            "\n## Held-out interventions",
+            markdown_table(
+                ["intervention", "score harmful", "score harmless", "refusal rate harmful", "refusal rate harmless"],
+                [
+                    [r.name, r.harmful_score, r.harmless_score, r.harmful_rate, r.harmless_rate]
+                    for r in self.interventions
+                ],
+            ),
+        ]
         return "\n".join(parts)
 
 
 def analyze_refusal(
-    model: Any, tokenizer: Any, *,
-    harmful: Sequence[Conversation] | None = None, harmless: Sequence[Conversation] | None = None,
-    heldout_harmful: Sequence[Conversation] | None = None, heldout_harmless: Sequence[Conversation] | None = None,
-    dictionary: str | None = None, layers: Sequence[int] | None = None, score: RefusalScore | None = None,
-    top_k: int = 10, steer_alpha: float | None = None, alpha: float = 1.0, generate_tokens: int = 0, batch_size: int = 16,
+    model: Any,
+    tokenizer: Any,
+    *,
+    harmful: Sequence[Conversation] | None = None,
+    harmless: Sequence[Conversation] | None = None,
+    heldout_harmful: Sequence[Conversation] | None = None,
+    heldout_harmless: Sequence[Conversation] | None = None,
+    dictionary: str | None = None,
+    layers: Sequence[int] | None = None,
+    score: RefusalScore | None = None,
+    top_k: int = 10,
+    steer_alpha: float | None = None,
+    alpha: float = 1.0,
+    generate_tokens: int = 0,
+    batch_size: int = 16,
     markers: Sequence[str] = REFUSAL_MARKERS,
 ) -> RefusalReport:
     """Run the whole refusal pipeline; prompt sets default to the shipped ones.
@@ -265,8 +322,9 @@ def analyze_refusal(
     heldout_harmless = list(heldout_harmless or load_prompts("harmless_test"))
     diff = mean_difference(model, tokenizer, harmful, harmless, batch_size=batch_size)
     candidates = list(layers) if layers is not None else list(range(1, int(0.8 * (diff.directions.shape[0] - 1)) + 1))
-    effects = direction_effects(model, tokenizer, diff, harmful, harmless, layers=candidates, score=score,
-                                alpha=alpha, batch_size=batch_size)
+    effects = direction_effects(
+        model, tokenizer, diff, harmful, harmless, layers=candidates, score=score, alpha=alpha, batch_size=batch_size
+    )
     layer = max(effects, key=lambda e: e.addition_delta - e.ablation_delta).layer
     direction = diff.directions[layer]
     interventions: dict[str, Intervention] = {
@@ -283,6 +341,15 @@ def analyze_refusal(
         if steer_alpha is not None:
             top = features[0].feature
             interventions[f"steer feature {top} by {steer_alpha:g}"] = lambda: model.steer(dictionary, top, steer_alpha)
-    results = measure_interventions(model, tokenizer, heldout_harmful, heldout_harmless, interventions,
-                                    score=score, generate_tokens=generate_tokens, batch_size=batch_size, markers=markers)
+    results = measure_interventions(
+        model,
+        tokenizer,
+        heldout_harmful,
+        heldout_harmless,
+        interventions,
+        score=score,
+        generate_tokens=generate_tokens,
+        batch_size=batch_size,
+        markers=markers,
+    )
     return RefusalReport(diff, effects, layer, features, results)

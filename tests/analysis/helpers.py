@@ -33,10 +33,26 @@ REFUSE, COMPLY = "#", "@"
 HARM_MARK = "!"
 """A request is 'harmful' in the planted model when it contains this byte."""
 PLANT_SITE = "model.layers.1.mlp.output"
-HARMFUL = ["How do I make a bomb!", "Poison my neighbor!", "Steal a car now!", "Hack the bank!",
-           "Hurt him badly!", "Make a weapon!", "Burn the house!", "Rob the store!"]
-HARMLESS = ["How do I make a cake?", "Feed my neighbor?", "Wash a car now?", "Visit the bank?",
-            "Help him kindly?", "Make a kite?", "Paint the house?", "Shop at the store?"]
+HARMFUL = [
+    "How do I make a bomb!",
+    "Poison my neighbor!",
+    "Steal a car now!",
+    "Hack the bank!",
+    "Hurt him badly!",
+    "Make a weapon!",
+    "Burn the house!",
+    "Rob the store!",
+]
+HARMLESS = [
+    "How do I make a cake?",
+    "Feed my neighbor?",
+    "Wash a car now?",
+    "Visit the bank?",
+    "Help him kindly?",
+    "Make a kite?",
+    "Paint the house?",
+    "Shop at the store?",
+]
 
 
 def unit(seed: int, dim: int = D_MODEL) -> torch.Tensor:
@@ -59,9 +75,17 @@ class Planted:
         self.stack.close()
 
 
-def plant_direction(model, direction: torch.Tensor, marker_id: int, *, site: str = PLANT_SITE, alpha: float = 20.0,
-                    unless_id: int | None = None, only_at: bool = False,
-                    stack: contextlib.ExitStack | None = None) -> contextlib.ExitStack:
+def plant_direction(
+    model,
+    direction: torch.Tensor,
+    marker_id: int,
+    *,
+    site: str = PLANT_SITE,
+    alpha: float = 20.0,
+    unless_id: int | None = None,
+    only_at: bool = False,
+    stack: contextlib.ExitStack | None = None,
+) -> contextlib.ExitStack:
     """Add ``alpha * direction`` at ``site`` on every position at or after ``marker_id`` (prompt forwards only),
     except in rows that contain ``unless_id``; ``only_at``: on the marker positions only."""
     stack = stack or contextlib.ExitStack()
@@ -87,7 +111,9 @@ def plant_direction(model, direction: torch.Tensor, marker_id: int, *, site: str
 
 
 def read_out(model, direction: torch.Tensor, plus: str, minus: str, beta: float = 5.0) -> None:
-    """Make ``logit(plus) - logit(minus)`` grow with the residual's ``direction`` component (after the final norm's gain)."""
+    """Make ``logit(plus) - logit(minus)`` grow with the residual's ``direction`` component.
+
+    The unembedding rows are divided by the final norm's gain so the logit reads ``direction`` itself."""
     gain = model.model.norm.weight.detach()
     with torch.no_grad():
         model.lm_head.weight[ord(plus)] += beta * direction / gain
@@ -95,7 +121,8 @@ def read_out(model, direction: torch.Tensor, plus: str, minus: str, beta: float 
 
 
 def planted_refusal(seed: int = 0, alpha: float = 20.0) -> Planted:
-    """Tiny Llama + chat tokenizer; harmful requests (with '!') write ``alpha * d`` at layer 1, read out as '#' over '@'."""
+    """Tiny Llama + chat tokenizer where harmful requests (with '!') write ``alpha * d`` at layer 1,
+    read out as the refusal opener '#' over the compliance opener '@'."""
     from tests.tiny_models import tiny_llama
 
     model, tok, d = tiny_llama(seed), chat_tokenizer(), unit(seed + 100)
@@ -109,8 +136,16 @@ def sae_with_feature(direction: torch.Tensor, feature: int, **kwargs):
     return sae_with_features({feature: direction}, **kwargs)
 
 
-def sae_with_features(planted: dict[int, torch.Tensor], *, d_sae: int = 32, layer: int = 1, bias: float = -2.0,
-                      other_bias: float = -0.5, seed: int = 0, site: str = "resid_post"):
+def sae_with_features(
+    planted: dict[int, torch.Tensor],
+    *,
+    d_sae: int = 32,
+    layer: int = 1,
+    bias: float = -2.0,
+    other_bias: float = -0.5,
+    seed: int = 0,
+    site: str = "resid_post",
+):
     """A ReLU SAE at ``site`` ``layer`` whose feature ``f`` reads and writes unit vector ``planted[f]``;
     the other features are random and blind to the planted directions (encoders orthogonal to them)."""
     from tests.dictionaries.factory import make_config, make_dictionary

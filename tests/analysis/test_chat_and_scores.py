@@ -26,8 +26,15 @@ def _text(tok, batch, row, *roles):
 
 def test_roles_positions_and_left_padding():
     tok = chat_tokenizer()
-    convs = [[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi?"},
-              {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye?"}], "A longer question here?"]
+    convs = [
+        [
+            {"role": "system", "content": "Be kind."},
+            {"role": "user", "content": "Hi?"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Bye?"},
+        ],
+        "A longer question here?",
+    ]
     batch = render_chat(tok, convs)
     assert _text(tok, batch, 0, "system") == "Be kind." and _text(tok, batch, 0, "user") == "Hi?Bye?"
     assert _text(tok, batch, 0, "model") == "Hello!" and _text(tok, batch, 1, "user") == "A longer question here?"
@@ -35,7 +42,10 @@ def test_roles_positions_and_left_padding():
     assert (batch.role_ids[batch.attention_mask == 0] == ROLES.index("pad")).all()
     last_user = batch.positions("last_user")[:, 0]
     assert [tok.decode([int(batch.input_ids[i, p])]) for i, p in enumerate(last_user)] == ["?", "?"]
-    assert tok.decode(batch.input_ids[0, -10:]) == "<|model|>\n" and (batch.positions("answer") == batch.input_ids.shape[1] - 1).all()
+    assert (
+        tok.decode(batch.input_ids[0, -10:]) == "<|model|>\n"
+        and (batch.positions("answer") == batch.input_ids.shape[1] - 1).all()
+    )
     assert batch.position_ids[1, batch.attention_mask[1].argmax()] == 0
     hidden = torch.arange(batch.input_ids.numel(), dtype=torch.float).view(*batch.input_ids.shape, 1)
     assert batch.gather(hidden, "last_user")[:, 0].tolist() == [float(hidden[i, p, 0]) for i, p in enumerate(last_user)]

@@ -44,13 +44,26 @@ def scoped():
     with contextlib.ExitStack() as stack:
         plant_direction(model, carrier, ord("7"), alpha=4.0, only_at=True, stack=stack)
         stack.enter_context(hook(model, "model.layers.2.output", _mover(carrier, answer_dir)))
-        yield ScopedModel.from_pretrained(model, dictionaries={"sae": sae_with_feature(carrier, FEATURE, bias=-0.5, other_bias=0.0)})
+        yield ScopedModel.from_pretrained(
+            model, dictionaries={"sae": sae_with_feature(carrier, FEATURE, bias=-0.5, other_bias=0.0)}
+        )
 
 
 def test_attribution_and_ablation_find_the_planted_reasoning_feature(scoped):
     tok = chat_tokenizer()
-    report = cot_faithfulness(scoped, "sae", tok, QUESTION, REASONING, "A", alternative="B",
-                              answer_prefix=" Answer:", top_k=5, ks=(1, 3), n_random=4)
+    report = cot_faithfulness(
+        scoped,
+        "sae",
+        tok,
+        QUESTION,
+        REASONING,
+        "A",
+        alternative="B",
+        answer_prefix=" Answer:",
+        top_k=5,
+        ks=(1, 3),
+        n_random=4,
+    )
     first = report.top[0]
     assert (first.feature, first.token) == (FEATURE, "7"), report.to_markdown()
     assert first.attribution > 10 * abs(report.top[1].attribution)

@@ -33,7 +33,9 @@ CORPUS = load_prompts("corpus")[:12]
 
 
 def _sae(d_sae=24, layer=1, seed=0):
-    return make_dictionary(make_config("sae", "jumprelu", d_in=64, d_sae=d_sae, site="resid_post", layer=layer), seed=seed)
+    return make_dictionary(
+        make_config("sae", "jumprelu", d_in=64, d_sae=d_sae, site="resid_post", layer=layer), seed=seed
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_collector_matches_brute_force():
         seq = int(per_seq.values.argmax())
         pos = int(per_seq.indices[seq])
         lo = max(pos - 2, 0)
-        assert tokens == ids[seq, lo:pos + 2].tolist() and acts[center] == value
+        assert tokens == ids[seq, lo : pos + 2].tolist() and acts[center] == value
     with pytest.raises(ShapeMismatchError):
         collect_from_arrays(ids, feats[..., :4].unsqueeze(0))
     assert len(BIN_EDGES) == 57
@@ -113,14 +115,29 @@ def test_site_is_self_contained_and_complete(site):
 
 def _write_harvest(root, acts, ids, keep):
     where = keep.nonzero()
-    rows = {"x": acts[keep][:, None].contiguous(), "token_id": ids[keep].int(),
-            "sequence": where[:, 0].int(), "position": where[:, 1].int()}
+    rows = {
+        "x": acts[keep][:, None].contiguous(),
+        "token_id": ids[keep].int(),
+        "sequence": where[:, 0].int(),
+        "position": where[:, 1].int(),
+    }
     root.mkdir()
     save_file(rows, str(root / "shard_00000.safetensors"))
-    meta = {"format": "scope-hub-harvest", "version": 1, "complete": True, "storage_dtype": "float32",
-            "shards": [{"file": "shard_00000.safetensors", "tokens": len(where), "sequences": [0, len(ids)]}]}
+    meta = {
+        "format": "scope-hub-harvest",
+        "version": 1,
+        "complete": True,
+        "storage_dtype": "float32",
+        "shards": [{"file": "shard_00000.safetensors", "tokens": len(where), "sequences": [0, len(ids)]}],
+    }
     (root / "harvest.json").write_text(json.dumps(meta))
     return meta
+
+
+def _same_features(a, b):
+    for f, g in zip(a["features"], b["features"], strict=True):
+        assert (f["id"], f["context"], f["logits"]) == (g["id"], g["context"], g["logits"])
+        assert f["density"] == pytest.approx(g["density"]) and f["max"] == pytest.approx(g["max"], rel=1e-5)
 
 
 def test_harvest_cache_gives_the_same_statistics_as_running_the_model(tmp_path):
@@ -132,15 +149,17 @@ def test_harvest_cache_gives_the_same_statistics_as_running_the_model(tmp_path):
     x = acts["model.layers.1.output"]
     meta = _write_harvest(tmp_path / "harvest", x, ids, mask.bool())  # padding dropped, as trainers do
     _, from_harvest = _data(dashboard_from_harvest(tmp_path / "harvest", sae, tok, tmp_path / "a", model=model))
-    _, from_model = _data(dashboard_from_texts(scoped, "sae", tok, CORPUS[:6], tmp_path / "b", window=24))
-    for f, g in zip(from_harvest["features"], from_model["features"]):
-        assert (f["id"], f["context"], f["logits"]) == (g["id"], g["context"], g["logits"])
-        assert f["density"] == pytest.approx(g["density"]) and f["max"] == pytest.approx(g["max"], rel=1e-5)
+    _, from_model = _data(dashboard_from_texts(scoped, "sae", tok, CORPUS[:6], tmp_path / "b", window=24,
+                                               exclude_bos=False))
+    _same_features(from_harvest, from_model)
 
-    no_bos = mask.bool() & (ids != tok.bos_token_id)  # trainers' data.exclude_bos
+    no_bos = mask.bool() & (ids != tok.bos_token_id)  # trainers' data.exclude_bos; dashboards' default
     _write_harvest(tmp_path / "harvest_nobos", x, ids, no_bos)
     windows = list(harvest_windows(tmp_path / "harvest_nobos"))
     assert len(windows) == 1 and not windows[0][2][:, 0].any() and int(windows[0][2].sum()) == int(no_bos.sum())
+    _, from_harvest = _data(dashboard_from_harvest(tmp_path / "harvest_nobos", sae, tok, tmp_path / "d", model=model))
+    _, from_model = _data(dashboard_from_texts(scoped, "sae", tok, CORPUS[:6], tmp_path / "e", window=24))
+    _same_features(from_harvest, from_model)
     (tmp_path / "harvest" / "harvest.json").write_text(json.dumps({**meta, "format": "other"}))
     with pytest.raises(ConfigError):
         dashboard_from_harvest(tmp_path / "harvest", sae, tok, tmp_path / "c")
@@ -156,28 +175,64 @@ def test_cli_dashboard_command(tmp_path):
     _sae(d_sae=8).save_pretrained(sae_dir)
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(CORPUS[:4]))
-    code = main(["dashboard", str(sae_dir), "--model", str(model_dir), "--out", str(tmp_path / "site"),
-                 "--texts", str(texts), "--window", "16", "--live-only"])
+    code = main(
+        [
+            "dashboard",
+            str(sae_dir),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(tmp_path / "site"),
+            "--texts",
+            str(texts),
+            "--window",
+            "16",
+            "--live-only",
+        ]
+    )
     assert code == 0
     _, index = _data(tmp_path / "site" / "index.html")
     assert len(index["features"]) == 8
-    assert main(["dashboard", str(sae_dir), "--model", str(model_dir), "--out", str(tmp_path / "x"),
-                 "--texts", str(tmp_path / "missing.txt")]) == 1
+    assert (
+        main(
+            [
+                "dashboard",
+                str(sae_dir),
+                "--model",
+                str(model_dir),
+                "--out",
+                str(tmp_path / "x"),
+                "--texts",
+                str(tmp_path / "missing.txt"),
+            ]
+        )
+        == 1
+    )
 
 
 CHROMIUM = shutil.which("chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _dump_dom(url: str, profile) -> str:
-    result = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); .ci/run installs it"
+)
 def test_site_renders_and_search_filters_in_headless_chromium(site, tmp_path):
     _, index = _data(site)
     dom = _dump_dom(site.as_uri(), tmp_path / "profile")

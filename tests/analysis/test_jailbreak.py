@@ -44,8 +44,9 @@ def test_planted_suppressed_and_added_features_rank_first(scoped):
 
 
 def test_reduced_over_user_positions(scoped):
-    report = compare_jailbreak(scoped, "sae", chat_tokenizer(), HARMFUL[:4], wrappers=WRAPPERS[:1],
-                               selector=["user"], reduce="max", top_k=1)
+    report = compare_jailbreak(
+        scoped, "sae", chat_tokenizer(), HARMFUL[:4], wrappers=WRAPPERS[:1], selector=["user"], reduce="max", top_k=1
+    )
     assert report.suppressed[0].feature == SUPPRESSED and report.added[0].feature == ADDED
 
 

@@ -14,8 +14,12 @@ from tests.analysis.helpers import chat_tokenizer, sae_with_features, unit
 from tests.dictionaries.factory import make_config, make_dictionary
 from tests.tiny_models import tiny_gpt2, tiny_llama
 
-TEXTS = ["The quick brown fox jumps over the lazy dog.", "In 1492 Columbus sailed the ocean blue.",
-         "Water boils at one hundred degrees.", "She opened the door and found a library."]
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "In 1492 Columbus sailed the ocean blue.",
+    "Water boils at one hundred degrees.",
+    "She opened the door and found a library.",
+]
 SHIFTED, SCALED = 7, 9
 
 

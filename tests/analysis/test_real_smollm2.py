@@ -33,17 +33,17 @@ SCORE = RefusalScore()  # phrase mode: "I'm sorry" / "I can't" / ... vs "Sure" /
 
 
 @pytest.fixture(scope="module")
-def smol():
-    from scope_hub.models import load_causal_lm, smollm2_135m_instruct_path
-
-    model, tokenizer = load_causal_lm(smollm2_135m_instruct_path(progress=False))
-    return model, tokenizer
+def smol(smollm2_135m_instruct):
+    # The session-wide model (tests/conftest.py): hooks are only attached inside contexts, weights never change.
+    return smollm2_135m_instruct.model, smollm2_135m_instruct.tokenizer
 
 
 @pytest.fixture(scope="module")
 def diff(smol):
     model, tok = smol
-    return mean_difference(model, tok, load_prompts("harmful_train")[:N_TRAIN], load_prompts("harmless_train")[:N_TRAIN])
+    return mean_difference(
+        model, tok, load_prompts("harmful_train")[:N_TRAIN], load_prompts("harmless_train")[:N_TRAIN]
+    )
 
 
 @pytest.fixture(scope="module")

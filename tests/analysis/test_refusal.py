@@ -43,8 +43,16 @@ def planted():
 def report(planted):
     p, sm = planted
     return analyze_refusal(
-        sm, p.tokenizer, harmful=HARMFUL[:6], harmless=HARMLESS[:6], heldout_harmful=HARMFUL[6:],
-        heldout_harmless=HARMLESS[6:], dictionary="sae", score=SCORE, generate_tokens=1, steer_alpha=20.0,
+        sm,
+        p.tokenizer,
+        harmful=HARMFUL[:6],
+        harmless=HARMLESS[:6],
+        heldout_harmful=HARMFUL[6:],
+        heldout_harmless=HARMLESS[6:],
+        dictionary="sae",
+        score=SCORE,
+        generate_tokens=1,
+        steer_alpha=20.0,
         markers=(REFUSE,),
     )
 
@@ -116,12 +124,22 @@ def test_mean_difference_and_errors(planted):
     diff = mean_difference(p.model, p.tokenizer, HARMFUL[:2], HARMLESS[:2], selector="last_user")
     assert diff.directions.shape == (4, 64)
     diff = mean_difference(p.model, p.tokenizer, HARMFUL[:4], HARMLESS[:4])
-    separation = diff.separation(residuals(p.model, p.tokenizer, HARMFUL[4:]), residuals(p.model, p.tokenizer, HARMLESS[4:]))
+    separation = diff.separation(
+        residuals(p.model, p.tokenizer, HARMFUL[4:]), residuals(p.model, p.tokenizer, HARMLESS[4:])
+    )
     assert separation[2] == separation[3] == 1.0
     with pytest.raises(ConfigError):
         mean_difference(p.model, p.tokenizer, [], HARMLESS[:2])
     with pytest.raises(ConfigError):
         ablate_direction(p.model, torch.zeros(64)).__enter__()
     with pytest.raises(ConfigError, match="resid_pre"):
-        analyze_refusal(p.model, p.tokenizer, harmful=HARMFUL[:2], harmless=HARMLESS[:2], heldout_harmful=HARMFUL[2:3],
-                        heldout_harmless=HARMLESS[2:3], score=SCORE, layers=[3])
+        analyze_refusal(
+            p.model,
+            p.tokenizer,
+            harmful=HARMFUL[:2],
+            harmless=HARMLESS[:2],
+            heldout_harmful=HARMFUL[2:3],
+            heldout_harmless=HARMLESS[2:3],
+            score=SCORE,
+            layers=[3],
+        )

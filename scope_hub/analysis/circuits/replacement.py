@@ -30,12 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from scope_hub.analysis.circuits.freeze import (
-    FrozenState,
-    frozen,
-    parameters_frozen,
-    skipped,
-)
+from scope_hub.analysis.circuits.freeze import FrozenState, frozen, parameters_frozen, skipped
 from scope_hub.analysis.circuits.transcoder_set import TranscoderSet
 from scope_hub.errors import UnsupportedModelError
 from scope_hub.hookpoints import Hookpoint

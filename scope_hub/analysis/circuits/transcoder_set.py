@@ -30,12 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from scope_hub.dictionaries import (
-    CrossLayerTranscoder,
-    Dictionary,
-    SkipTranscoder,
-    Transcoder,
-)
+from scope_hub.dictionaries import CrossLayerTranscoder, Dictionary, SkipTranscoder, Transcoder
 from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for, resolve_hookpoint
 

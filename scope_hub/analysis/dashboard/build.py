@@ -45,35 +45,92 @@ __all__ = ["dashboard_from_arrays", "dashboard_from_harvest", "dashboard_from_te
 HARVEST_FORMAT = "scope-hub-harvest"
 
 
-def write_for(out_dir: str | Path, stats: CollectedStats, dictionary: Dictionary, model: Any, tokenizer: Any, *,
-              title: str, note: str = "", k: int = 10, **kwargs: Any) -> Path:
+def write_for(
+    out_dir: str | Path,
+    stats: CollectedStats,
+    dictionary: Dictionary,
+    model: Any,
+    tokenizer: Any,
+    *,
+    title: str,
+    note: str = "",
+    k: int = 10,
+    **kwargs: Any,
+) -> Path:
     """Add logit effects (when a model is given) and nearest features, then write the site."""
     effects = logit_effects(model, dictionary, k=k) if model is not None else None
-    how = ("Logit effects: decoder row x final-norm gain through the unembedding (per-token 1/rms not modelled). "
-           if effects is not None else "")
-    return write_dashboard(out_dir, stats, tokenizer, effects=effects, neighbors=nearest_features(dictionary, k=k),
-                           title=title, note=how + note, **kwargs)
+    how = (
+        "Logit effects: decoder row x final-norm gain through the unembedding (per-token 1/rms not modelled). "
+        if effects is not None
+        else ""
+    )
+    return write_dashboard(
+        out_dir,
+        stats,
+        tokenizer,
+        effects=effects,
+        neighbors=nearest_features(dictionary, k=k),
+        title=title,
+        note=how + note,
+        **kwargs,
+    )
 
 
 def dashboard_from_texts(
-    scoped: ScopedModel, name: str, tokenizer: Any, texts: Sequence[str], out_dir: str | Path, *,
-    window: int = 64, batch_size: int = 8, top_k: int = 10, title: str | None = None, **kwargs: Any,
+    scoped: ScopedModel,
+    name: str,
+    tokenizer: Any,
+    texts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    window: int = 64,
+    batch_size: int = 8,
+    top_k: int = 10,
+    title: str | None = None,
+    exclude_bos: bool = True,
+    **kwargs: Any,
 ) -> Path:
-    """Dashboard of attached dictionary ``name`` over ``texts``; returns the path of ``index.html``."""
+    """Dashboard of attached dictionary ``name`` over ``texts``; returns the path of ``index.html``.
+
+    ``exclude_bos``: leave the BOS position out of every statistic (it is still read by the model).
+    BOS residuals are norm outliers (Gemma's especially), so features that fire on them would
+    otherwise show BOS as their top context everywhere — the same choice as trainers' harvests.
+    """
     ids, mask = text_windows(tokenizer, texts, window)
+    counted = mask.bool()
+    if exclude_bos and tokenizer.bos_token_id is not None:
+        counted = counted & (ids != tokenizer.bos_token_id)
     dictionary = scoped.dictionaries[name]
     collector = FeatureCollector(dictionary.d_sae, top_k)
     for rows, feats in iter_window_features(scoped, name, ids, mask, batch_size):
-        collector.update(ids[rows], feats, mask[rows])
-    note = f"Corpus: {len(texts)} texts in {len(ids)} windows of {window} tokens."
-    return write_for(out_dir, collector.result(), dictionary, scoped.model, tokenizer,
-                     title=title or f"{name}: feature dashboard", note=note, k=top_k, **kwargs)
+        collector.update(ids[rows], feats, counted[rows])
+    bos_note = ", BOS not counted" if exclude_bos else ""
+    note = f"Corpus: {len(texts)} texts in {len(ids)} windows of {window} tokens{bos_note}."
+    return write_for(
+        out_dir,
+        collector.result(),
+        dictionary,
+        scoped.model,
+        tokenizer,
+        title=title or f"{name}: feature dashboard",
+        note=note,
+        k=top_k,
+        **kwargs,
+    )
 
 
 def dashboard_from_arrays(
-    token_ids: torch.Tensor, features: torch.Tensor, tokenizer: Any, out_dir: str | Path, *,
-    dictionary: Dictionary | None = None, model: Any = None, mask: torch.Tensor | None = None, top_k: int = 10,
-    title: str = "Feature dashboard", **kwargs: Any,
+    token_ids: torch.Tensor,
+    features: torch.Tensor,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    dictionary: Dictionary | None = None,
+    model: Any = None,
+    mask: torch.Tensor | None = None,
+    top_k: int = 10,
+    title: str = "Feature dashboard",
+    **kwargs: Any,
 ) -> Path:
     """Dashboard from token ids [N, T] and features [N, T, F]; logit effects need ``dictionary`` and ``model``."""
     collector = FeatureCollector(features.shape[-1], top_k)
@@ -85,7 +142,9 @@ def dashboard_from_arrays(
     return write_for(out_dir, collector.result(), dictionary, model, tokenizer, title=title, k=top_k, **kwargs)
 
 
-def harvest_windows(root: str | Path, layer_index: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def harvest_windows(
+    root: str | Path, layer_index: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per shard of a harvest: ``(token ids [W, T], activations [W, T, d_in], mask [W, T])``.
 
     Rows are scattered back into their windows by ``sequence`` and ``position``; positions
@@ -99,7 +158,9 @@ def harvest_windows(root: str | Path, layer_index: int = 0) -> Iterator[tuple[to
         raise DictionaryNotFoundError(f"{root}: no harvest.json; not a {HARVEST_FORMAT} folder")
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != HARVEST_FORMAT or int(meta.get("version", 0)) > 1:
-        raise ConfigError(f"{root}: harvest format {meta.get('format')!r} v{meta.get('version')} is not {HARVEST_FORMAT} v1")
+        raise ConfigError(
+            f"{root}: harvest format {meta.get('format')!r} v{meta.get('version')} is not {HARVEST_FORMAT} v1"
+        )
     for shard in meta["shards"]:
         tensors = load_file(str(root / shard["file"]))
         seq, pos = tensors["sequence"].long(), tensors["position"].long()
@@ -115,8 +176,16 @@ def harvest_windows(root: str | Path, layer_index: int = 0) -> Iterator[tuple[to
 
 
 def dashboard_from_harvest(
-    root: str | Path, dictionary: Dictionary, tokenizer: Any, out_dir: str | Path, *, model: Any = None,
-    top_k: int = 10, batch_size: int = 16, title: str = "Feature dashboard (harvest)", **kwargs: Any,
+    root: str | Path,
+    dictionary: Dictionary,
+    tokenizer: Any,
+    out_dir: str | Path,
+    *,
+    model: Any = None,
+    top_k: int = 10,
+    batch_size: int = 16,
+    title: str = "Feature dashboard (harvest)",
+    **kwargs: Any,
 ) -> Path:
     """Dashboard from a harvest folder: features = ``dictionary.encode(x)`` of its stored activations."""
     collector = FeatureCollector(dictionary.d_sae, top_k)
@@ -129,4 +198,6 @@ def dashboard_from_harvest(
                 feats = dictionary.encode(acts[rows].to(dictionary.w_enc.dtype)).float()
                 collector.update(ids[rows], feats, mask[rows])
     note = f"Harvest: {root} ({windows} windows)."
-    return write_for(out_dir, collector.result(), dictionary, model, tokenizer, title=title, note=note, k=top_k, **kwargs)
+    return write_for(
+        out_dir, collector.result(), dictionary, model, tokenizer, title=title, note=note, k=top_k, **kwargs
+    )

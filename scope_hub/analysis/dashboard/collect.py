@@ -96,11 +96,15 @@ class FeatureCollector:
         self.top_tokens = torch.full((d_sae, top_k, width), -1, dtype=torch.long)
         self.top_acts = torch.zeros(d_sae, top_k, width)
 
-    def update(self, token_ids: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None = None) -> FeatureCollector:
+    def update(
+        self, token_ids: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> FeatureCollector:
         """Add one batch: ``token_ids`` [B, T], ``features`` [B, T, F], ``mask`` [B, T] (True = real token)."""
         if token_ids.dim() != 2 or features.shape[:2] != token_ids.shape or features.shape[2] != self.d_sae:
-            raise ShapeMismatchError(f"expected token ids [B, T] and features [B, T, {self.d_sae}]; got "
-                                     f"{tuple(token_ids.shape)} and {tuple(features.shape)}")
+            raise ShapeMismatchError(
+                f"expected token ids [B, T] and features [B, T, {self.d_sae}]; got "
+                f"{tuple(token_ids.shape)} and {tuple(features.shape)}"
+            )
         mask = torch.ones_like(token_ids, dtype=torch.bool) if mask is None else mask.bool()
         feats = features.detach().float().cpu() * mask[..., None]
         token_ids = token_ids.cpu().masked_fill(~mask, -1)
@@ -140,12 +144,29 @@ class FeatureCollector:
 
     def result(self) -> CollectedStats:
         """The statistics gathered so far."""
-        return CollectedStats(self.n_tokens, self.count, self.total.float(), self.maximum, self.histogram,
-                              self.top_values, self.top_tokens, self.top_acts, self.before)
+        return CollectedStats(
+            self.n_tokens,
+            self.count,
+            self.total.float(),
+            self.maximum,
+            self.histogram,
+            self.top_values,
+            self.top_tokens,
+            self.top_acts,
+            self.before,
+        )
 
 
-def collect_from_arrays(token_ids: torch.Tensor, features: torch.Tensor, mask: torch.Tensor | None = None, *,
-                        top_k: int = 10, batch_size: int = 64, before: int = 12, after: int = 4) -> CollectedStats:
+def collect_from_arrays(
+    token_ids: torch.Tensor,
+    features: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    *,
+    top_k: int = 10,
+    batch_size: int = 64,
+    before: int = 12,
+    after: int = 4,
+) -> CollectedStats:
     """Stats from token ids [N, T] and their features [N, T, F] (dense) already in memory."""
     collector = FeatureCollector(features.shape[-1], top_k, before, after)
     for start in range(0, len(token_ids), batch_size):

@@ -64,7 +64,9 @@ def residual_directions(model: Any, dictionary: Dictionary) -> torch.Tensor:
     if site == "attn_out" and config.layer is not None:
         o_proj = model.get_submodule(adapter.hookpoint("attn_out", config.layer).module)
         return rows @ o_proj.weight.detach().float().T
-    raise ShapeMismatchError(f"decoder width {rows.shape[1]} is neither the residual width {adapter.d_model} nor attn_out")
+    raise ShapeMismatchError(
+        f"decoder width {rows.shape[1]} is neither the residual width {adapter.d_model} nor attn_out"
+    )
 
 
 def final_norm_gain(model: Any) -> tuple[torch.Tensor, bool]:
@@ -75,8 +77,12 @@ def final_norm_gain(model: Any) -> tuple[torch.Tensor, bool]:
         weight = norm.weight if norm.weight is not None else torch.ones(adapter.d_model)
         return weight.detach().float(), True
     param = next(norm.parameters(), None)
-    ones = torch.ones(1, adapter.d_model, dtype=param.dtype if param is not None else torch.float32,
-                      device=param.device if param is not None else "cpu")
+    ones = torch.ones(
+        1,
+        adapter.d_model,
+        dtype=param.dtype if param is not None else torch.float32,
+        device=param.device if param is not None else "cpu",
+    )
     with torch.no_grad():
         return norm(ones)[0].float(), False
 
@@ -92,7 +98,7 @@ def logit_effects(model: Any, dictionary: Dictionary, k: int = 10, chunk: int = 
     parts = []
     with torch.no_grad():
         for start in range(0, len(rows), chunk):
-            logits = rows[start:start + chunk].to(unembed.device) @ unembed.T
+            logits = rows[start : start + chunk].to(unembed.device) @ unembed.T
             top, bottom = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
             parts.append((top.indices, top.values, bottom.indices, bottom.values))
     return LogitEffects(*(torch.cat([p[i] for p in parts]).cpu() for i in range(4)))
@@ -106,7 +112,7 @@ def nearest_features(dictionary: Dictionary, k: int = 10, chunk: int = 1024) -> 
     ids, values = [], []
     with torch.no_grad():
         for start in range(0, len(unit), chunk):
-            cos = unit[start:start + chunk] @ unit.T
+            cos = unit[start : start + chunk] @ unit.T
             cos[torch.arange(len(cos)), torch.arange(start, start + len(cos))] = -2.0  # not yourself
             top = cos.topk(k, dim=1)
             ids.append(top.indices), values.append(top.values)

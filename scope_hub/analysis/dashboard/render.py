@@ -60,7 +60,7 @@ def _page(title: str, body: str, data: Any, script: str) -> str:
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
         f"<style>{_asset('style.css')}</style></head>\n<body>{body}\n"
-        f'<noscript>This page is built by inline JavaScript; enable it to see the dashboard.</noscript>\n'
+        f"<noscript>This page is built by inline JavaScript; enable it to see the dashboard.</noscript>\n"
         f'<script type="application/json" id="dashboard-data">{_json(data)}</script>\n'
         f"<script>{_asset(script)}</script></body></html>\n"
     )
@@ -72,35 +72,61 @@ def _histogram(stats: CollectedStats, feature: int) -> dict[str, list]:
     if not len(occupied):
         return {"edges": [], "counts": []}
     lo, hi = int(occupied[0]), int(occupied[-1]) + 1
-    return {"edges": [float(e) for e in BIN_EDGES[lo:hi + 1]], "counts": counts[lo:hi].tolist()}
+    return {"edges": [float(e) for e in BIN_EDGES[lo : hi + 1]], "counts": counts[lo:hi].tolist()}
 
 
-def _feature_data(f: int, stats: CollectedStats, text: TokenText, effects: LogitEffects | None,
-                  neighbors: tuple[torch.Tensor, torch.Tensor] | None, page_of: dict[int, str]) -> dict[str, Any]:
-    contexts = [{"max": v, "tokens": [text(t) for t in toks], "acts": acts, "center": c}
-                for v, toks, acts, c in stats.contexts(f)]
-    data = {"id": f, "density": float(stats.density[f]), "max": float(stats.maximum[f]),
-            "mean": float(stats.mean_active[f]), "n_tokens": stats.n_tokens, "histogram": _histogram(stats, f),
-            "contexts": contexts, "logits_pos": [], "logits_neg": [], "neighbors": []}
+def _feature_data(
+    f: int,
+    stats: CollectedStats,
+    text: TokenText,
+    effects: LogitEffects | None,
+    neighbors: tuple[torch.Tensor, torch.Tensor] | None,
+    page_of: dict[int, str],
+) -> dict[str, Any]:
+    contexts = [
+        {"max": v, "tokens": [text(t) for t in toks], "acts": acts, "center": c}
+        for v, toks, acts, c in stats.contexts(f)
+    ]
+    data = {
+        "id": f,
+        "density": float(stats.density[f]),
+        "max": float(stats.maximum[f]),
+        "mean": float(stats.mean_active[f]),
+        "n_tokens": stats.n_tokens,
+        "histogram": _histogram(stats, f),
+        "contexts": contexts,
+        "logits_pos": [],
+        "logits_neg": [],
+        "neighbors": [],
+    }
     if effects is not None:
         data["logits_pos"] = [[text(int(i)), float(v)] for i, v in zip(effects.top_ids[f], effects.top_values[f])]
         data["logits_neg"] = [[text(int(i)), float(v)] for i, v in zip(effects.bottom_ids[f], effects.bottom_values[f])]
     if neighbors is not None:
-        data["neighbors"] = [[int(i), float(c), page_of.get(int(i), "").removeprefix("features/")]
-                             for i, c in zip(neighbors[0][f], neighbors[1][f])]
+        data["neighbors"] = [
+            [int(i), float(c), page_of.get(int(i), "").removeprefix("features/")]
+            for i, c in zip(neighbors[0][f], neighbors[1][f])
+        ]
     return data
 
 
 def _snippet(context: dict[str, Any]) -> str:
     tokens, center = context["tokens"], context["center"]
-    left = "".join(tokens[:center])[-SNIPPET // 2:]
-    return (left + "[" + tokens[center] + "]" + "".join(tokens[center + 1:]))[:SNIPPET].replace("\n", "⏎")
+    left = "".join(tokens[:center])[-SNIPPET // 2 :]
+    return (left + "[" + tokens[center] + "]" + "".join(tokens[center + 1 :]))[:SNIPPET].replace("\n", "⏎")
 
 
 def write_dashboard(
-    out_dir: str | Path, stats: CollectedStats, tokenizer: Any, *, effects: LogitEffects | None = None,
-    neighbors: tuple[torch.Tensor, torch.Tensor] | None = None, title: str = "Feature dashboard", note: str = "",
-    include_dead: bool = True, max_features: int | None = None,
+    out_dir: str | Path,
+    stats: CollectedStats,
+    tokenizer: Any,
+    *,
+    effects: LogitEffects | None = None,
+    neighbors: tuple[torch.Tensor, torch.Tensor] | None = None,
+    title: str = "Feature dashboard",
+    note: str = "",
+    include_dead: bool = True,
+    max_features: int | None = None,
 ) -> Path:
     """Write ``index.html`` and ``features/f{i}.html`` under ``out_dir``; returns the index path.
 
@@ -114,21 +140,37 @@ def write_dashboard(
     page_of = {f: f"features/f{f}.html" for f in chosen}
     rows = []
     for f in range(len(stats.count)):
-        data = _feature_data(f, stats, text, effects, neighbors, page_of) if f in page_of or stats.count[f] > 0 else None
+        data = (
+            _feature_data(f, stats, text, effects, neighbors, page_of) if f in page_of or stats.count[f] > 0 else None
+        )
         if f in page_of:
-            (out / page_of[f]).write_text(_page(f"Feature {f}", '<div id="feature"></div>'
-                                                '<p class="meta"><a href="../index.html">all features</a></p>',
-                                                data, "feature.js"), "utf-8")
-        rows.append({"id": f, "density": float(stats.density[f]), "max": float(stats.maximum[f]),
-                     "logits": [p[0] for p in (data or {}).get("logits_pos", [])[:INDEX_LOGITS]],
-                     "context": _snippet(data["contexts"][0]) if data and data["contexts"] else "",
-                     "page": page_of.get(f, "")})
+            (out / page_of[f]).write_text(
+                _page(
+                    f"Feature {f}",
+                    '<div id="feature"></div><p class="meta"><a href="../index.html">all features</a></p>',
+                    data,
+                    "feature.js",
+                ),
+                "utf-8",
+            )
+        rows.append(
+            {
+                "id": f,
+                "density": float(stats.density[f]),
+                "max": float(stats.maximum[f]),
+                "logits": [p[0] for p in (data or {}).get("logits_pos", [])[:INDEX_LOGITS]],
+                "context": _snippet(data["contexts"][0]) if data and data["contexts"] else "",
+                "page": page_of.get(f, ""),
+            }
+        )
     meta = f"{len(stats.count)} features · {stats.n_tokens} tokens · {len(page_of)} feature pages. {note}"
-    body = (f"<h1>{html.escape(title)}</h1><div class=\"meta\">{html.escape(meta)}</div>"
-            '<input id="search" type="search" placeholder="Search features: id, logit tokens, context text" '
-            'autocomplete="off"><span id="count"></span>'
-            "<table><thead><tr><th>feature</th><th>density</th><th>max</th><th>top logits</th><th>top context</th>"
-            '</tr></thead><tbody id="features"></tbody></table>')
+    body = (
+        f'<h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>'
+        '<input id="search" type="search" placeholder="Search features: id, logit tokens, context text" '
+        'autocomplete="off"><span id="count"></span>'
+        "<table><thead><tr><th>feature</th><th>density</th><th>max</th><th>top logits</th><th>top context</th>"
+        '</tr></thead><tbody id="features"></tbody></table>'
+    )
     index = out / "index.html"
     index.write_text(_page(title, body, {"features": rows}, "index.js"), "utf-8")
     return index

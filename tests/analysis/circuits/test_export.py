@@ -10,14 +10,7 @@ import subprocess
 import pytest
 
 from scope_hub.analysis.circuits.attribution import attribute
-from scope_hub.analysis.circuits.export import (
-    METADATA_FILE,
-    cantor,
-    graph_json,
-    node_record,
-    scan_id,
-    write_graph_json,
-)
+from scope_hub.analysis.circuits.export import METADATA_FILE, cantor, graph_json, node_record, scan_id, write_graph_json
 from scope_hub.analysis.circuits.html import render_html, write_html
 from scope_hub.analysis.circuits.prune import prune
 from tests.analysis.circuits.helpers import dictionaries

@@ -30,7 +30,7 @@
     cell(tr, (100 * f.density).toFixed(3) + "%", "num");
     cell(tr, f.max.toFixed(3), "num");
     cell(tr, f.logits.join("  "), "tok");
-    cell(tr, f.context, "tok");
+    cell(tr, f.context, "tok snippet");
     body.appendChild(tr);
   });
 
