@@ -145,3 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # python -m scope_hub.cli
     sys.exit(main())
+register_command("dashboard", "static HTML feature dashboard of a dictionary", "scope_hub.analysis.cli:setup_dashboard")
+register_command("refusal", "refusal direction, carrying features and interventions on a chat model",
+                 "scope_hub.analysis.cli:setup_refusal")
