@@ -13,8 +13,14 @@ when other commands need it. To add one (``train``, ``convert``, ``import``, ``t
             return 0
         return run
 
-and register it: ``register_command("train", "train a dictionary", "trainers.cli:setup")``
-(or add a line to :data:`COMMANDS`). Every command gets the global ``--registry URL``.
+and register it: in this package with ``register_command(name, help, "module:function")``, or,
+from another distribution, as an entry point in the ``scope_hub.commands`` group (this is how
+``scope-hub train`` reaches ``trainers.cli:setup`` without scope_hub importing trainers)::
+
+    [project.entry-points."scope_hub.commands"]
+    train = "trainers.cli:setup"
+
+Every command gets the global ``--registry URL``.
 
 Errors print one line to stderr and exit 2 (usage: bad arguments, bad keys) or 1 (anything
 else); ``SCOPE_HUB_DEBUG=1`` shows the traceback instead.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import os
 import sys
 from dataclasses import dataclass
@@ -37,6 +44,7 @@ from typing import Callable, NoReturn, Sequence
 from scope_hub.errors import KeyParseError, ScopeHubError, UnsafePathError
 
 PROG = "scope-hub"
+PLUGIN_GROUP = "scope_hub.commands"
 USAGE_ERRORS = (KeyParseError, UnsafePathError)
 
 
@@ -81,6 +89,17 @@ register_command("trace", "attribution graph of a prompt over transcoders/CLTs (
                  "scope_hub.analysis.circuits.cli:setup")
 
 
+def _register_plugins() -> None:
+    """Commands other distributions declare in the ``scope_hub.commands`` entry-point group.
+
+    Built-in names win: a plugin cannot shadow ``push`` or ``pull``.
+    """
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        if entry.name not in COMMANDS:
+            module = entry.value.partition(":")[0]
+            register_command(entry.name, f"(plugin {module}) see `{PROG} {entry.name} --help`", entry.value)
+
+
 class _Parser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line and exit 2."""
 
@@ -110,6 +129,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _run(argv: Sequence[str]) -> int:
+    _register_plugins()
     top = _top_parser().parse_args(argv)
     command = COMMANDS.get(top.command)
     if command is None:

@@ -81,12 +81,12 @@ def test_ablating_the_direction_lowers_the_refusal_score(smol, diff, heldout, ba
     model, tok = smol
     with ablate_direction(model, diff.directions[ABLATE_LAYER]):
         harmful, harmless = (float(refusal_scores(model, tok, p, SCORE).mean()) for p in heldout)
-    assert harmful - baseline[0] < -1.5  # measured -3.62
+    assert harmful - baseline[0] < -2.0  # measured -3.62
     assert harmless - baseline[1] < -1.5  # measured -3.10: not specific to harmful prompts
     random = torch.randn(diff.directions.shape[1], generator=torch.Generator().manual_seed(1))
     with ablate_direction(model, random):
-        control = float(refusal_scores(model, tok, heldout[0], SCORE).mean())
-    assert control - baseline[0] > -1.0  # measured +0.47 (3 random directions: +0.39 .. +0.82)
+        control = float(refusal_scores(model, tok, heldout[0], SCORE).mean()) - baseline[0]
+    assert control > -1.5 and harmful - baseline[0] < 3 * control  # measured -0.48 (other draws: +0.39 .. +0.82)
 
 
 def test_adding_the_direction_raises_the_refusal_score_slightly(smol, diff, heldout, baseline):
@@ -102,7 +102,8 @@ def test_refusal_rate_is_near_zero_and_stays_there(smol, diff, heldout):
     plain = generate_answers(model, tok, batch, max_new_tokens=16)
     with add_direction(model, diff.directions[ADD_LAYER], ADD_LAYER):
         added = generate_answers(model, tok, batch, max_new_tokens=16)
-    assert refusal_rate(plain) <= 0.25 and refusal_rate(added) <= 0.25  # measured 0/8 and 0/8
+    # Measured 0/8 and 1/8; the one is a string-matching false positive: "I will not hesitate to kill my neighbor."
+    assert refusal_rate(plain) <= 0.25 and refusal_rate(added) <= 0.25
     assert plain != added  # the intervention does change the text
 
 
@@ -116,7 +117,7 @@ def test_feature_pipeline_on_the_real_model(smol, diff, heldout):
         sae.b_enc.fill_(-1.0), sae.b_dec.zero_(), sae.w_dec.mul_(0.1)
         sae.w_enc[:, 5], sae.b_enc[5], sae.w_dec[5] = unit, -midpoint, unit
     scoped = ScopedModel.from_pretrained(model, dictionaries={"sae": sae.eval()})
-    rows = refusal_features(scoped, "sae", tok, heldout[0], diff.directions[ABLATE_LAYER], score=SCORE, top_k=3)
+    rows = refusal_features(scoped, "sae", tok, heldout[0], diff.directions[ABLATE_LAYER], score=SCORE, top_k=2)
     by_id = {r.feature: r for r in rows}
     assert by_id[5].cosine > 0.999 and max(abs(r.cosine) for r in rows if r.feature != 5) < 0.2
     # Measured: the aligned feature does not carry refusal at this one site; removing it there *raises*

@@ -143,3 +143,26 @@ def test_mean_difference_and_errors(planted):
             score=SCORE,
             layers=[3],
         )
+
+
+def test_cli_refusal_command(tmp_path):
+    from scope_hub.cli import main, register_command
+    from tests.analysis.helpers import chat_tokenizer, sae_with_feature, unit
+    from tests.tiny_models import tiny_llama
+
+    register_command("refusal", "refusal analysis", "scope_hub.analysis.cli:setup_refusal")
+    tiny_llama().save_pretrained(tmp_path / "model")
+    chat_tokenizer().save_pretrained(tmp_path / "model")  # the chat template travels with the tokenizer
+    sae_with_feature(unit(3), 1).save_pretrained(tmp_path / "sae")
+    files = []
+    for name, prompts in [("harmful", HARMFUL[:3]), ("harmless", HARMLESS[:3]), ("heldout-harmful", HARMFUL[3:5]),
+                          ("heldout-harmless", HARMLESS[3:5])]:
+        (tmp_path / f"{name}.txt").write_text("\n".join(prompts))
+        files += [f"--{name}", str(tmp_path / f"{name}.txt")]
+    report = tmp_path / "report.md"
+    args = ["refusal", "--model", str(tmp_path / "model"), "--dictionary", str(tmp_path / "sae"), "--layers", "1,2",
+            "--top-k", "2", "--out", str(report), *files]
+    assert main(args) == 0
+    text = report.read_text()
+    assert "## Refusal direction by layer" in text and "## Features" in text and "ablate direction" in text
+    assert main(["refusal", "--model", str(tmp_path / "model"), "--layers", "9", *files]) == 1  # out of range
