@@ -18,12 +18,15 @@ import time
 
 import torch
 
+from benchmarks.summary import Headline, add_summary_argument, write_summary
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=3, help="batches per candidate per round")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    add_summary_argument(parser)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +74,9 @@ def main() -> None:
     print(f"\nmedian: bare forward to layer 6 {statistics.median(speeds['bare']):.0f} tok/s, harvest "
           f"{statistics.median(speeds['harvest']):.0f} tok/s, harvest/bare {statistics.median(ratios):.3f}x "
           f"({torch.get_num_threads()} threads, batch 8 x 128)")
+    bare_speed, harvest_speed = statistics.median(speeds["bare"]), statistics.median(speeds["harvest"])
+    write_summary(args.summary, [Headline("harvest", "harvest / bare forward to layer 6 (tok/s)", statistics.median(ratios),
+                                          goal=">= 0.95", note=f"{harvest_speed:.0f} vs {bare_speed:.0f} tok/s")])
 
 
 if __name__ == "__main__":

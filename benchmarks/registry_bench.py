@@ -33,6 +33,8 @@ from scope_hub.registry.index import RegistryIndex, StoreIndex
 from scope_hub.registry.layout import blob_path, manifest_path
 from scope_hub.registry.protocol import record_of
 
+from benchmarks.summary import Headline, add_summary_argument, write_summary
+
 LAYERS = 18
 MODELS = [f"google/gemma-scope-bench-{i}" for i in range(10)]
 SITES = ["resid_post", "attn_out", "mlp_out", "resid_pre", "mlp_in"]
@@ -59,7 +61,7 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def bench_pulls(root: Path, small: bool) -> None:
+def bench_pulls(root: Path, small: bool) -> list[Headline]:
     d_in, d_sae = (64, 1024) if small else (640, 16384)
     url = (root / "pull-registry").as_uri()
     keys = [f"google/gemma-3-270m:resid_post/layer_{i}/width_16k/sae" for i in range(LAYERS)]
@@ -86,6 +88,11 @@ def bench_pulls(root: Path, small: bool) -> None:
     print(f"  warm pull @v1 (median of 5)        {statistics.median(warm_runs) * 1000:7.2f} ms  store requests {max(reads)}")
     print(f"  warm pull @latest                  {latest_s * 1000:7.2f} ms  store requests {latest.backend.requests()}")
     shutil.rmtree(root / "src")
+    what = f"{LAYERS} x {d_in}x{d_sae} fp32 ({size / 1e6:.0f} MB)"
+    return [Headline("registry", "cold pull, 18 layer SAEs @v1", cold_s, unit="s",
+                     note=f"{what}; download + sha256 + snapshot, {cold.backend.requests()} store requests"),
+            Headline("registry", "warm pull, 18 layer SAEs @v1", statistics.median(warm_runs) * 1000, unit="ms",
+                     note=f"{max(reads)} store requests (pinned versions are immutable)")]
 
 
 def all_keys() -> list[str]:
@@ -122,7 +129,7 @@ def build_big_registry(reg: Registry, keys: list[str], tmp: Path) -> None:
     StoreIndex(store)._write_snapshot(index, 1, [])
 
 
-def bench_listing(name: str, url: str, tmp: Path, reindex: bool) -> None:
+def bench_listing(name: str, url: str, tmp: Path, reindex: bool) -> list[Headline]:
     keys = all_keys()
     builder = Registry(url, cache_dir=tmp / f"{name}-build-cache", progress=False)
     build_s, _ = timed(lambda: build_big_registry(builder, keys, tmp))
@@ -132,6 +139,7 @@ def bench_listing(name: str, url: str, tmp: Path, reindex: bool) -> None:
     print(f"\n{name}: {len(keys) + 10:,} keys (built in {build_s:.1f} s)")
     reg = Registry(url, cache_dir=tmp / f"{name}-cache", progress=False)
     store = reg.backend.store
+    rows = []
     for label, action in [
         ("ls (all keys)", lambda: reg.list()),
         ("ls 'google/gemma-scope-bench-3:attn_out/*'", lambda: reg.list("google/gemma-scope-bench-3:attn_out/*")),
@@ -143,9 +151,13 @@ def bench_listing(name: str, url: str, tmp: Path, reindex: bool) -> None:
         seconds, out = timed(action)
         count = f"{len(out):,} keys" if isinstance(out, list) else f"v{out.version}"
         print(f"  {label:<46} {seconds * 1000:8.1f} ms  store reads {store.reads - before:3d}  ({count})")
+        if label == "ls (all keys)":
+            rows.append(Headline("registry", f"ls of {len(keys) + 10:,} keys, {name.split()[0]}", seconds * 1000,
+                                 unit="ms", note=f"{store.reads - before} store reads"))
     if reindex:
         seconds, n = timed(reg.reindex)
         print(f"  reindex (reads every manifest)                 {seconds:8.1f} s   ({n:,} versions)")
+    return rows
 
 
 def start_moto() -> tuple[object, str]:
@@ -170,18 +182,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="18 x 64x1024 dictionaries instead of 640x16384")
     parser.add_argument("--skip-s3", action="store_true", help="skip the moto part")
+    add_summary_argument(parser)
     args = parser.parse_args()
     os.environ.setdefault("CI", "1")  # no progress bars in benchmark output
     with tempfile.TemporaryDirectory(prefix="scope-hub-bench-") as tmp:
         root = Path(tmp)
-        bench_pulls(root, args.small)
-        bench_listing("file://", (root / "big-registry").as_uri(), root, reindex=True)
+        rows = bench_pulls(root, args.small)
+        rows += bench_listing("file://", (root / "big-registry").as_uri(), root, reindex=True)
         if not args.skip_s3:
             server, url = start_moto()
             try:
-                bench_listing("s3:// (moto on 127.0.0.1)", url, root, reindex=False)
+                rows += bench_listing("s3:// (moto on 127.0.0.1)", url, root, reindex=False)
             finally:
                 server.stop()
+    write_summary(args.summary, rows)
 
 
 if __name__ == "__main__":

@@ -26,11 +26,13 @@ step with sparse decode doing three dense GEMMs: encoder forward, encoder weight
 gradient, input gradient): 3 * 2*B*d*S per step, whatever the step really does.
 
     .venv/bin/python -m benchmarks.train_bench [--rounds 3] [--steps 4] [--random]
+    .venv/bin/python -m benchmarks.train_bench --threads 1 --clock cpu   # load-insensitive ratios
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import glob
 import json
 import statistics
@@ -40,6 +42,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from benchmarks.summary import Headline, add_summary_argument, write_summary
 
 B, D, S, K, L0 = 4096, 640, 16384, 32, 64
 
@@ -62,14 +66,17 @@ def activations(args: argparse.Namespace) -> torch.Tensor:
     return reader.rows(torch.arange(min(len(reader), args.tokens)))[0][:, 0]
 
 
+CLOCK = time.perf_counter
+
+
 def time_steps(step, n: int) -> float:
-    """Median seconds of ``n`` calls after one warm-up call."""
+    """Median seconds of ``n`` calls after one warm-up call (wall clock, or CPU time with --clock cpu)."""
     step()
     times = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         step()
-        times.append(time.perf_counter() - t0)
+        times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
@@ -140,13 +147,15 @@ def ours(arch: str, rows: torch.Tensor, state: str = "init"):
     return step, flops
 
 
-def saelens(arch: str, rows: torch.Tensor, state: str = "init"):
+def saelens(arch: str, rows: torch.Tensor, state: str = "init", probe: bool = False):
     """SAELens 6.54's training step on the same batches (None when sae_lens is not importable)."""
     try:
         from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
         from sae_lens.saes.sae import TrainStepInput
     except ImportError:
         return None
+    if probe:
+        return True
     if arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=S, k=K, dtype="float32", device="cpu"))
         coefficients = {}
@@ -187,31 +196,61 @@ def main() -> None:
     parser.add_argument("--random", action="store_true", help="Gaussian data instead of Gemma activations")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "scope-hub-bench-harvest-l6"))
     parser.add_argument("--threads", type=int, default=None)
+    add_summary_argument(parser)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="cpu: this process's CPU time (with --threads 1, insensitive to other jobs' load)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     rows = activations(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rows.shape[0]} activation rows "
           f"({'random' if args.random else 'Gemma 3 270M layer 6 resid_post'})", flush=True)
-    candidates = {"ours topk": ours("topk", rows), "ours topk (aux-k active)": ours("topk", rows, "dead"),
-                  "ours jumprelu @init": ours("jumprelu", rows), "ours jumprelu @L0=64": ours("jumprelu", rows, "trained")}
+    builders = {"ours topk": lambda: ours("topk", rows), "ours topk (aux-k active)": lambda: ours("topk", rows, "dead"),
+                "ours jumprelu @init": lambda: ours("jumprelu", rows),
+                "ours jumprelu @L0=64": lambda: ours("jumprelu", rows, "trained")}
     for name, arch, state in (("saelens topk", "topk", "init"), ("saelens topk (aux-k active)", "topk", "dead"),
                               ("saelens jumprelu", "jumprelu", "init")):
-        step = saelens(arch, rows, state)
-        if step is not None:
-            candidates[name] = (step, None)
-    results: dict[str, list[float]] = {name: [] for name in candidates}
-    peaks, utilisation = [], {name: [] for name in candidates}
+        if saelens(arch, rows[:8], state, probe=True) is not None:
+            builders[name] = lambda arch=arch, state=state: (saelens(arch, rows, state), None)
+    results: dict[str, list[float]] = {name: [] for name in builders}
+    peaks, utilisation = [], {name: [] for name in builders}
     for r in range(args.rounds):
         peaks.append(matmul_peak(3))
-        for name, (step, flops) in candidates.items():
+        for name, build in builders.items():  # built per round and dropped: one model in memory at a time
+            step, flops = build()
             seconds = time_steps(step, args.steps)
             results[name].append(B / seconds)
             if flops is not None:
                 utilisation[name].append(flops() / seconds / peaks[-1])
+            del step, flops
+            gc.collect()
         print(f"round {r + 1}: peak {peaks[-1] / 1e9:.0f} GFLOP/s, " +
               ", ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()), flush=True)
     report(results, peaks, utilisation)
+    write_summary(args.summary, headlines(results, peaks))
+
+
+def paired_ratio(results: dict, ours_name: str, base: str) -> float:
+    return statistics.median(o / s for o, s in zip(results[ours_name], results[base]))
+
+
+def headlines(results: dict, peaks: list) -> list[Headline]:
+    """Issue #6's goals as revised by DESIGN.md section 9."""
+    peak = statistics.median(peaks)
+    topk = statistics.median(results["ours topk"])
+    rows = [Headline("train", "TopK step: 3-GEMM equivalent FLOP/s / matmul peak", topk * 3 * 2 * D * S / peak,
+                     unit="of peak", goal=">= 0.75", note=f"{topk:.0f} tok/s, peak {peak / 1e9:.0f} GFLOP/s")]
+    for ours_name, base, goal in (("ours topk", "saelens topk", ">= 3"),
+                                  ("ours topk (aux-k active)", "saelens topk (aux-k active)", None),
+                                  ("ours jumprelu @init", "saelens jumprelu", ">= 2"),
+                                  ("ours jumprelu @L0=64", "saelens jumprelu", ">= 2")):
+        if base in results:
+            rows.append(Headline("train", f"{ours_name} / {base} (tok/s)", paired_ratio(results, ours_name, base),
+                                 goal=goal, note=f"{statistics.median(results[ours_name]):.0f} vs "
+                                                 f"{statistics.median(results[base]):.0f} tok/s"))
+    return rows
 
 
 def report(results: dict, peaks: list, utilisation: dict) -> None:
@@ -228,7 +267,7 @@ def report(results: dict, peaks: list, utilisation: dict) -> None:
             base = "saelens topk (aux-k active)"
         ratio = ""
         if name.startswith("ours") and base in results:
-            ratio = f"{statistics.median(o / s for o, s in zip(results[name], results[base])):.2f}x"
+            ratio = f"{paired_ratio(results, name, base):.2f}x"
         print(f"{name:32s} {value:8.0f} {util:>7s} {equivalent:>13s} {ratio:>10s}")
     json.dump({"tok_s": med, "peak_flops": statistics.median(peaks)}, sys.stdout)
     print()

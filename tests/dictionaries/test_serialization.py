@@ -197,6 +197,20 @@ def test_nonfinite_weights_refused_by_default_and_warned_on_request(tmp_path):
     assert any("NaN" in str(w.message) for w in caught)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_finite_check_is_exact_when_large_weights_overflow_the_sum(tmp_path, bad):
+    module = make_dictionary(make_config("sae", "relu"))
+    with torch.no_grad():
+        module.w_enc.fill_(3e38)  # finite, but their float32 sum is inf: the quick check must not decide alone
+    module.save_pretrained(tmp_path / "big")
+    assert torch.equal(Dictionary.from_pretrained(tmp_path / "big").w_enc, module.w_enc)
+    with torch.no_grad():
+        module.w_enc[1, 2] = bad
+    module.save_pretrained(tmp_path / "bad")
+    with pytest.raises(NonFiniteWeightsError, match="'w_enc' contains NaN or inf"):
+        Dictionary.from_pretrained(tmp_path / "bad")
+
+
 def test_pickle_only_folder_is_never_unpickled(tmp_path):
     folder = tmp_path / "pickled"
     folder.mkdir()
