@@ -120,7 +120,8 @@ class Report:
             print(line)
             self.rows.append({"group": title, "variant": name, "median_s": m, "times_s": ts,
                               "cpu_s": CPU_TIMES.get(name)})
-        print(f"(load average after: {os.getloadavg()[0]:.2f}; > ~0.3 means other jobs shared the 2 cores)")
+        print(f"(load average after: {os.getloadavg()[0]:.2f}; this benchmark keeps ~2 busy, well above 2 means "
+              "other jobs shared the 2 cores)")
 
     def ratio(self, label: str, times: dict[str, list[float]], num: str, den: str) -> float:
         """Ratio of medians, plus the median of per-round ratios (each round runs both
