@@ -55,6 +55,34 @@ class Dictionary(nn.Module):
         self._make_holders(config)
         for spec in self.tensor_specs(config):
             self._set_param(spec.attr, nn.Parameter(torch.empty(spec.shape, device=device, dtype=dtype)))
+        if torch.device(device or "cpu").type != "meta":
+            self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Give every parameter a usable starting value; the constructor does this, as ``nn.Linear`` does.
+
+        Decoder and encoder directions are random unit vectors, one per latent; biases, thresholds
+        and skip weights start at zero (a JumpReLU then acts as a ReLU). Trainers apply their own
+        recipe on top (``trainers.params.init_dictionary``). Loading never pays for this: weights
+        read from disk replace placeholders built on the meta device.
+
+        Example:
+            >>> from scope_hub.dictionaries import SAE
+            >>> from scope_hub.metadata import DictionaryConfig
+            >>> sae = SAE(DictionaryConfig(type="sae", architecture="jumprelu", d_in=4, d_sae=8))
+            >>> sae.reset_parameters(torch.Generator().manual_seed(0))
+            >>> [round(float(n), 4) for n in sae.w_dec.detach().norm(dim=1)[:2]], float(sae.threshold.detach().sum())
+            ([1.0, 1.0], 0.0)
+        """
+        for spec in self.tensor_specs(self.config):
+            param = self.get_parameter(spec.attr)
+            if spec.name in ("w_enc", "w_dec"):
+                direction = torch.randn(param.shape, generator=generator)
+                other_axes = [a for a in range(direction.ndim) if a != spec.latent_axis]
+                param.copy_(direction / direction.norm(dim=other_axes, keepdim=True))
+            else:
+                param.zero_()
 
     # --- what subclasses declare -------------------------------------------------------
     @classmethod
@@ -193,7 +221,7 @@ class Dictionary(nn.Module):
         def loader() -> dict[str, torch.Tensor]:
             return load_tensors(folder, specs, device=device, dtype=dtype, allow_nonfinite=allow_nonfinite)
 
-        module = kind(config, device="meta" if lazy else device, dtype=dtype)
+        module = kind(config, device="meta", dtype=dtype)  # placeholders; the loader brings the weights
         module._pending_load = loader
         if not lazy:
             module._ensure_loaded()

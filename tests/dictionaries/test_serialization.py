@@ -46,6 +46,26 @@ def test_round_trip_is_bit_exact(tmp_path, type_, architecture, dtype):
     assert {p.name for p in (tmp_path / "d").iterdir()} == expected
 
 
+@pytest.mark.parametrize(("type_", "architecture"), KIND_CASES)
+def test_a_fresh_dictionary_is_initialised_and_saves(tmp_path, type_, architecture):
+    from scope_hub.dictionaries import KINDS
+
+    torch.manual_seed(0)
+    config = make_config(type_, architecture)
+    module = KINDS[type_](config)  # like nn.Linear: usable values, never torch.empty garbage
+    for spec in module.tensor_specs(config):
+        param = module.get_parameter(spec.attr).detach()
+        if spec.name in ("w_enc", "w_dec"):
+            axes = [a for a in range(param.ndim) if a != spec.latent_axis]
+            torch.testing.assert_close(param.norm(dim=axes), torch.ones(config.d_sae))
+        else:
+            assert not param.any(), spec.attr
+    module.save_pretrained(tmp_path / "fresh")
+    loaded = Dictionary.from_pretrained(tmp_path / "fresh")
+    for spec in module.tensor_specs(config):
+        assert torch.equal(loaded.get_parameter(spec.attr), module.get_parameter(spec.attr)), spec.attr
+
+
 def test_lazy_load_reads_no_tensor_until_used(tmp_path, monkeypatch):
     make_dictionary(make_config("sae", "jumprelu")).save_pretrained(tmp_path / "d")
     reads = []
