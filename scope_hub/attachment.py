@@ -41,6 +41,9 @@ class FeatureEdit:
     """Amount added, or value set."""
     layer: int | None = None
     """CLT source layer the features belong to (position in ``config.layers``)."""
+    positions: slice | tuple[int, ...] | None = None
+    """Sequence positions of each forward call to edit (None: all). Indices past a call's length
+    are skipped, so prompt positions are left alone in ``generate``'s one-token decode steps."""
 
 
 @dataclass
@@ -70,11 +73,28 @@ def apply_edits(features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: i
         if edit.layer != layer:
             continue
         index = list(edit.features)
+        if edit.positions is None:
+            if edit.op == "add":
+                edited[..., index] += edit.value
+            else:
+                edited[..., index] = edit.value
+            continue
+        where = position_mask(edit.positions, edited.shape[-2], edited.device).unsqueeze(-1)
         if edit.op == "add":
-            edited[..., index] += edit.value
+            edited[..., index] += edit.value * where.to(edited.dtype)
         else:
-            edited[..., index] = edit.value
+            edited[..., index] = torch.where(where, torch.tensor(edit.value, dtype=edited.dtype), edited[..., index])
     return edited
+
+
+def position_mask(positions: slice | tuple[int, ...], length: int, device: torch.device) -> torch.Tensor:
+    """Boolean ``[length]`` mask of the positions (Python indexing; out-of-range ints skipped)."""
+    mask = torch.zeros(length, dtype=torch.bool)
+    if isinstance(positions, slice):
+        mask[positions] = True
+    else:
+        mask[[p for p in positions if -length <= p < length]] = True
+    return mask.to(device)
 
 
 class Attachment:
@@ -118,7 +138,8 @@ class SingleSiteAttachment(Attachment):
         def write(act: torch.Tensor) -> torch.Tensor:
             x = act if same_site else stash.pop("x")
             if only_steering:  # no need to encode: adding alpha to f adds alpha x decoder row
-                delta = torch.zeros(d.d_sae, dtype=act.dtype, device=act.device)
+                positional = any(e.positions is not None for e in edits)
+                delta = torch.zeros(*act.shape[-2:-1] if positional else (), d.d_sae, dtype=act.dtype, device=act.device)
                 return act + decode_linear(apply_edits(delta, edits), d.w_dec).to(act.dtype) / _scale_out(d)
             features = d.encode(x)
             if capturing:

@@ -47,6 +47,7 @@ from scope_hub.hooks import replace, stop_after
 from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, save_scoped_config
 
 DictionarySource = str | Path | Dictionary
+Positions = slice | Iterable[int] | int | None
 
 
 class ScopedModel(nn.Module):
@@ -189,17 +190,24 @@ class ScopedModel(nn.Module):
         """
         return ModeContext(self, splice=frozenset(self._names(names)), error_term=error_term)
 
-    def steer(self, name: str, feature: int | tuple[int, int], alpha: float) -> ModeContext:
-        """Add ``alpha`` x the feature's decoder direction at the dictionary's output site."""
-        return self._edit(name, feature, "add", alpha)
+    def steer(self, name: str, feature: int | tuple[int, int], alpha: float, *, positions: Positions = None) -> ModeContext:
+        """Add ``alpha`` x the feature's decoder direction at the dictionary's output site.
 
-    def clamp(self, name: str, feature: int | tuple[int, int], value: float) -> ModeContext:
+        ``positions`` (every edit takes it) limits the edit to sequence positions of each forward
+        call: a slice or a list of ints, Python-style (``slice(-1, None)``: the last token, which in
+        ``generate`` with a KV cache means the prompt's last token and then every new token;
+        ``[3, 4]``: those prompt tokens only, as decode steps have one position).
+        """
+        return self._edit(name, feature, "add", alpha, positions)
+
+    def clamp(self, name: str, feature: int | tuple[int, int], value: float, *, positions: Positions = None) -> ModeContext:
         """Hold a feature's activation at ``value`` (the error term is kept)."""
-        return self._edit(name, feature, "set", value)
+        return self._edit(name, feature, "set", value, positions)
 
-    def ablate(self, name: str, features: int | Iterable[int] | tuple[int, Iterable[int]]) -> ModeContext:
+    def ablate(self, name: str, features: int | Iterable[int] | tuple[int, Iterable[int]], *,
+               positions: Positions = None) -> ModeContext:
         """Zero features (for a CLT: ``(layer_index, features)``)."""
-        return self._edit(name, features, "set", 0.0)
+        return self._edit(name, features, "set", 0.0, positions)
 
     @contextlib.contextmanager
     def disable_dictionaries(self) -> Iterator[None]:
@@ -212,13 +220,15 @@ class ScopedModel(nn.Module):
             self._modes.pop()
             self._refresh_hooks()
 
-    def _edit(self, name: str, feature: Any, op: str, value: float) -> ModeContext:
+    def _edit(self, name: str, feature: Any, op: str, value: float, positions: Positions = None) -> ModeContext:
         self._names([name])
         layer = None
         if isinstance(feature, tuple) and len(feature) == 2 and not isinstance(feature[1], float):
             layer, feature = feature
         feats = (feature,) if isinstance(feature, int) else tuple(int(f) for f in feature)
-        edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer)
+        if positions is not None and not isinstance(positions, slice):
+            positions = (int(positions),) if isinstance(positions, int) else tuple(int(p) for p in positions)
+        edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer, positions=positions)
         return ModeContext(self, edits={name: (edit,)})
 
     def _names(self, names: Iterable[str]) -> list[str]:

@@ -175,6 +175,42 @@ def test_steer_clamp_ablate_are_feature_edits_through_the_decoder():
         assert torch.equal(sm(ids).logits, model(ids).logits)
 
 
+def test_edits_limited_to_positions_touch_only_those_positions():
+    model = tiny_model("gemma3")
+    sae = _sae(model, architecture="relu")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
+    hookpoint = sm._attachments["s"].hook_out[0]
+    ids = _ids(seq=6)
+
+    def expect(edit):
+        handle = _plain_hook(model, hookpoint, lambda a: a + (edit(sae.encode(a)) - sae.encode(a)) @ sae.w_dec)
+        try:
+            return model(ids).logits
+        finally:
+            handle.remove()
+
+    def steered(f):
+        f = f.clone()
+        f[:, [1, 4], 3] += 4.0
+        return f
+
+    def clamped(f):
+        f = f.clone()
+        f[:, -2:, 5] = 2.5
+        return f
+
+    steer = sm.steer("s", 3, 4.0, positions=[1, 4, 99])(ids).logits  # 99: past the end, skipped
+    torch.testing.assert_close(steer, expect(steered), rtol=1e-5, atol=1e-5)
+    assert torch.equal(steer[:, 0], model(ids).logits[:, 0])  # causal: nothing before position 1 moves
+    torch.testing.assert_close(sm.clamp("s", 5, 2.5, positions=slice(-2, None))(ids).logits, expect(clamped),
+                               rtol=1e-5, atol=1e-5)
+    with sm.splice(error_term=True), sm.ablate("s", [1, 2], positions=[0]):
+        spliced = sm(ids).logits
+    with sm.splice(error_term=True), sm.ablate("s", [1, 2]):
+        everywhere = sm(ids).logits
+    assert torch.equal(spliced[:, 0], everywhere[:, 0]) and not torch.allclose(spliced[:, 1:], everywhere[:, 1:])
+
+
 @pytest.mark.parametrize("family", ["gemma3", "gpt2"])
 def test_steering_changes_generate_deterministically_with_kv_cache(family):
     model = tiny_model(family)
@@ -192,6 +228,11 @@ def test_steering_changes_generate_deterministically_with_kv_cache(family):
         full = model(first[:, :-1]).logits[:, -1].argmax(-1)
     assert int(full) == int(first[0, -1])
     assert torch.equal(sm.generate(ids, **kwargs), plain), "steering must end with its context"
+    # Prompt positions only: decode steps have one position, so only the prompt's token 1 is steered.
+    prompt_only = sm.steer("s", feature, 50.0, positions=[1]).generate(ids, **kwargs)
+    with sm.steer("s", feature, 50.0, positions=[1]):
+        recomputed = [int(model(prompt_only[:, :t]).logits[0, -1].argmax()) for t in range(4, prompt_only.shape[1])]
+    assert recomputed == prompt_only[0, 4:].tolist()
 
 
 def test_hooks_are_removed_after_an_exception_inside_a_mode():
