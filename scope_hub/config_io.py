@@ -56,8 +56,6 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """
     from safetensors import safe_open
 
-    if not path.is_file():
-        raise DictionaryNotFoundError(f"{path}: weights file not found; the folder must hold it next to config.json")
     try:
         with safe_open(str(path), framework="numpy") as handle:
             infos = {}
@@ -65,6 +63,10 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
                 tensor_slice = handle.get_slice(name)
                 code = tensor_slice.get_dtype()
                 infos[name] = TensorInfo(_SAFETENSORS_DTYPES.get(code, code), tuple(tensor_slice.get_shape()))
+    except FileNotFoundError:
+        raise DictionaryNotFoundError(
+            f"{path}: weights file not found; the folder must hold it next to config.json"
+        ) from None
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError subclasses
         raise WeightsFileError(
             f"{path}: not a readable safetensors file ({exc}); re-download or re-export it"
@@ -76,13 +78,13 @@ def read_config(folder: Path | str) -> DictionaryConfig:
     """Parse ``folder/config.json`` (ours or Gemma Scope 2's) into a :class:`DictionaryConfig`."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    if not path.is_file():
+    try:
+        raw = json.loads(path.read_bytes())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         _refuse_pickle_only(folder)
         raise DictionaryNotFoundError(
             f"{path}: no config.json; a dictionary folder holds config.json + params.safetensors"
-        )
-    try:
-        raw = json.loads(path.read_text())
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc}); fix or re-export the file") from exc
     if not isinstance(raw, dict):

@@ -97,7 +97,7 @@ def load_dictionary_source(
         return source, {"name": _default_name(source), "inline": True}
     folder = Path(source)
     if folder.is_dir():
-        return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": str(folder.resolve())}
+        return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
     try:
         key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
     except KeyParseError as exc:
