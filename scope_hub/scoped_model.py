@@ -181,6 +181,13 @@ class ScopedModel(nn.Module):
         """Attached dictionaries by name."""
         return {name: a.dictionary for name, a in self._attachments.items()}
 
+    def hookpoints(self, name: str) -> tuple[list[str], list[str]]:
+        """(read, write) hookpoints a dictionary resolved to, one per layer, e.g.
+        ``(["model.layers.6.output"], ["model.layers.6.output"])`` for a layer-6 ``resid_post`` SAE;
+        a transcoder reads the MLP input and writes the MLP output. Usable with ``scope_hub.hooks``."""
+        attachment = self._attachments[self._names([name])[0]]
+        return list(attachment.hook_in), list(attachment.hook_out)
+
     # --- modes ----------------------------------------------------------------------------
     def splice(self, *names: str, error_term: bool = False) -> ModeContext:
         """Replace each named (default: every) dictionary's site by its output.

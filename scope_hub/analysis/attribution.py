@@ -159,10 +159,9 @@ def ablation_effects(
 def dictionary_hookpoints(scoped: ScopedModel, name: str) -> tuple[str, str]:
     """``(reads, writes)``: the hookpoints single-site dictionary ``name`` is attached at."""
     _single_site(scoped, name)
-    # The attachment holds the hookpoints ScopedModel resolved (explicit hook points, templates,
-    # adapters); reading them keeps analyses on exactly the sites the modes hook.
-    attachment = scoped._attachments[name]
-    return attachment.hook_in[0], attachment.hook_out[0]
+    # The hookpoints ScopedModel resolved keep analyses on exactly the sites the modes hook.
+    reads, writes = scoped.hookpoints(name)
+    return reads[0], writes[0]
 
 
 def output_hookpoint(scoped: ScopedModel, name: str) -> str:

@@ -69,7 +69,7 @@ def test_splice_matches_hand_written_replacement_and_error_term_restores_logits(
     model = tiny_model(family)
     sae = _sae(model, site=site)
     sm = ScopedModel.from_pretrained(model, dictionaries={"d": sae})
-    hookpoint = sm._attachments["d"].hook_out[0]
+    hookpoint = sm.hookpoints("d")[1][0]
     ids = _ids()
     bare = model(ids).logits
     handle = _plain_hook(model, hookpoint, lambda act: sae(act))
@@ -143,7 +143,7 @@ def test_steer_clamp_ablate_are_feature_edits_through_the_decoder():
     model = tiny_model("llama")
     sae = _sae(model, architecture="relu")
     sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
-    hookpoint = sm._attachments["s"].hook_out[0]
+    hookpoint = sm.hookpoints("s")[1][0]
     ids = _ids()
 
     def expect(edit):
@@ -179,7 +179,7 @@ def test_edits_limited_to_positions_touch_only_those_positions():
     model = tiny_model("gemma3")
     sae = _sae(model, architecture="relu")
     sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
-    hookpoint = sm._attachments["s"].hook_out[0]
+    hookpoint = sm.hookpoints("s")[1][0]
     ids = _ids(seq=6)
 
     def expect(edit):
@@ -313,3 +313,16 @@ def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
     bad = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=8))  # no site or layer
     with pytest.raises(ValueError, match="neither hook_point_in nor site"):
         sm.attach(bad, name="bad")
+
+
+def test_hookpoints_are_public_and_match_the_adapter():
+    model = tiny_model("gemma3")
+    adapter = adapter_for(model)
+    transcoder = make_dictionary(make_config("transcoder", "relu", d_in=adapter.site_width("mlp_in"),
+                                             d_out=adapter.site_width("mlp_out"), site="mlp_in",
+                                             site_out="mlp_out", layer=LAYER))
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": _sae(model), "t": transcoder})
+    assert sm.hookpoints("s") == ([str(adapter.hookpoint("resid_post", LAYER))],) * 2
+    assert sm.hookpoints("t") == ([str(adapter.hookpoint("mlp_in", LAYER))], [str(adapter.hookpoint("mlp_out", LAYER))])
+    with pytest.raises(KeyError, match="attached: \\['s', 't'\\]"):
+        sm.hookpoints("x")
