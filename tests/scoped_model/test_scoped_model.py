@@ -139,38 +139,36 @@ def test_clt_splices_every_mlp_output_from_all_earlier_layers():
     assert cache["clt"].shape == (2, 7, N_LAYERS, 16)
 
 
+def _hand_edited_logits(model, sae, hookpoint, ids, where, value, add=False):
+    """Logits with a plain hook that edits ``features[where]`` (add or set) and writes the change through the decoder."""
+    def edit(act):
+        features = sae.encode(act)
+        edited = features.clone()
+        if add:
+            edited[where] += value
+        else:
+            edited[where] = value
+        return act + (edited - features) @ sae.w_dec
+
+    handle = _plain_hook(model, hookpoint, edit)
+    try:
+        return model(ids).logits
+    finally:
+        handle.remove()
+
+
 def test_steer_clamp_ablate_are_feature_edits_through_the_decoder():
     model = tiny_model("llama")
     sae = _sae(model, architecture="relu")
     sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
-    hookpoint = sm.hookpoints("s")[1][0]
     ids = _ids()
 
-    def expect(edit):
-        handle = _plain_hook(model, hookpoint, lambda a: a + (edit(sae.encode(a)) - sae.encode(a)) @ sae.w_dec)
-        try:
-            return model(ids).logits
-        finally:
-            handle.remove()
+    def expect(where, value, add=False):
+        return _hand_edited_logits(model, sae, sm.hookpoints("s")[1][0], ids, where, value, add)
 
-    def steered(f):
-        f = f.clone()
-        f[..., 3] += 4.0
-        return f
-
-    def clamped(f):
-        f = f.clone()
-        f[..., 5] = 2.5
-        return f
-
-    def ablated(f):
-        f = f.clone()
-        f[..., [1, 2]] = 0
-        return f
-
-    torch.testing.assert_close(sm.steer("s", 3, 4.0)(ids).logits, expect(steered), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sm.clamp("s", 5, 2.5)(ids).logits, expect(clamped), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sm.ablate("s", [1, 2])(ids).logits, expect(ablated), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.steer("s", 3, 4.0)(ids).logits, expect((..., 3), 4.0, add=True), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.clamp("s", 5, 2.5)(ids).logits, expect((..., 5), 2.5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.ablate("s", [1, 2])(ids).logits, expect((..., [1, 2]), 0.0), rtol=1e-5, atol=1e-5)
     with sm.steer("s", 3, 4.0), sm.disable_dictionaries():
         assert torch.equal(sm(ids).logits, model(ids).logits)
 
@@ -179,31 +177,16 @@ def test_edits_limited_to_positions_touch_only_those_positions():
     model = tiny_model("gemma3")
     sae = _sae(model, architecture="relu")
     sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
-    hookpoint = sm.hookpoints("s")[1][0]
     ids = _ids(seq=6)
 
-    def expect(edit):
-        handle = _plain_hook(model, hookpoint, lambda a: a + (edit(sae.encode(a)) - sae.encode(a)) @ sae.w_dec)
-        try:
-            return model(ids).logits
-        finally:
-            handle.remove()
-
-    def steered(f):
-        f = f.clone()
-        f[:, [1, 4], 3] += 4.0
-        return f
-
-    def clamped(f):
-        f = f.clone()
-        f[:, -2:, 5] = 2.5
-        return f
+    def expect(where, value, add=False):
+        return _hand_edited_logits(model, sae, sm.hookpoints("s")[1][0], ids, where, value, add)
 
     steer = sm.steer("s", 3, 4.0, positions=[1, 4, 99])(ids).logits  # 99: past the end, skipped
-    torch.testing.assert_close(steer, expect(steered), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(steer, expect((slice(None), [1, 4], 3), 4.0, add=True), rtol=1e-5, atol=1e-5)
     assert torch.equal(steer[:, 0], model(ids).logits[:, 0])  # causal: nothing before position 1 moves
-    torch.testing.assert_close(sm.clamp("s", 5, 2.5, positions=slice(-2, None))(ids).logits, expect(clamped),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sm.clamp("s", 5, 2.5, positions=slice(-2, None))(ids).logits,
+                               expect((slice(None), slice(-2, None), 5), 2.5), rtol=1e-5, atol=1e-5)
     with sm.splice(error_term=True), sm.ablate("s", [1, 2], positions=[0]):
         spliced = sm(ids).logits
     with sm.splice(error_term=True), sm.ablate("s", [1, 2]):
