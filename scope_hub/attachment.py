@@ -17,6 +17,7 @@ reconstruction of the edited features (plus the exact error when
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,8 +43,16 @@ class FeatureEdit:
     layer: int | None = None
     """CLT source layer the features belong to (position in ``config.layers``)."""
     positions: slice | tuple[int, ...] | None = None
-    """Sequence positions of each forward call to edit (None: all). Indices past a call's length
-    are skipped, so prompt positions are left alone in ``generate``'s one-token decode steps."""
+    """Sequence positions to edit (None: all). Ints >= 0 and slices with non-negative bounds are
+    absolute positions in the sequence (with a KV cache, a decode step's token is at the cache
+    length); negative ints and slices with a negative bound count from the end of each forward call."""
+
+
+@dataclass
+class PositionClock:
+    """Absolute position of the first token of the forward call in flight (the KV cache's length)."""
+
+    offset: int = 0
 
 
 @dataclass
@@ -64,10 +73,17 @@ class Mode:
     """Padding mask of the current call; padded positions are zeroed in captured features."""
     sparse: bool = False
     """Capture features as SparseFeatures instead of dense tensors."""
+    clock: PositionClock = field(default_factory=PositionClock)
+    """Shared by every mode of one ScopedModel; set before each forward while positional edits are active."""
+
+    def has_positional_edits(self) -> bool:
+        return any(e.positions is not None for edits in self.edits.values() for e in edits)
 
 
-def apply_edits(features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: int | None = None) -> torch.Tensor:
-    """A copy of ``features`` with every edit (for ``layer``, in CLTs) applied in order."""
+def apply_edits(features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: int | None = None,
+                offset: int = 0) -> torch.Tensor:
+    """A copy of ``features`` ``[..., seq, d_sae]`` with every edit (for ``layer``, in CLTs) applied in order;
+    ``offset`` is the absolute position of the first of the ``seq`` tokens."""
     edited = features.clone()
     for edit in edits:
         if edit.layer != layer:
@@ -79,22 +95,77 @@ def apply_edits(features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: i
             else:
                 edited[..., index] = edit.value
             continue
-        where = position_mask(edit.positions, edited.shape[-2], edited.device).unsqueeze(-1)
+        where = position_mask(edit.positions, edited.shape[-2], offset, edited.device).unsqueeze(-1)
         if edit.op == "add":
             edited[..., index] += edit.value * where.to(edited.dtype)
         else:
-            edited[..., index] = torch.where(where, torch.tensor(edit.value, dtype=edited.dtype), edited[..., index])
+            edited[..., index] = edited[..., index].masked_fill(where, edit.value)
     return edited
 
 
-def position_mask(positions: slice | tuple[int, ...], length: int, device: torch.device) -> torch.Tensor:
-    """Boolean ``[length]`` mask of the positions (Python indexing; out-of-range ints skipped)."""
+def steering_delta(dictionary: Dictionary, edits: tuple[FeatureEdit, ...], act: torch.Tensor,
+                   offset: int) -> torch.Tensor:
+    """What adding ``value`` to features adds at the output site: value x their decoder rows (masked to positions)."""
+    total: torch.Tensor | float = 0.0
+    for edit in edits:
+        direction = edit.value * dictionary.w_dec[list(edit.features)].sum(0)
+        if edit.positions is not None:
+            mask = position_mask(edit.positions, act.shape[-2], offset, act.device)
+            direction = mask.unsqueeze(-1).to(direction.dtype) * direction
+        total = total + direction
+    return (total / _scale_out(dictionary)).to(act.dtype)
+
+
+def position_mask(positions: slice | tuple[int, ...], length: int, offset: int, device: torch.device) -> torch.Tensor:
+    """Boolean ``[length]`` mask over a forward call whose first token sits at absolute position ``offset``.
+
+    Example:
+        >>> position_mask((0, 2, -1), 4, 0, "cpu").tolist()      # absolute 0 and 2, and this call's last
+        [True, False, True, True]
+        >>> position_mask((0, 2, -1), 1, 5, "cpu").tolist()      # a decode step at position 5: only -1
+        [True]
+        >>> position_mask(slice(3, None), 2, 2, "cpu").tolist()  # from absolute position 3 on
+        [False, True]
+    """
     mask = torch.zeros(length, dtype=torch.bool)
     if isinstance(positions, slice):
-        mask[positions] = True
+        bounds = (positions.start, positions.stop)
+        if any(b is not None and b < 0 for b in bounds):
+            mask[positions] = True  # relative to this call
+        else:
+            absolute = torch.arange(offset, offset + length)
+            start, step = positions.start or 0, positions.step or 1
+            mask = (absolute >= start) & ((absolute - start) % step == 0)
+            if positions.stop is not None:
+                mask &= absolute < positions.stop
     else:
-        mask[[p for p in positions if -length <= p < length]] = True
+        local = [p - offset if p >= 0 else length + p for p in positions]
+        mask[[i for i in local if 0 <= i < length]] = True
     return mask.to(device)
+
+
+def normalize_positions(positions: Any) -> slice | tuple[int, ...] | None:
+    """Normalise ``positions=`` (a slice, an int-like, or int-likes) for a FeatureEdit."""
+    if positions is None:
+        return None
+    if isinstance(positions, slice):
+        if positions.step is not None and positions.step <= 0:
+            raise ValueError(f"positions={positions}: the step must be positive")
+        return positions
+    try:
+        return (operator.index(positions),)
+    except TypeError:
+        return tuple(operator.index(p) for p in positions)
+
+
+def cache_length(kwargs: dict[str, Any]) -> int:
+    """Tokens already in the KV cache of a forward call (0 without one): the call's first absolute position."""
+    for name in ("cache", "past_key_values"):
+        cache = kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
+    cache_position = kwargs.get("cache_position")
+    return int(cache_position.reshape(-1)[0]) if cache_position is not None and cache_position.numel() else 0
 
 
 class Attachment:
@@ -138,15 +209,13 @@ class SingleSiteAttachment(Attachment):
         def write(act: torch.Tensor) -> torch.Tensor:
             x = act if same_site else stash.pop("x")
             if only_steering:  # no need to encode: adding alpha to f adds alpha x decoder row
-                positional = any(e.positions is not None for e in edits)
-                delta = torch.zeros(*act.shape[-2:-1] if positional else (), d.d_sae, dtype=act.dtype, device=act.device)
-                return act + decode_linear(apply_edits(delta, edits), d.w_dec).to(act.dtype) / _scale_out(d)
+                return act + steering_delta(d, edits, act, mode.clock.offset)
             features = d.encode(x)
             if capturing:
                 self._record(mode, features)
             if not (spliced or edits):
                 return act
-            edited = apply_edits(features, edits) if edits else features
+            edited = apply_edits(features, edits, offset=mode.clock.offset) if edits else features
             if not spliced:
                 return act + (decode_linear(edited - features, d.w_dec) / _scale_out(d)).to(act.dtype)
             out = d.decode(edited)
@@ -180,7 +249,7 @@ class CLTAttachment(Attachment):
                     feats.clear(), edited.clear(), inputs.clear()
                 f = clt.encode_layer(i, act)
                 feats.append(f)
-                edited.append(apply_edits(f, edits, layer=i) if edits else f)
+                edited.append(apply_edits(f, edits, layer=i, offset=mode.clock.offset) if edits else f)
                 inputs.append(act)
                 if capturing and i == n - 1:
                     self._record(mode, torch.stack(feats, dim=-2))

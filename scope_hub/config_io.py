@@ -63,11 +63,13 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
                 tensor_slice = handle.get_slice(name)
                 code = tensor_slice.get_dtype()
                 infos[name] = TensorInfo(_SAFETENSORS_DTYPES.get(code, code), tuple(tensor_slice.get_shape()))
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError):
         raise DictionaryNotFoundError(
             f"{path}: weights file not found; the folder must hold it next to config.json"
         ) from None
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError subclasses
+        if path.is_dir():  # safetensors reports a directory as "No such device (os error 19)"
+            raise DictionaryNotFoundError(f"{path}: is a folder, not a safetensors file") from None
         raise WeightsFileError(
             f"{path}: not a readable safetensors file ({exc}); re-download or re-export it"
         ) from exc

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scope_hub.attachment import Attachment, FeatureEdit, Mode, attachment_for
+from scope_hub.attachment import Attachment, FeatureEdit, Mode, attachment_for, cache_length, normalize_positions
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
@@ -200,10 +200,13 @@ class ScopedModel(nn.Module):
     def steer(self, name: str, feature: int | tuple[int, int], alpha: float, *, positions: Positions = None) -> ModeContext:
         """Add ``alpha`` x the feature's decoder direction at the dictionary's output site.
 
-        ``positions`` (every edit takes it) limits the edit to sequence positions of each forward
-        call: a slice or a list of ints, Python-style (``slice(-1, None)``: the last token, which in
-        ``generate`` with a KV cache means the prompt's last token and then every new token;
-        ``[3, 4]``: those prompt tokens only, as decode steps have one position).
+        ``positions`` (every edit takes it) limits the edit to some sequence positions: ints >= 0
+        and slices with non-negative bounds are absolute positions (``[3, 4]``: those prompt tokens
+        only, also during ``generate``; ``slice(3, None)``: position 3 and everything after it,
+        generated tokens included); negative ints and slices with a negative bound count from the
+        end of each forward call (``slice(-1, None)``: the prompt's last token, then each new
+        token of ``generate``). Positions count padding: with left-padded batches an absolute
+        position lands on different tokens per row.
         """
         return self._edit(name, feature, "add", alpha, positions)
 
@@ -233,9 +236,7 @@ class ScopedModel(nn.Module):
         if isinstance(feature, tuple) and len(feature) == 2 and not isinstance(feature[1], float):
             layer, feature = feature
         feats = (feature,) if isinstance(feature, int) else tuple(int(f) for f in feature)
-        if positions is not None and not isinstance(positions, slice):
-            positions = (int(positions),) if isinstance(positions, int) else tuple(int(p) for p in positions)
-        edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer, positions=positions)
+        edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions))
         return ModeContext(self, edits={name: (edit,)})
 
     def _names(self, names: Iterable[str]) -> list[str]:
@@ -266,6 +267,11 @@ class ScopedModel(nn.Module):
         mode = self._modes[-1]
         stack = contextlib.ExitStack()
         try:
+            if mode.has_positional_edits():  # absolute positions need the KV cache's length per call
+                clock = mode.clock
+                handle = self.model.register_forward_pre_hook(
+                    lambda _module, _args, kwargs: setattr(clock, "offset", cache_length(kwargs)), with_kwargs=True)
+                stack.callback(handle.remove)
             for attachment in self._attachments.values():
                 for hookpoint, fn in attachment.hooks(mode):
                     stack.enter_context(replace(self.model, hookpoint, fn))

@@ -133,7 +133,8 @@ def _run(argv: Sequence[str]) -> int:
     top = _top_parser().parse_args(argv)
     command = COMMANDS.get(top.command)
     if command is None:
-        _top_parser().error(f"unknown command {top.command!r}; choose from {', '.join(COMMANDS)}")
+        _top_parser().error(f"unknown command {top.command!r}; choose from {', '.join(COMMANDS)} (plugin "
+                            f"commands such as `train` appear once their package is installed: pip install -e .)")
     module, _, function = command.target.partition(":")
     sub = _Parser(prog=f"{PROG} {command.name}", description=command.help)
     _global_options(sub, default=top.registry)

@@ -29,7 +29,8 @@ from scope_hub.tensor_layout import TensorSpec, check_tensors
 class Dictionary(nn.Module):
     """A learned sparse basis attached to a model site. Subclasses define the math.
 
-    Construct with a config for fresh (uninitialised) parameters, or load with
+    Construct with a config for fresh parameters (random unit directions, see
+    :meth:`reset_parameters`), or load with
     :meth:`from_pretrained`. Inputs may have any leading shape ``[..., d_in]``;
     computation happens in the parameters' dtype and device.
     """
@@ -63,7 +64,9 @@ class Dictionary(nn.Module):
         """Give every parameter a usable starting value; the constructor does this, as ``nn.Linear`` does.
 
         Decoder and encoder directions are random unit vectors, one per latent; biases, thresholds
-        and skip weights start at zero (a JumpReLU then acts as a ReLU). Trainers apply their own
+        and skip weights start at zero (a JumpReLU then acts as a ReLU). The directions come from
+        ``generator``, else torch's global RNG (seed it for reproducible fresh dictionaries, as
+        with ``nn.Linear``), drawn on the parameters' device. Trainers apply their own
         recipe on top (``trainers.params.init_dictionary``). Loading never pays for this: weights
         read from disk replace placeholders built on the meta device.
 
@@ -78,7 +81,8 @@ class Dictionary(nn.Module):
         for spec in self.tensor_specs(self.config):
             param = self.get_parameter(spec.attr)
             if spec.name in ("w_enc", "w_dec"):
-                direction = torch.randn(param.shape, generator=generator)
+                device = generator.device if generator is not None else param.device
+                direction = torch.randn(param.shape, generator=generator, device=device, dtype=param.dtype)
                 other_axes = [a for a in range(direction.ndim) if a != spec.latent_axis]
                 param.copy_(direction / direction.norm(dim=other_axes, keepdim=True))
             else:

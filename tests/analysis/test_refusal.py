@@ -145,7 +145,7 @@ def test_mean_difference_and_errors(planted):
         )
 
 
-def test_cli_refusal_command(tmp_path):
+def test_cli_refusal_command(tmp_path, capsys):
     from scope_hub.cli import main, register_command
     from tests.analysis.helpers import chat_tokenizer, sae_with_feature, unit
     from tests.tiny_models import tiny_llama
@@ -165,4 +165,6 @@ def test_cli_refusal_command(tmp_path):
     assert main(args) == 0
     text = report.read_text()
     assert "## Refusal direction by layer" in text and "## Features" in text and "ablate direction" in text
+    capsys.readouterr()
     assert main(["refusal", "--model", str(tmp_path / "model"), "--layers", "9", *files]) == 1  # out of range
+    assert "layers must lie in 0..2" in capsys.readouterr().err

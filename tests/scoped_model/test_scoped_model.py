@@ -185,6 +185,9 @@ def test_edits_limited_to_positions_touch_only_those_positions():
     steer = sm.steer("s", 3, 4.0, positions=[1, 4, 99])(ids).logits  # 99: past the end, skipped
     torch.testing.assert_close(steer, expect((slice(None), [1, 4], 3), 4.0, add=True), rtol=1e-5, atol=1e-5)
     assert torch.equal(steer[:, 0], model(ids).logits[:, 0])  # causal: nothing before position 1 moves
+    assert torch.equal(sm.steer("s", 3, 4.0, positions=torch.tensor([1, 4]))(ids).logits, steer)  # int-likes
+    with pytest.raises(ValueError, match="step must be positive"):
+        sm.steer("s", 3, 4.0, positions=slice(None, None, -1))
     torch.testing.assert_close(sm.clamp("s", 5, 2.5, positions=slice(-2, None))(ids).logits,
                                expect((slice(None), slice(-2, None), 5), 2.5), rtol=1e-5, atol=1e-5)
     with sm.splice(error_term=True), sm.ablate("s", [1, 2], positions=[0]):
@@ -211,11 +214,15 @@ def test_steering_changes_generate_deterministically_with_kv_cache(family):
         full = model(first[:, :-1]).logits[:, -1].argmax(-1)
     assert int(full) == int(first[0, -1])
     assert torch.equal(sm.generate(ids, **kwargs), plain), "steering must end with its context"
-    # Prompt positions only: decode steps have one position, so only the prompt's token 1 is steered.
-    prompt_only = sm.steer("s", feature, 50.0, positions=[1]).generate(ids, **kwargs)
-    with sm.steer("s", feature, 50.0, positions=[1]):
-        recomputed = [int(model(prompt_only[:, :t]).logits[0, -1].argmax()) for t in range(4, prompt_only.shape[1])]
-    assert recomputed == prompt_only[0, 4:].tolist()
+    # Absolute positions mean the same with a KV cache as in a full recompute: prompt tokens only
+    # ([0], [1]), from a position on (slice(5, None): generated tokens too). The last token of each
+    # call (slice(-1, None)) is the prompt's last (3), then every new token: slice(3, None) in a recompute.
+    for positions, recompute_positions in [([0], [0]), ([1], [1]), (slice(5, None), slice(5, None)),
+                                           (slice(-1, None), slice(3, None))]:
+        generated = sm.steer("s", feature, 50.0, positions=positions).generate(ids, **kwargs)
+        with sm.steer("s", feature, 50.0, positions=recompute_positions):
+            recomputed = [int(model(generated[:, :t]).logits[0, -1].argmax()) for t in range(4, generated.shape[1])]
+        assert recomputed == generated[0, 4:].tolist(), positions
 
 
 def test_hooks_are_removed_after_an_exception_inside_a_mode():
