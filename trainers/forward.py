@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scope_hub.dictionaries import Dictionary
-from trainers.kernels import JumpReLUSTE, Selection, gather_pre, select_above, select_batch_topk, select_topk, sparse_decode
+from trainers.kernels import JumpReLUDense, JumpReLUSTE, Selection, gather_pre, select_above, select_batch_topk, select_topk, sparse_decode
 
 
 @dataclass
@@ -173,8 +173,7 @@ def _encode_sparse(lp: LayerParams, x: torch.Tensor, pre: torch.Tensor, spec: Sp
 def _encode_dense(lp: LayerParams, pre: torch.Tensor, spec: SparsitySpec) -> LayerCode:
     arch, tau = spec.architecture, None
     if arch == "jumprelu":
-        f, step = JumpReLUSTE.apply(pre, lp.threshold, spec.bandwidth)
-        l0_tokens = step.sum(-1)
+        f, l0_tokens = JumpReLUDense.apply(pre, lp.threshold, spec.bandwidth)
     else:
         if arch == "topk":
             values, idx = pre.topk(spec.k, dim=-1, sorted=False)

@@ -7,7 +7,7 @@ import torch
 
 from tests.trainers.helpers import run_planted
 from trainers.evals import evaluate
-from trainers.kernels import JumpReLUSTE
+from trainers.kernels import JumpReLUDense, JumpReLUSTE
 from trainers.losses import l0_penalty
 from trainers.publish import export_dictionary
 
@@ -35,6 +35,25 @@ def test_step_function_gradients_follow_the_rectangle_kernel() -> None:
     assert pre.grad.tolist() == [1.0, 1.0, 0.0, 0.0]
     expected = -(0.1 + 10) / 0.001
     assert theta.grad.tolist() == pytest.approx([0.0, expected, expected, 0.0], rel=1e-4)
+
+
+def test_dense_jumprelu_matches_the_elementwise_estimator() -> None:
+    # Dense [batch, d_sae] path (row L0s, saved mask) vs JumpReLUSTE + step.sum: same values and gradients,
+    # with entries placed inside the rectangle window so the threshold gradient is exercised.
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.rand(16, generator=gen) * 0.1
+    pre = theta + (torch.rand(32, 16, generator=gen) - 0.5) * 0.004  # many |pre - theta| < bw/2
+    weights = torch.randn(32, 16, generator=gen)
+    results = []
+    for fn in (JumpReLUDense, JumpReLUSTE):
+        p, t = pre.clone().requires_grad_(), theta.clone().requires_grad_()
+        f, second = fn.apply(p, t, 0.002)
+        l0 = second if fn is JumpReLUDense else second.sum(-1)
+        ((f * weights).sum() + (l0 - 3.0).pow(2).sum()).backward()
+        results.append((f.detach(), l0.detach(), p.grad, t.grad))
+    assert int(((pre - theta).abs() < 0.001).sum()) > 50
+    for ours, reference in zip(*results):
+        torch.testing.assert_close(ours, reference)
 
 
 @pytest.mark.parametrize("mode", ["batch_mean", "per_token"])
