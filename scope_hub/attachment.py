@@ -73,6 +73,9 @@ class Mode:
     """Padding mask of the current call; padded positions are zeroed in captured features."""
     sparse: bool = False
     """Capture features as SparseFeatures instead of dense tensors."""
+    live_features: bool = False
+    """Captured single-site features stay in the graph and require grad even when model and dictionary
+    are frozen (``ScopedModel.capture``)."""
     clock: PositionClock = field(default_factory=PositionClock)
     """Shared by every mode of one ScopedModel; set before each forward while positional edits are active."""
 
@@ -211,6 +214,8 @@ class SingleSiteAttachment(Attachment):
             if only_steering:  # no need to encode: adding alpha to f adds alpha x decoder row
                 return act + steering_delta(d, edits, act, mode.clock.offset)
             features = d.encode(x)
+            if mode.live_features and torch.is_grad_enabled() and not features.requires_grad:
+                features = features.detach().requires_grad_()  # frozen model and dictionary: a leaf to differentiate
             if capturing:
                 self._record(mode, features)
             if not (spliced or edits):

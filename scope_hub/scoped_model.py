@@ -219,6 +219,27 @@ class ScopedModel(nn.Module):
         """Zero features (for a CLT: ``(layer_index, features)``)."""
         return self._edit(name, features, "set", 0.0, positions)
 
+    def capture(self, *names: str, into: dict[str, Any]) -> ModeContext:
+        """Record the live features of the named (default: every) dictionary into ``into`` on each forward.
+
+        The dictionaries are spliced with their error term, so outputs equal the bare model's and the
+        recorded tensors are the ones the forward decodes: gradients of anything downstream reach
+        them (activation x gradient attribution), also when model and dictionary are frozen. Each
+        forward overwrites the entries; padding is not masked (the tensor must stay the decoded
+        one). For a CLT the record is a stacked copy of its layers' features, without gradients.
+
+        Example (``sm`` from the module example; a transcoder or SAE named ``"sae"``)::
+
+            feats = {}
+            with torch.enable_grad(), sm.capture("sae", into=feats):
+                logit = sm(ids).logits[0, -1, target]
+                grad, = torch.autograd.grad(logit, feats["sae"])
+            attribution = feats["sae"] * grad     # [batch, seq, d_sae]
+        """
+        chosen = frozenset(self._names(names))
+        return ModeContext(self, splice=chosen, error_term=True, capture=into, capture_names=chosen, sparse=False,
+                           live_features=True)
+
     @contextlib.contextmanager
     def disable_dictionaries(self) -> Iterator[None]:
         """No dictionary hook runs inside this context (like PEFT's ``disable_adapter()``)."""

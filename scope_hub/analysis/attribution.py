@@ -92,11 +92,8 @@ def spliced_capture(scoped: ScopedModel, name: str, cache: dict[str, Any]) -> Mo
     The recorded tensor is the one the forward decodes (not a detached copy), so gradients
     of anything downstream can be taken with respect to it.
     """
-    # ModeContext's fields mirror attachment.Mode; no attention_mask so the exact tensor is stored.
     _single_site(scoped, name)
-    return ModeContext(
-        scoped, splice=frozenset({name}), error_term=True, capture=cache, capture_names=frozenset({name}), sparse=False
-    )
+    return scoped.capture(name, into=cache)
 
 
 @dataclass

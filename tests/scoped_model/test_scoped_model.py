@@ -316,3 +316,32 @@ def test_hookpoints_are_public_and_match_the_adapter():
     assert sm.hookpoints("t") == ([str(adapter.hookpoint("mlp_in", LAYER))], [str(adapter.hookpoint("mlp_out", LAYER))])
     with pytest.raises(KeyError, match="attached: \\['s', 't'\\]"):
         sm.hookpoints("x")
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt2"])
+def test_capture_records_live_features_whose_gradient_is_the_chain_rule(family):
+    model = tiny_model(family)
+    sae = _sae(model, architecture="relu")
+    sm = ScopedModel.from_pretrained(model, dictionaries={"s": sae})
+    ids = _ids()
+    # Reference: d logit / d (site activation) in the bare model, through a plain hook, then the chain
+    # rule through the linear decoder: d logit / d f = d logit / d act @ w_dec^T.
+    held = {}
+    handle = _plain_hook(model, sm.hookpoints("s")[1][0], lambda a: held.setdefault("act", a.detach().requires_grad_()))
+    try:
+        bare_logit = model(ids).logits[1, -1, 7]
+        (grad_act,) = torch.autograd.grad(bare_logit, held["act"])
+    finally:
+        handle.remove()
+    feats = {}
+    with sm.capture("s", into=feats):
+        logits = sm(ids).logits
+        (grad_f,) = torch.autograd.grad(logits[1, -1, 7], feats["s"])
+    torch.testing.assert_close(logits, model(ids).logits, rtol=1e-5, atol=SPLICE_ATOL)  # error term: outputs unchanged
+    torch.testing.assert_close(feats["s"].detach(), sae.encode(held["act"].detach()))
+    torch.testing.assert_close(grad_f, grad_act @ sae.w_dec.detach().T, rtol=1e-4, atol=1e-6)
+    assert not attached_hookpoints(model)  # the context removed its hooks
+    model.requires_grad_(False), sae.requires_grad_(False)  # frozen, as for attribution on a big model
+    with sm.capture("s", into=feats):
+        (frozen_grad,) = torch.autograd.grad(sm(ids).logits[1, -1, 7], feats["s"])
+    torch.testing.assert_close(frozen_grad, grad_f)
