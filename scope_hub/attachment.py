@@ -61,21 +61,18 @@ class Mode:
 
     splice: frozenset[str] = frozenset()
     """Names of dictionaries whose site is replaced by their output."""
-    error_term: bool = False
-    """Whether spliced sites add back the exact error."""
+    error_term: frozenset[str] = frozenset()
+    """Spliced dictionaries that add back their exact error (outputs equal the bare model's)."""
     edits: dict[str, tuple[FeatureEdit, ...]] = field(default_factory=dict)
     """Feature edits per dictionary name."""
-    capture: dict[str, Any] | None = None
-    """When set, features of every hooked dictionary are written here by name."""
-    capture_names: frozenset[str] | None = None
-    """Dictionaries to capture (None: all)."""
+    captures: dict[str, tuple[tuple[dict[str, Any], bool], ...]] = field(default_factory=dict)
+    """Dictionary name -> ``(target, live)`` pairs: on each forward its features are written to every
+    target under the name. Live records (``ScopedModel.capture``) are the tensor the forward decodes,
+    never masked or sparsified, and a grad-requiring leaf when model and dictionary are frozen."""
     attention_mask: torch.Tensor | None = None
-    """Padding mask of the current call; padded positions are zeroed in captured features."""
+    """Padding mask of the current ``run_with_cache`` call; padded positions are zeroed in its records."""
     sparse: bool = False
-    """Capture features as SparseFeatures instead of dense tensors."""
-    live_features: bool = False
-    """Captured single-site features stay in the graph and require grad even when model and dictionary
-    are frozen (``ScopedModel.capture``)."""
+    """``run_with_cache`` records SparseFeatures instead of dense tensors."""
     clock: PositionClock = field(default_factory=PositionClock)
     """Shared by every mode of one ScopedModel; set before each forward while positional edits are active."""
 
@@ -161,12 +158,14 @@ def normalize_positions(positions: Any) -> slice | tuple[int, ...] | None:
         return tuple(operator.index(p) for p in positions)
 
 
-def cache_length(kwargs: dict[str, Any]) -> int:
-    """Tokens already in the KV cache of a forward call (0 without one): the call's first absolute position."""
-    for name in ("cache", "past_key_values"):
-        cache = kwargs.get(name)
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            return int(cache.get_seq_length())
+def cache_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Tokens already in the KV cache of a forward call (0 without one): the call's first absolute position.
+
+    The cache is found by what it is (``get_seq_length``), whether passed by keyword or by position.
+    """
+    for value in (kwargs.get("cache"), kwargs.get("past_key_values"), *args):
+        if value is not None and hasattr(value, "get_seq_length"):
+            return int(value.get_seq_length())
     cache_position = kwargs.get("cache_position")
     return int(cache_position.reshape(-1)[0]) if cache_position is not None and cache_position.numel() else 0
 
@@ -184,7 +183,7 @@ class Attachment:
         """(hookpoint, fn) pairs implementing ``mode`` for this dictionary; empty when nothing to do."""
         spliced = self.name in mode.splice
         edits = mode.edits.get(self.name, ())
-        capturing = mode.capture is not None and (mode.capture_names is None or self.name in mode.capture_names)
+        capturing = self.name in mode.captures
         if not (spliced or edits or capturing):
             return []
         return self._hooks(mode, spliced, edits, capturing)
@@ -193,11 +192,19 @@ class Attachment:
         raise NotImplementedError
 
     def _record(self, mode: Mode, features: torch.Tensor) -> None:
-        mask = mode.attention_mask
-        if mask is not None and mask.shape == features.shape[:2]:
-            shape = mask.shape + (1,) * (features.dim() - 2)
-            features = features * mask.reshape(shape).to(features.dtype)
-        mode.capture[self.name] = SparseFeatures.from_dense(features) if mode.sparse else features
+        observed = None
+        for target, live in mode.captures[self.name]:
+            if live:
+                target[self.name] = features
+                continue
+            if observed is None:
+                observed = features
+                mask = mode.attention_mask
+                if mask is not None and mask.shape == features.shape[:2]:
+                    shape = mask.shape + (1,) * (features.dim() - 2)
+                    observed = features * mask.reshape(shape).to(features.dtype)
+                observed = SparseFeatures.from_dense(observed) if mode.sparse else observed
+            target[self.name] = observed
 
 
 class SingleSiteAttachment(Attachment):
@@ -214,7 +221,8 @@ class SingleSiteAttachment(Attachment):
             if only_steering:  # no need to encode: adding alpha to f adds alpha x decoder row
                 return act + steering_delta(d, edits, act, mode.clock.offset)
             features = d.encode(x)
-            if mode.live_features and torch.is_grad_enabled() and not features.requires_grad:
+            live = capturing and any(is_live for _, is_live in mode.captures[self.name])
+            if live and torch.is_grad_enabled() and not features.requires_grad:
                 features = features.detach().requires_grad_()  # frozen model and dictionary: a leaf to differentiate
             if capturing:
                 self._record(mode, features)
@@ -226,7 +234,7 @@ class SingleSiteAttachment(Attachment):
             out = d.decode(edited)
             if isinstance(d, SkipTranscoder):
                 out = out + d.skip(x)
-            if mode.error_term:
+            if self.name in mode.error_term:
                 reference = d.decode(features) + (d.skip(x) if isinstance(d, SkipTranscoder) else 0)
                 out = out + (act - reference.to(act.dtype)).detach()
             return out.to(act.dtype)
@@ -268,7 +276,7 @@ class CLTAttachment(Attachment):
                 pred = clt.decode_layer(j, edited) + clt.skip_layer(j, inputs[j])
                 if not spliced:
                     return act + (pred - clt.decode_layer(j, feats) - clt.skip_layer(j, inputs[j])).to(act.dtype)
-                if mode.error_term:
+                if self.name in mode.error_term:
                     reference = clt.decode_layer(j, feats) + clt.skip_layer(j, inputs[j])
                     pred = pred + (act - reference.to(act.dtype)).detach()
                 return pred.to(act.dtype)

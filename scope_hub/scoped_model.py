@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,8 @@ class ScopedModel(nn.Module):
         ``error_term=True`` adds back the exact error, so outputs equal the bare model's
         while gradients and interventions flow through the features.
         """
-        return ModeContext(self, splice=frozenset(self._names(names)), error_term=error_term)
+        chosen = frozenset(self._names(names))
+        return ModeContext(self, splice=chosen, error_term=chosen if error_term else frozenset())
 
     def steer(self, name: str, feature: int | tuple[int, int], alpha: float, *, positions: Positions = None) -> ModeContext:
         """Add ``alpha`` x the feature's decoder direction at the dictionary's output site.
@@ -227,6 +229,9 @@ class ScopedModel(nn.Module):
         them (activation x gradient attribution), also when model and dictionary are frozen. Each
         forward overwrites the entries; padding is not masked (the tensor must stay the decoded
         one). For a CLT the record is a stacked copy of its layers' features, without gradients.
+        Capturing several dictionaries splices each with a detached error term, so gradients reach
+        an earlier dictionary's features through later reconstructions only (the replacement-model
+        convention of attribution graphs); capture one at a time for the plain model's gradients.
 
         Example (``sm`` from the module example; a transcoder or SAE named ``"sae"``)::
 
@@ -237,8 +242,9 @@ class ScopedModel(nn.Module):
             attribution = feats["sae"] * grad     # [batch, seq, d_sae]
         """
         chosen = frozenset(self._names(names))
-        return ModeContext(self, splice=chosen, error_term=True, capture=into, capture_names=chosen, sparse=False,
-                           live_features=True)
+        # A crosscoder reads later layers, so it cannot be spliced; it is recorded as observed.
+        spliced = frozenset(n for n in chosen if self._attachments[n].dictionary.config.type != "crosscoder")
+        return ModeContext(self, splice=spliced, error_term=spliced, captures={n: ((into, True),) for n in chosen})
 
     @contextlib.contextmanager
     def disable_dictionaries(self) -> Iterator[None]:
@@ -254,9 +260,15 @@ class ScopedModel(nn.Module):
     def _edit(self, name: str, feature: Any, op: str, value: float, positions: Positions = None) -> ModeContext:
         self._names([name])
         layer = None
-        if isinstance(feature, tuple) and len(feature) == 2 and not isinstance(feature[1], float):
+        if self._attachments[name].dictionary.config.type == "clt":
+            if not (isinstance(feature, tuple) and len(feature) == 2):
+                raise ValueError(f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "
+                                 f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}")
             layer, feature = feature
-        feats = (feature,) if isinstance(feature, int) else tuple(int(f) for f in feature)
+        try:
+            feats = (operator.index(feature),)
+        except TypeError:  # several features; each counts once
+            feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
         edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions))
         return ModeContext(self, edits={name: (edit,)})
 
@@ -269,13 +281,22 @@ class ScopedModel(nn.Module):
 
     # --- hooks ----------------------------------------------------------------------------
     def _push_mode(self, **changes: Any) -> None:
+        """Stack a mode on the current one: dictionary sets, edits and capture targets accumulate; flags replace."""
         top = self._modes[-1]
         edits = dict(top.edits)
         for name, new in changes.pop("edits", {}).items():
             edits[name] = edits.get(name, ()) + new
-        splice = top.splice | changes.pop("splice", frozenset())
-        self._modes.append(dataclasses.replace(top, splice=splice, edits=edits, **changes))
-        self._refresh_hooks()
+        merged = {field: getattr(top, field) | changes.pop(field, frozenset()) for field in ("splice", "error_term")}
+        captures = dict(top.captures)
+        for name, targets in changes.pop("captures", {}).items():
+            captures[name] = captures.get(name, ()) + targets
+        self._modes.append(dataclasses.replace(top, edits=edits, captures=captures, **merged, **changes))
+        try:
+            self._refresh_hooks()
+        except BaseException:  # e.g. a mode a dictionary cannot do: leave the model as it was
+            self._modes.pop()
+            self._refresh_hooks()
+            raise
 
     def _pop_mode(self) -> None:
         self._modes.pop()
@@ -291,7 +312,7 @@ class ScopedModel(nn.Module):
             if mode.has_positional_edits():  # absolute positions need the KV cache's length per call
                 clock = mode.clock
                 handle = self.model.register_forward_pre_hook(
-                    lambda _module, _args, kwargs: setattr(clock, "offset", cache_length(kwargs)), with_kwargs=True)
+                    lambda _module, args, kwargs: setattr(clock, "offset", cache_length(args, kwargs)), with_kwargs=True)
                 stack.callback(handle.remove)
             for attachment in self._attachments.values():
                 for hookpoint, fn in attachment.hooks(mode):
@@ -327,7 +348,7 @@ class ScopedModel(nn.Module):
         """
         cache: dict[str, Any] = {}
         chosen = frozenset(self._names(names or []))
-        self._push_mode(capture=cache, capture_names=chosen, sparse=sparse,
+        self._push_mode(captures={n: ((cache, False),) for n in chosen}, sparse=sparse,
                         attention_mask=kwargs.get("attention_mask"))
         try:
             stop_at = self._stop_hookpoint(chosen) if stop_after_last else None

@@ -284,7 +284,7 @@ class JumpReLUDense(torch.autograd.Function):
         pre, threshold, active = ctx.saved_tensors
         grad_pre = grad_t = None
         if ctx.needs_input_grad[0]:
-            grad_pre = grad_f * active
+            grad_pre = torch.where(active, grad_f, 0.0)  # 0 at inactive entries even if grad_f is not finite there
         if ctx.needs_input_grad[1]:
             grad_step = grad_l0.unsqueeze(-1).expand_as(pre)  # a view: the band grad only indexes it
             grad_t = _band_threshold_grad(pre, threshold, grad_f, grad_step, ctx.bandwidth)

@@ -137,6 +137,9 @@ def test_clt_splices_every_mlp_output_from_all_earlier_layers():
     torch.testing.assert_close(sm.splice(error_term=True)(ids).logits, model(ids).logits, rtol=0, atol=SPLICE_ATOL)
     _, cache = sm.run_with_cache(ids)
     assert cache["clt"].shape == (2, 7, N_LAYERS, 16)
+    with pytest.raises(ValueError, match=r"name features as \(layer_index, feature or features\)"):
+        sm.ablate("clt", 3)  # which layer's feature 3? a CLT edit must say
+    assert not torch.equal(sm.ablate("clt", (1, [2, 3]))(ids).logits, model(ids).logits)
 
 
 def _hand_edited_logits(model, sae, hookpoint, ids, where, value, add=False):
@@ -345,3 +348,32 @@ def test_capture_records_live_features_whose_gradient_is_the_chain_rule(family):
     with sm.capture("s", into=feats):
         (frozen_grad,) = torch.autograd.grad(sm(ids).logits[1, -1, 7], feats["s"])
     torch.testing.assert_close(frozen_grad, grad_f)
+
+
+def test_modes_compose_per_dictionary_and_a_failed_mode_leaves_nothing_behind():
+    model = tiny_model("llama")
+    a, b = _sae(model, layer=0, architecture="relu"), _sae(model, layer=1, architecture="relu", seed=1)
+    sm = ScopedModel.from_pretrained(model, dictionaries={"a": a, "b": b})
+    ids = _ids()
+    only_a = sm.splice("a")(ids).logits
+    assert not torch.allclose(only_a, model(ids).logits, atol=1e-3)
+    feats_a, feats_b = {}, {}
+    with torch.no_grad():
+        with sm.splice("a"), sm.capture("b", into=feats_b):  # b's error term must not leak to a
+            torch.testing.assert_close(sm(ids).logits, only_a, rtol=1e-5, atol=SPLICE_ATOL)
+        with sm.capture("a", into=feats_a), sm.splice("b"):  # nor b's lack of one to a
+            with_b = sm(ids).logits
+        torch.testing.assert_close(with_b, sm.splice("b")(ids).logits, rtol=1e-5, atol=SPLICE_ATOL)
+        feats_a.clear(), feats_b.clear()
+        with sm.capture("a", into=feats_a), sm.capture("b", into=feats_b):  # nested captures both record
+            _, cache = sm.run_with_cache(ids, names=["b"])
+        assert set(feats_a) == {"a"} and set(feats_b) == {"b"} and set(cache) == {"b"}
+        assert torch.equal(feats_b["b"], cache["b"])  # the inner run records to both targets
+    with pytest.raises(ValueError, match="positions=slice"):
+        sm.steer("a", 1, 2.0, positions=slice(None, None, -2))
+    bad = sm.splice("a")
+    bad._changes["edits"] = {"a": ("not an edit",)}  # a mode whose hooks cannot be built
+    with pytest.raises(AttributeError):
+        bad.__enter__()
+    assert not attached_hookpoints(model) and torch.equal(sm(ids).logits, model(ids).logits)
+    torch.testing.assert_close(sm.splice("a")(ids).logits, only_a)
