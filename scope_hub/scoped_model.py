@@ -136,7 +136,7 @@ class ScopedModel(nn.Module):
             raise ConfigError(f"a dictionary named {name!r} is already attached; detach it or pass another name")
         hook_in, hook_out = self._hookpoints_for(dictionary)
         param = next(self.model.parameters())
-        _move_to(dictionary, param.device, param.dtype)
+        dictionary.move_keeping_lazy(param.device, param.dtype)
         self._attachments[name] = attachment_for(name, dictionary, hook_in, hook_out)
         self._sources[name] = {**source_record, "name": name}
         self._dict_modules.append(dictionary)
@@ -382,27 +382,6 @@ class ScopedModel(nn.Module):
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}: {type(a.dictionary).__name__}" for n, a in self._attachments.items())
         return f"ScopedModel({type(self.model).__name__}, dictionaries={{{inner}}})"
-
-
-def _move_to(dictionary: Dictionary, device: torch.device, dtype: torch.dtype) -> None:
-    """``dictionary.to(device, dtype)``, keeping a lazily loaded dictionary lazy.
-
-    ``Module.to`` makes a lazy dictionary read (and check) all its weights, so attaching
-    18 layer SAEs would read every byte up front. Instead the move is chained onto the
-    pending load and applied when the weights are first touched; the meta placeholders
-    take the target dtype now so dtype queries agree before and after loading.
-    """
-    load = dictionary.__dict__.get("_pending_load")
-    if load is None:
-        dictionary.to(device=device, dtype=dtype)
-        return
-
-    def load_moved() -> dict[str, torch.Tensor]:
-        return {attr: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for attr, t in load().items()}
-
-    dictionary._pending_load = load_moved
-    if any(p.is_floating_point() and p.dtype != dtype for p in dictionary.parameters()):
-        nn.Module._apply(dictionary, lambda t: t.to(dtype=dtype) if t.is_floating_point() else t)
 
 
 class ModeContext:

@@ -151,6 +151,27 @@ class Dictionary(nn.Module):
             for attr, tensor in loader().items():
                 self._set_param(attr, nn.Parameter(tensor, requires_grad=False))
 
+    def move_keeping_lazy(self, device: torch.device | str, dtype: torch.dtype) -> None:
+        """``self.to(device, dtype)``, keeping a lazily loaded dictionary lazy.
+
+        ``Module.to`` makes a lazy dictionary read (and check) all its weights, so attaching
+        18 layer SAEs would read every byte up front. Instead the move is chained onto the
+        pending load and applied when the weights are first touched; the meta placeholders
+        take the target dtype now so dtype queries agree before and after loading.
+        """
+        load = self.__dict__.get("_pending_load")
+        if load is None:
+            self.to(device=device, dtype=dtype)
+            return
+
+        def load_moved() -> dict[str, torch.Tensor]:
+            return {attr: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                    for attr, t in load().items()}
+
+        self._pending_load = load_moved
+        if any(p.is_floating_point() and p.dtype != dtype for p in self.parameters()):
+            nn.Module._apply(self, lambda t: t.to(dtype=dtype) if t.is_floating_point() else t)
+
     def _apply(self, fn: Callable, recurse: bool = True) -> Dictionary:  # .to(), .cuda(), .half() ...
         self._ensure_loaded()
         return super()._apply(fn, recurse)
