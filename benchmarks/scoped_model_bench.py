@@ -517,6 +517,15 @@ def resident_fraction(paths: list[Path]) -> float:
     return resident / max(total, 1)
 
 
+def attach_ratios(rep: Report, t: dict[str, list[float]], cache: str, use_sl: bool) -> None:
+    ours, floor, theirs = ("scope_hub ScopedModel.from_pretrained(18 folders)", "floor: safetensors safe_open x18",
+                           "saelens SAE.load_from_disk x18")
+    rep.ratio(f"ours / floor (attach, {cache})", t, ours, floor)
+    if use_sl:
+        rep.ratio(f"SAELens / ours (attach, {cache})", t, theirs, ours)
+        rep.ratio(f"SAELens / floor (attach, {cache})", t, theirs, floor)
+
+
 def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path | None,
                  use_drop_caches: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="scope_hub_bench_", dir=workdir))
@@ -563,13 +572,7 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
         t = bench(fns, repeats * 2, warmup=2)
         rep.group("lazy attach, warm page cache (18 SAEs)", t, tokens=None,
                   base="scope_hub ScopedModel.from_pretrained(18 folders)")
-        rep.ratio("ours / floor (attach, warm)", t, "scope_hub ScopedModel.from_pretrained(18 folders)",
-                  "floor: safetensors safe_open x18")
-        if use_sl:
-            rep.ratio("SAELens / ours (attach, warm)", t, "saelens SAE.load_from_disk x18",
-                      "scope_hub ScopedModel.from_pretrained(18 folders)")
-            rep.ratio("SAELens / floor (attach, warm)", t, "saelens SAE.load_from_disk x18",
-                      "floor: safetensors safe_open x18")
+        attach_ratios(rep, t, "warm", use_sl)
         warm_frac = resident_fraction(all_paths)
         how = evict(all_paths, use_drop_caches)
         print(f"(cold: page cache emptied with {how} before every call; resident pages "
@@ -578,13 +581,7 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
         t = bench(fns, repeats, warmup=1, before_each=cold)
         rep.group(f"lazy attach, cold page cache ({how})", t, tokens=None,
                   base="scope_hub ScopedModel.from_pretrained(18 folders)")
-        rep.ratio("ours / floor (attach, cold)", t, "scope_hub ScopedModel.from_pretrained(18 folders)",
-                  "floor: safetensors safe_open x18")
-        if use_sl:
-            rep.ratio("SAELens / ours (attach, cold)", t, "saelens SAE.load_from_disk x18",
-                      "scope_hub ScopedModel.from_pretrained(18 folders)")
-            rep.ratio("SAELens / floor (attach, cold)", t, "saelens SAE.load_from_disk x18",
-                      "floor: safetensors safe_open x18")
+        attach_ratios(rep, t, "cold", use_sl)
         t = bench(read_fns, max(3, repeats // 2), warmup=0, before_each=cold)
         rep.group("cold load + read every byte (for scale)", t, tokens=None,
                   base="scope_hub attach + first touch of every SAE")

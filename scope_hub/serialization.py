@@ -93,12 +93,19 @@ def load_tensors(
     return out
 
 
-def _check_finite(path: Path, name: str, tensor: torch.Tensor, allow_nonfinite: bool) -> None:
-    # A NaN or inf anywhere makes the sum non-finite, so one reduction clears the common case
-    # (~20x cheaper than a full isfinite pass); a sum that merely overflows is re-checked.
+def is_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or inf in ``tensor`` (non-float tensors always pass).
+
+    A NaN or inf anywhere makes the sum non-finite, so one reduction clears the common case
+    (~20x cheaper than a full isfinite pass); a sum that merely overflows is re-checked.
+    """
     if not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
-        return
-    if not bool(torch.isfinite(tensor).all()):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
+def _check_finite(path: Path, name: str, tensor: torch.Tensor, allow_nonfinite: bool) -> None:
+    if not is_finite(tensor):
         message = f"{path}: tensor '{name}' contains NaN or inf"
         if not allow_nonfinite:
             raise NonFiniteWeightsError(message + "; pass allow_nonfinite=True to load it anyway (with a warning)")

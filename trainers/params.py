@@ -46,11 +46,11 @@ def build_dictionary(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int,
                      device: str | torch.device = "cpu") -> Dictionary:
     """An uninitialised dictionary of the configured kind (:func:`init_dictionary` fills every parameter).
 
-    Built on the meta device and then given storage, so the core's default initialisation neither
-    costs time nor draws from the global RNG the run seeded.
+    ``skip_init`` skips the core's default initialisation: it neither costs time nor draws from
+    the global RNG the run seeded.
     """
     config = dictionary_config(cfg, d_in=d_in, d_out=d_out, n_layers=n_layers)
-    return KINDS[config.type](config, device="meta", dtype=torch.float32).to_empty(device=device)
+    return torch.nn.utils.skip_init(KINDS[config.type], config, device=device, dtype=torch.float32)
 
 
 @torch.no_grad()

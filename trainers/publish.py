@@ -87,7 +87,7 @@ def export_dictionary(result: TrainResult, cfg: TrainConfig, data: dict[str, Any
     """A standalone, described copy of the trained dictionary (raw-activation units when folded)."""
     trained = result.dictionary
     config = trained.config.model_copy(deep=True)
-    out = KINDS[config.type](config, device="meta", dtype=torch.float32).to_empty(device="cpu")  # every param copied below
+    out = torch.nn.utils.skip_init(KINDS[config.type], config, dtype=torch.float32)  # every param copied below
     for name, param in out.named_parameters():
         param.copy_(trained.get_parameter(name).detach().cpu())
         param.requires_grad_(False)

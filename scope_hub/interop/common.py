@@ -33,6 +33,7 @@ from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
 from scope_hub.metadata import DictionaryConfig
+from scope_hub.serialization import is_finite
 
 EMBED_KEY = "scope_hub"
 """Key under which exporters store our full config inside a foreign config file."""
@@ -78,7 +79,7 @@ def build_dictionary(config: DictionaryConfig, files: Mapping[str, Mapping[str, 
         if tuple(tensor.shape) != spec.shape:
             raise ShapeMismatchError(f"{where}: tensor '{spec.name}' has shape {list(tensor.shape)}, "
                                      f"expected {list(spec.shape)}")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not is_finite(tensor):
             raise NonFiniteWeightsError(f"{where}: tensor '{spec.name}' contains NaN or inf")
         state[spec.attr] = tensor.detach()
     dtypes = {t.dtype for t in state.values()}
