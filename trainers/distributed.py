@@ -10,8 +10,8 @@ on the same global batch up to floating-point summation order.
     torchrun --nproc-per-node 2 -m trainers run.yaml
 
 Example:
-    >>> ctx = DistContext.from_env()          # no torchrun variables: a single process
-    >>> ctx.world, ctx.is_main, float(ctx.mean(torch.tensor(3.0)))
+    >>> with DistContext.from_env() as ctx:  # no torchrun variables: a single process
+    ...     ctx.world, ctx.is_main, float(ctx.mean(torch.tensor(3.0)))
     (1, True, 3.0)
 """
 
@@ -113,6 +113,18 @@ class DistContext:
             dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group (call once at the end of a torchrun job)."""
+        """Leave the process group (once, at the end of a torchrun job).
+
+        Skipping this is not harmless: at interpreter exit gloo's worker threads can
+        still own tensors, and tearing them down then aborts the process
+        ("terminate called without an active exception", SIGABRT) after a run that
+        otherwise succeeded.
+        """
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+    def __enter__(self) -> DistContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

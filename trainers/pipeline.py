@@ -125,8 +125,13 @@ def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metri
 
 
 def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
-    """Run the whole pipeline; an interrupted (SIGTERM) run returns after its checkpoint, unexported."""
-    ctx = ctx or DistContext.from_env(cfg.model.device)
+    """Run the whole pipeline; an interrupted (SIGTERM) run returns after its checkpoint, unexported.
+
+    Without ``ctx`` this joins the torchrun job (if any) and leaves its process group on the way out.
+    """
+    if ctx is None:
+        with DistContext.from_env(cfg.model.device) as joined:
+            return train(cfg, joined)
     env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
     result = Trainer(cfg, env.source, ctx).run()
     outcome = Outcome(result)
