@@ -73,7 +73,9 @@ def test_graph_is_exact_in_the_frozen_replacement_model(gemma3_270m, quick_folde
 
 
 def test_ablations_in_the_real_model_agree_in_sign_and_magnitude(gemma3_270m, quick_folders, graph):
-    top = _top_by_total_effect(graph, 5)
+    # Measured on the top 10 (docs/circuits.md): 8 agree in sign, 9 within 10x. The top 5 alone
+    # left no margin (4 of 5), and a single near-threshold downstream feature can flip one node.
+    top = _top_by_total_effect(graph, 10)
     results = [check_interventions(graph, gemma3_270m.model, quick_folders, [n], scale=0.0) for n in top]
     actual = torch.stack([r.actual[0] for r in results])
     predicted = torch.stack([r.predicted_total[0] for r in results])
@@ -81,7 +83,7 @@ def test_ablations_in_the_real_model_agree_in_sign_and_magnitude(gemma3_270m, qu
                        for n, a, p in zip(top, actual.tolist(), predicted.tolist()))
     same_sign = (actual.sign() == predicted.sign()).sum()
     within_10x = ((actual / predicted).abs().log10().abs() < 1).sum()
-    assert same_sign >= 4 and within_10x >= 4, report
+    assert same_sign >= 7 and within_10x >= 7, report
 
 
 def _top_by_total_effect(graph, k: int) -> list[int]:
