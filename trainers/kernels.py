@@ -299,7 +299,7 @@ def _band_threshold_grad(pre: torch.Tensor, threshold: torch.Tensor, grad_f: tor
     may be an expanded view (it is, when it comes from a per-row sum), and is only indexed.
     """
     band = (pre - threshold).abs_() < bw / 2
-    flat = band.view(-1).nonzero().squeeze(1)
+    flat = band.reshape(-1).nonzero().squeeze(1)  # reshape: band keeps a transposed pre's strides
     n_cols = pre.shape[-1]
     rows, cols = torch.div(flat, n_cols, rounding_mode="floor"), flat % n_cols
     t = threshold.index_select(0, cols)

@@ -7,7 +7,7 @@ import torch
 
 from tests.dictionaries.factory import make_config, make_dictionary
 from trainers.forward import SparsitySpec, forward, layer_params
-from trainers.kernels import gather_pre, select_batch_topk, select_topk, sparse_decode
+from trainers.kernels import JumpReLUDense, gather_pre, select_batch_topk, select_topk, sparse_decode
 from trainers.losses import aux_k_loss, reconstruction_loss
 
 ARCHS = ["jumprelu", "topk", "batchtopk", "relu"]
@@ -40,6 +40,20 @@ def test_sparse_path_equals_dense_path(arch: str, kind: str) -> None:
     assert dense.keys() == sparse.keys() and dense
     for name in dense:
         torch.testing.assert_close(sparse[name], dense[name], atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_dense_jumprelu_threshold_grad_ignores_memory_layout() -> None:
+    torch.manual_seed(0)
+    pre = torch.randn(30, 16).T  # [16 rows, 30 latents], column-major: elementwise results keep its strides
+    threshold = torch.rand(30, requires_grad=True)
+    grads = []
+    for p in (pre, pre.contiguous()):
+        threshold.grad = None
+        f, l0 = JumpReLUDense.apply(p, threshold, 0.5)
+        (f.sum() + l0.sum()).backward()
+        grads.append(threshold.grad.clone())
+    assert grads[0].ne(0).any()
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_gather_pre_backward_matches_dense_matmul() -> None:
