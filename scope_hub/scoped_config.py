@@ -12,12 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from scope_hub.atomic_files import atomic_write_text
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
@@ -159,9 +159,5 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
                           "with model.save_pretrained(dir) and build the ScopedModel from that dir")
     config = ScopedModelConfig(base_model=scoped.base_model_id, base_model_revision=scoped.base_model_revision,
                                dictionaries=entries)
-    target = folder / ScopedModelConfig.FILE
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".scoped_model.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        out.write(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
-    os.replace(tmp, target)
+    atomic_write_text(folder / ScopedModelConfig.FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     return folder

@@ -42,9 +42,10 @@ from torch import nn
 
 from scope_hub.attachment import Attachment, FeatureEdit, Mode, attachment_for, cache_length, normalize_positions
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError
+from scope_hub.errors import ConfigError, ShapeMismatchError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import replace, stop_after
+from scope_hub.model_resolution import describe_base, load_error, resolve_model
 from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, save_scoped_config
 
 DictionarySource = str | Path | Dictionary
@@ -57,8 +58,8 @@ class ScopedModel(nn.Module):
     def __init__(self, model: nn.Module, *, base_model_id: str | None = None, revision: str | None = None) -> None:
         super().__init__()
         self.model = model
-        self.base_model_id = base_model_id or getattr(model.config, "_name_or_path", None)
-        self.base_model_revision = revision
+        source = base_model_id or getattr(model.config, "_name_or_path", None) or None
+        self.base_model_id, self.base_model_revision = describe_base(source, revision)
         self._attachments: dict[str, Attachment] = {}
         self._sources: dict[str, dict[str, Any]] = {}
         self._dict_modules = nn.ModuleList()
@@ -80,7 +81,8 @@ class ScopedModel(nn.Module):
         """Load (or wrap) a causal LM and attach dictionaries.
 
         ``model``: a Hub id, a local folder (also one written by :meth:`save_pretrained`),
-        or a loaded ``PreTrainedModel``. Each dictionary: a registry key (``@ref``
+        a loaded ``PreTrainedModel``, or a model scope-hub converts offline (``gemma-3-270m``;
+        ``google/gemma-3-270m`` falls back to it when the Hugging Face cache lacks it). Each dictionary: a registry key (``@ref``
         allowed), a folder, or a :class:`Dictionary`; pass a mapping to choose names.
         ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
         """
@@ -91,8 +93,13 @@ class ScopedModel(nn.Module):
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForCausalLM
 
-            base_id = str(model)
-            model = AutoModelForCausalLM.from_pretrained(str(model), revision=revision, **hf_kwargs)
+            base_id = resolve_model(model, revision)
+            local = Path(base_id).is_dir()  # a folder, or a converted model standing in for its Hub id
+            revision = None if local else revision
+            try:
+                model = AutoModelForCausalLM.from_pretrained(base_id, revision=revision, **hf_kwargs)
+            except OSError as error:
+                raise load_error(str(model), error) from error
         scoped = cls(model, base_model_id=base_id, revision=revision)
         scoped.attach(dictionaries, registry=registry, lazy=lazy)
         return scoped
@@ -175,7 +182,21 @@ class ScopedModel(nn.Module):
         hook_out = [resolve(explicit_out, site_out, layer) for layer in layers]
         for hp in hook_in + hook_out:
             Hookpoint.parse(hp).resolve(self.model)  # fail now, not mid-forward
+        # Widths too: a mismatch would otherwise surface as a bare matmul error on the first forward.
+        self._check_width(config, "d_in", config.d_in, hook_in[0], None if explicit_in else site_in)
+        self._check_width(config, "d_out", config.d_out, hook_out[0], None if explicit_out else site_out)
         return hook_in, hook_out
+
+    def _check_width(self, config: Any, field: str, width: int, hookpoint: str, site: str | None) -> None:
+        expected = self._adapter().site_width(site) if site else _module_width(self.model, Hookpoint.parse(hookpoint))
+        if expected is not None and expected != width:
+            raise ShapeMismatchError(
+                f"the dictionary's {field}={width} does not fit {hookpoint} of this "
+                f"{type(self.model).__name__}, which is {expected} wide; it was made for "
+                f"{config.model or 'another model'} ({config.site or 'explicit hookpoint'}, layer "
+                f"{config.layer if config.layer is not None else config.layers}): attach it to that model, "
+                "or pick a dictionary of this one"
+            )
 
     @property
     def dictionaries(self) -> dict[str, Dictionary]:
@@ -269,6 +290,12 @@ class ScopedModel(nn.Module):
             feats = (operator.index(feature),)
         except TypeError:  # several features; each counts once
             feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
+        config = self._attachments[name].dictionary.config
+        bad = [f for f in feats if not 0 <= f < config.d_sae]
+        if bad or (layer is not None and not 0 <= layer < len(config.layers or ())):
+            where = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
+            raise IndexError(f"{name} has no {where}: features are 0..{config.d_sae - 1}"
+                             + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}"))
         edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions))
         return ModeContext(self, edits={name: (edit,)})
 
@@ -409,3 +436,11 @@ class ModeContext:
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         with self:
             return self._scoped.run_with_cache(*args, **kwargs)
+
+
+def _module_width(model: nn.Module, hookpoint: Hookpoint) -> int | None:
+    """Width at an explicit hookpoint when its module declares it (Linear layers), else None."""
+    module = hookpoint.resolve(model)
+    name = "in_features" if hookpoint.io == "input" else "out_features"
+    width = getattr(module, name, None)
+    return int(width) if isinstance(width, int) else None

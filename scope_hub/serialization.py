@@ -18,9 +18,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from scope_hub.atomic_files import atomic_folder
 from scope_hub.config_io import CONFIG_FILE
 from scope_hub.errors import NonFiniteWeightsError
 from scope_hub.tensor_layout import TensorSpec, check_tensors  # noqa: F401  (re-exported)
@@ -44,30 +42,13 @@ def write_folder(
 
     An existing folder is replaced only after the new one is complete.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as staging:
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         for name, tensors in files.items():
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(staging / name))
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        _swap_into_place(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return folder
-
-
-def _swap_into_place(staging: Path, folder: Path) -> None:
-    if not folder.exists():
-        os.rename(staging, folder)
-        return
-    retired = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-    os.rename(folder, retired)
-    os.rename(staging, folder)
-    shutil.rmtree(retired, ignore_errors=True)
+    return Path(folder)
 
 
 def load_tensors(

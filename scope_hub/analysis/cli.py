@@ -3,8 +3,8 @@
 Registered in :mod:`scope_hub.cli` as ``"scope_hub.analysis.cli:setup_dashboard"`` and
 ``"scope_hub.analysis.cli:setup_refusal"``; nothing heavy is imported until a command runs.
 
-``--model`` takes a transformers folder, or one of the real models scope-hub converts
-offline: ``smollm2-135m-instruct``, ``gemma-3-270m``.
+``--model`` takes a transformers folder, a Hub id, or one of the real models scope-hub
+converts offline: ``smollm2-135m-instruct``, ``gemma-3-270m`` (their Hub ids fall back to them).
 
 Example:
     >>> import argparse
@@ -21,19 +21,16 @@ import argparse
 import sys
 from typing import Any, Callable
 
+from scope_hub.model_resolution import NAMED_MODELS
+
 Runner = Callable[[argparse.Namespace], int]
-NAMED_MODELS = ("smollm2-135m-instruct", "gemma-3-270m")
 
 
 def load_model(spec: str) -> tuple[Any, Any]:
-    """(model, tokenizer) for a folder or a named offline model."""
-    from scope_hub import models
+    """(model, tokenizer) for a folder, a named offline model, or a Hub id."""
+    from scope_hub.model_resolution import load_model as load
 
-    if spec == "smollm2-135m-instruct":
-        return models.load_causal_lm(models.smollm2_135m_instruct_path(progress=False))
-    if spec == "gemma-3-270m":
-        return models.load_causal_lm(models.gemma3_270m_path(progress=False))
-    return models.load_causal_lm(spec)
+    return load(spec)
 
 
 def _scoped(args: argparse.Namespace, source: str | None) -> tuple[Any, Any, str | None]:
@@ -52,7 +49,7 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
     """``scope-hub dashboard KEY_OR_FOLDER --model PATH --out DIR [--texts FILE | --harvest DIR]``."""
     parser.add_argument("dictionary", metavar="KEY_OR_FOLDER", help="registry key or dictionary folder")
     parser.add_argument(
-        "--model", required=True, metavar="PATH", help=f"transformers folder, or one of: {', '.join(NAMED_MODELS)}"
+        "--model", required=True, metavar="PATH", help=f"transformers folder, Hub id, or one of: {', '.join(NAMED_MODELS)}"
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (index.html + features/)")
     source = parser.add_mutually_exclusive_group()
@@ -108,7 +105,7 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
 
 def setup_refusal(parser: argparse.ArgumentParser) -> Runner:
     """``scope-hub refusal --model PATH [--dictionary KEY_OR_FOLDER] [prompt files] [--out FILE]``."""
-    parser.add_argument("--model", required=True, metavar="PATH", help=f"chat model folder, or {NAMED_MODELS[0]}")
+    parser.add_argument("--model", required=True, metavar="PATH", help="chat model folder, Hub id, or smollm2-135m-instruct")
     parser.add_argument("--dictionary", metavar="KEY_OR_FOLDER", help="also rank this dictionary's features")
     for flag, default in [
         ("harmful", "harmful_train"),

@@ -18,17 +18,14 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from scope_hub.atomic_files import atomic_folder  # noqa: F401  (re-exported for the converters)
 from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
@@ -219,26 +216,6 @@ def save_safetensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
-
-
-@contextmanager
-def atomic_folder(out: Path | str) -> Iterator[Path]:
-    """Yield an empty staging folder that replaces ``out`` only once the body succeeds."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            retired = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, retired)
-            os.rename(staging, out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def parent_model_name(folder: Path, key: str = "model") -> str | None:

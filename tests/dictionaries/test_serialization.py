@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -293,3 +295,14 @@ def test_gemma_scope_2_crosscoder_folder_points_to_the_converter(tmp_path):
     folder = _gemma_scope_2_folder(tmp_path, "crosscoder/width_16k_l0_small", config, _gs2_tensors(32, 16, 32))
     with pytest.raises(ConfigError, match="scope_hub.interop.gemma_scope_2.load"):
         load_dictionary(folder)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_folders_get_the_permissions_of_the_umask_not_of_the_temp_staging(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        folder = make_dictionary(make_config("sae", "relu")).save_pretrained(tmp_path / "d")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+    assert modes == {"d": 0o777 & ~umask, "config.json": 0o666 & ~umask, "params.safetensors": 0o666 & ~umask}

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from scope_hub.hooks import attached_hookpoints
+from scope_hub.model_resolution import converted_sha256
 from scope_hub.scoped_model import ScopedModel
 from tests.dictionaries.factory import make_config, make_dictionary
 
@@ -85,3 +88,16 @@ def test_real_gemma_transcoder_error_term_and_steered_generation(gemma):
     again = sm.steer("sae", 7, 400.0).generate(**prompt, **kwargs)
     assert torch.equal(steered, again) and not torch.equal(steered, plain)
     assert torch.equal(sm.generate(**prompt, **kwargs), plain)
+
+
+def test_saved_scoped_model_pins_the_converted_base_portably(gemma, tmp_path):
+    model, tokenizer = gemma
+    sm = ScopedModel.from_pretrained(model, dictionaries={"sae": _random_sae(scale=1.0)})
+    config = json.loads((sm.save_pretrained(tmp_path / "scoped") / "scoped_model.json").read_text())
+    # a machine path would not rebuild elsewhere: the converted model's name and its GGUF's sha256 do
+    assert config["base_model"] == "gemma-3-270m"
+    assert config["base_model_revision"] == converted_sha256(model.config._name_or_path)
+    rebuilt = ScopedModel.from_pretrained(tmp_path / "scoped")
+    batch = _batch(tokenizer)
+    with torch.no_grad(), sm.splice(), rebuilt.splice():
+        torch.testing.assert_close(rebuilt(**batch).logits, sm(**batch).logits, rtol=0, atol=0)

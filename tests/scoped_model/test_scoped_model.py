@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import ShapeMismatchError
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import attached_hookpoints
 from scope_hub.scoped_model import ScopedModel
@@ -140,6 +141,8 @@ def test_clt_splices_every_mlp_output_from_all_earlier_layers():
     with pytest.raises(ValueError, match=r"name features as \(layer_index, feature or features\)"):
         sm.ablate("clt", 3)  # which layer's feature 3? a CLT edit must say
     assert not torch.equal(sm.ablate("clt", (1, [2, 3]))(ids).logits, model(ids).logits)
+    with pytest.raises(IndexError, match=f"clt has no layer index {N_LAYERS} of {N_LAYERS}"):
+        sm.ablate("clt", (N_LAYERS, 3))
 
 
 def _hand_edited_logits(model, sae, hookpoint, ids, where, value, add=False):
@@ -174,6 +177,9 @@ def test_steer_clamp_ablate_are_feature_edits_through_the_decoder():
     torch.testing.assert_close(sm.ablate("s", [1, 2])(ids).logits, expect((..., [1, 2]), 0.0), rtol=1e-5, atol=1e-5)
     with sm.steer("s", 3, 4.0), sm.disable_dictionaries():
         assert torch.equal(sm(ids).logits, model(ids).logits)
+    for bad in (48, -1, [2, 48]):  # d_sae is 48: refused when the edit is made, not mid-forward
+        with pytest.raises(IndexError, match="s has no feature .*features are 0..47"):
+            sm.steer("s", bad, 1.0)
 
 
 def test_edits_limited_to_positions_touch_only_those_positions():
@@ -306,6 +312,16 @@ def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
     bad = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=8))  # no site or layer
     with pytest.raises(ValueError, match="neither hook_point_in nor site"):
         sm.attach(bad, name="bad")
+    width = adapter_for(model).site_width("mlp_in")
+    wide = make_config("transcoder", "relu", d_in=width + 1, d_out=width, site="mlp_in", site_out="mlp_out", layer=1)
+    with pytest.raises(ShapeMismatchError, match=f"d_in={width + 1} does not fit .* which is {width} wide"):
+        sm.attach(make_dictionary(wide), name="wide")
+    down = make_config("transcoder", "relu", d_in=width, d_out=width + 2, layer=1,  # d_out checked too
+                       hook_point_in="model.layers.{layer}.mlp.down_proj.output",
+                       hook_point_out="model.layers.{layer}.mlp.down_proj.output")
+    with pytest.raises(ShapeMismatchError, match=f"d_out={width + 2} does not fit .*down_proj.output"):
+        sm.attach(make_dictionary(down), name="down")
+    assert sm.dictionaries == {} and not attached_hookpoints(model)
 
 
 def test_hookpoints_are_public_and_match_the_adapter():

@@ -32,7 +32,8 @@ _GLOB = set("*?[")
 def setup(parser: argparse.ArgumentParser) -> Runner:
     """Add ``trace``'s arguments to ``parser`` and return its runner."""
     parser.add_argument("prompt", metavar="PROMPT", help="text whose next-token prediction is explained")
-    parser.add_argument("--model", required=True, metavar="PATH", help="transformers causal LM folder (or Hub id)")
+    parser.add_argument("--model", required=True, metavar="PATH", help="transformers causal LM folder, Hub id, or gemma-3-270m "
+                        "(converted offline)")
     parser.add_argument("--transcoders", required=True, nargs="+", metavar="KEY-PATTERN|FOLDER",
                         help="dictionary folders, a folder of them, registry keys or fnmatch key patterns")
     parser.add_argument("--out", required=True, metavar="FILE.json", help="where the graph JSON goes")
@@ -90,10 +91,10 @@ def _run(args: argparse.Namespace) -> int:
     from scope_hub.analysis.circuits.export import write_graph_json
     from scope_hub.analysis.circuits.html import write_html
     from scope_hub.analysis.circuits.prune import prune
-    from scope_hub.models import load_causal_lm
+    from scope_hub.model_resolution import load_model
 
     started = time.perf_counter()
-    model, tokenizer = load_causal_lm(args.model, dtype=getattr(torch, args.dtype))
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     sources = resolve_sources(args.transcoders, args.registry)
     graph = attribute(args.prompt, model, sources, tokenizer=tokenizer, registry=args.registry,
                       targets=args.target, max_n_logits=args.max_logits,

@@ -40,14 +40,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from scope_hub.analysis.circuits.graph import Graph
 from scope_hub.analysis.circuits.prune import PruneResult, prune
+from scope_hub.atomic_files import atomic_write_text
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "graph-metadata.json"
@@ -130,20 +129,11 @@ def write_graph_json(graph: Graph, path: str | Path, prune_result: PruneResult |
     path = Path(path)
     data = graph_json(graph, prune_result, slug=slug or path.stem, node_threshold=node_threshold,
                       edge_threshold=edge_threshold)
-    _atomic_write(path, json.dumps(data, indent=1))
+    atomic_write_text(path, json.dumps(data, indent=1))
     if update_metadata:
         index_path = path.parent / METADATA_FILE
         index = json.loads(index_path.read_text()) if index_path.is_file() else {"graphs": []}
         index["graphs"] = [g for g in index.get("graphs", []) if g.get("slug") != data["metadata"]["slug"]]
         index["graphs"].append(data["metadata"])
-        _atomic_write(index_path, json.dumps(index, indent=2))
+        atomic_write_text(index_path, json.dumps(index, indent=2))
     return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(handle, 0o644)  # mkstemp makes 0600; graphs are meant to be served and shared
-    with os.fdopen(handle, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
