@@ -20,7 +20,9 @@ from another distribution, as an entry point in the ``scope_hub.commands`` group
     [project.entry-points."scope_hub.commands"]
     train = "trainers.cli:setup"
 
-Every command gets the global ``--registry URL``.
+Every command gets the global ``--registry URL``. A plugin's line in ``scope-hub --help`` (and its
+``--help`` text) is the description its setup gives the parser, else the first line of its
+module's docstring.
 
 Errors print one line to stderr and exit 2 (usage: bad arguments, bad keys) or 1 (anything
 else); ``SCOPE_HUB_DEBUG=1`` shows the traceback instead.
@@ -34,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.metadata
 import os
@@ -53,16 +56,18 @@ class Command:
     """A lazily imported subcommand."""
 
     name: str
-    help: str
+    help: str | None  # None: read from the command's own setup / module docstring when shown
     target: str  # "module:function", function(parser) -> run(args) -> exit code
+    plugin: bool = False
 
 
 COMMANDS: dict[str, Command] = {}
 
 
-def register_command(name: str, help: str, target: str) -> None:
-    """Add (or replace) a subcommand; ``target`` is imported only when the command runs."""
-    COMMANDS[name] = Command(name, help, target)
+def register_command(name: str, help: str | None, target: str, *, plugin: bool = False) -> None:
+    """Add (or replace) a subcommand; ``target`` is imported only when the command runs (or its
+    help is shown, when ``help`` is None)."""
+    COMMANDS[name] = Command(name, help, target, plugin)
 
 
 _REGISTRY = "scope_hub.cli.registry_commands"
@@ -87,6 +92,9 @@ register_command("import", "publish a whole Gemma Scope 1/2 release (folder or H
                  "scope_hub.interop.cli_commands:setup_import")
 register_command("trace", "attribution graph of a prompt over transcoders/CLTs (circuit-tracer JSON)",
                  "scope_hub.analysis.circuits.cli:setup")
+register_command("dashboard", "static HTML feature dashboard of a dictionary", "scope_hub.analysis.cli:setup_dashboard")
+register_command("refusal", "refusal direction, carrying features and interventions on a chat model",
+                 "scope_hub.analysis.cli:setup_refusal")
 
 
 def _register_plugins() -> None:
@@ -96,8 +104,27 @@ def _register_plugins() -> None:
     """
     for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         if entry.name not in COMMANDS:
-            module = entry.value.partition(":")[0]
-            register_command(entry.name, f"(plugin {module}) see `{PROG} {entry.name} --help`", entry.value)
+            register_command(entry.name, None, entry.value, plugin=True)
+
+
+def _first_line(text: str | None) -> str:
+    return next((line.strip() for line in (text or "").strip().splitlines()), "")
+
+
+def _help_of(command: Command) -> str:
+    """One line for the command listing; a plugin's is the description its setup gives its parser,
+    else the first line of its module docstring (so importing it costs only what its setup costs)."""
+    if command.help is not None:
+        return command.help
+    module_name, _, function = command.target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        probe = argparse.ArgumentParser(prog=f"{PROG} {command.name}", add_help=False)
+        getattr(module, function)(probe)
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must not break `scope-hub --help`
+        return f"(plugin {module_name} cannot be loaded: {type(exc).__name__}: {_one_line(exc)})"
+    text = _first_line(probe.description) or _first_line(module.__doc__)
+    return f"{text} [plugin {module_name}]" if text else f"(plugin {module_name})"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,11 +140,18 @@ def _global_options(parser: argparse.ArgumentParser, default: str | None = None)
                         help="registry URL: file://, memory://, s3://, hf:// (default: $SCOPE_HUB_REGISTRY or a local one)")
 
 
+class _TopParser(_Parser):
+    """The top-level parser: its command listing is built only when help is shown."""
+
+    def format_help(self) -> str:
+        listing = "\n".join(f"  {c.name:<10} {_help_of(c)}" for c in COMMANDS.values())
+        self.epilog = f"commands:\n{listing}\n\nrun `{PROG} COMMAND --help` for a command's options"
+        return super().format_help()
+
+
 def _top_parser() -> _Parser:
-    listing = "\n".join(f"  {c.name:<10} {c.help}" for c in COMMANDS.values())
-    parser = _Parser(prog=PROG, description="Dictionary registry and tools for mechanistic interpretability.",
-                     epilog=f"commands:\n{listing}\n\nrun `{PROG} COMMAND --help` for a command's options",
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _TopParser(prog=PROG, description="Dictionary registry and tools for mechanistic interpretability.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _global_options(parser)
     parser.add_argument("command", metavar="COMMAND", help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -133,13 +167,25 @@ def _run(argv: Sequence[str]) -> int:
     top = _top_parser().parse_args(argv)
     command = COMMANDS.get(top.command)
     if command is None:
-        _top_parser().error(f"unknown command {top.command!r}; choose from {', '.join(COMMANDS)} (plugin "
-                            f"commands such as `train` appear once their package is installed: pip install -e .)")
-    module, _, function = command.target.partition(":")
+        _top_parser().error(_unknown_command(top.command))
+    module_name, _, function = command.target.partition(":")
     sub = _Parser(prog=f"{PROG} {command.name}", description=command.help)
     _global_options(sub, default=top.registry)
-    handler: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), function)(sub)
+    module = importlib.import_module(module_name)
+    handler: Callable[[argparse.Namespace], int] = getattr(module, function)(sub)
+    if not sub.description:  # a plugin whose setup gave its parser no description
+        sub.description = _first_line(module.__doc__) or None
     return handler(sub.parse_args(top.args))
+
+
+def _unknown_command(name: str) -> str:
+    close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+    text = (f"unknown command {name!r}; did you mean {close[0]!r}?" if close
+            else f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+    if not any(c.plugin for c in COMMANDS.values()):
+        text += (" (plugin commands such as `train` appear once their package is installed: "
+                 "pip install -e .)")
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,6 +212,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # python -m scope_hub.cli
     sys.exit(main())
-register_command("dashboard", "static HTML feature dashboard of a dictionary", "scope_hub.analysis.cli:setup_dashboard")
-register_command("refusal", "refusal direction, carrying features and interventions on a chat model",
-                 "scope_hub.analysis.cli:setup_refusal")

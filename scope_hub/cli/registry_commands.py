@@ -184,15 +184,50 @@ def setup_ls(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
     def run(args: argparse.Namespace) -> int:
-        for summary in _registry(args).list(args.pattern):
+        registry = _registry(args)
+        summaries = registry.list(args.pattern)
+        for summary in summaries:
             if args.json:
                 print(summary.model_dump_json())
             else:
                 latest = f"v{summary.latest}" if summary.latest else "(all yanked)"
                 print(f"{summary.key}@{latest}\t{human_size(summary.size)}\t{summary.versions} version(s)")
+        if not summaries:
+            _explain_empty(registry, args)
         return 0
 
     return run
+
+
+def _explain_empty(registry, args: argparse.Namespace) -> None:
+    """Say on stderr why ``ls`` printed nothing; a configured local registry that is not there is an error
+    (a typo in its path must not pass for an empty registry). The built-in default one exists only
+    once something is pushed to it, like any registry (``push`` creates it)."""
+    import os
+
+    from scope_hub.errors import RegistryError
+    from scope_hub.registry.settings import REGISTRY_ENV
+
+    url = registry.url
+    if args.pattern != "*" and (count := len(registry.list())):
+        sys.stderr.write(f"no key in {url} matches {args.pattern!r} ({count} key(s) published; "
+                         "`scope-hub ls` lists them all)\n")
+        return
+    configured = bool(args.registry or os.environ.get(REGISTRY_ENV, "").strip())
+    if url.startswith("file://"):
+        from scope_hub.registry.backends.file import path_of_url
+
+        root = path_of_url(url)
+        if not root.is_dir():
+            if configured:
+                raise RegistryError(f"registry {url} does not exist (no folder {root}); check --registry / "
+                                    f"${REGISTRY_ENV} (`scope-hub push` creates a registry on first use)")
+            sys.stderr.write(f"registry {url} does not exist yet: nothing was pushed to it "
+                             "(`scope-hub push FOLDER KEY` creates it)\n")
+            return
+        sys.stderr.write(f"registry {url} is empty: nothing was pushed to it yet\n")
+        return
+    sys.stderr.write(f"registry {url} is empty or does not exist yet\n")
 
 
 def setup_info(parser: argparse.ArgumentParser) -> Runner:

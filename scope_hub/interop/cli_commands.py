@@ -22,6 +22,8 @@ from collections.abc import Callable
 from scope_hub.interop.formats import FORMATS
 
 Runner = Callable[[argparse.Namespace], int]
+OFFLINE_HINT = ("unset HF_HUB_OFFLINE (and check the network), or pass a local release folder "
+                "(see `scope-hub import --help`)")
 IMPORTERS = {"gemma-scope-2": "scope_hub.interop.gemma_scope_2:import_gemma_scope_2",
              "gemma-scope-1": "scope_hub.interop.gemma_scope_1:import_gemma_scope_1"}
 
@@ -72,6 +74,7 @@ def setup_import(parser: argparse.ArgumentParser) -> Runner:
 def run_import(args: argparse.Namespace) -> int:
     import importlib
 
+    from scope_hub.registry.backends.hf_client import hub_errors
     from scope_hub.registry.settings import default_registry_url
 
     module, _, function = IMPORTERS[args.format].partition(":")
@@ -85,7 +88,8 @@ def run_import(args: argparse.Namespace) -> int:
 
         raise ConfigError("--site applies to gemma-scope-1 only (Gemma Scope 2 folder names say the site)")
     registry = getattr(args, "registry", None) or default_registry_url()
-    report = importer(args.source, registry, **options)
+    with hub_errors(f"hf://{args.source.removeprefix('hf://')}", "the file listing", hint=OFFLINE_HINT):
+        report = importer(args.source, registry, **options)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -40,7 +40,7 @@ from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
 from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
 from scope_hub.registry.progress import Progress
-from scope_hub.registry.protocol import Backend, latest_live
+from scope_hub.registry.protocol import Backend, latest_live, missing_version
 from scope_hub.registry.settings import cache_root, default_registry_url, is_offline
 
 
@@ -131,7 +131,13 @@ class Registry:
             return parse_manifest(data, key, version, f"cache {self.cache.rid}"), data
         if not self._can_read_remote():
             raise OfflineError(f"{key.unpinned()}@v{version} is not in the local cache and offline mode is on")
-        data = self.backend.read_manifest(key, version)
+        try:
+            data = self.backend.read_manifest(key, version)
+        except VersionNotFoundError:
+            states = self.backend.versions(key)
+            if any(s.version == version for s in states):
+                raise  # listed, but its manifest is missing: the backend's message says so
+            raise missing_version(key, version, states, self.url) from None
         manifest = parse_manifest(data, key, version, self.url)
         self.cache.save_manifest(key, version, data)
         return manifest, data
@@ -256,9 +262,10 @@ class Registry:
                                          content_sha256=manifest.content_sha256, manifest_sha256=sha256_bytes(data),
                                          size=sum(f.size for f in manifest.files), files=manifest.files))
         latest = latest_live(states)
-        shown = manifests.get(self.resolve_version(k) if k.ref else (latest or states[-1].version))
-        if shown is None:
-            raise VersionNotFoundError(f"{k} does not exist in {self.url}")
+        version = self.resolve_version(k) if k.ref else (latest or states[-1].version)
+        if version not in manifests:
+            raise missing_version(k, version, states, self.url)
+        shown = manifests[version]
         return KeyInfo(key=str(k.unpinned()), registry=self.url, latest=latest, versions=details,
                        config=shown.config, card=self._card_text(k, shown))
 

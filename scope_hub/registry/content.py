@@ -3,8 +3,9 @@
 A pushed folder is flat: ``config.json`` (a scope-hub DictionaryConfig), ``params*.safetensors``,
 optionally ``README.md`` (the card *source*) and other files. Dotfiles are skipped; subfolders,
 odd names, a missing, foreign or invalid config.json, tensors that disagree with it
-(:func:`scope_hub.tensor_layout.check_folder`) and a card source without license or base
-model are refused before anything is uploaded.
+(:func:`scope_hub.tensor_layout.check_folder`), a key that contradicts it
+(:func:`scope_hub.registry.key_check.check_key_matches`) and a card source without license or
+base model are refused before anything is uploaded.
 
 The stored ``README.md`` is not the source: it is rendered for the version being claimed
 (:meth:`Staged.render_card`), so it always names its own version. ``content_sha256`` covers
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 from scope_hub.errors import CardError, ConfigError, DictionaryNotFoundError, IntegrityError, RegistryError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig, FileEntry, Manifest
+from scope_hub.registry.key_check import check_key_matches
 from scope_hub.registry.layout import check_file_name
 
 if TYPE_CHECKING:  # cards imports huggingface_hub: loaded only when a push stages a folder
@@ -188,8 +190,7 @@ def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[d
         config = check_folder(folder)  # migrates old schemas; every tensor's name, shape and dtype vs config.json
     except ValidationError as exc:  # pragma: no cover - validate_config already turns these into ConfigError
         raise ConfigError(f"{str(path)!r} is not a valid DictionaryConfig: {exc.errors()[0]['msg']}") from None
-    if config.type != key.type:
-        raise ConfigError(f"{str(path)!r} says type {config.type!r} but the key says {key.type!r}")
+    check_key_matches(config, key, repr(str(path)))
     return raw, config
 
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from scope_hub.errors import RegistryError
+from scope_hub.errors import RegistryError, UnknownKeyError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.content import Staged, sha256_bytes
@@ -45,6 +45,27 @@ def latest_live(states: list[VersionState]) -> int | None:
     """Highest non-yanked version."""
     live = [s.version for s in states if not s.yanked]
     return max(live) if live else None
+
+
+def missing_version(key: DictionaryKey, version: int, states: list[VersionState], url: str) -> KeyError:
+    """The error for ``key@v{version}`` absent from ``url``: which versions exist, or that none do.
+
+    Example:
+        >>> from scope_hub.keys import parse_key
+        >>> key = parse_key("m:resid_post/layer_1/width_8/sae")
+        >>> error = missing_version(key, 7, [VersionState(1), VersionState(2, yanked=True)], "memory://r")
+        >>> str(error).split("; ")[:2]
+        ['m:resid_post/layer_1/width_8/sae@v7 does not exist in memory://r', 'available: v1, v2 (yanked)']
+    """
+    name = key.unpinned()
+    if not states:
+        return UnknownKeyError(f"{name}@v{version} does not exist: {name} is not published in {url} (it has no "
+                               "versions); see `scope-hub ls`")
+    shown = [f"v{s.version}" + (" (yanked)" if s.yanked else "") for s in states]
+    if len(shown) > 12:
+        shown = [*shown[:3], "...", *shown[-8:]]
+    return VersionNotFoundError(f"{name}@v{version} does not exist in {url}; available: {', '.join(shown)}; "
+                                f"see `scope-hub info {name}`")
 
 
 class Backend(ABC):

@@ -80,3 +80,12 @@ def test_parsing_the_commands_does_not_import_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-500:]
     assert "gemma-scope-2" in result.stdout and "--to FORMAT" in result.stdout
+
+
+def test_offline_import_of_an_uncached_hub_repo_says_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    code = main(["--registry", (tmp_path / "reg").as_uri(), "import", "gemma-scope-2", "google/gemma-scope-2-270m-pt"])
+    err = capsys.readouterr().err
+    assert code == 1 and "not in the Hugging Face cache" in err and "local_files_only" not in err
+    assert "unset HF_HUB_OFFLINE" in err and "local release folder (see `scope-hub import --help`)" in err

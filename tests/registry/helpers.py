@@ -12,24 +12,30 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from scope_hub.keys import parse_key
 from scope_hub.metadata import DictionaryConfig
 
-KEY = "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"
+KEY = "google/gemma-3-270m:resid_post/layer_6/width_8/sae"
+"""A key matching make_dictionary's default folder (d_sae 8): a push is refused unless key and config agree."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LICENSE = "apache-2.0"
 CARD = "README.md"
 
 
 def make_dictionary(folder: Path, seed: int = 0, d_in: int = 4, d_sae: int = 8, card: str | None = None,
-                    type_: str = "sae", license: str | None = LICENSE) -> Path:
+                    type_: str = "sae", license: str | None = LICENSE, key: str = KEY) -> Path:
     """A valid native folder: config.json (DictionaryConfig dump) + params.safetensors + README.md.
 
+    config.json names the model, site and layer of ``key`` (a single-layer key; site ``mlp``:
+    mlp_in -> mlp_out); its width is ``d_sae`` and its type ``type_``, whatever the key says.
     The README.md is a card source: front matter with ``license`` (if given) and the ``card``
     text; no README.md at all when both are None.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    config = DictionaryConfig(type=type_, architecture="jumprelu", d_in=d_in, d_sae=d_sae,
-                              model="google/gemma-3-270m", site="resid_post", layer=6)
+    k = parse_key(key)
+    site, site_out = ("mlp_in", "mlp_out") if k.site == "mlp" else (k.site, None)
+    config = DictionaryConfig(type=type_, architecture="jumprelu", d_in=d_in, d_sae=d_sae, model=k.model,
+                              site=site, site_out=site_out if type_ != "sae" else None, layer=k.layer)
     (folder / "config.json").write_text(config.model_dump_json(indent=1))
     rng = np.random.default_rng(seed)
     save_file({"w_enc": rng.standard_normal((d_in, d_sae)).astype(np.float32),

@@ -10,7 +10,7 @@ from scope_hub.registry import Lockfile
 
 from .helpers import KEY, LICENSE, folder_bytes, make_dictionary
 
-OTHER = "google/gemma-3-270m:mlp_out/layer_3/width_65k/sae/l0_small"
+OTHER = "google/gemma-3-270m:mlp_out/layer_3/width_8/sae/l0_small"
 
 
 def test_push_then_pull_returns_the_same_bytes(harness, tmp_path):
@@ -53,17 +53,19 @@ def test_versions_are_monotonic_and_every_ref_form_resolves(harness, tmp_path):
     assert by_content.version == 1 and by_content.content_sha256 == results[0].content_sha256
     with pytest.raises(VersionNotFoundError):
         reg.resolve(f"{KEY}@sha256:{'0' * 12}")
-    with pytest.raises(VersionNotFoundError):
+    with pytest.raises(VersionNotFoundError, match="available: v1, v2, v3"):
         reg.pull(f"{KEY}@v9")
     with pytest.raises(UnknownKeyError):
         reg.pull(OTHER)
+    with pytest.raises(UnknownKeyError, match="has no versions"):
+        reg.pull(f"{OTHER}@v1")
 
 
 def test_list_matches_fnmatch_patterns_over_canonical_keys(harness, tmp_path):
     reg = harness.registry()
     reg.push(make_dictionary(tmp_path / "a", seed=1), KEY)
-    reg.push(make_dictionary(tmp_path / "b", seed=2), OTHER)
-    reg.push(make_dictionary(tmp_path / "c", seed=3), OTHER)
+    reg.push(make_dictionary(tmp_path / "b", seed=2, key=OTHER), OTHER)
+    reg.push(make_dictionary(tmp_path / "c", seed=3, key=OTHER), OTHER)
     listed = {s.key: s for s in reg.list()}
     assert set(listed) == {KEY, OTHER}
     assert (listed[OTHER].latest, listed[OTHER].versions) == (2, 2)
@@ -128,7 +130,7 @@ def test_lockfile_pins_exact_bytes_and_refuses_a_changed_registry(harness, tmp_p
 def test_corrupted_file_is_detected_by_pull_and_verify(harness, tmp_path):
     reg = harness.registry()
     reg.push(make_dictionary(tmp_path / "a", seed=1), KEY)
-    reg.push(make_dictionary(tmp_path / "b", seed=2), OTHER)
+    reg.push(make_dictionary(tmp_path / "b", seed=2, key=OTHER), OTHER)
     harness.corrupt_file(KEY, 1, "params.safetensors")  # same size, other bytes: only a hash notices
     with pytest.raises(IntegrityError, match="corrupt"):
         harness.registry(fresh_cache=True).pull(KEY)
@@ -192,7 +194,7 @@ def test_reindex_rebuilds_the_same_listing(harness, tmp_path):
     reg = harness.registry()
     reg.push(make_dictionary(tmp_path / "a", seed=1), KEY)
     reg.push(make_dictionary(tmp_path / "b", seed=2), KEY)
-    reg.push(make_dictionary(tmp_path / "c", seed=3), OTHER)
+    reg.push(make_dictionary(tmp_path / "c", seed=3, key=OTHER), OTHER)
     reg.yank(f"{KEY}@v2")
     before = reg.list()
     assert reg.reindex() == 3

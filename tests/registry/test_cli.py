@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import scope_hub.cli as cli_module
 from scope_hub.cli import COMMANDS, main, register_command
 
 from .helpers import KEY, cli_env, folder_bytes, make_dictionary, run_cli
@@ -115,3 +116,47 @@ def test_new_commands_register_lazily(tmp_path, capsys, monkeypatch):
     assert cli(capsys, "double", "21")[:2] == (0, "42\n")
     code, out, _ = cli(capsys, "--help")
     assert code == 0 and "double a number" in out
+
+
+def test_a_missing_version_lists_the_existing_ones(url, tmp_path, capsys):
+    for seed in (1, 2):
+        assert cli(capsys, "--registry", url, "push", str(make_dictionary(tmp_path / f"v{seed}", seed=seed)), KEY)[0] == 0
+    for command in ("pull", "info"):
+        code, _, err = cli(capsys, "--registry", url, command, f"{KEY}@v7")
+        assert code == 1 and f"@v7 does not exist in {url}; available: v1, v2; see `scope-hub info {KEY}`" in err
+    code, _, err = cli(capsys, "--registry", url, "pull", f"{KEY}/other@v1")
+    assert code == 1 and "is not published" in err and "has no versions" in err
+
+
+def test_ls_says_why_it_printed_nothing(url, tmp_path, capsys):
+    typo = tmp_path / "no" / "such" / "registry"
+    code, out, err = cli(capsys, "--registry", typo.as_uri(), "ls")
+    assert (code, out) == (1, "") and "does not exist" in err and "push" in err and not typo.exists()
+    assert cli(capsys, "--registry", url, "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY)[0] == 0
+    code, out, err = cli(capsys, "--registry", url, "ls", "*layer_9*")
+    assert (code, out) == (0, "") and "no key" in err and "1 key(s) published" in err
+    (tmp_path / "empty").mkdir()
+    for where, needle in [((tmp_path / "empty").as_uri(), "is empty"), ("memory://never-used", "is empty or does not exist")]:
+        code, out, err = cli(capsys, "--registry", where, "ls")
+        assert (code, out) == (0, "") and needle in err
+
+
+def test_a_mistyped_command_gets_a_suggestion_and_plugins_describe_themselves(tmp_path, capsys, monkeypatch):
+    (tmp_path / "fake_plugin.py").write_text(
+        '"""Fake plugin: says hello.\n\nMore text."""\n'
+        "def described(parser):\n    parser.description = 'frob the widgets'\n    return lambda args: 0\n"
+        "def bare(parser):\n    return lambda args: 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli_module, "COMMANDS", {n: c for n, c in COMMANDS.items() if not c.plugin})
+    monkeypatch.setattr(cli_module, "_register_plugins", lambda: None)
+    code, _, err = cli(capsys, "pul", KEY)
+    assert code == 2 and "did you mean 'pull'?" in err and "plugin commands such as `train`" in err
+    register_command("frob", None, "fake_plugin:described", plugin=True)
+    register_command("hello", None, "fake_plugin:bare", plugin=True)
+    assert cli(capsys, "--registry", "memory://lazy", "ls")[0] == 0 and "fake_plugin" not in __import__("sys").modules
+    code, _, err = cli(capsys, "pul", KEY)
+    assert code == 2 and "did you mean 'pull'?" in err and "plugin commands" not in err  # plugins are installed
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "frob the widgets" in out and "Fake plugin: says hello." in out and "see `scope-hub" not in out
+    assert "frob the widgets" in cli(capsys, "frob", "--help")[1]
+    assert "Fake plugin: says hello." in cli(capsys, "hello", "--help")[1]

@@ -14,32 +14,33 @@ from scope_hub.registry.layout import INDEX_LOG, INDEX_SNAPSHOTS, manifest_path
 from .helpers import KEY, make_dictionary
 
 
-def _fill(reg: Registry, n: int, src) -> None:
+def _fill(reg: Registry, n: int, folder) -> None:
     for i in range(n):
-        reg.push(src, f"google/gemma-3-270m:resid_post/layer_{i}/width_16k/sae")
+        key = f"google/gemma-3-270m:resid_post/layer_{i}/width_8/sae"
+        reg.push(make_dictionary(folder / str(i), seed=1, key=key), key)
 
 
 @pytest.mark.parametrize("n", [5, 120])
 def test_ls_and_resolve_cost_a_constant_number_of_reads(n, tmp_path):
     reg = Registry(f"memory://index-{n}-{tmp_path.name}", cache_dir=tmp_path / "c", progress=False)
-    _fill(reg, n, make_dictionary(tmp_path / "d", seed=1))
+    _fill(reg, n, tmp_path / "d")
     store = reg.backend.store
     before = store.reads
     assert len(reg.list()) == n
     ls_reads = store.reads - before
     assert ls_reads <= 3 + COMPACT_AFTER  # list(log) + list(snapshots) + get(snapshot) + pending segments
     before = store.reads
-    reg.resolve("google/gemma-3-270m:resid_post/layer_3/width_16k/sae")
+    reg.resolve("google/gemma-3-270m:resid_post/layer_3/width_8/sae")
     assert store.reads - before == 2  # list the key's versions + get its manifest
     before = store.reads
-    reg.resolve("google/gemma-3-270m:resid_post/layer_3/width_16k/sae@v1")
+    reg.resolve("google/gemma-3-270m:resid_post/layer_3/width_8/sae@v1")
     assert store.reads - before == 0  # immutable manifest: served from the cache
 
 
 def test_compaction_folds_segments_and_racing_compactors_lose_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("SCOPE_HUB_INDEX_COMPACT_AFTER", "1000")  # no compaction during the pushes
     reg = Registry(f"memory://compact-{tmp_path.name}", cache_dir=tmp_path / "c", progress=False)
-    _fill(reg, 12, make_dictionary(tmp_path / "d", seed=1))
+    _fill(reg, 12, tmp_path / "d")
     store = reg.backend.store
     assert len(store.list_names(INDEX_LOG)) == 12
     a, b = StoreIndex(store), StoreIndex(store)
@@ -56,7 +57,7 @@ def test_compaction_folds_segments_and_racing_compactors_lose_nothing(tmp_path, 
 
 def test_a_reader_racing_a_compaction_reloads(tmp_path):
     reg = Registry(f"memory://race-{tmp_path.name}", cache_dir=tmp_path / "c", progress=False)
-    _fill(reg, 3, make_dictionary(tmp_path / "d", seed=1))
+    _fill(reg, 3, tmp_path / "d")
     store = reg.backend.store
     index = StoreIndex(store)
     real_read, compacted = store.read_bytes, []
@@ -88,7 +89,7 @@ def test_a_version_missing_from_the_index_is_still_resolved_and_reindex_repairs_
 
 def test_a_corrupt_snapshot_is_reported_and_reindex_replaces_it(tmp_path):
     reg = Registry((tmp_path / "registry").as_uri(), progress=False)
-    _fill(reg, 2, make_dictionary(tmp_path / "d", seed=1))
+    _fill(reg, 2, tmp_path / "d")
     StoreIndex(reg.backend.store).compact_if_needed(threshold=0)
     reg.backend.store.put_bytes(f"{INDEX_SNAPSHOTS}/g000000000001.json", b"{not json")
     with pytest.raises(RegistryError, match="reindex"):

@@ -13,7 +13,7 @@ from scope_hub.registry import Registry
 
 from .helpers import KEY, make_dictionary
 
-TC = "google/gemma-3-270m:mlp/layer_6/width_16k/transcoder/demo"
+TC = "google/gemma-3-270m:mlp/layer_6/width_8/transcoder/demo"
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -24,7 +24,7 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 def _push_two(reg: Registry, tmp_path) -> None:
     reg.push(make_dictionary(tmp_path / "sae", seed=1, card="SAE"), KEY)
-    reg.push(make_dictionary(tmp_path / "tc", seed=2, d_in=4, type_="transcoder", card="TC"), TC)
+    reg.push(make_dictionary(tmp_path / "tc", seed=2, d_in=4, type_="transcoder", card="TC", key=TC), TC)
 
 
 def test_release_pins_versions_and_is_published_write_once(harness, tmp_path, capsys):

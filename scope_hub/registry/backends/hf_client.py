@@ -76,16 +76,22 @@ def commit_of(pointer: str) -> str:
 
 
 @contextmanager
-def hub_errors(url: str, what: str) -> Iterator[None]:
-    """Turn huggingface_hub / HTTP errors into scope-hub's one-line errors."""
+def hub_errors(url: str, what: str, hint: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub / HTTP errors into scope-hub's one-line errors.
+
+    ``hint``: what the user can do when the data is not cached and the Hub cannot be used
+    (appended to the :class:`OfflineError`); by default, leave offline mode.
+    """
     from huggingface_hub import errors as hf
 
+    todo = hint or "unset HF_HUB_OFFLINE / SCOPE_HUB_OFFLINE and check the network"
     try:
         yield
-    except hf.LocalEntryNotFoundError:
-        raise OfflineError(f"offline: {what} of {url} is not in the Hugging Face cache") from None
+    except hf.LocalEntryNotFoundError:  # offline mode, or the Hub unreachable, and nothing cached
+        raise OfflineError(f"offline: {what} of {url} is not in the Hugging Face cache and the Hub is "
+                           f"unreachable or offline mode is on; {todo}") from None
     except hf.OfflineModeIsEnabled:
-        raise OfflineError(f"offline: cannot reach {url} for {what}") from None
+        raise OfflineError(f"offline: cannot reach {url} for {what}; {todo}") from None
     except hf.RemoteEntryNotFoundError:
         raise FileNotFoundError(f"{what} not found in {url}") from None
     except hf.RepositoryNotFoundError:
