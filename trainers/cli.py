@@ -24,16 +24,22 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 EXIT_INTERRUPTED = 143
+EXIT_BAD_CONFIG = 2
+DESCRIPTION = "Train a sparse dictionary: harvest, train, evaluate, publish."
+EPILOG = ("Start from trainers/examples/sae.yaml (details: docs/training.md). Exit codes: 0 done, 2 bad config, "
+          "143 stopped by SIGTERM after checkpointing (run again to resume), 1 other errors.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train command's arguments (shared by ``python -m trainers`` and ``scope-hub train``)."""
+    parser.description, parser.epilog = DESCRIPTION, EPILOG
     parser.add_argument("config", nargs="?", help="YAML config file (sections: model, data, harvest, dictionary, "
-                                                  "optim, loss, train, eval, output)")
+                                                  "optim, loss, train, eval, output); optional")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--harvest-only", action="store_true", help="harvest into harvest.cache_dir and exit")
@@ -82,21 +88,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_reporting(args: argparse.Namespace, prog: str) -> int:
+    """:func:`run`, with a config error printed as one line (``PROG: error: ...``) and exit code 2.
+
+    ``SCOPE_HUB_DEBUG=1`` lets the error through with its traceback.
+    """
+    from scope_hub.errors import ConfigError
+
+    try:
+        return run(args)
+    except ConfigError as exc:
+        if os.environ.get("SCOPE_HUB_DEBUG", "") not in ("", "0"):
+            raise
+        sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
+        return EXIT_BAD_CONFIG
+
+
 def setup(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
-    """``scope-hub train`` plugin hook (entry point group ``scope_hub.commands``)."""
+    """Train a sparse dictionary: harvest, train, evaluate, publish.
+
+    The ``scope-hub train`` plugin hook (entry point group ``scope_hub.commands``).
+    """
     add_arguments(parser)
-    return run
+    return lambda args: run_reporting(args, parser.prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m trainers``: parse ``argv`` and run; config errors exit 2 with one line."""
-    from scope_hub.errors import ConfigError
-
-    parser = argparse.ArgumentParser(prog="python -m trainers", description="Train a sparse dictionary.")
+    parser = argparse.ArgumentParser(prog="python -m trainers")
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+    return run_reporting(parser.parse_args(argv), parser.prog)

@@ -71,6 +71,9 @@ class DataConfig(_Section):
     """Drop positions holding BOS (and padding) from harvested activations: their norms are outliers."""
     max_tokens: int | None = Field(default=None, gt=0)
     """Stop reading text after this many tokens."""
+    corpus: Literal["stdlib-docstrings"] | None = None
+    """A built-in corpus every machine has offline, read after ``paths``: ``stdlib-docstrings`` (the Python
+    standard library's docstrings, ~135k Gemma tokens; see :mod:`trainers.corpus`)."""
 
 
 class HarvestConfig(_Section):
@@ -299,6 +302,9 @@ class TrainConfig(_Section):
         data = self.model_dump(mode="json")
         for section, field in _NON_NUMERIC_FIELDS:
             data.get(section, {}).pop(field, None)
+        for section, field in _ADDED_FIELDS:  # unset: the fingerprint older checkpoints were written with
+            if data.get(section, {}).get(field) is None:
+                data.get(section, {}).pop(field, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -308,6 +314,12 @@ _NON_NUMERIC_FIELDS = [
     ("output", "dir"), ("output", "registry"), ("output", "key"), ("harvest", "cache_dir"),
     ("eval", "tokens"), ("eval", "delta_lm_loss"), ("eval", "lm_sequences"), ("train", "decode"),
 ]
+
+_ADDED_FIELDS = [("data", "corpus")]
+"""Fields added after checkpoints were first written; left out of the fingerprint while unset."""
+
+EXAMPLES = Path(__file__).parent / "examples"
+"""Example configs shipped with the package (``sae.yaml``)."""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -352,8 +364,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        text = Path(path).read_text()
-        raw = yaml.safe_load(text) or {}
+        raw = _read_yaml(Path(path))
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: must hold a YAML mapping of sections (model, data, dictionary, ...)")
     raw = apply_overrides(raw, list(overrides or []))
@@ -362,3 +373,22 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path or 'config'}: {problems}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        problem = "is a folder, not a YAML file" if path.is_dir() else "not found"
+        raise ConfigError(f"config file '{path}' {problem}; start from {_shown(EXAMPLES / 'sae.yaml')} "
+                          "(see docs/training.md) or pass only KEY=VALUE overrides")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a YAML file ({' '.join(str(exc).split())})") from None
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (``trainers/examples/sae.yaml``)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

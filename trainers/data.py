@@ -1,9 +1,10 @@
 """Text data -> fixed-length token sequences for harvesting.
 
 Sources: local text files (``.txt``, ``.md``, ...: one document each), ``.jsonl``/``.json`` records
-(``text_field``, or ``messages_field`` for chats), or a ``datasets`` dataset
+(``text_field``, or ``messages_field`` for chats), a ``datasets`` dataset
 (a ``save_to_disk`` folder, a local data folder, or a name already in the HF
-cache; set ``HF_DATASETS_OFFLINE=1`` to forbid downloads). Chats are rendered
+cache; set ``HF_DATASETS_OFFLINE=1`` to forbid downloads), or the built-in
+``corpus: stdlib-docstrings`` (:mod:`trainers.corpus`). Chats are rendered
 with the tokenizer's chat template. Documents keep their file order; shuffling
 happens on activations.
 
@@ -39,6 +40,7 @@ import torch
 
 from scope_hub.errors import ConfigError
 from trainers.config import DataConfig
+from trainers.corpus import corpus_label, stdlib_documents
 
 
 @dataclass
@@ -71,6 +73,15 @@ def iter_records(cfg: DataConfig) -> Iterator[Any]:
             raise ConfigError(f"{path}: not UTF-8 text; data files are text (.txt, .md, ...) or .jsonl/.json") from None
     if cfg.dataset:
         yield from (_field(row, cfg, cfg.dataset) for row in _dataset_rows(cfg))
+    if cfg.corpus:
+        yield from stdlib_documents()
+
+
+def require_data(cfg: DataConfig) -> None:
+    """Raise :class:`ConfigError` when no data source is configured at all."""
+    if not (cfg.paths or cfg.dataset or cfg.corpus):
+        raise ConfigError("no data: set data.paths (text/JSONL files) or data.dataset "
+                          "(or data.corpus=stdlib-docstrings, a small built-in corpus)")
 
 
 def _expand(patterns: list[str]) -> list[Path]:
@@ -158,6 +169,8 @@ def pack(docs: Iterable[list[int]], cfg: DataConfig, bos_id: int | None, pad_id:
 
 def token_sequences(cfg: DataConfig, tokenizer: Any) -> TokenSequences:
     """Read, tokenize and pack the configured data (up to ``max_tokens``)."""
+    require_data(cfg)
+
     def docs() -> Iterator[list[int]]:
         total = 0
         for record in iter_records(cfg):
@@ -174,7 +187,8 @@ def token_sequences(cfg: DataConfig, tokenizer: Any) -> TokenSequences:
         ids, mask = ids[:keep], mask[:keep]
     digest = hashlib.sha256(ids.to(torch.int64).numpy().tobytes())
     digest.update(mask.numpy().tobytes())
-    sources = [*cfg.paths, *([f"{cfg.dataset}:{cfg.split}"] if cfg.dataset else [])]
+    sources = [*cfg.paths, *([f"{cfg.dataset}:{cfg.split}"] if cfg.dataset else []),
+               *([corpus_label()] if cfg.corpus else [])]
     return TokenSequences(ids, mask, ", ".join(sources), digest.hexdigest())
 
 

@@ -7,9 +7,10 @@
 4. evaluate them (L0, FVU, ΔLM loss spliced in, dead %) and publish them into the local registry with cards;
 5. reload both by key and version through ``ScopedModel.from_pretrained``; print top-activating contexts of a
    few features and a steering example with ``generate``;
-6. write a feature dashboard (when ``scope_hub.analysis`` is present) and say where everything is.
+6. write a feature dashboard with ``scope-hub dashboard`` and say where everything is.
 
-Every step is an ordinary CLI/Python call (printed as it runs). ``--quick`` runs in 1-2 minutes.
+Every step is an ordinary CLI/Python call, printed as it runs (``$`` shell, ``>>>`` Python) so that it can be
+run as printed. ``--quick`` runs in 1-2 minutes.
 
 Example:
     ``python -m trainers.demo --quick`` (or ``make demo``).
@@ -18,7 +19,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -62,6 +65,10 @@ def step(text: str) -> None:
     print(f"  $ {text}", flush=True)
 
 
+def py(text: str) -> None:
+    print(f"  >>> {text}", flush=True)
+
+
 def demo_key(kind: str, plan: Plan) -> str:
     """Registry key of the demo's SAE or transcoder."""
     from scope_hub.keys import width_label
@@ -88,12 +95,31 @@ def train_overrides(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: 
     ]
 
 
+def train_command(overrides: list[str]) -> str:
+    """The shell command that trains with ``overrides`` (quoted: ``data.paths=[...]`` is a glob to zsh)."""
+    return shlex.join(["scope-hub", "train", *overrides])
+
+
+def dashboard_command(pinned_key: str, model_dir: Path, texts: Path, out: Path, registry: str) -> str:
+    """The shell command that writes the feature dashboard of ``pinned_key`` (``KEY@vN``) over ``texts``."""
+    return shlex.join(["scope-hub", "dashboard", pinned_key, "--registry", registry, "--model", str(model_dir),
+                       "--texts", str(texts), "--out", str(out)])
+
+
+def registry_commands(pinned_key: str, registry: str) -> dict[str, str]:
+    """Shell commands that look at a published dictionary (printed at the end of the demo)."""
+    key, reg = shlex.quote(pinned_key), shlex.quote(registry)
+    return {"ls": f"scope-hub ls --registry {reg}", "info": f"scope-hub info {key} --registry {reg}",
+            "card": f"scope-hub card {key} --registry {reg}",
+            "pull": f"scope-hub pull {key} --registry {reg} --to my_dictionary"}
+
+
 def _train(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: Path, registry: str) -> Any:
     from trainers.config import load_config
     from trainers.pipeline import train
 
     overrides = train_overrides(kind, plan, model_dir, corpus, work, registry)
-    step("scope-hub train " + " ".join(o for o in overrides if not o.startswith(("train.checkpoint", "output.dir"))))
+    step(train_command(overrides))
     outcome = train(load_config(None, overrides))
     m = outcome.dictionary.config.metrics
     print(f"  -> {outcome.push.key}@v{outcome.push.version}: L0 {m.l0:.1f}, FVU {m.fvu:.3f}, "
@@ -126,22 +152,32 @@ def _top_contexts(sm: Any, tokenizer: Any, name: str, texts: list[str], n_featur
 
 
 def _steer(sm: Any, tokenizer: Any, name: str, feature: int, typical: float) -> None:
-    prompt = tokenizer("The most important thing about this function is", return_tensors="pt")
+    text = "The most important thing about this function is"
+    py(f"prompt = tokenizer({text!r}, return_tensors='pt')")
+    prompt = tokenizer(text, return_tensors="pt")
     kwargs = dict(max_new_tokens=16, do_sample=False)
+    py("sm.generate(**prompt, max_new_tokens=16, do_sample=False)")
     plain = sm.generate(**prompt, **kwargs)
     print("  plain      :", tokenizer.decode(plain[0], skip_special_tokens=True))
     for times in (2, 6):  # multiples of the feature's largest activation seen above
-        alpha = times * typical
-        step(f"sm.steer({name!r}, {feature}, {alpha:.1f}).generate(...)")
+        alpha = float(f"{times * typical:.3g}")
+        py(f"sm.steer({name!r}, {feature}, {alpha}).generate(**prompt, max_new_tokens=16, do_sample=False)")
         steered = sm.steer(name, feature, alpha).generate(**prompt, **kwargs)
         print(f"  steered x{times}  :", tokenizer.decode(steered[0], skip_special_tokens=True))
 
 
-def _dashboard(sm: Any, tokenizer: Any, name: str, texts: list[str], out: Path) -> Path | None:
-    from scope_hub.analysis.dashboard import dashboard_from_texts
+def _dashboard(pinned_key: str, model_dir: Path, texts: list[str], work: Path, registry: str) -> Path:
+    """Run the printed ``scope-hub dashboard`` command itself (so what is printed is what ran)."""
+    from scope_hub.cli import main as scope_hub_main
 
-    step(f"scope-hub dashboard {name} --out {out}")
-    return dashboard_from_texts(sm, name, tokenizer, texts, out)
+    texts_file = work / "dashboard_texts.jsonl"
+    texts_file.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts))
+    command = dashboard_command(pinned_key, model_dir, texts_file, work / "dashboard", registry)
+    step(command)
+    code = scope_hub_main(shlex.split(command)[1:])
+    if code:
+        raise RuntimeError(f"the dashboard command failed (exit {code}): {command}")
+    return work / "dashboard" / "index.html"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  -> {model_dir}")
 
     heading("2. A real English corpus on every machine: the standard library's docstrings")
-    corpus, digest, n_docs = write_stdlib_corpus(work / f"{corpus_label()}.jsonl", plan.max_docs)
+    corpus_path = work / f"{corpus_label()}.jsonl"
+    step("python -c " + shlex.quote("from trainers.corpus import write_stdlib_corpus; "  # json.dumps: a "..." literal
+                                    f"print(write_stdlib_corpus({json.dumps(str(corpus_path))}, {plan.max_docs!r}))"))
+    corpus, digest, n_docs = write_stdlib_corpus(corpus_path, plan.max_docs)
     print(f"  -> {corpus} ({n_docs} documents, sha256 {digest[:16]}…)")
 
     heading(f"3-4. Harvest layer {LAYER}, train, evaluate and publish (registry: {registry.url})")
@@ -176,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
 
     heading("5. Reload by key and version through ScopedModel.from_pretrained")
     pinned = {kind: f"{o.push.key}@v{o.push.version}" for kind, o in outcomes.items()}
-    step(f"ScopedModel.from_pretrained({str(model_dir)!r}, dictionaries={list(pinned.values())})")
+    py("from scope_hub.models import load_causal_lm; from scope_hub.scoped_model import ScopedModel")
+    py(f"model, tokenizer = load_causal_lm({str(model_dir)!r})")
+    py(f"sm = ScopedModel.from_pretrained(model, dictionaries={pinned!r}, registry={registry.url!r})")
     model, tokenizer = load_causal_lm(model_dir)
     sm = ScopedModel.from_pretrained(model, dictionaries=dict(pinned), registry=registry)
     texts = stdlib_documents(plan.max_docs)[-64:]
@@ -186,16 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         _steer(sm, tokenizer, "sae", *features[0])
 
     heading("6. Feature dashboard and where everything is")
-    board = _dashboard(sm, tokenizer, "sae", texts, work / "dashboard")
+    del sm, model  # the dashboard command loads its own copy
+    board = _dashboard(pinned["sae"], model_dir, texts, work, registry.url)
+    commands = {kind: registry_commands(key, registry.url) for kind, key in pinned.items()}
     print(f"  model folder     : {model_dir}")
     print(f"  corpus           : {corpus}")
-    print(f"  registry         : {registry.url}  (scope-hub ls --registry {registry.url})")
+    print(f"  registry         : {registry.url}  ($ {commands['sae']['ls']})")
     for kind, key in pinned.items():
-        print(f"  {kind:<16} : {key}   (scope-hub info '{key}')")
-    if board:
-        print(f"  dashboard        : {board}")
-    print(f"  took {time.time() - started:.0f} s. Next: `scope-hub card '{pinned['sae']}'`, "
-          "`scope-hub pull KEY --to DIR`, and docs/ for training, interop and analysis.")
+        print(f"  {kind:<16} : {key}   ($ {commands[kind]['info']})")
+    print(f"  dashboard        : {board}")
+    print(f"  took {time.time() - started:.0f} s. Next: `{commands['sae']['card']}`, `{commands['sae']['pull']}`, "
+          "and docs/ for training, interop and analysis.")
     return 0
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scope_hub.errors import ConfigError
 from scope_hub.metadata import Metrics
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
@@ -70,8 +71,9 @@ def _synthetic(cfg: TrainConfig) -> Environment:
 
 
 def _model_env(cfg: TrainConfig) -> tuple[Environment, Harvester]:
-    from trainers.data import token_sequences
+    from trainers.data import require_data, token_sequences
 
+    require_data(cfg.data)  # before the (slow) model load
     model, tok = load_model(cfg)
     data = token_sequences(cfg.data, tok)
     spec = site_spec(model, cfg)
@@ -100,12 +102,60 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
         env.source = StreamingSource(harvester, env.data, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
                                      window=cfg.harvest.stream_window, batch_sequences=cfg.harvest.batch_sequences,
                                      eval_tokens=cfg.eval.tokens)
-        needed = -(-cfg.steps // cfg.harvest.stream_window) * env.source.chunk
-        if needed > env.source.n_train:
-            raise ValueError(f"streaming needs {needed} training tokens (whole chunks of harvest.stream_window "
-                             f"batches) but the data holds {env.source.n_train}; add data, lower train.tokens, "
-                             "or harvest to disk (harvest.cache_dir), which allows several epochs")
+        check_stream_fits(cfg, env.source.n_train, env.source.n_eval)
     return env
+
+
+def stream_tokens(tokens: int, batch_size: int, window: int) -> int:
+    """Training tokens a streamed run reads: whole chunks of ``window`` batches covering its steps.
+
+    Example:
+        >>> stream_tokens(10_000, batch_size=4096, window=16)  # 2 steps, but one chunk is 16 x 4096
+        65536
+    """
+    steps = max(1, tokens // batch_size)
+    return -(-steps // window) * window * batch_size
+
+
+def stream_fixes(tokens: int, batch_size: int, window: int, available: int) -> list[str]:
+    """Overrides that make a streamed run fit in ``available`` training tokens (each alone, else combined).
+
+    Example:
+        >>> stream_fixes(10_000, batch_size=4096, window=16, available=20_000)
+        ['harvest.stream_window=4', 'train.batch_size=1024']
+    """
+    fixes = []
+    window_fit = next((w for w in range(window - 1, 0, -1) if stream_tokens(tokens, batch_size, w) <= available), None)
+    if window_fit:
+        fixes.append(f"harvest.stream_window={window_fit}")
+    halvings = [batch_size >> i for i in range(1, batch_size.bit_length())]
+    batch_fit = next((b for b in halvings if stream_tokens(tokens, b, window) <= available), None)
+    if batch_fit:
+        fixes.append(f"train.batch_size={batch_fit}")
+    chunks = available // (window * batch_size)
+    if chunks:
+        fixes.append(f"train.tokens={chunks * window * batch_size}")
+    if not fixes:  # one chunk of one batch per step: at most `available` tokens
+        batch = next((b for b in [batch_size, *halvings] if b <= available), None)
+        if batch:
+            smaller = f" train.batch_size={batch}" if batch != batch_size else ""
+            fixes.append(f"train.tokens={available // batch * batch}{smaller} harvest.stream_window=1")
+    return fixes
+
+
+def check_stream_fits(cfg: TrainConfig, n_train: int, n_eval: int) -> None:
+    """Raise :class:`ConfigError` (with overrides that would fit) when streaming would run out of data."""
+    tokens, batch, window = cfg.train.tokens, cfg.train.batch_size, cfg.harvest.stream_window
+    needed = stream_tokens(tokens, batch, window)
+    if needed <= n_train:
+        return
+    fixes = stream_fixes(tokens, batch, window, n_train)
+    raise ConfigError(
+        f"streaming needs {needed} training tokens but the data holds {n_train} (plus {n_eval} held out for "
+        f"eval.tokens): train.tokens={tokens} is {cfg.steps} step(s) of train.batch_size={batch}, harvested in whole "
+        f"chunks of harvest.stream_window={window} batches ({window * batch} tokens); "
+        + (f"set {' or '.join(fixes)}, " if fixes else "")
+        + "or harvest to disk (harvest.cache_dir=DIR, which allows several epochs), or add data")
 
 
 def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metrics:
@@ -113,7 +163,7 @@ def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metri
     metrics = evaluate(dictionary, env.source.eval_batches(cfg.eval.tokens, cfg.train.batch_size))
     if cfg.eval.delta_lm_loss:
         if env.model is None:
-            raise ValueError("eval.delta_lm_loss needs the model: set model.id (the harvest alone is not enough)")
+            raise ConfigError("eval.delta_lm_loss needs the model: set model.id (the harvest alone is not enough)")
         from trainers.lm_eval import delta_lm_loss
 
         n = cfg.eval.lm_sequences
@@ -163,6 +213,6 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig) -> Metrics:
 def harvest_only(cfg: TrainConfig) -> Path:
     """Harvest into ``harvest.cache_dir`` and stop (to share one harvest between several trainings)."""
     if not cfg.harvest.cache_dir:
-        raise ValueError("harvest.cache_dir is required to harvest to disk")
+        raise ConfigError("--harvest-only needs harvest.cache_dir=DIR (where the shards go)")
     env, harvester = _model_env(cfg)
     return harvest_to_disk(harvester, env.data, cfg, cfg.harvest.cache_dir, progress=cfg.train.progress)

@@ -18,3 +18,10 @@ def test_train_plugin_reports_bad_overrides_in_one_line(capsys):
     assert main(["train", "--print-config", "optim.no_such_field=1"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no_such_field" in err
+
+
+def test_train_help_says_what_the_command_does(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Train a sparse dictionary: harvest, train, evaluate, publish." in out
+    assert "see `scope-hub train --help`" not in out  # the plugin's help used to point at itself

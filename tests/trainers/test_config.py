@@ -11,7 +11,7 @@ import yaml
 
 from scope_hub.errors import ConfigError
 from trainers.cli import main
-from trainers.config import TrainConfig, load_config
+from trainers.config import EXAMPLES, TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +68,26 @@ def test_python_m_trainers_runs(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
     assert done.returncode == 0, done.stderr
     assert "fvu=" in done.stdout and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("via", ["python -m trainers", "scope-hub train"])
+def test_missing_config_file_is_a_one_line_config_error(via: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    from scope_hub.cli import main as scope_hub_main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["config.yaml", "--print-config"]
+    code = main(argv) if via == "python -m trainers" else scope_hub_main(["train", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"{via}: error: config file 'config.yaml' not found; start from ")
+    assert "examples/sae.yaml" in err and "KEY=VALUE" in err
+
+
+def test_shipped_examples_validate_and_are_packaged() -> None:
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    assert [p.name for p in examples][:1] == ["sae.yaml"], examples
+    for example in examples:
+        cfg = load_config(example)
+        assert cfg.model.id and (cfg.data.paths or cfg.data.dataset or cfg.data.corpus), f"{example}: no data"
+    package_data = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1].split("\n[")[0]
+    assert '"trainers" = ["examples/*.yaml"]' in package_data, "wheels would ship without the examples"

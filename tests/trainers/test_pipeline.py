@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from scope_hub.cards import parse_card
+from scope_hub.errors import ConfigError
 from scope_hub.dictionaries import Dictionary
 from tests.dictionaries.factory import make_config, make_dictionary
 from tests.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
@@ -76,8 +78,25 @@ def test_streaming_transcoder(model_dir: Path, tmp_path: Path) -> None:
     assert c.hook_point_in.endswith("pre_feedforward_layernorm.output")
     assert c.hook_point_out.endswith("post_feedforward_layernorm.output")
     assert c.metrics.eval_tokens == 512 and c.metrics.fvu == c.metrics.fvu  # evaluated (4 steps: no quality bar)
-    with pytest.raises(ValueError, match="streaming needs"):
-        train(_cfg(model_dir, tmp_path, "train.tokens=1000000"))
+
+
+@pytest.mark.parametrize("tokens", [512, 1_000_000])
+def test_streaming_shortfall_is_a_config_error_whose_fixes_fit(model_dir: Path, tmp_path: Path, tokens: int) -> None:
+    # One chunk is stream_window x batch_size = 16 x 512 tokens, more than the text holds: lowering
+    # train.tokens alone cannot help, so the message must name overrides that do (each is tried below).
+    too_big = (f"train.tokens={tokens}", "harvest.stream_window=16")
+    with pytest.raises(ConfigError, match=r"^streaming needs \d+ training tokens but the data holds \d+") as caught:
+        train(_cfg(model_dir, tmp_path, *too_big))
+    fixes = re.search(r"; set (.+?), or harvest to disk", str(caught.value)).group(1).split(" or ")
+    assert len(fixes) == (2 if tokens == 512 else 1), str(caught.value)
+    for i, fix in enumerate(fixes):
+        outcome = train(_cfg(model_dir, tmp_path, *too_big, *fix.split(), f"output.dir={tmp_path / str(i)}"))
+        assert outcome.folder is not None and outcome.result.steps >= 1, fix
+
+
+def test_no_data_says_so(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^no data: set data\.paths \(text/JSONL files\) or data\.dataset"):
+        train(_cfg(model_dir, tmp_path, "data.paths=[]"))
 
 
 @pytest.mark.parametrize("kind", ["sae", "transcoder", "skip_transcoder", "clt"])
