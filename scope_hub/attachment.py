@@ -26,6 +26,8 @@ import torch
 
 from scope_hub.dictionaries import CrossLayerTranscoder, Crosscoder, Dictionary, SkipTranscoder, SparseFeatures
 from scope_hub.dictionaries.sae import decode_linear
+from scope_hub.errors import ConfigError, ScopeHubError, ShapeMismatchError
+from scope_hub.hookpoints import Hookpoint, linear_width
 
 HookFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -326,3 +328,46 @@ def attachment_for(name: str, dictionary: Dictionary, hook_in: list[str], hook_o
     if isinstance(dictionary, Crosscoder):
         return CrosscoderAttachment(name, dictionary, hook_in, hook_out)
     return SingleSiteAttachment(name, dictionary, hook_in, hook_out)
+
+
+def resolve_hookpoints(model: Any, config: Any, adapter: Callable[[], Any]) -> tuple[list[str], list[str]]:
+    """(read, write) hookpoints of a dictionary on ``model``, one per layer, checked before any forward.
+
+    Explicit ``hook_point_in/out`` win over site + layer; ``adapter()`` gives the model family's
+    adapter (called only when needed, so explicit hookpoints work on families without one). The
+    modules must exist and ``d_in``/``d_out`` must equal the width there where it is known.
+    """
+    layers = config.layers if config.layers is not None else [config.layer]
+    explicit_in, explicit_out = config.hook_points()
+    site_in, site_out = config.site, config.site_out or config.site
+    if explicit_in is None and (site_in is None or None in layers):
+        raise ConfigError("the dictionary's config names neither hook_point_in nor site + layer(s); set them "
+                          "(e.g. site='resid_post', layer=6) before attaching")
+
+    def resolve(explicit: str | None, site: str | None, layer: int) -> str:
+        if explicit is not None:
+            return str(Hookpoint.parse(explicit.replace("{layer}", str(layer))))
+        return str(adapter().hookpoint(site, layer))
+
+    hook_in = [resolve(explicit_in, site_in, layer) for layer in layers]
+    hook_out = [resolve(explicit_out, site_out, layer) for layer in layers]
+    for hp in hook_in + hook_out:
+        Hookpoint.parse(hp).resolve(model)  # fail now, not mid-forward
+    # Widths too: a mismatch would otherwise surface as a bare matmul error on the first forward.
+    for field_name, width, hookpoint in (("d_in", config.d_in, hook_in[0]), ("d_out", config.d_out, hook_out[0])):
+        expected = _width_at(model, Hookpoint.parse(hookpoint), layers[0], adapter)
+        if expected is not None and expected != width:
+            where = f"{config.site or 'explicit hookpoint'}, layer {config.layer if config.layer is not None else layers}"
+            raise ShapeMismatchError(
+                f"the dictionary's {field_name}={width} does not fit {hookpoint} of this {type(model).__name__}, "
+                f"which is {expected} wide; it was made for {config.model or 'another model'} ({where}): attach "
+                "it to that model, or pick a dictionary of this one")
+    return hook_in, hook_out
+
+
+def _width_at(model: Any, hookpoint: Hookpoint, layer: int | None, adapter: Callable[[], Any]) -> int | None:
+    try:
+        width = adapter().width_at(hookpoint, layer)
+    except ScopeHubError:  # no adapter for this family: explicit hookpoints still work, unchecked
+        width = None
+    return width or linear_width(model, hookpoint)

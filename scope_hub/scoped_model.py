@@ -40,9 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from scope_hub.attachment import Attachment, FeatureEdit, Mode, attachment_for, cache_length, normalize_positions
+from scope_hub.attachment import (Attachment, FeatureEdit, Mode, attachment_for, cache_length, normalize_positions,
+                                  resolve_hookpoints)
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError, ShapeMismatchError
+from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import replace, stop_after
 from scope_hub.model_resolution import describe_base, load_error, resolve_model
@@ -162,41 +163,7 @@ class ScopedModel(nn.Module):
         self._refresh_hooks()
 
     def _hookpoints_for(self, dictionary: Dictionary) -> tuple[list[str], list[str]]:
-        config = dictionary.config
-        layers = config.layers if config.layers is not None else [config.layer]
-        explicit_in, explicit_out = config.hook_points()
-        site_in = config.site
-        site_out = config.site_out or config.site
-        if explicit_in is None and (site_in is None or None in layers):
-            raise ConfigError(
-                "the dictionary's config names neither hook_point_in nor site + layer(s); set them "
-                "(e.g. site='resid_post', layer=6) before attaching"
-            )
-
-        def resolve(explicit: str | None, site: str | None, layer: int) -> str:
-            if explicit is not None:
-                return str(Hookpoint.parse(explicit.replace("{layer}", str(layer))))
-            return str(self._adapter().hookpoint(site, layer))
-
-        hook_in = [resolve(explicit_in, site_in, layer) for layer in layers]
-        hook_out = [resolve(explicit_out, site_out, layer) for layer in layers]
-        for hp in hook_in + hook_out:
-            Hookpoint.parse(hp).resolve(self.model)  # fail now, not mid-forward
-        # Widths too: a mismatch would otherwise surface as a bare matmul error on the first forward.
-        self._check_width(config, "d_in", config.d_in, hook_in[0], None if explicit_in else site_in)
-        self._check_width(config, "d_out", config.d_out, hook_out[0], None if explicit_out else site_out)
-        return hook_in, hook_out
-
-    def _check_width(self, config: Any, field: str, width: int, hookpoint: str, site: str | None) -> None:
-        expected = self._adapter().site_width(site) if site else _module_width(self.model, Hookpoint.parse(hookpoint))
-        if expected is not None and expected != width:
-            raise ShapeMismatchError(
-                f"the dictionary's {field}={width} does not fit {hookpoint} of this "
-                f"{type(self.model).__name__}, which is {expected} wide; it was made for "
-                f"{config.model or 'another model'} ({config.site or 'explicit hookpoint'}, layer "
-                f"{config.layer if config.layer is not None else config.layers}): attach it to that model, "
-                "or pick a dictionary of this one"
-            )
+        return resolve_hookpoints(self.model, dictionary.config, self._adapter)
 
     @property
     def dictionaries(self) -> dict[str, Dictionary]:
@@ -436,11 +403,3 @@ class ModeContext:
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
         with self:
             return self._scoped.run_with_cache(*args, **kwargs)
-
-
-def _module_width(model: nn.Module, hookpoint: Hookpoint) -> int | None:
-    """Width at an explicit hookpoint when its module declares it (Linear layers), else None."""
-    module = hookpoint.resolve(model)
-    name = "in_features" if hookpoint.io == "input" else "out_features"
-    width = getattr(module, name, None)
-    return int(width) if isinstance(width, int) else None

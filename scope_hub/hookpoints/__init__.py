@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from scope_hub.errors import UnsupportedModelError
-from scope_hub.hookpoints.base import SITES, Hookpoint, HookpointAdapter, MLPBlock
+from scope_hub.hookpoints.base import SITES, Hookpoint, HookpointAdapter, MLPBlock, linear_width
 from scope_hub.hookpoints.gemma2 import Gemma2Adapter
 from scope_hub.hookpoints.gemma3 import Gemma3Adapter, Gemma3MultimodalAdapter
 from scope_hub.hookpoints.gpt2 import GPT2Adapter
@@ -33,6 +33,7 @@ __all__ = [
     "HookpointAdapter",
     "MLPBlock",
     "adapter_for",
+    "linear_width",
     "resolve_hookpoint",
     "supported_model_types",
 ]

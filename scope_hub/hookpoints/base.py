@@ -199,6 +199,21 @@ class HookpointAdapter:
         self._check_site(site)
         return self.n_heads * self.head_dim if site == "attn_out" else self.d_model
 
+    def width_at(self, hookpoint: Hookpoint | str, layer: int | None) -> int | None:
+        """Width at ``hookpoint`` when it is one of this family's sites at ``layer``, else None.
+
+        Example:
+            >>> from transformers import LlamaConfig
+            >>> from scope_hub.hookpoints import adapter_for
+            >>> ad = adapter_for(LlamaConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=2))
+            >>> ad.width_at("model.layers.1.output", 1), ad.width_at("model.layers.1.mlp.act_fn.output", 1)
+            (64, None)
+        """
+        if layer is None or not 0 <= layer < self.n_layers:
+            return None
+        hp = Hookpoint.parse(hookpoint)
+        return next((self.site_width(s) for s in self.sites if self.hookpoint(s, layer) == hp), None)
+
     # -- resolution -----------------------------------------------------------------------------
     def layer_module(self, layer: int) -> str:
         """Module path of decoder layer ``layer`` (what a forward can stop after)."""
@@ -301,3 +316,16 @@ def _has_submodule(model: Any, path: str) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def linear_width(model: Any, hookpoint: Hookpoint | str) -> int | None:
+    """Width at a hookpoint on a linear layer (``in_features``/``out_features``), else None.
+
+    Example:
+        >>> import torch
+        >>> linear_width(torch.nn.Sequential(torch.nn.Linear(3, 5)), "0.output")
+        5
+    """
+    hp = Hookpoint.parse(hookpoint)
+    width = getattr(hp.resolve(model), "in_features" if hp.io == "input" else "out_features", None)
+    return width if isinstance(width, int) else None

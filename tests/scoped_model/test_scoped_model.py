@@ -321,6 +321,10 @@ def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
                        hook_point_out="model.layers.{layer}.mlp.down_proj.output")
     with pytest.raises(ShapeMismatchError, match=f"d_out={width + 2} does not fit .*down_proj.output"):
         sm.attach(make_dictionary(down), name="down")
+    # explicit hookpoints that are a site (as trainers record them): the site's width applies
+    block = make_config("sae", "relu", d_in=width + 3, layer=1, hook_point_in="model.layers.{layer}.output")
+    with pytest.raises(ShapeMismatchError, match=f"d_in={width + 3} does not fit model.layers.1.output"):
+        sm.attach(make_dictionary(block), name="block")
     assert sm.dictionaries == {} and not attached_hookpoints(model)
 
 
