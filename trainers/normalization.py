@@ -3,10 +3,10 @@
 Training sees ``x * s_in`` and ``t * s_out`` with ``s = 1 / mean ||a||`` per layer,
 estimated on the first training tokens (the same on every rank). The dictionary's
 math then gives, for raw inputs, ``pre = (x s_in) @ w_enc + b_enc`` and
-``y = (f @ w_dec + b_dec) / s_out``, which folds exactly into
-``w_enc * s_in``, ``w_dec / s_out``, ``b_dec / s_out`` and
-``skip * s_in / s_out`` (thresholds and encoder biases are unchanged). Unfolded,
-the factors are stored as ``Normalization(kind="constant_scale")``.
+``y = (f @ w_dec + b_dec) / s_out``. Folding scales the features by ``c = 1 / s_out``
+(``w_enc * s_in c``, ``b_enc * c``, ``threshold * c``, ``b_dec c``, ``skip * s_in c``),
+which leaves ``w_dec`` as trained: unit-norm rows, features in the model's units.
+Unfolded, the factors are stored as ``Normalization(kind="constant_scale")``.
 
 Example:
     >>> import torch
@@ -54,12 +54,23 @@ def estimate_scales(source: ActivationSource, tokens: int, batch_size: int, shar
 
 @torch.no_grad()
 def fold_normalization(dictionary: Dictionary, scale_in: list[float], scale_out: list[float]) -> None:
-    """Fold per-layer factors into the weights and mark the dictionary as reading raw activations."""
+    """Fold per-layer factors into the weights and mark the dictionary as reading raw activations.
+
+    Features of source layer ``i`` are rescaled by ``c_i = 1 / s_out[i]`` so that decoder rows keep
+    the norm training gave them (unit, by default) and activations come out in the units of the
+    model's own activations, as Gemma Scope publishes them: steering by ``alpha`` then adds ``alpha``
+    residual-stream units, and thresholds read as activation sizes. TopK selections are unchanged
+    (positive scaling); a CLT's decoder from layer ``i`` to layer ``j`` takes ``s_out[i] / s_out[j]``.
+    """
     params = layer_params(dictionary)
     for i, lp in enumerate(params):
-        lp.w_enc.mul_(scale_in[i])
+        c = 1.0 / scale_out[i]
+        lp.w_enc.mul_(scale_in[i] * c)
+        lp.b_enc.mul_(c)
+        if lp.threshold is not None:
+            lp.threshold.mul_(c)
         w = lp.w_dec.view(lp.w_dec.shape[0], -1, lp.w_dec.shape[-1])  # [d_sae, L - i, d_out]
-        w.div_(torch.tensor(scale_out[i:], dtype=w.dtype, device=w.device).view(1, -1, 1))
+        w.mul_(torch.tensor([scale_out[i] / s for s in scale_out[i:]], dtype=w.dtype, device=w.device).view(1, -1, 1))
         lp.b_dec.div_(scale_out[i])
         if lp.skip is not None:
             lp.skip.mul_(scale_in[i] / scale_out[i])

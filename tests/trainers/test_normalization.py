@@ -26,10 +26,14 @@ def test_folding_is_exact(kind: str) -> None:
     with torch.no_grad():
         normalised = forward(layer_params(dictionary), x * torch.tensor(s_in).view(1, -1, 1), spec, sparse=False)
         expected = normalised.outputs[-1] / torch.tensor(s_out).view(1, -1, 1)
+        trained_decoders = [lp.w_dec.clone() for lp in layer_params(dictionary)]
         fold_normalization(dictionary, s_in, s_out)
         got = dictionary(x) if kind == "clt" else dictionary(x[:, 0]).unsqueeze(1)
     assert dictionary.config.normalization.kind == "none"
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # features absorb the scale, so each layer's decoder into its own layer keeps its trained (unit) rows
+    for trained, lp in zip(trained_decoders, layer_params(dictionary)):
+        assert torch.equal(lp.w_dec.reshape(16, -1, cfg.d_out)[:, 0], trained.reshape(16, -1, cfg.d_out)[:, 0])
 
 
 def test_unfolded_factors_are_recorded_and_used() -> None:
