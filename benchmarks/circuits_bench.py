@@ -2,7 +2,7 @@
 
 Real Gemma 3 270M (fp32, 2 CPU threads) with small quick-fitted JumpReLU transcoders at all 18
 layers (d_sae 256, ~12 active per token; fitted once and cached, see
-tests/analysis/circuits/quick_transcoders.py). For each prompt length (a prefix of a fixed
+scope_hub/analysis/circuits/quick.py). For each prompt length (a prefix of a fixed
 English text, BOS included) one graph is built with ``max_feature_nodes`` feature rows chosen
 by influence (circuit-tracer's greedy order), then pruned.
 
@@ -54,7 +54,7 @@ def _load(cache: Path):
     import torch
 
     from scope_hub.models import gemma3_270m_path, load_causal_lm
-    from tests.analysis.circuits.quick_transcoders import fit_transcoder, harvest
+    from scope_hub.analysis.circuits.quick import fit_transcoder, harvest
 
     torch.set_num_threads(2)
     model, tok = load_causal_lm(gemma3_270m_path(progress=False))
@@ -70,8 +70,8 @@ def child(length: int, feature_rows: int, cache: Path) -> dict:
     import torch
 
     from scope_hub.analysis.circuits.attribution import attribute
-    from scope_hub.analysis.circuits.prune import prune
-    from tests.analysis.circuits.quick_transcoders import TEXT
+    from scope_hub.analysis.circuits.pruning import prune
+    from scope_hub.analysis.circuits.quick import TEXT
 
     model, tok, folders = _load(cache)
     ids = tok(TEXT, return_tensors="pt").input_ids[0][:length]

@@ -7,6 +7,16 @@ Public API::
     write_graph_json(graph, "out/graph.json", prune_result=result)  # circuit-tracer / Neuronpedia format
     write_html(graph, "out/graph.html", prune_result=result)        # self-contained viewer
     report = check_interventions(graph, model, transcoders, nodes)  # real-model check of predictions
+    transcoders = quick_transcoders(model, tok)                     # rough ones, fitted in seconds, to try it
+
+Every public name is a function or class, never a submodule: no submodule shares a public
+name (``pruning`` holds ``prune``; tests/analysis/circuits/test_public_api.py checks), since
+importing a submodule binds it on the package under its own name.
+
+Example:
+    >>> from scope_hub.analysis.circuits import prune, PruneResult
+    >>> callable(prune), prune.__module__
+    (True, 'scope_hub.analysis.circuits.pruning')
 
 See docs/circuits.md.
 """
@@ -19,10 +29,11 @@ from typing import Any
 _LAZY = {
     "attribute": "scope_hub.analysis.circuits.attribution",
     "Graph": "scope_hub.analysis.circuits.graph",
-    "prune": "scope_hub.analysis.circuits.prune",
-    "PruneResult": "scope_hub.analysis.circuits.prune",
-    "node_influence": "scope_hub.analysis.circuits.prune",
-    "graph_scores": "scope_hub.analysis.circuits.prune",
+    "prune": "scope_hub.analysis.circuits.pruning",
+    "quick_transcoders": "scope_hub.analysis.circuits.quick",
+    "PruneResult": "scope_hub.analysis.circuits.pruning",
+    "node_influence": "scope_hub.analysis.circuits.pruning",
+    "graph_scores": "scope_hub.analysis.circuits.pruning",
     "graph_json": "scope_hub.analysis.circuits.export",
     "write_graph_json": "scope_hub.analysis.circuits.export",
     "write_html": "scope_hub.analysis.circuits.html",
@@ -41,4 +52,6 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'scope_hub.analysis.circuits' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cached: later look-ups skip __getattr__
+    return value

@@ -82,9 +82,10 @@ def attribute(
     feature or error nodes there), as circuit-tracer does.
     """
     clock = _Clock()
-    base, dictionaries, names = resolve_dictionaries(model, transcoders, registry)
-    ts = TranscoderSet(base, dictionaries)
     ids = _token_ids(prompt, tokenizer)
+    base, dictionaries, names = resolve_dictionaries(model, transcoders, registry)
+    check_prompt_length(ids, base)
+    ts = TranscoderSet(base, dictionaries)
     rec = record(base, ts, ids, _source_mask(ids, base, tokenizer, zero_bos))
     tg = logit_targets(base, rec.logits, tokenizer, targets, max_n_logits=max_n_logits,
                        desired_logit_prob=desired_logit_prob)
@@ -103,8 +104,11 @@ def attribute(
     info = {**clock.laps, "total_s": clock.total(), "batch_size": batch, "n_active_features": n_feat,
             "n_feature_rows": budget, "n_backward": builder.n_backward,
             "dtype": str(rec.embed.dtype).removeprefix("torch."), "rows_mib": rows.numel() * rows.element_size() / 2**20,
-            "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    return _assemble(base, rec, tg, ts, names, tokenizer, row_nodes, rows, values, bias, info)
+            "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "dictionary_layers": [b.layer for b in ts.blocks]}
+    by_layer = list(dict.fromkeys(b.name for b in ts.blocks))  # names in layer order (blocks are sorted)
+    return _assemble(base, rec, tg, ts, by_layer + [n for n in names if n not in by_layer], tokenizer, row_nodes,
+                     rows, values, bias, info)
 
 
 class _Clock:
@@ -155,6 +159,42 @@ def _token_ids(prompt: str | torch.Tensor | Sequence[int], tokenizer: Any) -> to
     if ids.numel() == 0:
         raise ConfigError("the prompt is empty")
     return ids
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest input ``model`` supports: its (text) config's ``max_position_embeddings``
+    (GPT-2: ``n_positions``); None when the config names neither.
+
+    Example:
+        >>> from tests.tiny_models import tiny_gemma3
+        >>> max_positions(tiny_gemma3()), max_positions(nn.Linear(2, 2))
+        (128, None)
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for field in ("max_position_embeddings", "n_positions"):
+        value = getattr(text, field, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_prompt_length(ids: torch.Tensor, model: nn.Module) -> None:
+    """Raise :class:`ConfigError` if ``ids`` has more tokens than ``model`` supports.
+
+    Example:
+        >>> from tests.tiny_models import tiny_gemma3
+        >>> check_prompt_length(torch.zeros(129, dtype=torch.long), tiny_gemma3())
+        Traceback (most recent call last):
+        ...
+        scope_hub.errors.ConfigError: the prompt has 129 tokens but the model supports at most 128 (max_position_embeddings); shorten the prompt (e.g. keep its last 128 tokens)
+    """
+    limit = max_positions(model)
+    if limit is not None and ids.numel() > limit:
+        raise ConfigError(f"the prompt has {ids.numel()} tokens but the model supports at most {limit} "
+                          f"(max_position_embeddings); shorten the prompt (e.g. keep its last {limit} tokens)")
 
 
 def _source_mask(ids: torch.Tensor, model: nn.Module, tokenizer: Any, zero_bos: bool) -> torch.Tensor:

@@ -7,7 +7,9 @@ beside it), optionally a self-contained HTML view and the raw unpruned graph.
 ``--transcoders`` takes, in any mix: dictionary folders; a folder of
 dictionary folders (e.g. one per layer); registry keys; or fnmatch patterns over
 registry keys (``'google/gemma-3-270m:mlp/layer_*/width_16k/transcoder/l0_small'``),
-resolved against the global ``--registry``.
+resolved against the global ``--registry``. ``--target`` tokens are matched exactly,
+leading space included (``' Paris'``, not ``'Paris'``); a target the model gives
+less than ``LOW_TARGET_PROB`` gets a warning naming a likelier spelling.
 
 Nothing heavy is imported until the command runs (the CLI seam's rule).
 
@@ -16,17 +18,22 @@ Example:
     >>> run = setup(argparse.ArgumentParser(prog="scope-hub trace"))
     >>> callable(run)
     True
+    >>> layer_ranges([0, 1, 2, 3, 4, 6, 7, 9])
+    '0-4,6-7,9'
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 Runner = Callable[[argparse.Namespace], int]
 _GLOB = set("*?[")
+LOW_TARGET_PROB = 1e-3
+"""Below this probability a ``--target`` is probably misspelt (most often: a missing leading space)."""
 
 
 def setup(parser: argparse.ArgumentParser) -> Runner:
@@ -44,7 +51,9 @@ def setup(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--max-feature-nodes", type=int, default=2048,
                         help="feature rows to compute, most influential first (default 2048; 0: all)")
     parser.add_argument("--max-logits", type=int, default=10, help="at most this many logit nodes (10)")
-    parser.add_argument("--target", action="append", metavar="TOKEN", help="explain this token's logit (repeatable)")
+    parser.add_argument("--target", action="append", metavar="TOKEN",
+                        help="explain this token's logit (repeatable); matched exactly, leading space included: "
+                             "--target ' Paris' for the word after 'is', not 'Paris'")
     parser.add_argument("--batch-size", type=int, help="prompt copies per backward pass (default: from memory)")
     parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
     parser.add_argument("--slug", help="graph name in the viewer (default: the output file's stem)")
@@ -90,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     from scope_hub.analysis.circuits.attribution import attribute
     from scope_hub.analysis.circuits.export import write_graph_json
     from scope_hub.analysis.circuits.html import write_html
-    from scope_hub.analysis.circuits.prune import prune
+    from scope_hub.analysis.circuits.pruning import prune
     from scope_hub.model_resolution import load_model
 
     started = time.perf_counter()
@@ -111,6 +120,55 @@ def _run(args: argparse.Namespace) -> int:
           f"features ({len(graph.row_nodes) - graph.n_logits} rows) and {graph.n_logits} logits; "
           f"influence kept {result.kept_influence(graph):.2f}; completeness max |residual| {residual:.2e} "
           f"(relative {graph.relative_completeness_error():.1e}); {time.perf_counter() - started:.1f} s")
+    print(dictionary_summary(graph))
     top = ", ".join(f"{label!r} p={float(p):.3f}" for label, p in zip(graph.logit_labels[:3], graph.logit_probs[:3]))
     print(f"logits: {top}")
+    if args.target:
+        for warning in target_warnings(graph, model, tokenizer):
+            print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def layer_ranges(layers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``'0-2,5'``."""
+    spans: list[list[int]] = []
+    for layer in sorted(set(layers)):
+        if spans and layer == spans[-1][1] + 1:
+            spans[-1][1] = layer
+        else:
+            spans.append([layer, layer])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def dictionary_summary(graph: Any) -> str:
+    """``dictionaries: layers 0-4,6-17; no dictionary (error node only): 5`` for a built graph."""
+    covered = graph.info.get("dictionary_layers")
+    if covered is None:  # a graph saved before the layers were recorded
+        covered = sorted(set(graph.features[:, 0].tolist()))
+    missing = [L for L in range(graph.n_layers) if L not in set(covered)]
+    line = f"dictionaries: layers {layer_ranges(covered)}" if covered else "dictionaries: none"
+    return line + (f"; no dictionary (error node only): {layer_ranges(missing)}" if missing else " (every layer)")
+
+
+def target_warnings(graph: Any, model: Any, tokenizer: Any, threshold: float | None = None) -> list[str]:
+    """A warning per logit target the model gives probability below ``threshold``, naming the
+    space-prefixed spelling when that is one token with a higher probability (one extra forward).
+    ``threshold``: default ``LOW_TARGET_PROB``."""
+    threshold = LOW_TARGET_PROB if threshold is None else threshold
+    low = [(label, int(i), float(p)) for label, i, p in zip(graph.logit_labels, graph.logit_ids, graph.logit_probs)
+           if float(p) < threshold]
+    if not low:
+        return []
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=graph.input_ids[None].to(model.device), use_cache=False).logits[0, -1]
+    probs = torch.softmax(logits.double(), dim=-1)
+    warnings = []
+    for label, token_id, p in low:
+        message = f"target {label!r} has probability {p:.2e}: the graph explains a logit the model barely predicts"
+        variant = tokenizer.encode(" " + label, add_special_tokens=False) if tokenizer is not None and not label.startswith(" ") else []
+        if len(variant) == 1 and float(probs[variant[0]]) > p:
+            message += f"; did you mean {' ' + label!r} (p={float(probs[variant[0]]):.3f})? pass --target ' {label}'"
+        warnings.append(message)
+    return warnings

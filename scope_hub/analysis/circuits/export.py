@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.analysis.circuits.graph import Graph
-from scope_hub.analysis.circuits.prune import PruneResult, prune
+from scope_hub.analysis.circuits.pruning import PruneResult, prune
 from scope_hub.atomic_files import atomic_write_text
 
 SCHEMA_VERSION = 1

@@ -76,11 +76,11 @@ class Graph:
     bias: torch.Tensor
     """``[R]`` the same read with every source zeroed (encoder bias, decoder biases, constant positions)."""
     dictionaries: list[str] = field(default_factory=list)
-    """Names (registry keys, folders) of the dictionaries used."""
+    """Names (registry keys, folders) of the dictionaries used, in layer order."""
     model_name: str | None = None
     """The base model's id or folder."""
     info: dict[str, Any] = field(default_factory=dict)
-    """Build facts: timings, batch size, backward passes, peak memory (plain JSON values)."""
+    """Build facts: timings, batch size, backward passes, peak memory, ``dictionary_layers`` (plain JSON values)."""
 
     # --- layout -----------------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ from typing import Any
 
 from scope_hub.analysis.circuits.export import graph_json
 from scope_hub.analysis.circuits.graph import Graph
-from scope_hub.analysis.circuits.prune import PruneResult
+from scope_hub.analysis.circuits.pruning import PruneResult
 
 _STYLE = """
 body{font:13px system-ui,sans-serif;margin:12px;color:#222}

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from scope_hub.analysis.circuits.prune import influence
+from scope_hub.analysis.circuits.pruning import influence
 from scope_hub.analysis.circuits.replacement import Recording, Replay, replay
 from scope_hub.analysis.circuits.targets import LogitTargets
 from scope_hub.analysis.circuits.transcoder_set import Block, TranscoderSet

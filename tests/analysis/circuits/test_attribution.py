@@ -70,7 +70,7 @@ def test_partial_rows_follow_influence_and_stay_complete():
     for node in feature_rows.tolist():
         torch.testing.assert_close(part.rows[part.row_of(node)], full.rows[full.row_of(node)])
     # The explored features are the most influential ones (circuit-tracer's greedy order).
-    from scope_hub.analysis.circuits.prune import node_influence
+    from scope_hub.analysis.circuits.pruning import node_influence
 
     influence = node_influence(full)[: full.n_features]
     top = set(influence.argsort(descending=True)[:10].tolist())

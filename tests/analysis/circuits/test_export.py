@@ -12,7 +12,7 @@ import pytest
 from scope_hub.analysis.circuits.attribution import attribute
 from scope_hub.analysis.circuits.export import METADATA_FILE, cantor, graph_json, node_record, scan_id, write_graph_json
 from scope_hub.analysis.circuits.html import render_html, write_html
-from scope_hub.analysis.circuits.prune import prune
+from scope_hub.analysis.circuits.pruning import prune
 from tests.analysis.circuits.helpers import dictionaries
 from tests.tiny_models import tiny_model, tiny_tokenizer
 

@@ -10,7 +10,7 @@ import torch
 from scope_hub.analysis.circuits.attribution import attribute
 from scope_hub.analysis.circuits.export import graph_json
 from scope_hub.analysis.circuits.interventions import check_interventions, predict, total_effects
-from scope_hub.analysis.circuits.prune import prune
+from scope_hub.analysis.circuits.pruning import prune
 from tests.analysis.circuits.planted import POS, PROMPT, planted_clt, planted_transcoders
 
 FP64_TOL = 1e-12  # relative to the largest row value; measured ~1e-15

@@ -1,6 +1,6 @@
 """Attribution on the real Gemma 3 270M with quick transcoders at all 18 layers (integration).
 
-The transcoders are fitted inside the session (see quick_transcoders.py: ~30 s on 2 cores) and
+The transcoders are fitted inside the session (see scope_hub/analysis/circuits/quick.py: ~30 s on 2 cores) and
 saved as native folders under the session's tmp root, shared by xdist workers through a file
 lock (fitted once per session), so attribution also exercises loading.
 """
@@ -15,8 +15,8 @@ from filelock import FileLock
 
 from scope_hub.analysis.circuits.attribution import attribute
 from scope_hub.analysis.circuits.interventions import check_interventions, total_effects
-from scope_hub.analysis.circuits.prune import prune
-from tests.analysis.circuits.quick_transcoders import fit_transcoder, fvu, harvest
+from scope_hub.analysis.circuits.pruning import prune
+from scope_hub.analysis.circuits.quick import fit_transcoder, fvu, harvest
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scope_hub.analysis.circuits.attribution import attribute
-from scope_hub.analysis.circuits.prune import (
+from scope_hub.analysis.circuits.pruning import (
     find_threshold,
     graph_scores,
     influence,
