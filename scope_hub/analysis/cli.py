@@ -5,6 +5,8 @@ Registered in :mod:`scope_hub.cli` as ``"scope_hub.analysis.cli:setup_dashboard"
 
 ``--model`` takes a transformers folder, a Hub id, or one of the real models scope-hub
 converts offline: ``smollm2-135m-instruct``, ``gemma-3-270m`` (their Hub ids fall back to them).
+Every input that can be checked without the model (dictionary folder or key, prompt files,
+harvest folder) is checked before the model loads, so a typo fails in well under a second.
 
 Example:
     >>> import argparse
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
+from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
 from scope_hub.model_resolution import NAMED_MODELS
 
 Runner = Callable[[argparse.Namespace], int]
@@ -31,6 +35,73 @@ def load_model(spec: str) -> tuple[Any, Any]:
     from scope_hub.model_resolution import load_model as load
 
     return load(spec)
+
+
+def looks_like_path(source: str) -> bool:
+    """True when ``source`` is meant as a folder rather than a registry key.
+
+    Example:
+        >>> looks_like_path("/tmp/x/nosuch"), looks_like_path("./sae"), looks_like_path("~/sae")
+        (True, True, True)
+        >>> looks_like_path("google/gemma-3-270m:resid_post/layer_6/width_16k/sae")
+        False
+    """
+    if source.startswith(("/", ".", "~")):
+        return True
+    parent = Path(source).parent
+    return "/" in source and parent != Path(".") and parent.is_dir()
+
+
+def check_dictionary_source(source: str, registry: str | None) -> str:
+    """The folder (``~`` expanded) or key ``source`` names, checked without loading any model.
+
+    Raises :class:`DictionaryNotFoundError` for a missing folder ("no such folder") or a key
+    the registry does not hold, :class:`KeyParseError` (wrapped) for text that is neither.
+
+    Example:
+        >>> try:
+        ...     check_dictionary_source("/tmp/x/nosuch", None)
+        ... except DictionaryNotFoundError as exc:
+        ...     print(str(exc)[:35])
+        /tmp/x/nosuch: no such folder (a di
+    """
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        return str(folder)
+    if looks_like_path(source):
+        raise DictionaryNotFoundError(
+            f"{source}: no such folder (a dictionary folder holds config.json and params.safetensors; "
+            "a registry key looks like google/gemma-3-270m:resid_post/layer_6/width_16k/sae)"
+        )
+    from scope_hub.keys import parse_key
+    from scope_hub.registry import Registry
+
+    try:
+        key = parse_key(source)
+    except KeyParseError as exc:
+        raise DictionaryNotFoundError(
+            f"{source!r} is neither an existing dictionary folder nor a registry key ({exc})"
+        ) from None
+    Registry(registry).resolve(key)  # raises UnknownKeyError / VersionNotFoundError naming the key
+    return source
+
+
+def checked_prompts(name_or_path: str, flag: str) -> list[str]:
+    """Prompts from a shipped set or file; a missing or empty file is an error naming ``flag``.
+
+    Example:
+        >>> len(checked_prompts("harmful_test", "--heldout-harmful"))
+        16
+    """
+    from scope_hub.analysis.prompts import load_prompts
+
+    try:
+        prompts = load_prompts(name_or_path)
+    except (ConfigError, DictionaryNotFoundError) as exc:
+        raise type(exc)(f"{flag}: {exc}") from None
+    if not prompts:
+        raise ConfigError(f"{flag} {name_or_path}: no prompts in this file; give at least one")
+    return prompts
 
 
 def _scoped(args: argparse.Namespace, source: str | None) -> tuple[Any, Any, str | None]:
@@ -66,38 +137,35 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--live-only", action="store_true", help="write pages only for features active on the corpus")
 
     def run(args: argparse.Namespace) -> int:
-        from scope_hub.analysis.dashboard import (
-            dashboard_from_harvest,
-            dashboard_from_texts,
-        )
-        from scope_hub.analysis.prompts import load_prompts
+        from scope_hub.analysis.dashboard import dashboard_from_harvest, dashboard_from_texts, dashboard_summary
 
-        scoped, tokenizer, name = _scoped(args, args.dictionary)
+        dictionary = check_dictionary_source(args.dictionary, args.registry)
+        texts: list[str] = []
+        if args.harvest:
+            if not Path(args.harvest).is_dir():
+                raise DictionaryNotFoundError(f"--harvest {args.harvest}: no such folder (a trainers harvest folder)")
+        else:
+            texts = checked_prompts(args.texts or "corpus", "--texts")[: args.max_texts]
+            if not texts:
+                raise ConfigError(f"--max-texts {args.max_texts} leaves no texts; give at least 1")
+        scoped, tokenizer, name = _scoped(args, dictionary)
         extra = {"include_dead": not args.live_only, "title": f"{args.dictionary} on {args.model}"}
         if args.harvest:
             index = dashboard_from_harvest(
-                args.harvest,
-                scoped.dictionaries[name],
-                tokenizer,
-                args.out,
-                model=scoped.model,
-                top_k=args.top_k,
+                args.harvest, scoped.dictionaries[name], tokenizer, args.out, model=scoped.model, top_k=args.top_k,
                 **extra,
             )
         else:
-            texts = load_prompts(args.texts or "corpus")[: args.max_texts]
             index = dashboard_from_texts(
-                scoped,
-                name,
-                tokenizer,
-                texts,
-                args.out,
-                window=args.window,
-                batch_size=args.batch_size,
-                top_k=args.top_k,
-                **extra,
+                scoped, name, tokenizer, texts, args.out, window=args.window, batch_size=args.batch_size,
+                top_k=args.top_k, **extra,
             )
+        summary = dashboard_summary(index)
         print(index)
+        print(
+            f"{summary.pages} feature pages written; {summary.live} of {summary.features} features live "
+            f"(active on the corpus), {summary.features - summary.live} dead; {summary.bytes / 1e6:.1f} MB in all"
+        )
         return 0
 
     return run
@@ -114,7 +182,11 @@ def setup_refusal(parser: argparse.ArgumentParser) -> Runner:
         ("heldout-harmless", "harmless_test"),
     ]:
         parser.add_argument(
-            f"--{flag}", metavar="FILE", default=default, help=f"prompt file (default: shipped {default})"
+            f"--{flag}",
+            metavar="FILE",
+            default=default,
+            help=f"prompt file, one per line (default: shipped {default}); harmful and harmless sets are "
+            "averaged separately, so their sizes may differ",
         )
     parser.add_argument("--layers", metavar="L,L,...", help="candidate layers (default: 1 .. 80%% of depth)")
     parser.add_argument("--score-mode", choices=["phrase", "first_token"], default="phrase")
@@ -125,24 +197,29 @@ def setup_refusal(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--out", metavar="FILE", help="write the Markdown report here (default: stdout)")
 
     def run(args: argparse.Namespace) -> int:
-        from scope_hub.analysis.prompts import load_prompts
         from scope_hub.analysis.refusal import analyze_refusal
         from scope_hub.analysis.scores import RefusalScore
 
-        scoped, tokenizer, name = _scoped(args, args.dictionary)
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        prompts = {
+            flag: checked_prompts(getattr(args, flag), f"--{flag.replace('_', '-')}")
+            for flag in ("harmful", "harmless", "heldout_harmful", "heldout_harmless")
+        }
+        try:
+            layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        except ValueError:
+            raise ConfigError(f"--layers {args.layers}: give comma-separated integers, e.g. --layers 10,14") from None
+        dictionary = check_dictionary_source(args.dictionary, args.registry) if args.dictionary else None
+        scoped, tokenizer, name = _scoped(args, dictionary)
         report = analyze_refusal(
             scoped,
             tokenizer,
-            harmful=load_prompts(args.harmful),
-            harmless=load_prompts(args.harmless),
-            heldout_harmful=load_prompts(args.heldout_harmful),
-            heldout_harmless=load_prompts(args.heldout_harmless),
+            **prompts,
             dictionary=name,
             layers=layers,
             score=RefusalScore(mode=args.score_mode),
             top_k=args.top_k,
             generate_tokens=args.generate,
+            model_name=args.model,
         )
         text = report.to_markdown() + "\n"
         if args.out:

@@ -41,12 +41,14 @@ def load_prompts(name_or_path: str | Path) -> list[str]:
         data = json.loads(text)
         if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
             raise ConfigError(f"{path}: a .json prompt file must hold a list of strings")
-        return [x for x in data if x.strip()]
-    if path.suffix == ".jsonl":
-        return [_field(json.loads(line), path, i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-    prompts = _lines(text)
+        prompts = [x for x in data if x.strip()]
+    elif path.suffix == ".jsonl":
+        prompts = [_field(json.loads(line), path, i) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        prompts = _lines(text)
     if not prompts:
-        raise ConfigError(f"{path}: no prompts (one per line; lines starting with # are comments)")
+        raise ConfigError(f"{path}: no prompts (.txt: one per line, '#' starts a comment; .json: a list of strings; "
+                          ".jsonl: one object per line)")
     return prompts
 
 

@@ -254,6 +254,10 @@ class RefusalReport:
     layer: int
     features: list[RefusalFeature]
     interventions: list[InterventionResult]
+    model_name: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Prompts per set: harmful, harmless, heldout_harmful, heldout_harmless."""
+    score_mode: str = ""
 
     @property
     def direction(self) -> torch.Tensor:
@@ -261,8 +265,18 @@ class RefusalReport:
         return self.diff.directions[self.layer]
 
     def to_markdown(self) -> str:
-        """The report as Markdown tables."""
+        """The report as Markdown: a header (model, prompt counts, score mode), then tables.
+
+        Refusal rates read "n/a" unless greedy answers were generated (``generate_tokens``).
+        """
+        n = self.counts
         parts = [
+            f"# Refusal report: {self.model_name or 'model'}",
+            "",
+            f"Prompts: {n.get('harmful', '?')} harmful / {n.get('harmless', '?')} harmless (direction), "
+            f"{n.get('heldout_harmful', '?')} / {n.get('heldout_harmless', '?')} held out. "
+            f"Score: {self.score_mode or '?'} (refusal-opener minus compliance-opener log-prob at the answer; "
+            f"higher = more refusal). Candidate layers: {', '.join(str(e.layer) for e in self.effects)}.\n",
             "## Refusal direction by layer",
             markdown_table(
                 ["layer", "norm", "ablate: Δscore harmful", "add: Δscore harmless"],
@@ -283,12 +297,20 @@ class RefusalReport:
             markdown_table(
                 ["intervention", "score harmful", "score harmless", "refusal rate harmful", "refusal rate harmless"],
                 [
-                    [r.name, r.harmful_score, r.harmless_score, r.harmful_rate, r.harmless_rate]
+                    [r.name, r.harmful_score, r.harmless_score, _rate(r.harmful_rate), _rate(r.harmless_rate)]
                     for r in self.interventions
                 ],
             ),
         ]
         return "\n".join(parts)
+
+
+def _rate(rate: float | None) -> float | str:
+    return NO_RATE if rate is None else rate
+
+
+NO_RATE = "n/a (run with --generate N)"
+"""Refusal-rate cell when no answers were generated (Python: ``generate_tokens=N``)."""
 
 
 def analyze_refusal(
@@ -308,12 +330,16 @@ def analyze_refusal(
     generate_tokens: int = 0,
     batch_size: int = 16,
     markers: Sequence[str] = REFUSAL_MARKERS,
+    model_name: str | None = None,
 ) -> RefusalReport:
     """Run the whole refusal pipeline; prompt sets default to the shipped ones.
 
     ``dictionary``: name of a dictionary attached to ``model`` (a ScopedModel) for the feature
     steps; ``layers``: candidate layers (default: every layer up to 80% depth, as in Arditi
-    et al.); ``steer_alpha``: also steer the top feature by this amount on held-out prompts.
+    et al.); ``steer_alpha``: also steer the top feature by this amount on held-out prompts;
+    ``model_name``: for the report header (default: the model config's ``name_or_path``).
+    Harmful and harmless sets are averaged separately, so their sizes may differ (the shipped
+    sets are matched line by line in form only so that the difference isolates harmfulness).
     """
     score = score or RefusalScore()
     harmful = list(harmful or load_prompts("harmful_train"))
@@ -352,4 +378,12 @@ def analyze_refusal(
         batch_size=batch_size,
         markers=markers,
     )
-    return RefusalReport(diff, effects, layer, features, results)
+    counts = {"harmful": len(harmful), "harmless": len(harmless), "heldout_harmful": len(heldout_harmful),
+              "heldout_harmless": len(heldout_harmless)}
+    name = model_name if model_name is not None else _model_name(model)
+    return RefusalReport(diff, effects, layer, features, results, name, counts, score.mode)
+
+
+def _model_name(model: Any) -> str:
+    inner = model.model if isinstance(model, ScopedModel) else model
+    return str(getattr(getattr(inner, "config", None), "name_or_path", "") or type(inner).__name__)

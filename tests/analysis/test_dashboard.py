@@ -17,9 +17,11 @@ from scope_hub.analysis.dashboard import (
     collect_from_arrays,
     dashboard_from_harvest,
     dashboard_from_texts,
+    dashboard_summary,
     harvest_windows,
     logit_effects,
     nearest_features,
+    write_dashboard,
 )
 from scope_hub.analysis.dashboard.collect import BIN_EDGES
 from scope_hub.analysis.prompts import load_prompts
@@ -113,6 +115,19 @@ def test_site_is_self_contained_and_complete(site):
     assert "<style>" in page_text and not re.search(r'src="', page_text)
 
 
+def test_index_lists_features_by_density_with_dead_ones_last(tmp_path):
+    feats = torch.zeros(1, 4, 5)
+    feats[0, :, 3] = 1.0  # density 1
+    feats[0, :2, 1] = 2.0  # density 0.5
+    feats[0, :2, 4] = 3.0  # density 0.5, larger max: before feature 1
+    stats = collect_from_arrays(torch.tensor([[104, 105, 106, 107]]), feats)
+    index = write_dashboard(tmp_path, stats, tiny_tokenizer(), include_dead=False)
+    text, data = _data(index)
+    assert [r["id"] for r in data["features"]] == [3, 4, 1, 0, 2]
+    assert "3 live / 2 dead features" in text
+    assert dashboard_summary(index) == (5, 3, 3, sum(p.stat().st_size for p in tmp_path.rglob("*.html")))
+
+
 def _write_harvest(root, acts, ids, keep):
     where = keep.nonzero()
     rows = {
@@ -165,7 +180,7 @@ def test_harvest_cache_gives_the_same_statistics_as_running_the_model(tmp_path):
         dashboard_from_harvest(tmp_path / "harvest", sae, tok, tmp_path / "c")
 
 
-def test_cli_dashboard_command(tmp_path):
+def test_cli_dashboard_command(tmp_path, capsys):
     from scope_hub.cli import main, register_command
 
     register_command("dashboard", "feature dashboard", "scope_hub.analysis.cli:setup_dashboard")
@@ -193,6 +208,10 @@ def test_cli_dashboard_command(tmp_path):
     assert code == 0
     _, index = _data(tmp_path / "site" / "index.html")
     assert len(index["features"]) == 8
+    live = sum(f["density"] > 0 for f in index["features"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(tmp_path / "site" / "index.html")
+    assert out[1].startswith(f"{live} feature pages written; {live} of 8 features live") and " MB in all" in out[1]
     assert (
         main(
             [
@@ -208,6 +227,32 @@ def test_cli_dashboard_command(tmp_path):
         )
         == 1
     )
+
+
+def test_cli_dashboard_checks_inputs_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import scope_hub.analysis.cli as cli
+    from scope_hub.cli import main, register_command
+
+    def no_model(spec):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    register_command("dashboard", "feature dashboard", "scope_hub.analysis.cli:setup_dashboard")
+    monkeypatch.setattr(cli, "load_model", no_model)
+    sae_dir, empty = tmp_path / "sae", tmp_path / "empty.jsonl"
+    _sae(d_sae=8).save_pretrained(sae_dir)
+    empty.write_text("\n")
+    registry = f"file://{tmp_path / 'registry'}"
+    cases = [
+        ([str(tmp_path / "x" / "nosuch")], "no such folder"),
+        (["google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], "is not published"),
+        ([str(sae_dir), "--texts", str(empty)], "no prompts"),
+        ([str(sae_dir), "--max-texts", "0"], "leaves no texts"),
+        ([str(sae_dir), "--harvest", str(tmp_path / "nosuch")], "no such folder"),
+    ]
+    for extra, message in cases:
+        assert main(["dashboard", "--registry", registry, "--model", "m", "--out", str(tmp_path / "o"), *extra]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "was loaded" not in err, (extra, err)
 
 
 CHROMIUM = shutil.which("chromium")
@@ -239,6 +284,11 @@ def test_site_renders_and_search_filters_in_headless_chromium(site, tmp_path):
     rows = re.findall(r'<tr class="feature-row"[^>]*>', dom)
     assert len(rows) == 24 and not any("hidden" in r for r in rows), "JS must build one visible row per feature"
     assert 'data-shown="24"' in dom and "24 of 24 features" in dom
+    order = [int(i) for i in re.findall(r'<tr class="feature-row" id="feature-(\d+)"', dom)]
+    by_density = sorted(index["features"], key=lambda f: (-f["density"], -f["max"], f["id"]))
+    assert order == [f["id"] for f in by_density], "rows must appear densest first, dead last"
+    live = sum(f["density"] > 0 for f in index["features"])
+    assert f"{live} live / {24 - live} dead features" in dom
 
     live = next(f for f in index["features"] if f["page"])
     dom = _dump_dom(site.as_uri() + f"#q=%23{live['id']}", tmp_path / "profile")

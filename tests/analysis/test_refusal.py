@@ -155,7 +155,8 @@ def test_cli_refusal_command(tmp_path, capsys):
     chat_tokenizer().save_pretrained(tmp_path / "model")  # the chat template travels with the tokenizer
     sae_with_feature(unit(3), 1).save_pretrained(tmp_path / "sae")
     files = []
-    for name, prompts in [("harmful", HARMFUL[:3]), ("harmless", HARMLESS[:3]), ("heldout-harmful", HARMFUL[3:5]),
+    # Sets are averaged separately, so unequal sizes (3 harmful vs 2 harmless) are fine.
+    for name, prompts in [("harmful", HARMFUL[:3]), ("harmless", HARMLESS[:2]), ("heldout-harmful", HARMFUL[3:5]),
                           ("heldout-harmless", HARMLESS[3:5])]:
         (tmp_path / f"{name}.txt").write_text("\n".join(prompts))
         files += [f"--{name}", str(tmp_path / f"{name}.txt")]
@@ -165,6 +166,39 @@ def test_cli_refusal_command(tmp_path, capsys):
     assert main(args) == 0
     text = report.read_text()
     assert "## Refusal direction by layer" in text and "## Features" in text and "ablate direction" in text
+    assert text.startswith(f"# Refusal report: {tmp_path / 'model'}")
+    assert "Prompts: 3 harmful / 2 harmless (direction), 2 / 2 held out. Score: phrase" in text
+    assert "Candidate layers: 1, 2." in text
+    rows = [line for line in text.splitlines() if line.startswith("| baseline")]
+    assert rows and rows[0].count("n/a (run with --generate N)") == 2, "rate cells must say how to get rates"
     capsys.readouterr()
     assert main(["refusal", "--model", str(tmp_path / "model"), "--layers", "9", *files]) == 1  # out of range
     assert "layers must lie in 0..2" in capsys.readouterr().err
+
+
+def _no_model(spec):
+    raise AssertionError("the model was loaded before the inputs were checked")
+
+
+def test_cli_refusal_checks_inputs_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import scope_hub.analysis.cli as cli
+    from scope_hub.cli import main, register_command
+
+    register_command("refusal", "refusal analysis", "scope_hub.analysis.cli:setup_refusal")
+    monkeypatch.setattr(cli, "load_model", _no_model)
+    empty, empty_json = tmp_path / "empty.txt", tmp_path / "empty.json"
+    empty.write_text("# only a comment\n")
+    empty_json.write_text("[]")
+    registry = f"file://{tmp_path / 'registry'}"
+    cases = [
+        (["--heldout-harmless", str(empty)], "--heldout-harmless"),
+        (["--harmful", str(empty_json)], "no prompts"),
+        (["--harmless", str(tmp_path / "missing.txt")], "no such prompt file"),
+        (["--dictionary", str(tmp_path / "x" / "nosuch")], "no such folder"),
+        (["--dictionary", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], "is not published"),
+        (["--layers", "1,two"], "comma-separated integers"),
+    ]
+    for extra, message in cases:
+        assert main(["refusal", "--registry", registry, "--model", "m", *extra]) in (1, 2), extra
+        err = capsys.readouterr().err
+        assert message in err and "was loaded" not in err, (extra, err)

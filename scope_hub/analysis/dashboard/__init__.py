@@ -16,15 +16,17 @@ from scope_hub.analysis.dashboard.collect import (
     collect_from_arrays,
 )
 from scope_hub.analysis.dashboard.effects import logit_effects, nearest_features
-from scope_hub.analysis.dashboard.render import write_dashboard
+from scope_hub.analysis.dashboard.render import DashboardSummary, dashboard_summary, write_dashboard
 
 __all__ = [
     "CollectedStats",
+    "DashboardSummary",
     "FeatureCollector",
     "collect_from_arrays",
     "dashboard_from_arrays",
     "dashboard_from_harvest",
     "dashboard_from_texts",
+    "dashboard_summary",
     "harvest_windows",
     "logit_effects",
     "nearest_features",

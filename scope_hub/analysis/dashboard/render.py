@@ -14,22 +14,27 @@ Example:
     >>> out = write_dashboard(tempfile.mkdtemp(), stats, tiny_tokenizer(), title="demo")
     >>> sorted(p.name for p in out.parent.rglob("*.html"))
     ['f0.html', 'f1.html', 'index.html']
+    >>> summary = dashboard_summary(out)
+    >>> summary.features, summary.live, summary.pages, summary.bytes > 0
+    (2, 2, 2, True)
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from scope_hub.analysis.dashboard.collect import BIN_EDGES, CollectedStats
 from scope_hub.analysis.dashboard.effects import LogitEffects
+from scope_hub.errors import ConfigError
 
-__all__ = ["TokenText", "write_dashboard"]
+__all__ = ["DashboardSummary", "TokenText", "dashboard_summary", "write_dashboard"]
 
 INDEX_LOGITS, SNIPPET = 5, 80
 
@@ -132,6 +137,8 @@ def write_dashboard(
 
     ``include_dead=False`` skips pages of features never active on the corpus (they stay in
     the index, unlinked); ``max_features`` caps the number of pages (lowest ids first).
+    The index lists features by density, highest first, dead ones last; its header counts
+    live and dead features.
     """
     out = Path(out_dir)
     (out / "features").mkdir(parents=True, exist_ok=True)
@@ -163,7 +170,13 @@ def write_dashboard(
                 "page": page_of.get(f, ""),
             }
         )
-    meta = f"{len(stats.count)} features · {stats.n_tokens} tokens · {len(page_of)} feature pages. {note}"
+    # Most active first; dead features (never active on the corpus) last, in id order.
+    rows.sort(key=lambda r: (-r["density"], -r["max"], r["id"]))
+    live = int((stats.count > 0).sum())
+    meta = (
+        f"{live} live / {len(stats.count) - live} dead features (dead: never active on these {stats.n_tokens} "
+        f"tokens) · {len(page_of)} feature pages · sorted by density, dead last. {note}"
+    )
     body = (
         f'<h1>{html.escape(title)}</h1><div class="meta">{html.escape(meta)}</div>'
         '<input id="search" type="search" placeholder="Search features: id, logit tokens, context text" '
@@ -174,3 +187,25 @@ def write_dashboard(
     index = out / "index.html"
     index.write_text(_page(title, body, {"features": rows}, "index.js"), "utf-8")
     return index
+
+
+class DashboardSummary(NamedTuple):
+    """What one dashboard holds: features in the index, live ones, pages written, bytes on disk."""
+
+    features: int
+    live: int
+    pages: int
+    bytes: int
+
+
+def dashboard_summary(index: str | Path) -> DashboardSummary:
+    """Counts and total size (index + the feature pages it links) of a written dashboard."""
+    index = Path(index)
+    pattern = r'<script type="application/json" id="dashboard-data">(.*?)</script>'
+    match = re.search(pattern, index.read_text("utf-8"), re.S)
+    if match is None:
+        raise ConfigError(f"{index}: not a scope-hub dashboard index (no embedded data); rebuild it")
+    rows = json.loads(match.group(1))["features"]
+    pages = [index.parent / r["page"] for r in rows if r["page"]]
+    size = index.stat().st_size + sum(p.stat().st_size for p in pages if p.is_file())
+    return DashboardSummary(len(rows), sum(r["density"] > 0 for r in rows), len(pages), size)
