@@ -87,6 +87,21 @@ def _default_name(dictionary: Dictionary) -> str:
     return f"{c.site or 'site'}/{where}/{c.type}"
 
 
+def looks_like_path(source: str) -> bool:
+    """True when ``source`` is meant as a folder rather than a registry key.
+
+    Example:
+        >>> looks_like_path("/tmp/x/nosuch"), looks_like_path("./sae"), looks_like_path("~/sae")
+        (True, True, True)
+        >>> looks_like_path("google/gemma-3-270m:resid_post/layer_6/width_16k/sae")
+        False
+    """
+    if source.startswith(("/", ".", "~")):
+        return True
+    parent = Path(source).parent
+    return "/" in source and parent != Path(".") and parent.is_dir()
+
+
 def load_dictionary_source(
     source: Any, base: Path | None, registry: Any, *, lazy: bool
 ) -> tuple[Dictionary, dict[str, Any]]:
@@ -98,6 +113,9 @@ def load_dictionary_source(
     folder = Path(source)
     if folder.is_dir():
         return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
+    if not isinstance(source, DictionaryKey) and looks_like_path(str(source)):
+        raise DictionaryNotFoundError(f"{source}: no such folder (a dictionary folder holds config.json and "
+                                      "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)")
     try:
         key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
     except KeyParseError as exc:

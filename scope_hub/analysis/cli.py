@@ -37,21 +37,6 @@ def load_model(spec: str) -> tuple[Any, Any]:
     return load(spec)
 
 
-def looks_like_path(source: str) -> bool:
-    """True when ``source`` is meant as a folder rather than a registry key.
-
-    Example:
-        >>> looks_like_path("/tmp/x/nosuch"), looks_like_path("./sae"), looks_like_path("~/sae")
-        (True, True, True)
-        >>> looks_like_path("google/gemma-3-270m:resid_post/layer_6/width_16k/sae")
-        False
-    """
-    if source.startswith(("/", ".", "~")):
-        return True
-    parent = Path(source).parent
-    return "/" in source and parent != Path(".") and parent.is_dir()
-
-
 def check_dictionary_source(source: str, registry: str | None) -> str:
     """The folder (``~`` expanded) or key ``source`` names, checked without loading any model.
 
@@ -65,6 +50,8 @@ def check_dictionary_source(source: str, registry: str | None) -> str:
         ...     print(str(exc)[:35])
         /tmp/x/nosuch: no such folder (a di
     """
+    from scope_hub.scoped_config import looks_like_path
+
     folder = Path(source).expanduser()
     if folder.is_dir():
         return str(folder)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ShapeMismatchError
+from scope_hub.errors import DictionaryNotFoundError, ShapeMismatchError
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import attached_hookpoints
 from scope_hub.scoped_model import ScopedModel
@@ -325,6 +325,8 @@ def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
     block = make_config("sae", "relu", d_in=width + 3, layer=1, hook_point_in="model.layers.{layer}.output")
     with pytest.raises(ShapeMismatchError, match=f"d_in={width + 3} does not fit model.layers.1.output"):
         sm.attach(make_dictionary(block), name="block")
+    with pytest.raises(DictionaryNotFoundError, match="/no/such/sae: no such folder"):
+        sm.attach("/no/such/sae")  # a path, not a malformed registry key
     assert sm.dictionaries == {} and not attached_hookpoints(model)
 
 
