@@ -14,7 +14,7 @@ from scope_hub.cli import main
 from scope_hub.dictionaries import CrossLayerTranscoder, Dictionary, SkipTranscoder
 from scope_hub.registry import Registry
 from tests.analysis.circuits.helpers import IDS, dictionaries
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from tests.tiny_models import tiny_model
 
 D, D_SAE = 64, 16
 HOOK_IN = "model.layers.{}.pre_feedforward_layernorm.output"
@@ -96,14 +96,6 @@ def test_registry_keys(registry):
     graph = attribute(IDS, tiny_model("gemma3"), keys, registry=registry, max_feature_nodes=None)
     assert graph.dictionaries == [k.split("@")[0] for k in keys]
     assert graph.relative_completeness_error() < 1e-4
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gemma3")
-    tiny_model("gemma3").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_cli_trace_with_a_key_pattern(registry, model_folder, tmp_path, capsys):

@@ -18,14 +18,6 @@ from tests.analysis.circuits.helpers import IDS, dictionaries
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gemma3")
-    tiny_model("gemma3").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
-
-
 def test_names_and_transcoder_list_are_in_layer_order():
     tcs = dictionaries("transcoder", "relu", dtype=torch.float32)
     given = {"tc_c": tcs[2], "tc_a": tcs[0], "tc_b": tcs[1]}  # not in layer order
