@@ -342,10 +342,15 @@ def analyze_refusal(
     sets are matched line by line in form only so that the difference isolates harmfulness).
     """
     score = score or RefusalScore()
-    harmful = list(harmful or load_prompts("harmful_train"))
-    harmless = list(harmless or load_prompts("harmless_train"))
-    heldout_harmful = list(heldout_harmful or load_prompts("harmful_test"))
-    heldout_harmless = list(heldout_harmless or load_prompts("harmless_test"))
+    given = {"harmful": harmful, "harmless": harmless, "heldout_harmful": heldout_harmful,
+             "heldout_harmless": heldout_harmless}
+    empty = [name for name, prompts in given.items() if prompts is not None and len(prompts) == 0]
+    if empty:  # an empty set is a mistake upstream (a filter that kept nothing), not a request for the defaults
+        raise ConfigError(f"{', '.join(empty)}: no prompts; pass some, or None for the shipped set")
+    harmful = list(harmful if harmful is not None else load_prompts("harmful_train"))
+    harmless = list(harmless if harmless is not None else load_prompts("harmless_train"))
+    heldout_harmful = list(heldout_harmful if heldout_harmful is not None else load_prompts("harmful_test"))
+    heldout_harmless = list(heldout_harmless if heldout_harmless is not None else load_prompts("harmless_test"))
     diff = mean_difference(model, tokenizer, harmful, harmless, batch_size=batch_size)
     candidates = list(layers) if layers is not None else list(range(1, int(0.8 * (diff.directions.shape[0] - 1)) + 1))
     effects = direction_effects(

@@ -142,7 +142,11 @@ class ReleaseSource:
         """Local path of folder ``rel`` (downloaded into the HF cache first for a Hub repo)."""
         if self.root is not None:
             return self.root / rel
-        return self._hub_snapshot([f"{rel}/*"], listing=False) / rel
+        from scope_hub.registry.backends.hf_client import hub_errors
+
+        with hub_errors(self.name, f"folder {rel}", hint="unset HF_HUB_OFFLINE (and check the network), or import "
+                                                          "from a local copy of the release; run again to resume"):
+            return self._hub_snapshot([f"{rel}/*"], listing=False) / rel
 
     def uri(self, rel: str) -> str:
         """Stable provenance URI of folder ``rel`` (independent of where the files sit locally)."""

@@ -132,6 +132,8 @@ def test_mean_difference_and_errors(planted):
         mean_difference(p.model, p.tokenizer, [], HARMLESS[:2])
     with pytest.raises(ConfigError):
         ablate_direction(p.model, torch.zeros(64)).__enter__()
+    with pytest.raises(ConfigError, match="^harmful, heldout_harmless: no prompts"):
+        analyze_refusal(p.model, p.tokenizer, harmful=[], heldout_harmless=[], score=SCORE, layers=[3])
     with pytest.raises(ConfigError, match="resid_pre"):
         analyze_refusal(
             p.model,

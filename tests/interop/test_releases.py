@@ -175,6 +175,20 @@ def test_hub_repo_online_downloads_folder_by_folder(tmp_path, registry, monkeypa
     assert fetched and all("/mlp_out/" in p or "/clt/" in p for p in fetched), "only included folders download"
 
 
+def test_a_folder_the_hub_cannot_provide_is_an_offline_error_saying_what_to_do(monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from scope_hub.errors import OfflineError
+    from scope_hub.interop.release import ReleaseSource
+
+    def unreachable(self, patterns, *, listing):
+        raise LocalEntryNotFoundError("connection error and nothing cached")
+
+    monkeypatch.setattr(ReleaseSource, "_hub_snapshot", unreachable)
+    with pytest.raises(OfflineError, match="folder resid_post/x of hf://google/gemma-scope-2-270m-pt .*run again to resume"):
+        ReleaseSource("google/gemma-scope-2-270m-pt").fetch("resid_post/x")
+
+
 def test_gemma_scope_1_release_and_its_failures(tmp_path, registry):
     marker = tmp_path / "marker"
     root = make_gs1_release(tmp_path, marker=marker)
