@@ -89,19 +89,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_reporting(args: argparse.Namespace, prog: str) -> int:
-    """:func:`run`, with a config error printed as one line (``PROG: error: ...``) and exit code 2.
+    """:func:`run`, with scope-hub's errors printed as one line (``PROG: error: ...``): exit code 2 for a
+    bad config (fields, layers, sites, keys), 1 for the others.
 
     ``SCOPE_HUB_DEBUG=1`` lets the error through with its traceback.
     """
-    from scope_hub.errors import ConfigError
+    from scope_hub.errors import ConfigError, HookpointError, KeyParseError, ScopeHubError, UnsupportedModelError
 
     try:
         return run(args)
-    except ConfigError as exc:
+    except ScopeHubError as exc:  # scope-hub's own errors say what to do: one line, no traceback
         if os.environ.get("SCOPE_HUB_DEBUG", "") not in ("", "0"):
             raise
         sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
-        return EXIT_BAD_CONFIG
+        bad_config = (ConfigError, HookpointError, KeyParseError, UnsupportedModelError)
+        return EXIT_BAD_CONFIG if isinstance(exc, bad_config) else 1
 
 
 def setup(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from scope_hub.errors import ConfigError
 
 Site = Literal["resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out"]
+_FORWARD_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
+"""Where each site is computed within a decoder layer."""
 Architecture = Literal["jumprelu", "topk", "batchtopk", "relu"]
 DictType = Literal["sae", "transcoder", "skip_transcoder", "clt"]
 
@@ -283,6 +285,12 @@ class TrainConfig(_Section):
             raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
         if d.type == "clt" and not (self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)):
             raise ValueError("a clt needs harvest.layers (or synthetic.n_layers > 1)")
+        if (d.type != "sae" and self.synthetic is None
+                and _FORWARD_ORDER[self.harvest.site] >= _FORWARD_ORDER[self.site_out]):
+            # reading after the output was written: the mapping would not be causal (and breaks the splice)
+            raise ValueError(f"a {d.type} maps its input site to a later site of the same layer, but "
+                             f"harvest.site={self.harvest.site} comes at or after its output {self.site_out}; "
+                             "set harvest.site=mlp_in (the MLP's input), or choose harvest.site_out")
         return self
 
     @property

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,26 @@ def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metri
     return metrics
 
 
+def short_run_warnings(cfg: TrainConfig) -> list[str]:
+    """Schedules longer than the run: settings that silently keep a target from being reached.
+
+    Example:
+        >>> from trainers.config import load_config
+        >>> cfg = load_config(None, ["synthetic.d_in=8", "dictionary.l0_target=4", "train.tokens=8192"])
+        >>> short_run_warnings(cfg)[0][:60]
+        'loss.l0_warmup_steps=1000 is longer than the run (2 steps): '
+    """
+    found = []
+    if cfg.dictionary.architecture == "jumprelu" and cfg.loss.l0_warmup_steps >= cfg.steps:
+        found.append(f"loss.l0_warmup_steps={cfg.loss.l0_warmup_steps} is longer than the run ({cfg.steps} steps): "
+                     "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "
+                     f"set loss.l0_warmup_steps={max(1, cfg.steps // 10)} (10% of the run)")
+    if cfg.optim.warmup_steps >= cfg.steps:
+        found.append(f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the run ({cfg.steps} steps): "
+                     f"the learning rate never reaches optim.lr; set optim.warmup_steps={max(1, cfg.steps // 20)}")
+    return found
+
+
 def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     """Run the whole pipeline; an interrupted (SIGTERM) run returns after its checkpoint, unexported.
 
@@ -182,6 +203,9 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     if ctx is None:
         with DistContext.from_env(cfg.model.device) as joined:
             return train(cfg, joined)
+    if ctx.is_main:
+        for warning in short_run_warnings(cfg):
+            sys.stderr.write(f"warning: {warning}\n")
     env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
     result = Trainer(cfg, env.source, ctx).run()
     outcome = Outcome(result)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from scope_hub.errors import ConfigError
 from trainers.sources import ActivationSource, rank_slice
 
 FORMAT, VERSION, META_FILE = "scope-hub-harvest", 1, "harvest.json"
@@ -77,7 +78,8 @@ class ShardWriter:
         existing = read_meta(self.root)
         if existing is not None:
             if existing["fingerprint"] != meta["fingerprint"]:
-                raise ValueError(f"{self.root} holds a harvest of other data/model/sites; use another harvest.cache_dir")
+                raise ConfigError(f"{self.root} holds a harvest of other data/model/site/layers; give this "
+                                  "harvest its own harvest.cache_dir")
             self.meta = existing
         else:
             self.meta = {"format": FORMAT, "version": VERSION, **meta, "complete": False, "tokens": 0, "shards": []}

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import ConfigError
 from trainers.checkpoint import latest_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
@@ -142,8 +143,9 @@ class Trainer:
         if ckpt is None:
             return
         if ckpt.state["fingerprint"] != self.cfg.fingerprint():
-            raise ValueError(f"{ckpt.path} was written by a different configuration; use another "
-                             "train.checkpoint_dir or set train.resume=false")
+            raise ConfigError(f"{ckpt.path} was written by a different configuration; give this run its own "
+                              "train.checkpoint_dir (each training on a shared harvest needs one) or set "
+                              "train.resume=false to start over there")
         with torch.no_grad():
             for name, param in self.dictionary.named_parameters():
                 param.copy_(ckpt.tensors[f"param/{name}"])

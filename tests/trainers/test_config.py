@@ -27,10 +27,13 @@ def test_yaml_plus_overrides(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("override,where", [("optim.lrr=1", "optim.lrr"), ("dictionary.architecture=gelu", "architecture"),
-                                            ("dictionary.architecture=topk", "dictionary.k")])
+                                            ("dictionary.architecture=topk", "dictionary.k"),
+                                            # a transcoder reading after the output it predicts is not causal
+                                            ("dictionary.type=transcoder", "set harvest.site=mlp_in")])
 def test_errors_name_the_field(override: str, where: str) -> None:
+    source = "model.id=some/model" if "harvest.site" in where else "synthetic.d_in=8"  # sites need a model
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
-        load_config(None, ["synthetic.d_in=8", override])
+        load_config(None, [source, override])
 
 
 def test_every_field_is_documented() -> None:
@@ -57,6 +60,20 @@ def test_cli_print_config_and_exit_codes(capsys) -> None:
     assert yaml.safe_load(capsys.readouterr().out)["optim"]["lr"] == 0.5
     assert main(["synthetic.d_in=8", "optim.nope=1"]) == 2
     assert "optim.nope" in capsys.readouterr().err
+
+
+def test_scope_hub_errors_at_run_time_are_one_line_with_the_right_exit_code(capsys, monkeypatch) -> None:
+    import trainers.cli
+    from scope_hub.errors import HookpointError, IntegrityError
+
+    for error, code in ((HookpointError("layer 30 is out of range; the model has 18 layers (0..17)"), 2),
+                        (IntegrityError("sha256 mismatch"), 1)):
+        def fail(args, error=error):
+            raise error
+
+        monkeypatch.setattr(trainers.cli, "run", fail)
+        assert main(["synthetic.d_in=8"]) == code
+        assert capsys.readouterr().err.strip().splitlines() == [f"python -m trainers: error: {error}"]
 
 
 def test_python_m_trainers_runs(tmp_path: Path) -> None:
