@@ -30,7 +30,8 @@ def dictionary_config(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int)
     d = cfg.dictionary
     layers = cfg.harvest.layers or (list(range(n_layers)) if d.type == "clt" else None)
     return DictionaryConfig(
-        type=d.type, architecture=d.architecture, d_in=d_in, d_sae=d.d_sae, d_out=d_out, k=d.k,
+        type=d.type, architecture=d.architecture, d_in=d_in, d_sae=d.d_sae, d_out=d_out,
+        k=d.k if d.architecture in ("topk", "batchtopk") else None,  # e.g. a k inherited from a TopK config
         layers=layers if d.type == "clt" else None,
         layer=cfg.harvest.layer if d.type != "clt" else None,
         affine_skip=d.affine_skip if d.type == "clt" else d.type == "skip_transcoder",

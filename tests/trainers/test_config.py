@@ -108,3 +108,12 @@ def test_shipped_examples_validate_and_are_packaged() -> None:
         assert cfg.model.id and (cfg.data.paths or cfg.data.dataset or cfg.data.corpus), f"{example}: no data"
     package_data = (ROOT / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1].split("\n[")[0]
     assert '"trainers" = ["examples/*.yaml"]' in package_data, "wheels would ship without the examples"
+
+
+def test_a_k_left_over_from_a_topk_config_is_not_published_for_jumprelu() -> None:
+    from trainers.params import dictionary_config
+
+    cfg = load_config(None, ["synthetic.d_in=8", "dictionary.architecture=jumprelu", "dictionary.l0_target=4",
+                             "dictionary.k=32"])
+    published = dictionary_config(cfg, d_in=8, d_out=8, n_layers=1)
+    assert published.k is None and published.l0_target == 4
