@@ -73,12 +73,12 @@ def atomic_folder(out: Path | str) -> Iterator[Path]:
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling renamed into place."""
+    """Write ``text`` (UTF-8) to ``path`` through a temporary sibling renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w") as out:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
         make_shareable(Path(tmp))
         os.replace(tmp, path)

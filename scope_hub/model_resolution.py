@@ -73,12 +73,18 @@ def resolve_model(spec: str | Path, revision: str | None = None, progress: bool 
     return str(folder)
 
 
+def _marker(folder: str | Path) -> dict[str, Any]:
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
 def converted_sha256(folder: str | Path) -> str | None:
     """sha256 of the GGUF a converted folder came from, or None for any other folder."""
-    try:
-        return str(json.loads((Path(folder) / MARKER).read_text())["source_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    sha = _marker(folder).get("source_sha256")
+    return str(sha) if sha else None
 
 
 def describe_base(source: str | None, revision: str | None) -> tuple[str | None, str | None]:
@@ -86,12 +92,9 @@ def describe_base(source: str | None, revision: str | None) -> tuple[str | None,
 
     A machine path would not rebuild elsewhere; the name and the hash do.
     """
-    if source and Path(source).is_dir():
-        sha = converted_sha256(source)
-        if sha is not None:
-            name = json.loads((Path(source) / MARKER).read_text()).get("name")
-            if name in NAMED_MODELS:
-                return name, sha
+    marker = _marker(source) if source else {}
+    if marker.get("name") in NAMED_MODELS and marker.get("source_sha256"):
+        return marker["name"], str(marker["source_sha256"])
     return source, revision
 
 

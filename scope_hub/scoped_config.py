@@ -102,6 +102,14 @@ def looks_like_path(source: str) -> bool:
     return "/" in source and parent != Path(".") and parent.is_dir()
 
 
+def reject_missing_folder(source: str) -> None:
+    """Raise :class:`DictionaryNotFoundError` ("no such folder") when ``source`` is meant as a folder
+    (:func:`looks_like_path`) that does not exist, rather than letting it fail as a malformed key."""
+    if looks_like_path(source) and not Path(source).expanduser().is_dir():
+        raise DictionaryNotFoundError(f"{source}: no such folder (a dictionary folder holds config.json and "
+                                      "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)")
+
+
 def load_dictionary_source(
     source: Any, base: Path | None, registry: Any, *, lazy: bool
 ) -> tuple[Dictionary, dict[str, Any]]:
@@ -113,9 +121,8 @@ def load_dictionary_source(
     folder = Path(source)
     if folder.is_dir():
         return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
-    if not isinstance(source, DictionaryKey) and looks_like_path(str(source)):
-        raise DictionaryNotFoundError(f"{source}: no such folder (a dictionary folder holds config.json and "
-                                      "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)")
+    if not isinstance(source, DictionaryKey):
+        reject_missing_folder(str(source))
     try:
         key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
     except KeyParseError as exc:

@@ -18,10 +18,10 @@ import hashlib
 import importlib
 import inspect
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from scope_hub.atomic_files import atomic_write_text
 
 MODULES = (
     "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs", "collections",
@@ -71,15 +71,10 @@ def stdlib_documents(max_docs: int | None = None) -> list[str]:
 def write_stdlib_corpus(path: str | Path, max_docs: int | None = None) -> tuple[Path, str, int]:
     """Write the corpus as JSONL (``{"text": ...}`` per line) atomically; returns (path, sha256, n_docs)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     docs = stdlib_documents(max_docs)
-    data = "".join(json.dumps({"text": doc}) + "\n" for doc in docs).encode()
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as out:
-        out.write(data)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the corpus is meant to be read by anyone
-    os.replace(tmp, path)
-    return path, hashlib.sha256(data).hexdigest(), len(docs)
+    text = "".join(json.dumps({"text": doc}) + "\n" for doc in docs)
+    atomic_write_text(path, text)
+    return path, hashlib.sha256(text.encode()).hexdigest(), len(docs)
 
 
 def corpus_label() -> str:

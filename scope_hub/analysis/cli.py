@@ -25,16 +25,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
-from scope_hub.model_resolution import NAMED_MODELS
+from scope_hub.model_resolution import NAMED_MODELS, load_model
 
 Runner = Callable[[argparse.Namespace], int]
-
-
-def load_model(spec: str) -> tuple[Any, Any]:
-    """(model, tokenizer) for a folder, a named offline model, or a Hub id."""
-    from scope_hub.model_resolution import load_model as load
-
-    return load(spec)
 
 
 def check_dictionary_source(source: str, registry: str | None) -> str:
@@ -50,16 +43,12 @@ def check_dictionary_source(source: str, registry: str | None) -> str:
         ...     print(str(exc)[:35])
         /tmp/x/nosuch: no such folder (a di
     """
-    from scope_hub.scoped_config import looks_like_path
+    from scope_hub.scoped_config import reject_missing_folder
 
     folder = Path(source).expanduser()
     if folder.is_dir():
         return str(folder)
-    if looks_like_path(source):
-        raise DictionaryNotFoundError(
-            f"{source}: no such folder (a dictionary folder holds config.json and params.safetensors; "
-            "a registry key looks like google/gemma-3-270m:resid_post/layer_6/width_16k/sae)"
-        )
+    reject_missing_folder(source)
     from scope_hub.keys import parse_key
     from scope_hub.registry import Registry
 

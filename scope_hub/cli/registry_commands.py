@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable
 
+from scope_hub.atomic_files import atomic_write_text
 from scope_hub.registry.lockfile import DEFAULT_LOCKFILE
 
 Runner = Callable[[argparse.Namespace], int]
@@ -160,23 +162,13 @@ def setup_release(parser: argparse.ArgumentParser) -> Runner:
             card, created = reg.publish_release(card)
             where = f"releases/{name}/v{card.version}.md in {reg.url}"
             print(f"published {where}" if created else f"unchanged (identical to {where})")
-        _write_atomic(out, card.render())
+        atomic_write_text(out, card.render())
         for entry in card.entries:
             print(f"pinned {entry.key} sha256:{(entry.sha256 or '')[:12]}")
         print(f"wrote {out}")
         return 0
 
     return run
-
-
-def _write_atomic(path, text: str) -> None:
-    import os
-    import uuid
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def setup_ls(parser: argparse.ArgumentParser) -> Runner:
@@ -203,8 +195,6 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
     """Say on stderr why ``ls`` printed nothing; a configured local registry that is not there is an error
     (a typo in its path must not pass for an empty registry). The built-in default one exists only
     once something is pushed to it, like any registry (``push`` creates it)."""
-    import os
-
     from scope_hub.errors import RegistryError
     from scope_hub.registry.settings import REGISTRY_ENV
 

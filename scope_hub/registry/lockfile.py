@@ -24,13 +24,12 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from scope_hub.atomic_files import atomic_write_text
 from scope_hub.errors import KeyParseError, LockfileError
 from scope_hub.keys import DictionaryKey, parse_key, version_number
 
@@ -85,9 +84,7 @@ class Lockfile(_Strict):
         path = Path(path)
         self.entries.sort(key=lambda e: (e.key, e.registry))
         data = json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=1) + "\n"
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(data)
-        os.replace(tmp, path)
+        atomic_write_text(path, data)
         return path
 
     def find(self, key: DictionaryKey, registry: str | None = None) -> LockEntry:
