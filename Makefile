@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # 2 cores: two test workers; override with `make test PYTEST_WORKERS=0` for a serial run.
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo demo-quick test test-fast bench clean-venv
+.PHONY: install demo demo-quick test test-fast lint format bench clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +34,15 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not integration" $(PYTEST_ARGS)
+
+# The gate CI runs before the tests: ruff (lint + format check).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run_all

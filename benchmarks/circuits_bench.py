@@ -53,15 +53,17 @@ def _cpu_s() -> float:
 def _load(cache: Path):
     import torch
 
-    from scope_hub.models import gemma3_270m_path, load_causal_lm
     from scope_hub.analysis.circuits.quick import fit_transcoder, harvest
+    from scope_hub.models import gemma3_270m_path, load_causal_lm
 
     torch.set_num_threads(2)
     model, tok = load_causal_lm(gemma3_270m_path(progress=False))
     folders = [cache / f"layer_{L}" for L in range(model.config.num_hidden_layers)]
     if not all((f / "config.json").is_file() for f in folders):
         for layer, (x, y) in harvest(model, tok).items():
-            fit_transcoder(x, y, layer, d_sae=256, l0=12, model_id="google/gemma-3-270m").save_pretrained(folders[layer])
+            fit_transcoder(x, y, layer, d_sae=256, l0=12, model_id="google/gemma-3-270m").save_pretrained(
+                folders[layer]
+            )
     return model, tok, [str(f) for f in folders]
 
 
@@ -87,13 +89,24 @@ def child(length: int, feature_rows: int, cache: Path) -> dict:
     info = graph.info
     rows = len(graph.row_nodes)
     return {
-        "tokens": int(ids.numel()), "active_features": graph.n_features, "feature_rows": rows - graph.n_logits,
-        "logits": graph.n_logits, "batch": info["batch_size"], "backward_passes": info["n_backward"],
-        "forward_s": info["record_s"] + info["replay_forward_s"], "backward_s": info["backward_s"],
-        "total_s": build, "cpu_s": cpu, "ms_per_row": 1000 * info["backward_s"] / rows, "peak_rss_mib": _peak_mib(),
-        "rows_mib": info["rows_mib"], "completeness_rel": graph.relative_completeness_error(),
-        "kept_nodes": int(result.node_mask.sum()), "kept_links": result.n_edges(),
-        "kept_influence": result.kept_influence(graph), "load_avg_1min": load_avg,
+        "tokens": int(ids.numel()),
+        "active_features": graph.n_features,
+        "feature_rows": rows - graph.n_logits,
+        "logits": graph.n_logits,
+        "batch": info["batch_size"],
+        "backward_passes": info["n_backward"],
+        "forward_s": info["record_s"] + info["replay_forward_s"],
+        "backward_s": info["backward_s"],
+        "total_s": build,
+        "cpu_s": cpu,
+        "ms_per_row": 1000 * info["backward_s"] / rows,
+        "peak_rss_mib": _peak_mib(),
+        "rows_mib": info["rows_mib"],
+        "completeness_rel": graph.relative_completeness_error(),
+        "kept_nodes": int(result.node_mask.sum()),
+        "kept_links": result.n_edges(),
+        "kept_influence": result.kept_influence(graph),
+        "load_avg_1min": load_avg,
     }
 
 
@@ -116,17 +129,22 @@ def main(argv: list[str] | None = None) -> int:
     _spawn(0, args.feature_rows, args.cache)  # fits and caches the transcoders once
     baseline = _spawn(0, args.feature_rows, args.cache)["peak_rss_mib"]
     print(f"model baseline peak RSS: {baseline:.0f} MiB (Gemma 3 270M fp32 loaded + one 256-token forward)")
-    header = ("| tokens | active features | feature rows | batch | backward passes | forward s | backward s | "
-              "total s | CPU s | ms/row | peak RSS MiB | over baseline MiB | rows MiB | completeness rel. err | load avg |")
+    header = (
+        "| tokens | active features | feature rows | batch | backward passes | forward s | backward s | "
+        "total s | CPU s | ms/row | peak RSS MiB | over baseline MiB | rows MiB | completeness rel. err | load avg |"
+    )
     print(header)
     print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
     for length in args.lengths:
         r = _spawn(length, args.feature_rows, args.cache)
-        print(f"| {r['tokens']} | {r['active_features']} | {r['feature_rows']} | {r['batch']} | {r['backward_passes']} | "
-              f"{r['forward_s']:.1f} | {r['backward_s']:.1f} | {r['total_s']:.1f} | {r['cpu_s']:.0f} | "
-              f"{r['ms_per_row']:.0f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - baseline:.0f} | {r['rows_mib']:.0f} | "
-              f"{r['completeness_rel']:.1e} | {r['load_avg_1min']:.1f} |", flush=True)
+        print(
+            f"| {r['tokens']} | {r['active_features']} | {r['feature_rows']} | {r['batch']} | {r['backward_passes']} | "
+            f"{r['forward_s']:.1f} | {r['backward_s']:.1f} | {r['total_s']:.1f} | {r['cpu_s']:.0f} | "
+            f"{r['ms_per_row']:.0f} | "
+            f"{r['peak_rss_mib']:.0f} | {r['peak_rss_mib'] - baseline:.0f} | {r['rows_mib']:.0f} | "
+            f"{r['completeness_rel']:.1e} | {r['load_avg_1min']:.1f} |",
+            flush=True,
+        )
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [(0.8, 0.98), (0.6, 0.9), (0.95, 0.995)]
 
-CT_HALF = r'''
+CT_HALF = r"""
 import json, sys, torch
 from pathlib import Path
 from circuit_tracer.attribution.targets import LogitTarget
@@ -52,7 +52,7 @@ for nt, et in b["thresholds"]:
     out = work / f"ct_{nt}_{et}"
     create_graph_files(graph, slug="g", output_path=str(out), scan="tiny-scan", node_threshold=nt, edge_threshold=et)
 print("ok")
-'''
+"""
 
 
 def scope_half(work: Path) -> None:
@@ -68,16 +68,35 @@ def scope_half(work: Path) -> None:
     tok = tiny_tokenizer()
     tok.save_pretrained(work / "tokenizer")
     config_path = work / "tokenizer" / "tokenizer_config.json"  # transformers 4.x lacks 5.x's class name
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"}))
+    config_path.write_text(
+        json.dumps({**json.loads(config_path.read_text()), "tokenizer_class": "PreTrainedTokenizerFast"})
+    )
     ids = tok("The cat sat on the", return_tensors="pt").input_ids[0]
-    graph = attribute(ids, tiny_model("gemma3"), dictionaries("transcoder", "jumprelu", dtype=torch.float32),
-                      tokenizer=tok, max_feature_nodes=None, max_n_logits=4)
+    graph = attribute(
+        ids,
+        tiny_model("gemma3"),
+        dictionaries("transcoder", "jumprelu", dtype=torch.float32),
+        tokenizer=tok,
+        max_feature_nodes=None,
+        max_n_logits=4,
+    )
     dense = torch.zeros(graph.n_nodes, graph.n_nodes)
     dense[graph.row_nodes] = graph.rows.float()
-    torch.save({"n_layers": graph.n_layers, "prompt": graph.prompt, "input_ids": graph.input_ids,
-                "features": graph.features, "activations": graph.activations.float(), "adjacency": dense,
-                "logit_ids": graph.logit_ids, "logit_probs": graph.logit_probs.float(),
-                "logit_labels": graph.logit_labels, "thresholds": THRESHOLDS}, work / "bundle.pt")
+    torch.save(
+        {
+            "n_layers": graph.n_layers,
+            "prompt": graph.prompt,
+            "input_ids": graph.input_ids,
+            "features": graph.features,
+            "activations": graph.activations.float(),
+            "adjacency": dense,
+            "logit_ids": graph.logit_ids,
+            "logit_probs": graph.logit_probs.float(),
+            "logit_labels": graph.logit_labels,
+            "thresholds": THRESHOLDS,
+        },
+        work / "bundle.pt",
+    )
     graph.dictionaries = ["tiny-scan"]
     graph.rows = dense[graph.row_nodes]  # the same float32 numbers circuit-tracer sees
     for nt, et in THRESHOLDS:
@@ -98,13 +117,18 @@ def compare(work: Path) -> list[str]:
         a = {n["node_id"]: n for n in ours["nodes"]}
         b = {n["node_id"]: n for n in theirs["nodes"]}
         if set(a) != set(b):
-            problems.append(f"{tag}: nodes differ: only ours {sorted(set(a) - set(b))[:5]}, "
-                            f"only theirs {sorted(set(b) - set(a))[:5]}")
+            problems.append(
+                f"{tag}: nodes differ: only ours {sorted(set(a) - set(b))[:5]}, "
+                f"only theirs {sorted(set(b) - set(a))[:5]}"
+            )
         for node_id in set(a) & set(b):
             for field, value in b[node_id].items():
                 mine = a[node_id][field]
-                same = abs(mine - value) <= 1e-5 * max(1.0, abs(value)) if isinstance(value, float) and \
-                    isinstance(mine, float) else mine == value
+                same = (
+                    abs(mine - value) <= 1e-5 * max(1.0, abs(value))
+                    if isinstance(value, float) and isinstance(mine, float)
+                    else mine == value
+                )
                 if not same:
                     problems.append(f"{tag}: node {node_id} field {field}: {mine!r} vs {value!r}")
         la = {(x["source"], x["target"]): x["weight"] for x in ours["links"]}

@@ -64,19 +64,36 @@ def main() -> None:
     ratios, speeds = [], {"bare": [], "harvest": []}
     harvest(), bare()  # warm-up
     for r in range(args.rounds):
-        for name, fn in (("bare", bare), ("harvest", harvest)) if r % 2 == 0 else (("harvest", harvest), ("bare", bare)):
+        for name, fn in (
+            (("bare", bare), ("harvest", harvest)) if r % 2 == 0 else (("harvest", harvest), ("bare", bare))
+        ):
             t0 = time.perf_counter()
             fn()
             speeds[name].append(tokens / (time.perf_counter() - t0))
         ratios.append(speeds["harvest"][-1] / speeds["bare"][-1])
-        print(f"round {r + 1}: bare {speeds['bare'][-1]:.0f} tok/s, harvest {speeds['harvest'][-1]:.0f} tok/s, "
-              f"ratio {ratios[-1]:.3f}", flush=True)
-    print(f"\nmedian: bare forward to layer 6 {statistics.median(speeds['bare']):.0f} tok/s, harvest "
-          f"{statistics.median(speeds['harvest']):.0f} tok/s, harvest/bare {statistics.median(ratios):.3f}x "
-          f"({torch.get_num_threads()} threads, batch 8 x 128)")
+        print(
+            f"round {r + 1}: bare {speeds['bare'][-1]:.0f} tok/s, harvest {speeds['harvest'][-1]:.0f} tok/s, "
+            f"ratio {ratios[-1]:.3f}",
+            flush=True,
+        )
+    print(
+        f"\nmedian: bare forward to layer 6 {statistics.median(speeds['bare']):.0f} tok/s, harvest "
+        f"{statistics.median(speeds['harvest']):.0f} tok/s, harvest/bare {statistics.median(ratios):.3f}x "
+        f"({torch.get_num_threads()} threads, batch 8 x 128)"
+    )
     bare_speed, harvest_speed = statistics.median(speeds["bare"]), statistics.median(speeds["harvest"])
-    write_summary(args.summary, [Headline("harvest", "harvest / bare forward to layer 6 (tok/s)", statistics.median(ratios),
-                                          goal=">= 0.95", note=f"{harvest_speed:.0f} vs {bare_speed:.0f} tok/s")])
+    write_summary(
+        args.summary,
+        [
+            Headline(
+                "harvest",
+                "harvest / bare forward to layer 6 (tok/s)",
+                statistics.median(ratios),
+                goal=">= 0.95",
+                note=f"{harvest_speed:.0f} vs {bare_speed:.0f} tok/s",
+            )
+        ],
+    )
 
 
 if __name__ == "__main__":

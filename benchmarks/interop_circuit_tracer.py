@@ -35,6 +35,8 @@ RTOL = 1e-6
 
 def _close(diff: float, expected: torch.Tensor) -> bool:
     return diff <= RTOL * max(1.0, expected.abs().max().item())
+
+
 N_POS, D_MODEL, D_SAE = 11, 16, 32
 
 
@@ -46,26 +48,49 @@ def export_cases(work: Path) -> list[dict]:
 
     cases = []
     gen = torch.Generator().manual_seed(0)
-    for name, type_, arch, n in [("set_jumprelu", "transcoder", "jumprelu", 3), ("set_relu", "transcoder", "relu", 3),
-                                 ("set_skip_jumprelu", "skip_transcoder", "jumprelu", 2),
-                                 ("clt_jumprelu", "clt", "jumprelu", 4), ("clt_relu", "clt", "relu", 3)]:
+    for name, type_, arch, n in [
+        ("set_jumprelu", "transcoder", "jumprelu", 3),
+        ("set_relu", "transcoder", "relu", 3),
+        ("set_skip_jumprelu", "skip_transcoder", "jumprelu", 2),
+        ("clt_jumprelu", "clt", "jumprelu", 4),
+        ("clt_relu", "clt", "relu", 3),
+    ]:
         x = torch.randn(n, N_POS, D_MODEL, generator=gen)
         out = work / name
         if type_ == "clt":
-            module = make_dictionary(make_config("clt", arch, d_in=D_MODEL, d_sae=D_SAE, d_out=D_MODEL, n_layers=n,
-                                                 site="mlp_in", site_out="mlp_out"), seed=1).eval()
+            module = make_dictionary(
+                make_config(
+                    "clt", arch, d_in=D_MODEL, d_sae=D_SAE, d_out=D_MODEL, n_layers=n, site="mlp_in", site_out="mlp_out"
+                ),
+                seed=1,
+            ).eval()
             circuit_tracer.save(module, out)
             ours = x.transpose(0, 1)  # ours stacks layers on axis -2
             features, outputs = module.encode(ours).transpose(0, 1), module(ours).transpose(0, 1)
         else:
-            modules = {f"layer_{i}": make_dictionary(make_config(
-                type_, arch, d_in=D_MODEL, d_sae=D_SAE, d_out=D_MODEL, layer=i, site="mlp_in", site_out="mlp_out"),
-                seed=10 + i).eval() for i in range(n)}
+            modules = {
+                f"layer_{i}": make_dictionary(
+                    make_config(
+                        type_,
+                        arch,
+                        d_in=D_MODEL,
+                        d_sae=D_SAE,
+                        d_out=D_MODEL,
+                        layer=i,
+                        site="mlp_in",
+                        site_out="mlp_out",
+                    ),
+                    seed=10 + i,
+                ).eval()
+                for i in range(n)
+            }
             circuit_tracer.save_all(modules, out)
             features = torch.stack([m.encode(x[i]) for i, m in enumerate(modules.values())])
             outputs = torch.stack([m(x[i]) for i, m in enumerate(modules.values())])
-        save_file({"x": x, "features": features.contiguous(), "outputs": outputs.contiguous()},
-                  str(work / f"{name}.expected.safetensors"))
+        save_file(
+            {"x": x, "features": features.contiguous(), "outputs": outputs.contiguous()},
+            str(work / f"{name}.expected.safetensors"),
+        )
         cases.append({"name": name, "kind": type_, "n_layers": n})
     return cases
 
@@ -91,23 +116,34 @@ def check_cases(work: Path, cases: list[dict]) -> dict:
                 runs[f"load_clt(lazy={lazy})"] = (features, outputs)
         else:
             paths = {i: str(folder / f"layer_{i}.safetensors") for i in range(case["n_layers"])}
-            ts = load_transcoder_set(paths, scan=name, feature_input_hook="mlp.hook_in",
-                                     feature_output_hook="hook_mlp_out", device=cpu, dtype=torch.float32,
-                                     lazy_encoder=False, lazy_decoder=False)
+            ts = load_transcoder_set(
+                paths,
+                scan=name,
+                feature_input_hook="mlp.hook_in",
+                feature_output_hook="hook_mlp_out",
+                device=cpu,
+                dtype=torch.float32,
+                lazy_encoder=False,
+                lazy_decoder=False,
+            )
             features = ts.encode(x)
             runs["load_transcoder_set"] = (features, ts.decode(features, x))
             lazy = [load_relu_transcoder(paths[i], i, device=cpu, dtype=torch.float32) for i in paths]
             lazy_features = torch.stack([t.encode(x[i]) for i, t in enumerate(lazy)])
-            runs["load_relu_transcoder(lazy)"] = (lazy_features, torch.stack(
-                [t.decode(lazy_features[i], x[i]) for i, t in enumerate(lazy)]))
+            runs["load_relu_transcoder(lazy)"] = (
+                lazy_features,
+                torch.stack([t.decode(lazy_features[i], x[i]) for i, t in enumerate(lazy)]),
+            )
         for label, (features, outputs) in runs.items():
             df = (features.float() - expected["features"]).abs().max().item()
             do = (outputs.float() - expected["outputs"]).abs().max().item()
             same_active = bool(((features != 0) == (expected["features"] != 0)).all())
-            results[f"{name} / {label}"] = {"max_abs_feature_diff": df, "max_abs_output_diff": do,
-                                            "same_active_latents": same_active,
-                                            "ok": _close(df, expected["features"])
-                                            and _close(do, expected["outputs"]) and same_active}
+            results[f"{name} / {label}"] = {
+                "max_abs_feature_diff": df,
+                "max_abs_output_diff": do,
+                "same_active_latents": same_active,
+                "ok": _close(df, expected["features"]) and _close(do, expected["outputs"]) and same_active,
+            }
     results["native_cases"] = export_native(work)
     return results
 
@@ -137,15 +173,18 @@ def export_native(work: Path) -> list[dict]:
     outputs = torch.stack([ts[i].decode(features[i], x[i]) for i in range(n)]).detach()
     save_file({"x": x, "features": features, "outputs": outputs}, str(work / "native_set.expected.safetensors"))
     cases.append({"name": "native_set", "kind": "transcoder", "n_layers": n})
-    clt = CrossLayerTranscoder(n, D_SAE, D_MODEL, activation_function="jump_relu", lazy_decoder=False,
-                               device=cpu, dtype=torch.float32)
+    clt = CrossLayerTranscoder(
+        n, D_SAE, D_MODEL, activation_function="jump_relu", lazy_decoder=False, device=cpu, dtype=torch.float32
+    )
     for p in clt.parameters():
         p.data.normal_(generator=gen)
     clt.activation_function.threshold.data = torch.rand(n, 1, D_SAE, generator=gen) * 0.5
     clt.to_safetensors(str(work / "native_clt"))
     features = clt.encode(x).detach()
-    save_file({"x": x, "features": features, "outputs": clt.forward(x).detach()},
-              str(work / "native_clt.expected.safetensors"))
+    save_file(
+        {"x": x, "features": features, "outputs": clt.forward(x).detach()},
+        str(work / "native_clt.expected.safetensors"),
+    )
     cases.append({"name": "native_clt", "kind": "clt", "n_layers": n})
     return cases
 
@@ -170,8 +209,10 @@ def import_native(work: Path, cases: list[dict]) -> dict:
         df = (features - expected["features"]).abs().max().item()
         do = (outputs - expected["outputs"]).abs().max().item()
         results[f"{case['name']} / scope_hub.interop.circuit_tracer.load_all"] = {
-            "max_abs_feature_diff": df, "max_abs_output_diff": do,
-            "ok": _close(df, expected["features"]) and _close(do, expected["outputs"])}
+            "max_abs_feature_diff": df,
+            "max_abs_output_diff": do,
+            "ok": _close(df, expected["features"]) and _close(do, expected["outputs"]),
+        }
     return results
 
 
@@ -193,7 +234,7 @@ def main() -> int:
         if done.returncode != 0:
             sys.stderr.write(done.stderr[-4000:])
             return 2
-        results = json.loads(done.stdout[done.stdout.index("{"):])
+        results = json.loads(done.stdout[done.stdout.index("{") :])
         results.update(import_native(work, results.pop("native_cases")))
     print(json.dumps(results, indent=2))
     failed = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]

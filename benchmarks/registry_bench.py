@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.keys import parse_key
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.registry import Registry
@@ -32,8 +33,6 @@ from scope_hub.registry.content import build_manifest, manifest_bytes, stage_fol
 from scope_hub.registry.index import RegistryIndex, StoreIndex
 from scope_hub.registry.layout import blob_path, manifest_path
 from scope_hub.registry.protocol import record_of
-
-from benchmarks.summary import Headline, add_summary_argument, write_summary
 
 LAYERS = 18
 MODELS = [f"google/gemma-scope-bench-{i}" for i in range(10)]
@@ -44,13 +43,27 @@ VARIANTS = ["l0_small", "l0_medium", "l0_big", "l0_big_affine"]
 
 def make_layer(folder: Path, layer: int, d_in: int, d_sae: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = DictionaryConfig(type="sae", architecture="jumprelu", d_in=d_in, d_sae=d_sae,
-                           model="google/gemma-3-270m", site="resid_post", layer=layer)
+    cfg = DictionaryConfig(
+        type="sae",
+        architecture="jumprelu",
+        d_in=d_in,
+        d_sae=d_sae,
+        model="google/gemma-3-270m",
+        site="resid_post",
+        layer=layer,
+    )
     (folder / "config.json").write_text(cfg.model_dump_json())
     rng = np.random.default_rng(layer)
-    save_file({"w_enc": rng.random((d_in, d_sae), dtype=np.float32), "b_enc": np.zeros(d_sae, np.float32),
-               "threshold": np.full(d_sae, 0.01, np.float32), "w_dec": rng.random((d_sae, d_in), dtype=np.float32),
-               "b_dec": np.zeros(d_in, np.float32)}, str(folder / "params.safetensors"))
+    save_file(
+        {
+            "w_enc": rng.random((d_in, d_sae), dtype=np.float32),
+            "b_enc": np.zeros(d_sae, np.float32),
+            "threshold": np.full(d_sae, 0.01, np.float32),
+            "w_dec": rng.random((d_sae, d_in), dtype=np.float32),
+            "b_dec": np.zeros(d_in, np.float32),
+        },
+        str(folder / "params.safetensors"),
+    )
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\nBenchmark dictionary.\n")  # card source
     return folder
 
@@ -75,7 +88,7 @@ def bench_pulls(root: Path, small: bool) -> list[Headline]:
     warm_runs, reads = [], []
     for _ in range(5):
         warm = Registry(url, cache_dir=root / "cache", progress=False)
-        warm_runs.append(timed(lambda: [warm.pull(p) for p in pins])[0])
+        warm_runs.append(timed(lambda warm=warm: [warm.pull(p) for p in pins])[0])
         reads.append(warm.backend.requests())
     latest = Registry(url, cache_dir=root / "cache", progress=False)
     latest_s, _ = timed(lambda: [latest.pull(k) for k in keys])
@@ -86,19 +99,39 @@ def bench_pulls(root: Path, small: bool) -> list[Headline]:
     print(f"  push (hash + copy into registry)   {push_s:7.3f} s")
     print(f"  cold pull @v1 (empty cache)        {cold_s:7.3f} s   store requests {cold.backend.requests()}")
     print(f"  cold pull @v1, 4 threads over keys {threaded_s:7.3f} s")
-    print(f"  warm pull @v1 (median of 5)        {statistics.median(warm_runs) * 1000:7.2f} ms  store requests {max(reads)}")
+    print(
+        f"  warm pull @v1 (median of 5)        {statistics.median(warm_runs) * 1000:7.2f} ms  store requests {max(reads)}"
+    )
     print(f"  warm pull @latest                  {latest_s * 1000:7.2f} ms  store requests {latest.backend.requests()}")
     shutil.rmtree(root / "src")
     what = f"{LAYERS} x {d_in}x{d_sae} fp32 ({size / 1e6:.0f} MB)"
-    return [Headline("registry", "cold pull, 18 layer SAEs @v1", cold_s, unit="s",
-                     note=f"{what}; download + sha256 + snapshot, {cold.backend.requests()} store requests"),
-            Headline("registry", "warm pull, 18 layer SAEs @v1", statistics.median(warm_runs) * 1000, unit="ms",
-                     note=f"{max(reads)} store requests (pinned versions are immutable)")]
+    return [
+        Headline(
+            "registry",
+            "cold pull, 18 layer SAEs @v1",
+            cold_s,
+            unit="s",
+            note=f"{what}; download + sha256 + snapshot, {cold.backend.requests()} store requests",
+        ),
+        Headline(
+            "registry",
+            "warm pull, 18 layer SAEs @v1",
+            statistics.median(warm_runs) * 1000,
+            unit="ms",
+            note=f"{max(reads)} store requests (pinned versions are immutable)",
+        ),
+    ]
 
 
 def all_keys() -> list[str]:
-    return [f"{m}:{s}/layer_{layer}/width_{w}/sae/{v}" for m in MODELS for s in SITES for layer in range(25)
-            for w in WIDTHS for v in VARIANTS]
+    return [
+        f"{m}:{s}/layer_{layer}/width_{w}/sae/{v}"
+        for m in MODELS
+        for s in SITES
+        for layer in range(25)
+        for w in WIDTHS
+        for v in VARIANTS
+    ]
 
 
 def build_big_registry(reg: Registry, keys: list[str], tmp: Path) -> None:
@@ -147,15 +180,25 @@ def bench_listing(name: str, url: str, tmp: Path, reindex: bool) -> list[Headlin
         ("ls 'google/gemma-scope-bench-3:attn_out/*'", lambda: reg.list("google/gemma-scope-bench-3:attn_out/*")),
         ("resolve KEY (latest, cold cache)", lambda: reg.resolve(keys[12345])),
         ("resolve KEY@v1 (manifest cached)", lambda: reg.resolve(keys[12345] + "@v1")),
-        ("resolve KEY@sha256:<prefix>", lambda: reg.resolve(f"{keys[777]}@sha256:" + reg.resolve(keys[777] + "@v1").content_sha256[:12])),
+        (
+            "resolve KEY@sha256:<prefix>",
+            lambda: reg.resolve(f"{keys[777]}@sha256:" + reg.resolve(keys[777] + "@v1").content_sha256[:12]),
+        ),
     ]:
         before = store.reads
         seconds, out = timed(action)
         count = f"{len(out):,} keys" if isinstance(out, list) else f"v{out.version}"
         print(f"  {label:<46} {seconds * 1000:8.1f} ms  store reads {store.reads - before:3d}  ({count})")
         if label == "ls (all keys)":
-            rows.append(Headline("registry", f"ls of {len(keys) + 10:,} keys, {name.split()[0]}", seconds * 1000,
-                                 unit="ms", note=f"{store.reads - before} store reads"))
+            rows.append(
+                Headline(
+                    "registry",
+                    f"ls of {len(keys) + 10:,} keys, {name.split()[0]}",
+                    seconds * 1000,
+                    unit="ms",
+                    note=f"{store.reads - before} store reads",
+                )
+            )
     if reindex:
         seconds, n = timed(reg.reindex)
         print(f"  reindex (reads every manifest)                 {seconds:8.1f} s   ({n:,} versions)")
@@ -172,8 +215,12 @@ def start_moto() -> tuple[object, str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     import boto3
 
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench-registry")

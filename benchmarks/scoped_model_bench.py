@@ -45,17 +45,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import contextlib
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.summary import Headline, add_summary_argument, write_summary  # noqa: E402
 from scope_hub.dictionaries import SAE  # noqa: E402
 from scope_hub.metadata import DictionaryConfig  # noqa: E402
 from scope_hub.models import gemma3_270m_path, load_causal_lm  # noqa: E402
 from scope_hub.scoped_model import ScopedModel  # noqa: E402
-
-from benchmarks.summary import Headline, add_summary_argument, write_summary  # noqa: E402
 
 D_IN, D_SAE, LAYER, N_LAYERS = 640, 16384, 6, 18
 BATCH, SEQ = 8, 128
@@ -68,9 +69,13 @@ CPU_TIMES: dict[str, list[float]] = {}
 """Process CPU seconds per call (all threads), by variant: a second view when the machine is shared."""
 
 
-def bench(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
-          before_each: Callable[[], None] | None = None,
-          clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+def bench(
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 1,
+    before_each: Callable[[], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
     """Seconds per call (wall clock by default) for each fn, round-robin: every repeat runs each fn once."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for name in fns:
@@ -103,8 +108,9 @@ class Report:
     def __init__(self) -> None:
         self.rows: list[dict] = []
 
-    def group(self, title: str, times: dict[str, list[float]], tokens: int | None = TOKENS,
-              base: str | None = None) -> None:
+    def group(
+        self, title: str, times: dict[str, list[float]], tokens: int | None = TOKENS, base: str | None = None
+    ) -> None:
         print(f"\n== {title}")
         head = f"{'variant':<44} {'median':>10} {'spread':>11}"
         head += f" {'tok/s':>8}" if tokens else ""
@@ -118,10 +124,13 @@ class Report:
             if base:
                 line += f"  {m / med(times[base]):>15.3f}x"
             print(line)
-            self.rows.append({"group": title, "variant": name, "median_s": m, "times_s": ts,
-                              "cpu_s": CPU_TIMES.get(name)})
-        print(f"(load average after: {os.getloadavg()[0]:.2f}; this benchmark keeps ~2 busy, well above 2 means "
-              "other jobs shared the 2 cores)")
+            self.rows.append(
+                {"group": title, "variant": name, "median_s": m, "times_s": ts, "cpu_s": CPU_TIMES.get(name)}
+            )
+        print(
+            f"(load average after: {os.getloadavg()[0]:.2f}; this benchmark keeps ~2 busy, well above 2 means "
+            "other jobs shared the 2 cores)"
+        )
 
     def ratio(self, label: str, times: dict[str, list[float]], num: str, den: str) -> float:
         """Ratio of medians, plus the median of per-round ratios (each round runs both
@@ -130,10 +139,13 @@ class Report:
         paired = statistics.median(a / b for a, b in zip(times[num], times[den]))
         best = min(times[num]) / min(times[den])
         cpu = med(CPU_TIMES[num]) / med(CPU_TIMES[den]) if CPU_TIMES.get(num) and CPU_TIMES.get(den) else float("nan")
-        print(f"  {label}: {r:.3f}x  ({med(times[num]) * 1e3:.1f} ms / {med(times[den]) * 1e3:.1f} ms; "
-              f"paired {paired:.3f}x, min/min {best:.3f}x, cpu-time {cpu:.3f}x)")
-        self.rows.append({"ratio": label, "value": r, "paired": paired, "min_ratio": best, "cpu_ratio": cpu,
-                          "num": num, "den": den})
+        print(
+            f"  {label}: {r:.3f}x  ({med(times[num]) * 1e3:.1f} ms / {med(times[den]) * 1e3:.1f} ms; "
+            f"paired {paired:.3f}x, min/min {best:.3f}x, cpu-time {cpu:.3f}x)"
+        )
+        self.rows.append(
+            {"ratio": label, "value": r, "paired": paired, "min_ratio": best, "cpu_ratio": cpu, "num": num, "den": den}
+        )
         return r
 
 
@@ -141,8 +153,15 @@ class Report:
 def make_sae(model, ids: torch.Tensor) -> SAE:
     """A JumpReLU SAE 640 -> 16384 for layer 6, thresholds set for L0 ~ 64 on real activations."""
     g = torch.Generator().manual_seed(0)
-    cfg = DictionaryConfig(type="sae", architecture="jumprelu", d_in=D_IN, d_sae=D_SAE,
-                           model="google/gemma-3-270m", site="resid_post", layer=LAYER)
+    cfg = DictionaryConfig(
+        type="sae",
+        architecture="jumprelu",
+        d_in=D_IN,
+        d_sae=D_SAE,
+        model="google/gemma-3-270m",
+        site="resid_post",
+        layer=LAYER,
+    )
     sae = SAE(cfg)
     with torch.no_grad():
         sae.w_enc.copy_(torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5)
@@ -166,14 +185,24 @@ def saelens_sae(sae: SAE, layer: int = LAYER):
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    cfg = JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE, dtype="float32", device="cpu",
-                            apply_b_dec_to_input=False,  # Gemma Scope math: x @ W_enc + b_enc
-                            metadata=SAEMetadata(model_name="google/gemma-3-270m",
-                                                 hook_name=f"blocks.{layer}.hook_resid_post"))
+    cfg = JumpReLUSAEConfig(
+        d_in=D_IN,
+        d_sae=D_SAE,
+        dtype="float32",
+        device="cpu",
+        apply_b_dec_to_input=False,  # Gemma Scope math: x @ W_enc + b_enc
+        metadata=SAEMetadata(model_name="google/gemma-3-270m", hook_name=f"blocks.{layer}.hook_resid_post"),
+    )
     sl = JumpReLUSAE(cfg)
-    sl.load_state_dict({"W_enc": sae.w_enc.detach().clone(), "W_dec": sae.w_dec.detach().clone(),
-                        "b_enc": sae.b_enc.detach().clone(), "b_dec": sae.b_dec.detach().clone(),
-                        "threshold": sae.threshold.detach().clone()})
+    sl.load_state_dict(
+        {
+            "W_enc": sae.w_enc.detach().clone(),
+            "W_dec": sae.w_dec.detach().clone(),
+            "b_enc": sae.b_enc.detach().clone(),
+            "b_dec": sae.b_dec.detach().clone(),
+            "threshold": sae.threshold.detach().clone(),
+        }
+    )
     sl.requires_grad_(False)
     return sl.eval()
 
@@ -182,6 +211,7 @@ def try_saelens():
     try:
         import sae_lens  # noqa: F401
         from sae_lens import HookedSAETransformer  # noqa: F401
+
         return True
     except Exception as exc:  # ImportError, or a broken install
         print(f"!! sae_lens is not importable ({type(exc).__name__}: {exc}); SAELens rows are skipped")
@@ -233,7 +263,8 @@ def load_tl(model, tok):
     # TransformerLens knows gemma-3-270m's architecture by name (no config fetch); with
     # hf_model= it converts the already-loaded weights instead of downloading them.
     return HookedSAETransformer.from_pretrained_no_processing(
-        "google/gemma-3-270m", hf_model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
+        "google/gemma-3-270m", hf_model=model, tokenizer=tok, device="cpu", dtype=torch.float32
+    )
 
 
 # --- groups ------------------------------------------------------------------------------
@@ -258,12 +289,16 @@ def forward_groups(rep: Report, model, tok, repeats: int, use_sl: bool, only: se
     with torch.no_grad():
         ours = sm.splice()(ids[:2]).logits
         floor = with_hook(layer, splice_fn, lambda: model(ids[:2]).logits)
-        print(f"check: |ours - floor| max = {(ours - floor).abs().max().item():.2e} "
-              f"(logit scale {floor.abs().max().item():.1f})")
+        print(
+            f"check: |ours - floor| max = {(ours - floor).abs().max().item():.2e} "
+            f"(logit scale {floor.abs().max().item():.1f})"
+        )
         _, cache = sm.run_with_cache(ids[:2], stop_after_last=True)
         with_hook(layer, feats_fn, lambda: model(ids[:2]))
-        print(f"check: features ours vs hand max diff = {(cache['sae'] - feats['f']).abs().max().item():.2e}, "
-              f"L0 = {(cache['sae'] > 0).sum(-1).float().mean().item():.1f}")
+        print(
+            f"check: features ours vs hand max diff = {(cache['sae'] - feats['f']).abs().max().item():.2e}, "
+            f"L0 = {(cache['sae'] > 0).sum(-1).float().mean().item():.1f}"
+        )
         if use_sl:
             sl_logits = tl.run_with_saes(ids[:2], saes=[sl])
             print(f"check: |SAELens - floor| max = {(sl_logits - floor).abs().max().item():.2e}")
@@ -303,11 +338,19 @@ def forward_groups(rep: Report, model, tok, repeats: int, use_sl: bool, only: se
         with torch.no_grad():
             t = bench(fns, repeats)
         rep.group("last-position logits [8x128]", t, base="floor logits_to_keep=1")
-        rep.ratio("splice / floor (logits_to_keep=1)", t, "scope_hub splice() logits_to_keep=1", "floor logits_to_keep=1")
-        rep.ratio("splice / hf_bare (logits_to_keep=1)", t, "scope_hub splice() logits_to_keep=1", "hf_bare logits_to_keep=1")
+        rep.ratio(
+            "splice / floor (logits_to_keep=1)", t, "scope_hub splice() logits_to_keep=1", "floor logits_to_keep=1"
+        )
+        rep.ratio(
+            "splice / hf_bare (logits_to_keep=1)", t, "scope_hub splice() logits_to_keep=1", "hf_bare logits_to_keep=1"
+        )
         if use_sl:
-            rep.ratio("SAELens(no unembed) / splice(logits_to_keep=1)", t,
-                      "saelens run_with_saes return_type=None", "scope_hub splice() logits_to_keep=1")
+            rep.ratio(
+                "SAELens(no unembed) / splice(logits_to_keep=1)",
+                t,
+                "saelens run_with_saes return_type=None",
+                "scope_hub splice() logits_to_keep=1",
+            )
 
     if "features" in only:
         fns = {
@@ -317,21 +360,36 @@ def forward_groups(rep: Report, model, tok, repeats: int, use_sl: bool, only: se
         }
         if use_sl:
             fns["saelens run_with_cache_with_saes(stop_at_layer=7)"] = lambda: tl.run_with_cache_with_saes(
-                ids, saes=[sl], stop_at_layer=LAYER + 1, names_filter=acts_name)
+                ids, saes=[sl], stop_at_layer=LAYER + 1, names_filter=acts_name
+            )
             fns["saelens run_with_cache(stop_at_layer=7) + encode"] = lambda: sl.encode(
-                tl.run_with_cache(ids, stop_at_layer=LAYER + 1, names_filter=hook_name)[1][hook_name])
+                tl.run_with_cache(ids, stop_at_layer=LAYER + 1, names_filter=hook_name)[1][hook_name]
+            )
         with torch.no_grad():
             t = bench(fns, repeats)
         rep.group("features only, layer 6 [8x128]", t, base="hf stopped after 6 + hand encode")
-        rep.ratio("features / (hf stop6 + hand encode)", t, "scope_hub run_with_cache(stop_after_last)",
-                  "hf stopped after 6 + hand encode")
+        rep.ratio(
+            "features / (hf stop6 + hand encode)",
+            t,
+            "scope_hub run_with_cache(stop_after_last)",
+            "hf stopped after 6 + hand encode",
+        )
         rep.ratio("features / hf stop6", t, "scope_hub run_with_cache(stop_after_last)", "hf stopped after layer 6")
         if use_sl:
-            best = min(("saelens run_with_cache_with_saes(stop_at_layer=7)",
-                        "saelens run_with_cache(stop_at_layer=7) + encode"), key=lambda k: med(t[k]))
-            rep.ratio(f"SAELens best ({best.split('(')[0].strip()}) / features", t, best,
-                      "scope_hub run_with_cache(stop_after_last)")
-    del tl, sl, sm
+            best = min(
+                (
+                    "saelens run_with_cache_with_saes(stop_at_layer=7)",
+                    "saelens run_with_cache(stop_at_layer=7) + encode",
+                ),
+                key=lambda k: med(t[k]),
+            )
+            rep.ratio(
+                f"SAELens best ({best.split('(')[0].strip()}) / features",
+                t,
+                best,
+                "scope_hub run_with_cache(stop_after_last)",
+            )
+    tl = sl = sm = None  # free the models before the next group (closures above still name them)
 
 
 # --- load-independent view: same kernels + fixed Python overhead ------------------------------
@@ -348,11 +406,8 @@ def op_census(call: Callable[[], object]) -> dict[str, int]:
             counts[str(func.overloadpacket)] += 1
             return func(*args, **(kwargs or {}))
 
-    with Count():
-        try:
-            call()
-        except _Stop:
-            pass
+    with Count(), contextlib.suppress(_Stop):
+        call()
     return dict(counts)
 
 
@@ -369,16 +424,19 @@ def overhead_group(rep: Report, model, tok, repeats: int) -> None:
     sae = make_sae(model, ids)
     sm = ScopedModel.from_pretrained(model, dictionaries={"sae": sae})
     layer = model.model.layers[LAYER]
-    splice_fn, feats_fn, stop_fn, feats = hand_hooks(sae)
+    splice_fn, feats_fn, _stop_fn, _feats = hand_hooks(sae)
     small = ids[:1, :8]
     splice_mode = sm.splice()
     pairs = {
-        "splice (full logits)": (lambda: splice_mode(small),
-                                 lambda: with_hook(layer, splice_fn, lambda: model(small))),
-        "splice, logits_to_keep=1": (lambda: splice_mode(small, logits_to_keep=1),
-                                     lambda: with_hook(layer, splice_fn, lambda: model(small, logits_to_keep=1))),
-        "features (stop after layer 6)": (lambda: sm.run_with_cache(small, stop_after_last=True),
-                                          lambda: with_hook(layer, feats_fn, lambda: model(small))),
+        "splice (full logits)": (lambda: splice_mode(small), lambda: with_hook(layer, splice_fn, lambda: model(small))),
+        "splice, logits_to_keep=1": (
+            lambda: splice_mode(small, logits_to_keep=1),
+            lambda: with_hook(layer, splice_fn, lambda: model(small, logits_to_keep=1)),
+        ),
+        "features (stop after layer 6)": (
+            lambda: sm.run_with_cache(small, stop_after_last=True),
+            lambda: with_hook(layer, feats_fn, lambda: model(small)),
+        ),
     }
     print("\n== op census, whole forward, scope-hub vs floor (aten ops; differences only)")
     with torch.no_grad():
@@ -398,8 +456,10 @@ def overhead_group(rep: Report, model, tok, repeats: int) -> None:
             t = bench(fns, max(30, repeats * 10), warmup=3, clock=time.thread_time)
     finally:
         torch.set_num_threads(threads)
-    print("\n== fixed per-call overhead on a 1 x 8 input, 1 thread, CPU time of this thread "
-          "(min of many calls: waiting for other jobs is not counted)")
+    print(
+        "\n== fixed per-call overhead on a 1 x 8 input, 1 thread, CPU time of this thread "
+        "(min of many calls: waiting for other jobs is not counted)"
+    )
     for label in pairs:
         o, f = min(t[f"{label} / scope_hub"]), min(t[f"{label} / floor"])
         print(f"  {label}: scope_hub {o * 1e3:.2f} ms, floor {f * 1e3:.2f} ms, overhead {(o - f) * 1e3:+.2f} ms")
@@ -430,8 +490,9 @@ def headlines(rep: Report) -> list[Headline]:
             goal, note = GOALS[label]
         else:
             continue
-        rows.append(Headline("scoped_model", label, row["value"], goal=goal,
-                             note=f"{note}; paired {row['paired']:.2f}x"))
+        rows.append(
+            Headline("scoped_model", label, row["value"], goal=goal, note=f"{note}; paired {row['paired']:.2f}x")
+        )
     return rows
 
 
@@ -439,8 +500,17 @@ def headlines(rep: Report) -> list[Headline]:
 def write_18(root: Path, use_sl: bool) -> tuple[list[Path], list[Path]]:
     g = torch.Generator().manual_seed(1)
     ours, theirs = [], []
-    base = SAE(DictionaryConfig(type="sae", architecture="jumprelu", d_in=D_IN, d_sae=D_SAE,
-                                model="google/gemma-3-270m", site="resid_post", layer=0))
+    base = SAE(
+        DictionaryConfig(
+            type="sae",
+            architecture="jumprelu",
+            d_in=D_IN,
+            d_sae=D_SAE,
+            model="google/gemma-3-270m",
+            site="resid_post",
+            layer=0,
+        )
+    )
     with torch.no_grad():
         for p in base.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)
@@ -518,16 +588,18 @@ def resident_fraction(paths: list[Path]) -> float:
 
 
 def attach_ratios(rep: Report, t: dict[str, list[float]], cache: str, use_sl: bool) -> None:
-    ours, floor, theirs = ("scope_hub ScopedModel.from_pretrained(18 folders)", "floor: safetensors safe_open x18",
-                           "saelens SAE.load_from_disk x18")
+    ours, floor, theirs = (
+        "scope_hub ScopedModel.from_pretrained(18 folders)",
+        "floor: safetensors safe_open x18",
+        "saelens SAE.load_from_disk x18",
+    )
     rep.ratio(f"ours / floor (attach, {cache})", t, ours, floor)
     if use_sl:
         rep.ratio(f"SAELens / ours (attach, {cache})", t, theirs, ours)
         rep.ratio(f"SAELens / floor (attach, {cache})", t, theirs, floor)
 
 
-def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path | None,
-                 use_drop_caches: bool) -> None:
+def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path | None, use_drop_caches: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="scope_hub_bench_", dir=workdir))
     try:
         t0 = time.perf_counter()
@@ -541,7 +613,7 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
         def attach_ours_and_read():
             sm = attach_ours()
             for d in sm.dictionaries.values():
-                d.w_enc  # first touch loads every tensor (and checks it is finite)
+                _ = d.w_enc  # first touch loads every tensor (and checks it is finite)
             return sm
 
         def open_headers():  # the floor of any lazy load: open each file and read its header
@@ -550,8 +622,10 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
             handles = [safe_open(str(p / "params.safetensors"), framework="pt") for p in ours]
             return [h.keys() for h in handles]
 
-        fns = {"scope_hub ScopedModel.from_pretrained(18 folders)": attach_ours,
-               "floor: safetensors safe_open x18": open_headers}
+        fns = {
+            "scope_hub ScopedModel.from_pretrained(18 folders)": attach_ours,
+            "floor: safetensors safe_open x18": open_headers,
+        }
         if use_sl:
             from sae_lens import SAE as SLSAE
 
@@ -570,21 +644,35 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
 
         all_paths = ours + theirs
         t = bench(fns, repeats * 2, warmup=2)
-        rep.group("lazy attach, warm page cache (18 SAEs)", t, tokens=None,
-                  base="scope_hub ScopedModel.from_pretrained(18 folders)")
+        rep.group(
+            "lazy attach, warm page cache (18 SAEs)",
+            t,
+            tokens=None,
+            base="scope_hub ScopedModel.from_pretrained(18 folders)",
+        )
         attach_ratios(rep, t, "warm", use_sl)
         warm_frac = resident_fraction(all_paths)
         how = evict(all_paths, use_drop_caches)
-        print(f"(cold: page cache emptied with {how} before every call; resident pages "
-              f"{warm_frac:.0%} -> {resident_fraction(all_paths):.0%})")
+        print(
+            f"(cold: page cache emptied with {how} before every call; resident pages "
+            f"{warm_frac:.0%} -> {resident_fraction(all_paths):.0%})"
+        )
         cold = lambda: evict(all_paths, use_drop_caches)  # noqa: E731
         t = bench(fns, repeats, warmup=1, before_each=cold)
-        rep.group(f"lazy attach, cold page cache ({how})", t, tokens=None,
-                  base="scope_hub ScopedModel.from_pretrained(18 folders)")
+        rep.group(
+            f"lazy attach, cold page cache ({how})",
+            t,
+            tokens=None,
+            base="scope_hub ScopedModel.from_pretrained(18 folders)",
+        )
         attach_ratios(rep, t, "cold", use_sl)
         t = bench(read_fns, max(3, repeats // 2), warmup=0, before_each=cold)
-        rep.group("cold load + read every byte (for scale)", t, tokens=None,
-                  base="scope_hub attach + first touch of every SAE")
+        rep.group(
+            "cold load + read every byte (for scale)",
+            t,
+            tokens=None,
+            base="scope_hub attach + first touch of every SAE",
+        )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -593,12 +681,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 repeats instead of 5")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--only", nargs="+", choices=["full", "keep1", "features", "overhead", "attach"],
-                    default=["full", "keep1", "features", "overhead", "attach"])
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        choices=["full", "keep1", "features", "overhead", "attach"],
+        default=["full", "keep1", "features", "overhead", "attach"],
+    )
     ap.add_argument("--no-saelens", action="store_true", help="skip the SAELens rows")
     ap.add_argument("--workdir", type=Path, default=None, help="where the 18 x 2 SAE folders are written (~3 GB)")
-    ap.add_argument("--drop-caches", action="store_true",
-                    help="cold runs use echo 3 > /proc/sys/vm/drop_caches (root; machine-wide) instead of fadvise")
+    ap.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="cold runs use echo 3 > /proc/sys/vm/drop_caches (root; machine-wide) instead of fadvise",
+    )
     add_summary_argument(ap)
     ap.add_argument("--json", type=Path, default=None, help="also write every timing here")
     args = ap.parse_args()
@@ -607,12 +702,12 @@ def main() -> None:
     use_sl = not args.no_saelens and try_saelens()
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for pkg in ("transformers", "sae_lens", "transformer_lens"):
-        try:
+        with contextlib.suppress(Exception):
             versions[pkg] = __import__(pkg).__version__
-        except Exception:
-            pass
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-          f"cuda {torch.cuda.is_available()}; {versions}; repeats {repeats}")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"cuda {torch.cuda.is_available()}; {versions}; repeats {repeats}"
+    )
     model, tok = load_causal_lm(gemma3_270m_path())
     model.requires_grad_(False)
     rep = Report()

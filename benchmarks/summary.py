@@ -40,8 +40,13 @@ class Headline:
 
 
 def add_summary_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summary", type=Path, default=None, metavar="PATH",
-                        help="also write the headline numbers here as JSON (read by benchmarks.run_all)")
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the headline numbers here as JSON (read by benchmarks.run_all)",
+    )
 
 
 def write_summary(path: Path | None, rows: list[Headline]) -> None:

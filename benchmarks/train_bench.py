@@ -58,9 +58,19 @@ def activations(args: argparse.Namespace) -> torch.Tensor:
 
     texts = sorted(glob.glob(str(Path(json.__file__).parent.parent / "*.py")))[:60]
     cache = Path(args.cache) / f"tokens-{args.tokens}"
-    cfg = load_config(None, ["model.id=google/gemma-3-270m", "harvest.layer=6", "data.context_size=128",
-                             f"data.paths={json.dumps(texts)}", f"data.max_tokens={args.tokens + 4096}",
-                             f"harvest.cache_dir={cache}", "harvest.batch_sequences=8", "train.progress=false"])
+    cfg = load_config(
+        None,
+        [
+            "model.id=google/gemma-3-270m",
+            "harvest.layer=6",
+            "data.context_size=128",
+            f"data.paths={json.dumps(texts)}",
+            f"data.max_tokens={args.tokens + 4096}",
+            f"harvest.cache_dir={cache}",
+            "harvest.batch_sequences=8",
+            "train.progress=false",
+        ],
+    )
     harvest_only(cfg)
     reader = HarvestReader(cache)
     return reader.rows(torch.arange(min(len(reader), args.tokens)))[0][:, 0]
@@ -117,9 +127,20 @@ def ours(arch: str, rows: torch.Tensor, state: str = "init"):
             return x, x
 
     sparsity = f"dictionary.k={K}" if arch == "topk" else f"dictionary.l0_target={L0}"
-    cfg = load_config(None, ["synthetic.d_in=640", f"dictionary.architecture={arch}", sparsity,
-                             f"dictionary.d_sae={S}", f"train.batch_size={B}", "train.tokens=40960000",
-                             "train.normalization_tokens=16384", "train.progress=false", "optim.lr=7e-5"])
+    cfg = load_config(
+        None,
+        [
+            "synthetic.d_in=640",
+            f"dictionary.architecture={arch}",
+            sparsity,
+            f"dictionary.d_sae={S}",
+            f"train.batch_size={B}",
+            "train.tokens=40960000",
+            "train.normalization_tokens=16384",
+            "train.progress=false",
+            "optim.lr=7e-5",
+        ],
+    )
     trainer = Trainer(cfg, Source())
     if state == "dead":  # half the latents dead: the aux-k loss is active
         trainer.tokens_since_fired[0, : S // 2] = cfg.loss.dead_tokens
@@ -160,9 +181,18 @@ def saelens(arch: str, rows: torch.Tensor, state: str = "init", probe: bool = Fa
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=S, k=K, dtype="float32", device="cpu"))
         coefficients = {}
     else:
-        sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-            d_in=D, d_sae=S, dtype="float32", device="cpu", jumprelu_sparsity_loss_mode="quadratic",
-            target_l0=L0, jumprelu_bandwidth=0.001, jumprelu_init_threshold=0.001))
+        sae = JumpReLUTrainingSAE(
+            JumpReLUTrainingSAEConfig(
+                d_in=D,
+                d_sae=S,
+                dtype="float32",
+                device="cpu",
+                jumprelu_sparsity_loss_mode="quadratic",
+                target_l0=L0,
+                jumprelu_bandwidth=0.001,
+                jumprelu_init_threshold=0.001,
+            )
+        )
         coefficients = {"l0": 1.0}
     optimizer = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999))
     data = _Rows(rows / rows.norm(dim=-1).mean())
@@ -173,9 +203,15 @@ def saelens(arch: str, rows: torch.Tensor, state: str = "init", probe: bool = Fa
 
     def step() -> None:  # SAETrainer._train_step, without its scheduler and logging
         sae.train()
-        out = sae.training_forward_pass(step_input=TrainStepInput(
-            sae_in=data.next(), coefficients=coefficients, dead_neuron_mask=dead, n_training_steps=0,
-            is_logging_step=False))
+        out = sae.training_forward_pass(
+            step_input=TrainStepInput(
+                sae_in=data.next(),
+                coefficients=coefficients,
+                dead_neuron_mask=dead,
+                n_training_steps=0,
+                is_logging_step=False,
+            )
+        )
         with torch.no_grad():
             did_fire = out.feature_acts.bool().float().sum(-2).bool()
             since_fired.add_(1)
@@ -197,21 +233,34 @@ def main() -> None:
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "scope-hub-bench-harvest-l6"))
     parser.add_argument("--threads", type=int, default=None)
     add_summary_argument(parser)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="cpu: this process's CPU time (with --threads 1, insensitive to other jobs' load)")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="cpu: this process's CPU time (with --threads 1, insensitive to other jobs' load)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     rows = activations(args)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rows.shape[0]} activation rows "
-          f"({'random' if args.random else 'Gemma 3 270M layer 6 resid_post'})", flush=True)
-    builders = {"ours topk": lambda: ours("topk", rows), "ours topk (aux-k active)": lambda: ours("topk", rows, "dead"),
-                "ours jumprelu @init": lambda: ours("jumprelu", rows),
-                "ours jumprelu @L0=64": lambda: ours("jumprelu", rows, "trained")}
-    for name, arch, state in (("saelens topk", "topk", "init"), ("saelens topk (aux-k active)", "topk", "dead"),
-                              ("saelens jumprelu", "jumprelu", "init")):
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rows.shape[0]} activation rows "
+        f"({'random' if args.random else 'Gemma 3 270M layer 6 resid_post'})",
+        flush=True,
+    )
+    builders = {
+        "ours topk": lambda: ours("topk", rows),
+        "ours topk (aux-k active)": lambda: ours("topk", rows, "dead"),
+        "ours jumprelu @init": lambda: ours("jumprelu", rows),
+        "ours jumprelu @L0=64": lambda: ours("jumprelu", rows, "trained"),
+    }
+    for name, arch, state in (
+        ("saelens topk", "topk", "init"),
+        ("saelens topk (aux-k active)", "topk", "dead"),
+        ("saelens jumprelu", "jumprelu", "init"),
+    ):
         if saelens(arch, rows[:8], state, probe=True) is not None:
             builders[name] = lambda arch=arch, state=state: (saelens(arch, rows, state), None)
     results: dict[str, list[float]] = {name: [] for name in builders}
@@ -226,8 +275,11 @@ def main() -> None:
                 utilisation[name].append(flops() / seconds / peaks[-1])
             del step, flops
             gc.collect()
-        print(f"round {r + 1}: peak {peaks[-1] / 1e9:.0f} GFLOP/s, " +
-              ", ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()), flush=True)
+        print(
+            f"round {r + 1}: peak {peaks[-1] / 1e9:.0f} GFLOP/s, "
+            + ", ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()),
+            flush=True,
+        )
     report(results, peaks, utilisation)
     write_summary(args.summary, headlines(results, peaks))
 
@@ -240,23 +292,41 @@ def headlines(results: dict, peaks: list) -> list[Headline]:
     """Issue #6's goals as revised by DESIGN.md section 9."""
     peak = statistics.median(peaks)
     topk = statistics.median(results["ours topk"])
-    rows = [Headline("train", "TopK step: 3-GEMM equivalent FLOP/s / matmul peak", topk * 3 * 2 * D * S / peak,
-                     unit="of peak", goal=">= 0.75", note=f"{topk:.0f} tok/s, peak {peak / 1e9:.0f} GFLOP/s")]
-    for ours_name, base, goal in (("ours topk", "saelens topk", ">= 3"),
-                                  ("ours topk (aux-k active)", "saelens topk (aux-k active)", None),
-                                  ("ours jumprelu @init", "saelens jumprelu", ">= 2"),
-                                  ("ours jumprelu @L0=64", "saelens jumprelu", ">= 2")):
+    rows = [
+        Headline(
+            "train",
+            "TopK step: 3-GEMM equivalent FLOP/s / matmul peak",
+            topk * 3 * 2 * D * S / peak,
+            unit="of peak",
+            goal=">= 0.75",
+            note=f"{topk:.0f} tok/s, peak {peak / 1e9:.0f} GFLOP/s",
+        )
+    ]
+    for ours_name, base, goal in (
+        ("ours topk", "saelens topk", ">= 3"),
+        ("ours topk (aux-k active)", "saelens topk (aux-k active)", None),
+        ("ours jumprelu @init", "saelens jumprelu", ">= 2"),
+        ("ours jumprelu @L0=64", "saelens jumprelu", ">= 2"),
+    ):
         if base in results:
-            rows.append(Headline("train", f"{ours_name} / {base} (tok/s)", paired_ratio(results, ours_name, base),
-                                 goal=goal, note=f"{statistics.median(results[ours_name]):.0f} vs "
-                                                 f"{statistics.median(results[base]):.0f} tok/s"))
+            rows.append(
+                Headline(
+                    "train",
+                    f"{ours_name} / {base} (tok/s)",
+                    paired_ratio(results, ours_name, base),
+                    goal=goal,
+                    note=f"{statistics.median(results[ours_name]):.0f} vs {statistics.median(results[base]):.0f} tok/s",
+                )
+            )
     return rows
 
 
 def report(results: dict, peaks: list, utilisation: dict) -> None:
     med = {name: statistics.median(v) for name, v in results.items()}
-    print(f"\nfp32 matmul peak on the step's GEMM shapes: {statistics.median(peaks) / 1e9:.0f} GFLOP/s "
-          f"(rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+    print(
+        f"\nfp32 matmul peak on the step's GEMM shapes: {statistics.median(peaks) / 1e9:.0f} GFLOP/s "
+        f"(rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})"
+    )
     print(f"{'candidate':32s} {'tok/s':>8s} {'util.':>7s} {'3-GEMM util.':>13s} {'vs SAELens':>10s}")
     peak = statistics.median(peaks)
     for name, value in med.items():

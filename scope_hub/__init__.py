@@ -26,7 +26,7 @@ _LAZY = {
     "ScopedModel": "scope_hub.scoped_model",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [*sorted(_LAZY), "__version__"]
 
 
 def __getattr__(name: str) -> Any:

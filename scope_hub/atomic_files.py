@@ -43,7 +43,7 @@ def make_shareable(path: Path) -> None:
     """Give ``path`` (and, for a folder, everything in it) the default permissions under the umask."""
     mask = _umask()
     if path.is_dir():
-        for root, dirs, files in os.walk(path):
+        for root, _dirs, files in os.walk(path):
             os.chmod(root, 0o777 & ~mask)
             for name in files:
                 os.chmod(os.path.join(root, name), 0o666 & ~mask)

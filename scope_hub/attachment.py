@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from scope_hub.dictionaries import CrossLayerTranscoder, Crosscoder, Dictionary, SkipTranscoder, SparseFeatures
+from scope_hub.dictionaries import Crosscoder, CrossLayerTranscoder, Dictionary, SkipTranscoder, SparseFeatures
 from scope_hub.dictionaries.sae import decode_linear
 from scope_hub.errors import ConfigError, ScopeHubError, ShapeMismatchError
 from scope_hub.hookpoints import Hookpoint, linear_width
@@ -82,8 +82,9 @@ class Mode:
         return any(e.positions is not None for edits in self.edits.values() for e in edits)
 
 
-def apply_edits(features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: int | None = None,
-                offset: int = 0) -> torch.Tensor:
+def apply_edits(
+    features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: int | None = None, offset: int = 0
+) -> torch.Tensor:
     """A copy of ``features`` ``[..., seq, d_sae]`` with every edit (for ``layer``, in CLTs) applied in order;
     ``offset`` is the absolute position of the first of the ``seq`` tokens."""
     edited = features.clone()
@@ -105,8 +106,9 @@ def apply_edits(features: torch.Tensor, edits: tuple[FeatureEdit, ...], layer: i
     return edited
 
 
-def steering_delta(dictionary: Dictionary, edits: tuple[FeatureEdit, ...], act: torch.Tensor,
-                   offset: int) -> torch.Tensor:
+def steering_delta(
+    dictionary: Dictionary, edits: tuple[FeatureEdit, ...], act: torch.Tensor, offset: int
+) -> torch.Tensor:
     """What adding ``value`` to features adds at the output site: value x their decoder rows (masked to positions)."""
     total: torch.Tensor | float = 0.0
     for edit in edits:
@@ -269,6 +271,7 @@ class CLTAttachment(Attachment):
                 if capturing and i == n - 1:
                     self._record(mode, torch.stack(feats, dim=-2))
                 return act
+
             return fn
 
         def write(j: int) -> HookFn:
@@ -282,6 +285,7 @@ class CLTAttachment(Attachment):
                     reference = clt.decode_layer(j, feats) + clt.skip_layer(j, inputs[j])
                     pred = pred + (act - reference.to(act.dtype)).detach()
                 return pred.to(act.dtype)
+
             return fn
 
         hooks: list[tuple[str, HookFn]] = []
@@ -311,6 +315,7 @@ class CrosscoderAttachment(Attachment):
                 if i == len(self.hook_in) - 1:
                     self._record(mode, crosscoder.encode(torch.stack(seen, dim=-2)))
                 return act
+
             return fn
 
         return [(hp, read(i)) for i, hp in enumerate(self.hook_in)]
@@ -341,8 +346,10 @@ def resolve_hookpoints(model: Any, config: Any, adapter: Callable[[], Any]) -> t
     explicit_in, explicit_out = config.hook_points()
     site_in, site_out = config.site, config.site_out or config.site
     if explicit_in is None and (site_in is None or None in layers):
-        raise ConfigError("the dictionary's config names neither hook_point_in nor site + layer(s); set them "
-                          "(e.g. site='resid_post', layer=6) before attaching")
+        raise ConfigError(
+            "the dictionary's config names neither hook_point_in nor site + layer(s); set them "
+            "(e.g. site='resid_post', layer=6) before attaching"
+        )
 
     def resolve(explicit: str | None, site: str | None, layer: int) -> str:
         if explicit is not None:
@@ -357,11 +364,14 @@ def resolve_hookpoints(model: Any, config: Any, adapter: Callable[[], Any]) -> t
     for field_name, width, hookpoint in (("d_in", config.d_in, hook_in[0]), ("d_out", config.d_out, hook_out[0])):
         expected = _width_at(model, Hookpoint.parse(hookpoint), layers[0], adapter)
         if expected is not None and expected != width:
-            where = f"{config.site or 'explicit hookpoint'}, layer {config.layer if config.layer is not None else layers}"
+            where = (
+                f"{config.site or 'explicit hookpoint'}, layer {config.layer if config.layer is not None else layers}"
+            )
             raise ShapeMismatchError(
                 f"the dictionary's {field_name}={width} does not fit {hookpoint} of this {type(model).__name__}, "
                 f"which is {expected} wide; it was made for {config.model or 'another model'} ({where}): attach "
-                "it to that model, or pick a dictionary of this one")
+                "it to that model, or pick a dictionary of this one"
+            )
     return hook_in, hook_out
 
 

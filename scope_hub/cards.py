@@ -45,9 +45,13 @@ TEXT_END = "<!-- /scope-hub:card-text -->"
 GENERATED_FIELDS = ("library_name", "scope_hub")
 """Front matter fields a rendered dictionary card generates (never taken from the source)."""
 _METRIC_LABELS = {
-    "l0": "L0 (mean active latents)", "fvu": "FVU", "delta_lm_loss": "ΔLM loss (spliced)",
-    "delta_lm_loss_error_term": "ΔLM loss (with error term)", "dead_fraction": "dead latents",
-    "dense_fraction": "dense latents (>10%)", "eval_tokens": "evaluation tokens",
+    "l0": "L0 (mean active latents)",
+    "fvu": "FVU",
+    "delta_lm_loss": "ΔLM loss (spliced)",
+    "delta_lm_loss_error_term": "ΔLM loss (with error term)",
+    "dead_fraction": "dead latents",
+    "dense_fraction": "dense latents (>10%)",
+    "eval_tokens": "evaluation tokens",
 }
 
 
@@ -69,10 +73,15 @@ def validate_card(front: dict[str, Any], where: str = "card") -> None:
     """Refuse a card that does not state its base model and license (one-line CardError)."""
     missing = [name for name in REQUIRED_FIELDS if not front.get(name)]
     if missing:
-        hints = {"license": "'license: apache-2.0' (or pass --license)",
-                 "base_model": "'base_model: google/gemma-3-270m' (or set config.model)"}
-        raise CardError(f"{where}: front matter lacks {' and '.join(missing)}; state e.g. "
-                        + " and ".join(hints[name] for name in missing) + " in the card's front matter")
+        hints = {
+            "license": "'license: apache-2.0' (or pass --license)",
+            "base_model": "'base_model: google/gemma-3-270m' (or set config.model)",
+        }
+        raise CardError(
+            f"{where}: front matter lacks {' and '.join(missing)}; state e.g. "
+            + " and ".join(hints[name] for name in missing)
+            + " in the card's front matter"
+        )
 
 
 def auto_tags(config: DictionaryConfig) -> set[str]:
@@ -133,8 +142,16 @@ class CardSource:
     """Author markdown, stripped ("" when the source has none)."""
 
     @classmethod
-    def parse(cls, source: str | None, config: DictionaryConfig, key: DictionaryKey | str, *,
-              license: str | None = None, strict: bool = False, where: str = "card") -> CardSource:
+    def parse(
+        cls,
+        source: str | None,
+        config: DictionaryConfig,
+        key: DictionaryKey | str,
+        *,
+        license: str | None = None,
+        strict: bool = False,
+        where: str = "card",
+    ) -> CardSource:
         """Author parts of ``source``; ``license`` fills a missing license (``strict``: a different one is an error)."""
         key = parse_key(key) if isinstance(key, str) else key
         front, body = parse_card(source or "")
@@ -148,8 +165,9 @@ class CardSource:
         if license:
             stated = front.get("license")
             if stated and stated != license and strict:
-                raise CardError(f"{where}: front matter says license {stated!r} but {license!r} was given; "
-                                "keep one of them")
+                raise CardError(
+                    f"{where}: front matter says license {stated!r} but {license!r} was given; keep one of them"
+                )
             front.setdefault("license", license)
         if TEXT_BEGIN in body and TEXT_END in body:
             text = body.split(TEXT_BEGIN, 1)[1].split(TEXT_END, 1)[0]
@@ -159,8 +177,13 @@ class CardSource:
 
     def canonical(self) -> bytes:
         """The bytes :attr:`digest` hashes: canonical JSON of the front matter and the text."""
-        return json.dumps({"front": self.front, "text": self.text}, sort_keys=True, ensure_ascii=False,
-                          separators=(",", ":"), default=str).encode()
+        return json.dumps(
+            {"front": self.front, "text": self.text},
+            sort_keys=True,
+            ensure_ascii=False,
+            separators=(",", ":"),
+            default=str,
+        ).encode()
 
     @property
     def digest(self) -> str:
@@ -173,8 +196,9 @@ def _metrics_table(metrics: dict[str, Any]) -> str:
     if not rows:
         return "_No evaluation recorded._\n"
     lines = ["| metric | value |", "|---|---|"]
-    lines += [f"| {label} | {value:.4g} |" if isinstance(value, float) else f"| {label} | {value} |"
-              for label, value in rows]
+    lines += [
+        f"| {label} | {value:.4g} |" if isinstance(value, float) else f"| {label} | {value} |" for label, value in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -197,15 +221,27 @@ def scope_hub_fields(config: DictionaryConfig, key: DictionaryKey, version: int 
     return {
         "schema_version": SCHEMA_VERSION,
         "key": str(key.with_ref(f"v{version}") if version else key.unpinned()),
-        "type": config.type, "architecture": config.architecture, "site": config.site,
-        "site_out": config.site_out, "layer": config.layer, "layers": config.layers,
-        "hook_point_in": config.hook_point_in, "hook_point_out": config.hook_point_out,
-        "d_in": config.d_in, "d_sae": config.d_sae, "d_out": config.d_out, "k": config.k,
-        "width": key.width, "l0_target": config.l0_target,
+        "type": config.type,
+        "architecture": config.architecture,
+        "site": config.site,
+        "site_out": config.site_out,
+        "layer": config.layer,
+        "layers": config.layers,
+        "hook_point_in": config.hook_point_in,
+        "hook_point_out": config.hook_point_out,
+        "d_in": config.d_in,
+        "d_sae": config.d_sae,
+        "d_out": config.d_out,
+        "k": config.k,
+        "width": key.width,
+        "l0_target": config.l0_target,
         "metrics": config.metrics.model_dump(exclude_none=True),
         "training_data": {"dataset": prov.dataset, "sha256": prov.dataset_sha256},
-        "base_model_revision": config.model_revision, "source": prov.source,
-        "seed": prov.seed, "software": prov.software, "training_config": prov.training_config,
+        "base_model_revision": config.model_revision,
+        "source": prov.source,
+        "seed": prov.seed,
+        "software": prov.software,
+        "training_config": prov.training_config,
     }
 
 
@@ -233,8 +269,9 @@ def render_dictionary_card(
     title = f"# {key.unpinned()}" + (f" (v{version})" if version else "")
     layer = config.layer if config.layer is not None else key.layer
     where = f"`{config.hook_point_in}`" if config.hook_point_in else f"{config.site or key.site} at layer {layer}"
-    default = (f"A {config.architecture} {config.type} with {config.d_sae} latents reading {where} "
-               f"of `{front['base_model']}`.")
+    default = (
+        f"A {config.architecture} {config.type} with {config.d_sae} latents reading {where} of `{front['base_model']}`."
+    )
     parts = [
         title,
         f"{TEXT_BEGIN}\n{source.text}\n{TEXT_END}" if source.text else default,
@@ -308,15 +345,28 @@ class ReleaseCard(BaseModel):
         data = self.model_dump(exclude={"description"}, exclude_none=True)
         if registry:
             data["registry"] = registry
-        front = {"license": self.license, "base_model": self.base_model, "library_name": LIBRARY_NAME,
-                 "tags": ["scope-hub-release"], "scope_hub_release": data}
+        front = {
+            "license": self.license,
+            "base_model": self.base_model,
+            "library_name": LIBRARY_NAME,
+            "tags": ["scope-hub-release"],
+            "scope_hub_release": data,
+        }
         title = f"# {self.name}" + (f" (v{self.version})" if self.version else "")
         lines = [title, ""] + ([self.description.strip(), ""] if self.description.strip() else [])
         lines += [_TABLE_HEADER, "|---|---|"]
-        lines += [f"| `{e.key}` | " + (f"`{e.sha256[:12]}`" if e.sha256 else "not yet built") + " |" for e in self.entries]
+        lines += [
+            f"| `{e.key}` | " + (f"`{e.sha256[:12]}`" if e.sha256 else "not yet built") + " |" for e in self.entries
+        ]
         where = f" --registry {registry}" if registry else ""
-        lines += ["", "Pin every dictionary of this release in one lockfile:", "", "```bash",
-                  f"scope-hub lock {' '.join(e.key for e in self.entries)}{where}", "```"]
+        lines += [
+            "",
+            "Pin every dictionary of this release in one lockfile:",
+            "",
+            "```bash",
+            f"scope-hub lock {' '.join(e.key for e in self.entries)}{where}",
+            "```",
+        ]
         return compose_card(front, "\n" + "\n".join(lines) + "\n")
 
     @classmethod

@@ -59,7 +59,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     try:
         with safe_open(str(path), framework="numpy") as handle:
             infos = {}
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - safe_open handles are not iterable
                 tensor_slice = handle.get_slice(name)
                 code = tensor_slice.get_dtype()
                 infos[name] = TensorInfo(_SAFETENSORS_DTYPES.get(code, code), tuple(tensor_slice.get_shape()))
@@ -70,9 +70,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError subclasses
         if path.is_dir():  # safetensors reports a directory as "No such device (os error 19)"
             raise DictionaryNotFoundError(f"{path}: is a folder, not a safetensors file") from None
-        raise WeightsFileError(
-            f"{path}: not a readable safetensors file ({exc}); re-download or re-export it"
-        ) from exc
+        raise WeightsFileError(f"{path}: not a readable safetensors file ({exc}); re-download or re-export it") from exc
     return infos
 
 
@@ -202,13 +200,17 @@ def from_gemma_scope_2(raw: dict[str, Any], folder: Path, where: str = CONFIG_FI
     """Translate a published Gemma Scope 2 config dict into our schema's dict."""
     architecture = raw.get("architecture", "jump_relu")
     if architecture != "jump_relu":
-        raise ConfigError(f"{where}: field 'architecture': Gemma Scope 2 publishes jump_relu only, got {architecture!r}")
+        raise ConfigError(
+            f"{where}: field 'architecture': Gemma Scope 2 publishes jump_relu only, got {architecture!r}"
+        )
     clt_files = _clt_files(folder)
     params = clt_files[0] if clt_files else folder / "params.safetensors"
     shapes = read_safetensors_header(params)
     for name in ("w_enc", "w_dec"):
         if name not in shapes:
-            raise ConfigError(f"{params}: tensor '{name}' missing; a Gemma Scope 2 file holds w_enc, b_enc, threshold, w_dec, b_dec")
+            raise ConfigError(
+                f"{params}: tensor '{name}' missing; a Gemma Scope 2 file holds w_enc, b_enc, threshold, w_dec, b_dec"
+            )
     hook_in = raw.get("hf_hook_point_in")
     hook_out = raw.get("hf_hook_point_out")
     site, layer = site_of_hook_point(hook_in) if isinstance(hook_in, str) else (None, None)

@@ -71,7 +71,9 @@ class _Stack:
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
-            raise HookpointError(f"hookpoint {self.hookpoint} carries a {type(x).__name__}, not a tensor; pick another hookpoint")
+            raise HookpointError(
+                f"hookpoint {self.hookpoint} carries a {type(x).__name__}, not a tensor; pick another hookpoint"
+            )
         ordered = [e for e in self.entries if not e.last] + [e for e in self.entries if e.last]
         for entry in ordered:
             y = entry.fn(x)
@@ -229,7 +231,9 @@ def replace(model: nn.Module, hookpoint: Hookpoint | str, fn: Callable[[torch.Te
     def checked(x: torch.Tensor) -> torch.Tensor:
         y = fn(x)
         if y is None:
-            raise HookpointError(f"replace() function at {hookpoint} returned None; return the new tensor (or use hook())")
+            raise HookpointError(
+                f"replace() function at {hookpoint} returned None; return the new tensor (or use hook())"
+            )
         return y
 
     with hook(model, hookpoint, checked):

@@ -179,8 +179,10 @@ def parse_key(text: str) -> DictionaryKey:
         'sha256:3f9a2c1b7e44'
     """
     if not isinstance(text, str) or not text or len(text) > 512 or text != text.strip():
-        raise KeyParseError(f"bad key {text!r}: must be a non-empty string without surrounding spaces; "
-                            f"a good key looks like {GOOD_EXAMPLE!r}")
+        raise KeyParseError(
+            f"bad key {text!r}: must be a non-empty string without surrounding spaces; "
+            f"a good key looks like {GOOD_EXAMPLE!r}"
+        )
     body, _, ref = text.partition("@")
     if "@" in ref:
         raise _fail(text, "ref", "appears twice ('@' may occur once)")
@@ -189,7 +191,11 @@ def parse_key(text: str) -> DictionaryKey:
         raise _fail(text, "model", "is not followed by ':' and the site")
     parts = rest.split("/")
     if len(parts) not in (4, 5):
-        raise _fail(text, "path", f"has {len(parts)} '/'-separated parts after ':', expected site/layer_L/width_W/type[/variant]")
+        raise _fail(
+            text,
+            "path",
+            f"has {len(parts)} '/'-separated parts after ':', expected site/layer_L/width_W/type[/variant]",
+        )
     site, layer, width, type_ = parts[:4]
     if not layer.startswith("layer_"):
         raise _fail(text, "layer", f"{layer!r} must start with 'layer_'")
@@ -200,8 +206,8 @@ def parse_key(text: str) -> DictionaryKey:
     return DictionaryKey(
         model=model,
         site=site,
-        layer=layer[len("layer_"):],
-        width=width[len("width_"):],
+        layer=layer[len("layer_") :],
+        width=width[len("width_") :],
         type=type_,
         variant=parts[4] if len(parts) == 5 else None,
         ref=ref or None,

@@ -38,9 +38,7 @@ def load_dictionary(
     try:
         key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
     except KeyParseError as exc:
-        raise DictionaryNotFoundError(
-            f"{source!r} is neither a dictionary folder nor a registry key ({exc})"
-        ) from None
+        raise DictionaryNotFoundError(f"{source!r} is neither a dictionary folder nor a registry key ({exc})") from None
     from scope_hub.registry import Registry
 
     reg = registry if isinstance(registry, Registry) else Registry(registry)

@@ -159,14 +159,14 @@ class DictionaryConfig(_Strict):
             raise ValueError(f"affine_skip is for skip_transcoder and clt, not {self.type} (use type skip_transcoder)")
         if self.architecture in ("topk", "batchtopk") and self.k is None:
             raise ValueError(f"architecture {self.architecture} needs k (active latents per token)")
-        if self.type in MULTI_LAYER_TYPES:
-            if not self.layers:
-                raise ValueError(f"type {self.type} needs layers (the list of layers it spans)")
+        if self.type in MULTI_LAYER_TYPES and not self.layers:
+            raise ValueError(f"type {self.type} needs layers (the list of layers it spans)")
         if self.type == "sae" and self.d_out != self.d_in:
             raise ValueError("an sae reconstructs its input: d_out must equal d_in (use type transcoder)")
-        if self.matryoshka_groups is not None:
-            if any(g <= 0 for g in self.matryoshka_groups) or sum(self.matryoshka_groups) != self.d_sae:
-                raise ValueError(f"matryoshka_groups must be positive and sum to d_sae={self.d_sae}")
+        if self.matryoshka_groups is not None and (
+            any(g <= 0 for g in self.matryoshka_groups) or sum(self.matryoshka_groups) != self.d_sae
+        ):
+            raise ValueError(f"matryoshka_groups must be positive and sum to d_sae={self.d_sae}")
         return self
 
     @property

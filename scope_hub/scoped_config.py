@@ -65,8 +65,10 @@ class ScopedModelConfig(BaseModel):
         try:
             return cls.model_validate_json(path.read_text())
         except ValueError as exc:
-            raise ConfigError(f"{path}: not a valid scoped-model config ({exc.__class__.__name__}: "
-                              f"{str(exc).splitlines()[0]}); re-save it with ScopedModel.save_pretrained") from None
+            raise ConfigError(
+                f"{path}: not a valid scoped-model config ({exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0]}); re-save it with ScopedModel.save_pretrained"
+            ) from None
 
 
 def folder_sha256(folder: Path) -> str:
@@ -106,8 +108,10 @@ def reject_missing_folder(source: str) -> None:
     """Raise :class:`DictionaryNotFoundError` ("no such folder") when ``source`` is meant as a folder
     (:func:`looks_like_path`) that does not exist, rather than letting it fail as a malformed key."""
     if looks_like_path(source) and not Path(source).expanduser().is_dir():
-        raise DictionaryNotFoundError(f"{source}: no such folder (a dictionary folder holds config.json and "
-                                      "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)")
+        raise DictionaryNotFoundError(
+            f"{source}: no such folder (a dictionary folder holds config.json and "
+            "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)"
+        )
 
 
 def load_dictionary_source(
@@ -146,8 +150,7 @@ def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: 
         )
     pinned = key.with_ref(f"v{manifest.version}")
     folder = reg.pull(pinned)
-    record = {"name": str(key.unpinned()), "key": str(pinned), "registry": reg.url,
-              "sha256": manifest.content_sha256}
+    record = {"name": str(key.unpinned()), "key": str(pinned), "registry": reg.url, "sha256": manifest.content_sha256}
     return Dictionary.from_pretrained(folder, lazy=lazy), record
 
 
@@ -158,8 +161,10 @@ def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: 
     folder = Path(entry.path or "")
     folder = folder if folder.is_absolute() or base is None else base / folder
     if entry.sha256 is not None and folder_sha256(folder) != entry.sha256:
-        raise IntegrityError(f"{folder}: files changed since the scoped model was saved (sha256 mismatch); "
-                             "restore them or re-save the scoped model")
+        raise IntegrityError(
+            f"{folder}: files changed since the scoped model was saved (sha256 mismatch); "
+            "restore them or re-save the scoped model"
+        )
     return Dictionary.from_pretrained(folder, lazy=lazy), {**entry.model_dump(), "path": str(folder)}
 
 
@@ -169,8 +174,11 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
     entries = []
     for name, record in scoped._sources.items():
         if record.get("key"):
-            entries.append(DictionaryEntry(name=name, key=record["key"], registry=record.get("registry"),
-                                           sha256=record.get("sha256")))
+            entries.append(
+                DictionaryEntry(
+                    name=name, key=record["key"], registry=record.get("registry"), sha256=record.get("sha256")
+                )
+            )
             continue
         if record.get("inline"):
             relative = Path("dictionaries") / name.replace("/", "__")
@@ -180,9 +188,12 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
             path = stored = Path(record["path"])
         entries.append(DictionaryEntry(name=name, path=str(path), sha256=folder_sha256(stored)))
     if scoped.base_model_id is None:
-        raise ConfigError("the wrapped model has no Hub id or folder (config._name_or_path); save the base model "
-                          "with model.save_pretrained(dir) and build the ScopedModel from that dir")
-    config = ScopedModelConfig(base_model=scoped.base_model_id, base_model_revision=scoped.base_model_revision,
-                               dictionaries=entries)
+        raise ConfigError(
+            "the wrapped model has no Hub id or folder (config._name_or_path); save the base model "
+            "with model.save_pretrained(dir) and build the ScopedModel from that dir"
+        )
+    config = ScopedModelConfig(
+        base_model=scoped.base_model_id, base_model_revision=scoped.base_model_revision, dictionaries=entries
+    )
     atomic_write_text(folder / ScopedModelConfig.FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     return folder

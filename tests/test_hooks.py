@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -39,14 +38,22 @@ def test_hooks_are_removed_after_an_exception(model: torch.nn.Module, ids: torch
     adapter = adapter_for(model)
     before = _torch_hook_count(model)
     hps = [adapter.hookpoint(s, 1) for s in adapter.sites]
-    with pytest.raises(RuntimeError, match="boom"):
-        with capture(model, hps), replace(model, hps[1], torch.neg), stop_after(model, hps[0]), hook(model, hps[2], print):
-            assert _torch_hook_count(model) == before + len(hps)
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        capture(model, hps),
+        replace(model, hps[1], torch.neg),
+        stop_after(model, hps[0]),
+        hook(model, hps[2], print),
+    ):
+        assert _torch_hook_count(model) == before + len(hps)
+        raise RuntimeError("boom")
     assert _torch_hook_count(model) == before and attached_hookpoints(model) == []
-    with pytest.raises(ValueError, match="inside the model"):  # an exception raised by a hook mid-forward
-        with hook(model, hps[3], lambda x: (_ for _ in ()).throw(ValueError("inside the model"))):
-            model(ids)
+    # An exception raised by a hook mid-forward.
+    with (
+        pytest.raises(ValueError, match="inside the model"),
+        hook(model, hps[3], lambda x: (_ for _ in ()).throw(ValueError("inside the model"))),
+    ):
+        model(ids)
     assert _torch_hook_count(model) == before
 
 
@@ -127,9 +134,14 @@ def test_tuple_outputs_keep_their_other_elements(ids: torch.Tensor) -> None:
 
 def test_functions_at_one_hookpoint_compose_in_attach_order(model: torch.nn.Module, ids: torch.Tensor) -> None:
     hp = str(adapter_for(model).hookpoint("mlp_out", 0))
-    with torch.no_grad(), capture(model, [hp]) as original, replace(model, hp, lambda x: x + 1.0), capture(
-        model, [hp]
-    ) as middle, replace(model, hp, lambda x: x * 3.0), capture(model, [hp]) as final:
+    with (
+        torch.no_grad(),
+        capture(model, [hp]) as original,
+        replace(model, hp, lambda x: x + 1.0),
+        capture(model, [hp]) as middle,
+        replace(model, hp, lambda x: x * 3.0),
+        capture(model, [hp]) as final,
+    ):
         model(ids)
     assert torch.equal(middle[hp], original[hp] + 1.0)
     assert torch.equal(final[hp], (original[hp] + 1.0) * 3.0)
@@ -183,15 +195,24 @@ def test_stop_hook_runs_after_hooks_attached_later_at_the_same_point(model: torc
 
 def test_stop_after_skips_every_later_layer_and_the_unembedding() -> None:
     # Speed itself is measured in benchmarks/; here: the work after the stop really is skipped.
-    cfg = LlamaConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                      num_attention_heads=4, num_key_value_heads=4)
+    cfg = LlamaConfig(
+        vocab_size=512,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(0, 512, (2, 8))
     hp = adapter_for(model).hookpoint("resid_post", 1)
     ran: list[str] = []
-    handles = [module.register_forward_hook(lambda *a, name=name: ran.append(name))
-               for name, module in model.named_modules() if name in {f"model.layers.{i}" for i in range(6)} | {"lm_head"}]
+    handles = [
+        module.register_forward_hook(lambda *a, name=name: ran.append(name))
+        for name, module in model.named_modules()
+        if name in {f"model.layers.{i}" for i in range(6)} | {"lm_head"}
+    ]
     try:
         with torch.no_grad(), capture(model, [hp]) as got, stop_after(model, hp) as result:
             model(ids)
@@ -203,9 +224,8 @@ def test_stop_after_skips_every_later_layer_and_the_unembedding() -> None:
 def test_nested_stops_catch_only_their_own(model: torch.nn.Module, ids: torch.Tensor) -> None:
     adapter = adapter_for(model)
     early, late = adapter.hookpoint("resid_post", 0), adapter.hookpoint("resid_post", 2)
-    with stop_after(model, early) as outer:
-        with stop_after(model, late) as inner:
-            model(ids)
+    with stop_after(model, early) as outer, stop_after(model, late) as inner:
+        model(ids)
     assert outer.stopped and not inner.stopped
     with stop_after(model, "lm_head.output" if hasattr(model, "lm_head") else "embed_out.output") as never:
         pass
@@ -231,4 +251,6 @@ def test_generate_with_kv_cache(model: torch.nn.Module) -> None:
     assert torch.equal(cached, reference) and torch.equal(uncached, reference)
     assert not torch.equal(plain, reference)  # the steering changes the continuation
     n_prompt = prompt.input_ids.shape[1]
-    assert [t.shape[1] for t in steps[str(hp)]] == [n_prompt] + [1] * (kw["max_new_tokens"] - 1)  # cache: one new token per step
+    assert [t.shape[1] for t in steps[str(hp)]] == [n_prompt] + [1] * (
+        kw["max_new_tokens"] - 1
+    )  # cache: one new token per step

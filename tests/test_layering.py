@@ -39,9 +39,17 @@ RANKS: dict[str, float] = {
     "scope_hub.commands": 9,
     "scope_hub.__main__": 10,
 }
-TORCH_FREE = ["scope_hub", "scope_hub.atomic_files", "scope_hub.keys", "scope_hub.metadata", "scope_hub.config_io", "scope_hub.tensor_layout",
-              "scope_hub.cards", "scope_hub.registry",
-              "scope_hub.cli"]
+TORCH_FREE = [
+    "scope_hub",
+    "scope_hub.atomic_files",
+    "scope_hub.keys",
+    "scope_hub.metadata",
+    "scope_hub.config_io",
+    "scope_hub.tensor_layout",
+    "scope_hub.cards",
+    "scope_hub.registry",
+    "scope_hub.cli",
+]
 
 
 def _module_name(path: Path) -> str:

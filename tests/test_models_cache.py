@@ -36,7 +36,9 @@ def fake_convert(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_converts_once_even_when_callers_race(tmp_path: Path, fake_convert: list[str]) -> None:
     source = _fake_source()
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(models._materialize(source, tmp_path, False))) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(models._materialize(source, tmp_path, False))) for _ in range(3)
+    ]
     for t in threads:
         t.start()
     for t in threads:

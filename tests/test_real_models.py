@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 
@@ -40,9 +41,19 @@ def test_converted_folder_reloads_fast_and_reproduces_the_gguf_logits(gemma3_270
 
 def test_gemma3_270m_adapter_facts(gemma3_270m) -> None:
     adapter = adapter_for(gemma3_270m.model)
-    assert (adapter.family, adapter.n_layers, adapter.d_model, adapter.n_heads, adapter.head_dim) == ("gemma3", 18, 640, 4, 256)
+    assert (adapter.family, adapter.n_layers, adapter.d_model, adapter.n_heads, adapter.head_dim) == (
+        "gemma3",
+        18,
+        640,
+        4,
+        256,
+    )
     assert {s: adapter.site_width(s) for s in adapter.sites} == {
-        "resid_pre": 640, "resid_post": 640, "attn_out": 1024, "mlp_in": 640, "mlp_out": 640,
+        "resid_pre": 640,
+        "resid_post": 640,
+        "attn_out": 1024,
+        "mlp_in": 640,
+        "mlp_out": 640,
     }
     assert str(adapter.hookpoint("attn_out", LAYER)) == "model.layers.6.self_attn.o_proj.input"
 
@@ -105,11 +116,17 @@ def test_smollm2_135m_instruct(smollm2_135m_instruct) -> None:
     model, tok = smollm2_135m_instruct.model, smollm2_135m_instruct.tokenizer
     adapter = adapter_for(model)
     assert (type(model).__name__, adapter.n_layers, adapter.d_model, adapter.site_width("attn_out")) == (
-        "LlamaForCausalLM", 30, 576, 576,
+        "LlamaForCausalLM",
+        30,
+        576,
+        576,
     )
     assert json.loads((smollm2_135m_instruct.path / MARKER).read_text())["verification"]["max_abs_logit_diff"] == 0.0
     prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
     out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, prompt.input_ids.shape[1] :])

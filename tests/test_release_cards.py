@@ -46,8 +46,16 @@ def test_the_demo_release_pins_the_demo_keys():
 
 def test_the_dictionary_template_is_a_valid_card_source():
     source = (CARDS / "templates" / "dictionary_card.md").read_text()
-    config = DictionaryConfig(type="sae", architecture="topk", k=32, d_in=640, d_sae=16384,
-                              model="google/gemma-3-270m", site="resid_post", layer=6)
+    config = DictionaryConfig(
+        type="sae",
+        architecture="topk",
+        k=32,
+        d_in=640,
+        d_sae=16384,
+        model="google/gemma-3-270m",
+        site="resid_post",
+        layer=6,
+    )
     key = parse_key("google/gemma-3-270m:resid_post/layer_6/width_16k/sae/my_variant")
     rendered = render_dictionary_card(config, key, 1, text=source)
     front, body = parse_card(rendered)

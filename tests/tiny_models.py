@@ -71,7 +71,10 @@ _GQA: dict[str, Any] = dict(num_key_value_heads=N_KV, head_dim=HEAD_DIM)
 
 def _gemma3_config() -> Gemma3TextConfig:
     return Gemma3TextConfig(
-        **_COMMON, **_GQA, query_pre_attn_scalar=HEAD_DIM, sliding_window=4,
+        **_COMMON,
+        **_GQA,
+        query_pre_attn_scalar=HEAD_DIM,
+        sliding_window=4,
         layer_types=["sliding_attention", "full_attention", "sliding_attention"],
     )
 
@@ -87,8 +90,12 @@ def _gemma3_multimodal() -> PreTrainedModel:
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
     )
     cfg = Gemma3Config(
-        text_config=text, vision_config=vision, mm_tokens_per_image=4,
-        image_token_index=UNK_ID, boi_token_index=UNK_ID, eoi_token_index=UNK_ID,
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        image_token_index=UNK_ID,
+        boi_token_index=UNK_ID,
+        eoi_token_index=UNK_ID,
     )
     return Gemma3ForConditionalGeneration(cfg)
 
@@ -123,9 +130,19 @@ def _qwen3() -> PreTrainedModel:
 
 def _gpt2() -> PreTrainedModel:
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_embd=D_MODEL, n_layer=N_LAYERS, n_head=N_HEADS, n_inner=D_MLP, n_positions=128,
-        bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID, initializer_range=0.05,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=VOCAB,
+        n_embd=D_MODEL,
+        n_layer=N_LAYERS,
+        n_head=N_HEADS,
+        n_inner=D_MLP,
+        n_positions=128,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
+        initializer_range=0.05,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     return GPT2LMHeadModel(cfg)
 
@@ -229,7 +246,9 @@ def _tokenizer_object() -> Any:
 
 def _byte_of(char: str) -> int:
     # GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to 256 + n.
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     others = [b for b in range(256) if b not in printable]
     table = {chr(b): b for b in printable}
     table.update({chr(256 + n): b for n, b in enumerate(others)})
@@ -251,5 +270,7 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=obj, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
     )
     # Prepend <bos> like the real Gemma / Llama tokenizers do.
-    tok._tokenizer.post_processor = TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", BOS_ID)])
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", BOS_ID)]
+    )
     return tok

@@ -55,8 +55,9 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def save_checkpoint(root: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any],
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    root: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int = 2
+) -> Path:
     """Write checkpoint ``step`` atomically under ``root`` and prune to the newest ``keep``."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -117,7 +118,7 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, names: list[str], tensor
         state = {}
         for key, value in tensors.items():
             if key.startswith(prefix):
-                short = key[len(prefix):]
+                short = key[len(prefix) :]
                 if value.dim() == 0:
                     state[short] = value.clone().to(param.device)
                 else:

@@ -31,20 +31,30 @@ from collections.abc import Callable, Sequence
 EXIT_INTERRUPTED = 143
 EXIT_BAD_CONFIG = 2
 DESCRIPTION = "Train a sparse dictionary: harvest, train, evaluate, publish."
-EPILOG = ("Start from trainers/examples/sae.yaml (details: docs/training.md). Exit codes: 0 done, 2 bad config, "
-          "143 stopped by SIGTERM after checkpointing (run again to resume), 1 other errors.")
+EPILOG = (
+    "Start from trainers/examples/sae.yaml (details: docs/training.md). Exit codes: 0 done, 2 bad config, "
+    "143 stopped by SIGTERM after checkpointing (run again to resume), 1 other errors."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The train command's arguments (shared by ``python -m trainers`` and ``scope-hub train``)."""
     parser.description, parser.epilog = DESCRIPTION, EPILOG
-    parser.add_argument("config", nargs="?", help="YAML config file (sections: model, data, harvest, dictionary, "
-                                                  "optim, loss, train, eval, output); optional")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config file (sections: model, data, harvest, dictionary, "
+        "optim, loss, train, eval, output); optional",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--harvest-only", action="store_true", help="harvest into harvest.cache_dir and exit")
-    parser.add_argument("--evaluate", metavar="FOLDER", help="evaluate an existing dictionary folder on the config's "
-                        "data (held-out rows; delta LM loss if eval.delta_lm_loss) and write its metrics")
+    parser.add_argument(
+        "--evaluate",
+        metavar="FOLDER",
+        help="evaluate an existing dictionary folder on the config's "
+        "data (held-out rows; delta LM loss if eval.delta_lm_loss) and write its metrics",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
         from trainers.pipeline import evaluate_folder
 
         metrics = evaluate_folder(args.evaluate, cfg)
-        print("  ".join(f"{k}={v:.4g}" for k, v in metrics.model_dump(exclude_none=True, exclude={"per_layer"}).items()))
+        print(
+            "  ".join(f"{k}={v:.4g}" for k, v in metrics.model_dump(exclude_none=True, exclude={"per_layer"}).items())
+        )
         return 0
     if args.harvest_only:
         from trainers.pipeline import harvest_only

@@ -285,12 +285,17 @@ class TrainConfig(_Section):
             raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
         if d.type == "clt" and not (self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)):
             raise ValueError("a clt needs harvest.layers (or synthetic.n_layers > 1)")
-        if (d.type != "sae" and self.synthetic is None
-                and _FORWARD_ORDER[self.harvest.site] >= _FORWARD_ORDER[self.site_out]):
+        if (
+            d.type != "sae"
+            and self.synthetic is None
+            and _FORWARD_ORDER[self.harvest.site] >= _FORWARD_ORDER[self.site_out]
+        ):
             # reading after the output was written: the mapping would not be causal (and breaks the splice)
-            raise ValueError(f"a {d.type} maps its input site to a later site of the same layer, but "
-                             f"harvest.site={self.harvest.site} comes at or after its output {self.site_out}; "
-                             "set harvest.site=mlp_in (the MLP's input), or choose harvest.site_out")
+            raise ValueError(
+                f"a {d.type} maps its input site to a later site of the same layer, but "
+                f"harvest.site={self.harvest.site} comes at or after its output {self.site_out}; "
+                "set harvest.site=mlp_in (the MLP's input), or choose harvest.site_out"
+            )
         return self
 
     @property
@@ -317,10 +322,21 @@ class TrainConfig(_Section):
 
 
 _NON_NUMERIC_FIELDS = [
-    ("train", "checkpoint_dir"), ("train", "checkpoint_every"), ("train", "keep_checkpoints"),
-    ("train", "resume"), ("train", "log_every"), ("train", "progress"), ("train", "threads"),
-    ("output", "dir"), ("output", "registry"), ("output", "key"), ("harvest", "cache_dir"),
-    ("eval", "tokens"), ("eval", "delta_lm_loss"), ("eval", "lm_sequences"), ("train", "decode"),
+    ("train", "checkpoint_dir"),
+    ("train", "checkpoint_every"),
+    ("train", "keep_checkpoints"),
+    ("train", "resume"),
+    ("train", "log_every"),
+    ("train", "progress"),
+    ("train", "threads"),
+    ("output", "dir"),
+    ("output", "registry"),
+    ("output", "key"),
+    ("harvest", "cache_dir"),
+    ("eval", "tokens"),
+    ("eval", "delta_lm_loss"),
+    ("eval", "lm_sequences"),
+    ("train", "decode"),
 ]
 
 _ADDED_FIELDS = [("data", "corpus")]
@@ -386,8 +402,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         problem = "is a folder, not a YAML file" if path.is_dir() else "not found"
-        raise ConfigError(f"config file '{path}' {problem}; start from {_shown(EXAMPLES / 'sae.yaml')} "
-                          "(see docs/training.md) or pass only KEY=VALUE overrides")
+        raise ConfigError(
+            f"config file '{path}' {problem}; start from {_shown(EXAMPLES / 'sae.yaml')} "
+            "(see docs/training.md) or pass only KEY=VALUE overrides"
+        )
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:

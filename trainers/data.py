@@ -80,8 +80,10 @@ def iter_records(cfg: DataConfig) -> Iterator[Any]:
 def require_data(cfg: DataConfig) -> None:
     """Raise :class:`ConfigError` when no data source is configured at all."""
     if not (cfg.paths or cfg.dataset or cfg.corpus):
-        raise ConfigError("no data: set data.paths (text/JSONL files) or data.dataset "
-                          "(or data.corpus=stdlib-docstrings, a small built-in corpus)")
+        raise ConfigError(
+            "no data: set data.paths (text/JSONL files) or data.dataset "
+            "(or data.corpus=stdlib-docstrings, a small built-in corpus)"
+        )
 
 
 def _expand(patterns: list[str]) -> list[Path]:
@@ -111,8 +113,9 @@ def _dataset_rows(cfg: DataConfig) -> Iterable[dict]:
     except ImportError:
         raise ConfigError("data.dataset needs the `datasets` package: pip install datasets") from None
     path = Path(cfg.dataset)
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()
-                          or (path / "dataset_dict.json").exists()):
+    if path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "state.json").exists() or (path / "dataset_dict.json").exists()
+    ):
         loaded = datasets.load_from_disk(str(path))
         return loaded[cfg.split] if isinstance(loaded, datasets.DatasetDict) else loaded
     return datasets.load_dataset(cfg.dataset, cfg.dataset_config, split=cfg.split)
@@ -136,11 +139,13 @@ def tokenize_record(record: Any, tokenizer: Any, cfg: DataConfig) -> list[int]:
     ids = list(tokenizer(record, add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
     if cfg.prepend_bos and bos is not None and (not ids or ids[0] != bos):
-        ids = [bos] + ids
+        ids = [bos, *ids]
     return ids
 
 
-def pack(docs: Iterable[list[int]], cfg: DataConfig, bos_id: int | None, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pack(
+    docs: Iterable[list[int]], cfg: DataConfig, bos_id: int | None, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows ``[n, context_size]`` and attention masks from tokenized documents (see module doc)."""
     ctx, rows, masks = cfg.context_size, [], []
     if not cfg.packing:
@@ -159,7 +164,7 @@ def pack(docs: Iterable[list[int]], cfg: DataConfig, bos_id: int | None, pad_id:
                 body = ctx if own else ctx - 1
                 if len(stream) < body:
                     break
-                rows.append(stream[:body] if own else [bos_id] + stream[:body])
+                rows.append(stream[:body] if own else [bos_id, *stream[:body]])
                 stream = stream[body:]
         masks = [[1] * ctx for _ in rows]
     if not rows:
@@ -187,13 +192,17 @@ def token_sequences(cfg: DataConfig, tokenizer: Any) -> TokenSequences:
         ids, mask = ids[:keep], mask[:keep]
     digest = hashlib.sha256(ids.to(torch.int64).numpy().tobytes())
     digest.update(mask.numpy().tobytes())
-    sources = [*cfg.paths, *([f"{cfg.dataset}:{cfg.split}"] if cfg.dataset else []),
-               *([corpus_label()] if cfg.corpus else [])]
+    sources = [
+        *cfg.paths,
+        *([f"{cfg.dataset}:{cfg.split}"] if cfg.dataset else []),
+        *([corpus_label()] if cfg.corpus else []),
+    ]
     return TokenSequences(ids, mask, ", ".join(sources), digest.hexdigest())
 
 
-def kept_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor, bos_id: int | None,
-                   exclude_bos: bool) -> torch.Tensor:
+def kept_positions(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, bos_id: int | None, exclude_bos: bool
+) -> torch.Tensor:
     """bool ``[n, ctx]``: positions whose activations are harvested (not padding; not BOS if excluded).
 
     Example:

@@ -51,10 +51,30 @@ class Plan:
 
 
 # Quick: ~5 passes over 24k tokens reach FVU ~0.15 for the SAE (measured; the transcoder is harder).
-FULL = Plan(tokens_harvest=160_000, tokens_train=800_000, d_sae=4096, k=32, eval_tokens=16_384, lm_sequences=16,
-            max_docs=None, batch_size=1024, lr=1e-3, dead_tokens=50_000)
-QUICK = Plan(tokens_harvest=24_000, tokens_train=120_000, d_sae=1024, k=32, eval_tokens=4_096, lm_sequences=4,
-             max_docs=160, batch_size=512, lr=2e-3, dead_tokens=10_000)
+FULL = Plan(
+    tokens_harvest=160_000,
+    tokens_train=800_000,
+    d_sae=4096,
+    k=32,
+    eval_tokens=16_384,
+    lm_sequences=16,
+    max_docs=None,
+    batch_size=1024,
+    lr=1e-3,
+    dead_tokens=50_000,
+)
+QUICK = Plan(
+    tokens_harvest=24_000,
+    tokens_train=120_000,
+    d_sae=1024,
+    k=32,
+    eval_tokens=4_096,
+    lm_sequences=4,
+    max_docs=160,
+    batch_size=512,
+    lr=2e-3,
+    dead_tokens=10_000,
+)
 
 
 def heading(text: str) -> None:
@@ -81,16 +101,32 @@ def train_overrides(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: 
     """The trainer config of one demo dictionary, as ``key=value`` overrides (also valid for ``scope-hub train``)."""
     site = "resid_post" if kind == "sae" else "mlp_in"
     return [
-        f"model.id={model_dir}", f"data.paths=[{corpus}]", "data.context_size=128",
-        f"data.max_tokens={plan.tokens_harvest}", f"harvest.site={site}", f"harvest.layer={LAYER}",
-        f"harvest.cache_dir={work / ('harvest_' + site)}", "harvest.batch_sequences=8",
-        f"dictionary.type={kind}", "dictionary.architecture=topk", f"dictionary.d_sae={plan.d_sae}",
-        f"dictionary.k={plan.k}", "dictionary.variant=demo_topk",
-        f"train.tokens={plan.tokens_train}", f"train.batch_size={plan.batch_size}", f"optim.lr={plan.lr}",
-        "optim.warmup_steps=10", f"loss.dead_tokens={plan.dead_tokens}",
-        f"train.checkpoint_dir={work / ('checkpoints_' + kind)}", "train.checkpoint_every=100",
-        f"eval.tokens={plan.eval_tokens}", "eval.delta_lm_loss=true", f"eval.lm_sequences={plan.lm_sequences}",
-        f"output.dir={work / ('out_' + kind)}", f"output.registry={registry}", f"output.key={demo_key(kind, plan)}",
+        f"model.id={model_dir}",
+        f"data.paths=[{corpus}]",
+        "data.context_size=128",
+        f"data.max_tokens={plan.tokens_harvest}",
+        f"harvest.site={site}",
+        f"harvest.layer={LAYER}",
+        f"harvest.cache_dir={work / ('harvest_' + site)}",
+        "harvest.batch_sequences=8",
+        f"dictionary.type={kind}",
+        "dictionary.architecture=topk",
+        f"dictionary.d_sae={plan.d_sae}",
+        f"dictionary.k={plan.k}",
+        "dictionary.variant=demo_topk",
+        f"train.tokens={plan.tokens_train}",
+        f"train.batch_size={plan.batch_size}",
+        f"optim.lr={plan.lr}",
+        "optim.warmup_steps=10",
+        f"loss.dead_tokens={plan.dead_tokens}",
+        f"train.checkpoint_dir={work / ('checkpoints_' + kind)}",
+        "train.checkpoint_every=100",
+        f"eval.tokens={plan.eval_tokens}",
+        "eval.delta_lm_loss=true",
+        f"eval.lm_sequences={plan.lm_sequences}",
+        f"output.dir={work / ('out_' + kind)}",
+        f"output.registry={registry}",
+        f"output.key={demo_key(kind, plan)}",
         "output.license=apache-2.0",
     ]
 
@@ -102,16 +138,32 @@ def train_command(overrides: list[str]) -> str:
 
 def dashboard_command(pinned_key: str, model_dir: Path, texts: Path, out: Path, registry: str) -> str:
     """The shell command that writes the feature dashboard of ``pinned_key`` (``KEY@vN``) over ``texts``."""
-    return shlex.join(["scope-hub", "dashboard", pinned_key, "--registry", registry, "--model", str(model_dir),
-                       "--texts", str(texts), "--out", str(out)])
+    return shlex.join(
+        [
+            "scope-hub",
+            "dashboard",
+            pinned_key,
+            "--registry",
+            registry,
+            "--model",
+            str(model_dir),
+            "--texts",
+            str(texts),
+            "--out",
+            str(out),
+        ]
+    )
 
 
 def registry_commands(pinned_key: str, registry: str) -> dict[str, str]:
     """Shell commands that look at a published dictionary (printed at the end of the demo)."""
     key, reg = shlex.quote(pinned_key), shlex.quote(registry)
-    return {"ls": f"scope-hub ls --registry {reg}", "info": f"scope-hub info {key} --registry {reg}",
-            "card": f"scope-hub card {key} --registry {reg}",
-            "pull": f"scope-hub pull {key} --registry {reg} --to my_dictionary"}
+    return {
+        "ls": f"scope-hub ls --registry {reg}",
+        "info": f"scope-hub info {key} --registry {reg}",
+        "card": f"scope-hub card {key} --registry {reg}",
+        "pull": f"scope-hub pull {key} --registry {reg} --to my_dictionary",
+    }
 
 
 def _train(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: Path, registry: str) -> Any:
@@ -122,16 +174,19 @@ def _train(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: Path, reg
     step(train_command(overrides))
     outcome = train(load_config(None, overrides))
     m = outcome.dictionary.config.metrics
-    print(f"  -> {outcome.push.key}@v{outcome.push.version}: L0 {m.l0:.1f}, FVU {m.fvu:.3f}, "
-          f"ΔLM loss {m.delta_lm_loss:+.3f} nats (with error term {m.delta_lm_loss_error_term:+.1e}), "
-          f"dead {100 * m.dead_fraction:.1f}%")
+    print(
+        f"  -> {outcome.push.key}@v{outcome.push.version}: L0 {m.l0:.1f}, FVU {m.fvu:.3f}, "
+        f"ΔLM loss {m.delta_lm_loss:+.3f} nats (with error term {m.delta_lm_loss_error_term:+.1e}), "
+        f"dead {100 * m.dead_fraction:.1f}%"
+    )
     return outcome
 
 
 def _top_contexts(sm: Any, tokenizer: Any, name: str, texts: list[str], n_features: int = 3) -> list[tuple[int, float]]:
     batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=64)
-    _, cache = sm.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask, names=[name],
-                                 stop_after_last=True)
+    _, cache = sm.run_with_cache(
+        batch.input_ids, attention_mask=batch.attention_mask, names=[name], stop_after_last=True
+    )
     real = batch.attention_mask.bool() & (batch.input_ids != tokenizer.bos_token_id)
     feats = cache[name] * real[..., None]  # [batch, seq, d_sae]; BOS has outlier norms: skip it like training did
     density = (feats > 0).float().mean((0, 1))
@@ -144,9 +199,9 @@ def _top_contexts(sm: Any, tokenizer: Any, name: str, texts: list[str], n_featur
         for value, index in zip(top.values.tolist(), top.indices.tolist()):
             row, pos = divmod(index, values.shape[1])
             ids = batch.input_ids[row]
-            left = tokenizer.decode(ids[max(0, pos - 8):pos]).replace("\n", " ")
-            here = tokenizer.decode(ids[pos:pos + 1]).replace("\n", " ")
-            right = tokenizer.decode(ids[pos + 1:pos + 4]).replace("\n", " ")
+            left = tokenizer.decode(ids[max(0, pos - 8) : pos]).replace("\n", " ")
+            here = tokenizer.decode(ids[pos : pos + 1]).replace("\n", " ")
+            right = tokenizer.decode(ids[pos + 1 : pos + 4]).replace("\n", " ")
             print(f"     {value:7.2f}  …{left}[[{here}]]{right}…")
     return [(feature, float(feats[..., feature].max())) for feature in chosen]
 
@@ -183,8 +238,9 @@ def _dashboard(pinned_key: str, model_dir: Path, texts: list[str], work: Path, r
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute run with small sizes")
-    parser.add_argument("--work-dir", default=os.environ.get("SCOPE_HUB_DEMO_DIR",
-                                                             str(Path.home() / ".cache" / "scope_hub" / "demo")))
+    parser.add_argument(
+        "--work-dir", default=os.environ.get("SCOPE_HUB_DEMO_DIR", str(Path.home() / ".cache" / "scope_hub" / "demo"))
+    )
     parser.add_argument("--registry", default=None, help="registry URL (default: the local embedded registry)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
@@ -205,8 +261,13 @@ def main(argv: list[str] | None = None) -> int:
 
     heading("2. A real English corpus on every machine: the standard library's docstrings")
     corpus_path = work / f"{corpus_label()}.jsonl"
-    step("python -c " + shlex.quote("from trainers.corpus import write_stdlib_corpus; "  # json.dumps: a "..." literal
-                                    f"print(write_stdlib_corpus({json.dumps(str(corpus_path))}, {plan.max_docs!r}))"))
+    step(
+        "python -c "
+        + shlex.quote(
+            "from trainers.corpus import write_stdlib_corpus; "  # json.dumps: a "..." literal
+            f"print(write_stdlib_corpus({json.dumps(str(corpus_path))}, {plan.max_docs!r}))"
+        )
+    )
     corpus, digest, n_docs = write_stdlib_corpus(corpus_path, plan.max_docs)
     print(f"  -> {corpus} ({n_docs} documents, sha256 {digest[:16]}…)")
 
@@ -236,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     for kind, key in pinned.items():
         print(f"  {kind:<16} : {key}   ($ {commands[kind]['info']})")
     print(f"  dashboard        : {board}")
-    print(f"  took {time.time() - started:.0f} s. Next: `{commands['sae']['card']}`, `{commands['sae']['pull']}`, "
-          "and docs/ for training, interop and analysis.")
+    print(
+        f"  took {time.time() - started:.0f} s. Next: `{commands['sae']['card']}`, `{commands['sae']['pull']}`, "
+        "and docs/ for training, interop and analysis."
+    )
     return 0
 
 

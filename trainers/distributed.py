@@ -18,7 +18,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -30,7 +30,7 @@ class DistContext:
 
     rank: int = 0
     world: int = 1
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> DistContext:
@@ -101,7 +101,7 @@ class DistContext:
         offset = 0
         for p, g in zip(params, grads):
             n = g.numel()
-            update = flat[offset:offset + n].view(g.shape)
+            update = flat[offset : offset + n].view(g.shape)
             if p.grad is None:
                 p.grad = update.clone()
             else:

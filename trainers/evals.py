@@ -87,8 +87,9 @@ def _features_and_outputs(dictionary: Dictionary, x: torch.Tensor) -> tuple[torc
 
 
 @torch.no_grad()
-def evaluate(dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             chunk: int = 1024) -> Metrics:
+def evaluate(
+    dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int = 1024
+) -> Metrics:
     """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches."""
     was_training = dictionary.training
     dictionary.eval()
@@ -96,7 +97,7 @@ def evaluate(dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch
     try:
         for x, t in batches:
             for lo in range(0, x.shape[0], chunk):
-                xs, ts = x[lo:lo + chunk].float(), t[lo:lo + chunk].float()
+                xs, ts = x[lo : lo + chunk].float(), t[lo : lo + chunk].float()
                 f, y = _features_and_outputs(dictionary, xs)
                 accs = accs or [_Accumulator(dictionary.d_sae) for _ in range(f.shape[1])]
                 for i, acc in enumerate(accs):

@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 import torch
 
 from scope_hub.dictionaries import Dictionary
-from trainers.kernels import JumpReLUDense, JumpReLUSTE, Selection, gather_pre, select_above, select_batch_topk, select_topk, sparse_decode
+from trainers.kernels import (
+    JumpReLUDense,
+    JumpReLUSTE,
+    Selection,
+    gather_pre,
+    select_above,
+    select_batch_topk,
+    select_topk,
+    sparse_decode,
+)
 
 
 @dataclass
@@ -64,8 +73,14 @@ def layer_params(dictionary: Dictionary) -> list[LayerParams]:
     else:
         raise NotImplementedError(f"training {dictionary.config.type} dictionaries is not supported")
     return [
-        LayerParams(m.w_enc, m.b_enc, m.threshold if uses_threshold else None, m.w_dec, m.b_dec,
-                    getattr(m, "affine_skip_connection", None) if dictionary.config.affine_skip else None)
+        LayerParams(
+            m.w_enc,
+            m.b_enc,
+            m.threshold if uses_threshold else None,
+            m.w_dec,
+            m.b_dec,
+            getattr(m, "affine_skip_connection", None) if dictionary.config.affine_skip else None,
+        )
         for m in layers
     ]
 
@@ -120,7 +135,9 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def get(
+        self, name: str, shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         key = (name, shape, dtype or like.dtype, like.device)
         if key not in self._buffers:
             self._buffers[key] = torch.empty(shape, dtype=dtype or like.dtype, device=like.device)
@@ -133,10 +150,17 @@ def _fired(sel: Selection | None, f: torch.Tensor, d_sae: int) -> torch.Tensor:
     return torch.zeros(d_sae, dtype=torch.bool, device=f.device).index_fill_(0, sel.cols[f.detach() > 0], True)
 
 
-def encode_layer(lp: LayerParams, x: torch.Tensor, spec: SparsitySpec, *, sparse: bool,
-                 ws: Workspace | None = None, name: str = "pre") -> LayerCode:
+def encode_layer(
+    lp: LayerParams,
+    x: torch.Tensor,
+    spec: SparsitySpec,
+    *,
+    sparse: bool,
+    ws: Workspace | None = None,
+    name: str = "pre",
+) -> LayerCode:
     """Features of one layer's input ``x`` [batch, d_in] under ``spec``."""
-    arch, batch = spec.architecture, x.shape[0]
+    _arch, batch = spec.architecture, x.shape[0]
     if sparse:
         with torch.no_grad():
             out = ws.get(name, (batch, lp.d_sae), x) if ws is not None else None
@@ -145,8 +169,9 @@ def encode_layer(lp: LayerParams, x: torch.Tensor, spec: SparsitySpec, *, sparse
     return _encode_dense(lp, torch.addmm(lp.b_enc, x, lp.w_enc), spec)
 
 
-def _encode_sparse(lp: LayerParams, x: torch.Tensor, pre: torch.Tensor, spec: SparsitySpec,
-                   ws: Workspace | None, name: str) -> LayerCode:
+def _encode_sparse(
+    lp: LayerParams, x: torch.Tensor, pre: torch.Tensor, spec: SparsitySpec, ws: Workspace | None, name: str
+) -> LayerCode:
     arch, tau = spec.architecture, None
     mask_buffer = ws.get(name + ".mask", pre.shape, pre, torch.bool) if ws is not None else None
     with torch.no_grad():
@@ -179,8 +204,9 @@ def _encode_dense(lp: LayerParams, pre: torch.Tensor, spec: SparsitySpec) -> Lay
             values, idx = pre.topk(spec.k, dim=-1, sorted=False)
             f = torch.zeros_like(pre).scatter(1, idx, torch.relu(values))
         elif arch == "batchtopk":
-            sel, tau = select_batch_topk(pre.detach(), spec.batch_keep or spec.k * pre.shape[0], spec.global_pool,
-                                        spec.any_rank)
+            sel, tau = select_batch_topk(
+                pre.detach(), spec.batch_keep or spec.k * pre.shape[0], spec.global_pool, spec.any_rank
+            )
             keep = torch.zeros_like(pre).index_put_((sel.rows, sel.cols), torch.ones_like(sel.values))
             f = torch.relu(pre) * keep
             tau = float(sel.values.min()) if sel.nnz else tau
@@ -206,11 +232,18 @@ def _group_bounds(groups: list[int] | None, d_sae: int) -> list[tuple[int, int]]
     if not groups:
         return [(0, d_sae)]
     ends = torch.tensor(groups).cumsum(0).tolist()
-    return list(zip([0] + ends[:-1], ends))
+    return list(zip([0, *ends[:-1]], ends))
 
 
-def forward(params: list[LayerParams], x: torch.Tensor, spec: SparsitySpec, *, sparse: bool | list[bool],
-            groups: list[int] | None = None, ws: Workspace | None = None) -> ForwardOut:
+def forward(
+    params: list[LayerParams],
+    x: torch.Tensor,
+    spec: SparsitySpec,
+    *,
+    sparse: bool | list[bool],
+    groups: list[int] | None = None,
+    ws: Workspace | None = None,
+) -> ForwardOut:
     """Encode every layer of ``x`` [batch, L, d_in] and decode into ``[batch, L, d_out]`` outputs."""
     n_layers = len(params)
     modes = sparse if isinstance(sparse, list) else [sparse] * n_layers

@@ -57,8 +57,11 @@ class SiteSpec:
     stop: Hookpoint | None
 
     def describe(self) -> dict[str, Any]:
-        return {"layers": self.layers, "hookpoints_in": [str(h) for h in self.inputs],
-                "hookpoints_out": [str(h) for h in self.outputs] if self.outputs else None}
+        return {
+            "layers": self.layers,
+            "hookpoints_in": [str(h) for h in self.inputs],
+            "hookpoints_out": [str(h) for h in self.outputs] if self.outputs else None,
+        }
 
 
 def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
@@ -94,8 +97,10 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
 
     def hub(local_only: bool) -> tuple[Any, Any]:
         kwargs = {"revision": cfg.model.revision, "local_files_only": local_only}
-        return (AutoModelForCausalLM.from_pretrained(ident, dtype=dtype, **kwargs),
-                AutoTokenizer.from_pretrained(ident, **kwargs))
+        return (
+            AutoModelForCausalLM.from_pretrained(ident, dtype=dtype, **kwargs),
+            AutoTokenizer.from_pretrained(ident, **kwargs),
+        )
 
     try:  # the HF cache first: no network round trips (or retries, when offline) for a cached model
         model, tok = hub(local_only=True)
@@ -120,8 +125,9 @@ class Harvester:
         hps = self.spec.inputs + (self.spec.outputs or [])
         stopper = stop_after(self.model, self.spec.stop) if self.spec.stop is not None else nullcontext()
         with capture(self.model, hps) as acts, stopper:
-            self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device),
-                       use_cache=False)
+            self.model(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False
+            )
         keep = kept_positions(input_ids, attention_mask, self.bos_id, self.exclude_bos).to(self.device)
         rows = {"x": torch.stack([acts[str(h)][keep].float().cpu() for h in self.spec.inputs], 1)}
         if self.spec.outputs:
@@ -135,23 +141,43 @@ class Harvester:
 
 def harvest_fingerprint(cfg: TrainConfig, spec: SiteSpec, data: TokenSequences) -> str:
     """Identity of a harvest: same model, sites, data and choices -> same fingerprint."""
-    ident = {"model": cfg.model.id, "revision": cfg.model.revision, "dtype": cfg.model.dtype, **spec.describe(),
-             "data": data.sha256, "exclude_bos": cfg.data.exclude_bos, "storage": cfg.harvest.storage_dtype}
+    ident = {
+        "model": cfg.model.id,
+        "revision": cfg.model.revision,
+        "dtype": cfg.model.dtype,
+        **spec.describe(),
+        "data": data.sha256,
+        "exclude_bos": cfg.data.exclude_bos,
+        "storage": cfg.harvest.storage_dtype,
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def harvest_to_disk(harvester: Harvester, data: TokenSequences, cfg: TrainConfig, root: str | Path,
-                    progress: bool | None = None) -> Path:
+def harvest_to_disk(
+    harvester: Harvester, data: TokenSequences, cfg: TrainConfig, root: str | Path, progress: bool | None = None
+) -> Path:
     """Harvest every window of ``data`` into shards under ``root`` (resuming a partial harvest)."""
     spec = harvester.spec
-    meta = {"fingerprint": harvest_fingerprint(cfg, spec, data), "model": cfg.model.id,
-            "model_revision": cfg.model.revision, "site": cfg.harvest.site,
-            "site_out": cfg.site_out if spec.outputs else None, **spec.describe(),
-            "n_layers": len(spec.layers), "d_in": None, "d_out": None,
-            "reconstructs_input": spec.outputs is None, "storage_dtype": cfg.harvest.storage_dtype,
-            "exclude_bos": cfg.data.exclude_bos,
-            "data": {"description": data.description, "sha256": data.sha256, "n_sequences": len(data),
-                     "context_size": data.input_ids.shape[1]}}
+    meta = {
+        "fingerprint": harvest_fingerprint(cfg, spec, data),
+        "model": cfg.model.id,
+        "model_revision": cfg.model.revision,
+        "site": cfg.harvest.site,
+        "site_out": cfg.site_out if spec.outputs else None,
+        **spec.describe(),
+        "n_layers": len(spec.layers),
+        "d_in": None,
+        "d_out": None,
+        "reconstructs_input": spec.outputs is None,
+        "storage_dtype": cfg.harvest.storage_dtype,
+        "exclude_bos": cfg.data.exclude_bos,
+        "data": {
+            "description": data.description,
+            "sha256": data.sha256,
+            "n_sequences": len(data),
+            "context_size": data.input_ids.shape[1],
+        },
+    }
     writer = ShardWriter(root, meta, cfg.harvest.shard_tokens)
     if writer.complete:
         return Path(root)
@@ -174,8 +200,17 @@ def harvest_to_disk(harvester: Harvester, data: TokenSequences, cfg: TrainConfig
 class StreamingSource(ActivationSource):
     """Harvest while training (see module doc); the last ``eval_tokens`` kept rows are held out."""
 
-    def __init__(self, harvester: Harvester, data: TokenSequences, *, seed: int, batch_size: int,
-                 window: int, batch_sequences: int = 8, eval_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        harvester: Harvester,
+        data: TokenSequences,
+        *,
+        seed: int,
+        batch_size: int,
+        window: int,
+        batch_sequences: int = 8,
+        eval_tokens: int = 0,
+    ) -> None:
         self.harvester, self.data, self.seed = harvester, data, seed
         self.batch_sequences = batch_sequences
         self.chunk = batch_size * window
@@ -207,15 +242,17 @@ class StreamingSource(ActivationSource):
             t_parts.append(rows.get("target", rows["x"]))
         x, t = torch.cat(x_parts), torch.cat(t_parts)
         offset = start - int(self.kept_before[first])
-        x, t = x[offset:offset + end - start], t[offset:offset + end - start]
+        x, t = x[offset : offset + end - start], t[offset : offset + end - start]
         return (x, x) if self.reconstructs_input else (x, t)
 
     def _chunk(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._cached is None or self._cached[0] != index:
             start = index * self.chunk
             if start + self.chunk > self.n_train:
-                raise ValueError(f"streaming data exhausted at chunk {index}: {self.n_train} training tokens; "
-                                 "add data, lower train.tokens, or harvest to disk (harvest.cache_dir) for epochs")
+                raise ValueError(
+                    f"streaming data exhausted at chunk {index}: {self.n_train} training tokens; "
+                    "add data, lower train.tokens, or harvest to disk (harvest.cache_dir) for epochs"
+                )
             x, t = self._rows(start, start + self.chunk)
             perm = torch.randperm(self.chunk, generator=step_generator(self.seed, index, stream=2))
             self._cached = (index, x[perm], t[perm])

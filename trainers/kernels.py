@@ -46,7 +46,9 @@ class Selection:
     n_cols: int
 
     @classmethod
-    def from_rows(cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> Selection:
+    def from_rows(
+        cls, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+    ) -> Selection:
         counts = torch.bincount(rows, minlength=shape[0])
         return cls(rows, cols, counts.cumsum(0) - counts, values, shape[0], shape[1])
 
@@ -106,9 +108,12 @@ def select_above(pre: torch.Tensor, threshold: torch.Tensor, mask_buffer: torch.
     return Selection.from_rows(rows, flat - rows * n_cols, pre.view(-1)[flat], (n_rows, n_cols))
 
 
-def select_batch_topk(pre: torch.Tensor, keep: int,
-                      global_pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      any_rank: Callable[[bool], bool] | None = None) -> tuple[Selection, float]:
+def select_batch_topk(
+    pre: torch.Tensor,
+    keep: int,
+    global_pool: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    any_rank: Callable[[bool], bool] | None = None,
+) -> tuple[Selection, float]:
     """The ``keep`` largest positive entries of the whole batch, and the threshold that selects them.
 
     Per-row candidates (a few times ``keep / rows``) are pooled, the ``keep``-th
@@ -149,13 +154,13 @@ def column_weight_grad(sel: Selection, g: torch.Tensor, rows_in: torch.Tensor) -
 
 class _GatherPre(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, w_enc, b_enc, x, sel):  # noqa: D102
+    def forward(ctx, w_enc, b_enc, x, sel):
         ctx.sel = sel
         ctx.save_for_backward(x)
         return sel.values.clone()
 
     @staticmethod
-    def backward(ctx, g):  # noqa: D102
+    def backward(ctx, g):
         (x,) = ctx.saved_tensors
         sel = ctx.sel
         grad_w = grad_b = None
@@ -186,19 +191,20 @@ def gather_pre(sel: Selection, x: torch.Tensor, w_enc: torch.Tensor, b_enc: torc
 
 class _SparseDecode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, w_dec, sel):  # noqa: D102
+    def forward(ctx, values, w_dec, sel):
         ctx.sel = sel
         ctx.save_for_backward(values, w_dec)
         return F.embedding_bag(sel.cols, w_dec, sel.offsets, mode="sum", per_sample_weights=values)
 
     @staticmethod
-    def backward(ctx, grad_out):  # noqa: D102
+    def backward(ctx, grad_out):
         values, w_dec = ctx.saved_tensors
         sel = ctx.sel
         grad_values = grad_w = None
         if ctx.needs_input_grad[0]:  # <grad_out[row(e)], w_dec[col(e)]> for every entry
             grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-                grad_out, w_dec, sel.cols, sel.offsets, sel.rows, 0, -1)
+                grad_out, w_dec, sel.cols, sel.offsets, sel.rows, 0, -1
+            )
         if ctx.needs_input_grad[1]:
             grad_w = column_weight_grad(sel, values, grad_out)
         return grad_values, grad_w, None
@@ -232,14 +238,14 @@ class JumpReLUSTE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):  # noqa: D102
+    def forward(ctx, pre, threshold, bandwidth):
         active = pre > threshold
         ctx.save_for_backward(pre, threshold)
         ctx.bandwidth = bandwidth
         return pre * active, active.to(pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad_f, grad_step):  # noqa: D102
+    def backward(ctx, grad_f, grad_step):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         grad_pre = grad_t = None
@@ -273,14 +279,14 @@ class JumpReLUDense(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):  # noqa: D102
+    def forward(ctx, pre, threshold, bandwidth):
         active = pre > threshold
         ctx.save_for_backward(pre, threshold, active)
         ctx.bandwidth = bandwidth
         return pre * active, active.sum(-1, dtype=pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad_f, grad_l0):  # noqa: D102
+    def backward(ctx, grad_f, grad_l0):
         pre, threshold, active = ctx.saved_tensors
         grad_pre = grad_t = None
         if ctx.needs_input_grad[0]:
@@ -291,8 +297,9 @@ class JumpReLUDense(torch.autograd.Function):
         return grad_pre, grad_t, None
 
 
-def _band_threshold_grad(pre: torch.Tensor, threshold: torch.Tensor, grad_f: torch.Tensor,
-                         grad_step: torch.Tensor, bw: float) -> torch.Tensor:
+def _band_threshold_grad(
+    pre: torch.Tensor, threshold: torch.Tensor, grad_f: torch.Tensor, grad_step: torch.Tensor, bw: float
+) -> torch.Tensor:
     """Threshold gradient summed over rows, visiting only entries with ``|pre - t| < bw/2``.
 
     Saves ~6 full passes over ``[batch, d_sae]`` versus the elementwise formula; ``grad_step``

@@ -71,6 +71,7 @@ def _splices(model: Any, dictionary: Dictionary, keep: torch.Tensor, error_term:
         return stack
     features: dict[int, torch.Tensor] = {}
     for i, (hp_in, hp_out) in enumerate(zip(inputs, outputs)):
+
         def read(a: torch.Tensor, i: int = i) -> None:  # returns None: the activation is kept
             features[i] = dictionary.encode_layer(i, a)
             seen[i] = a
@@ -85,15 +86,22 @@ def _splices(model: Any, dictionary: Dictionary, keep: torch.Tensor, error_term:
 
 
 @torch.no_grad()
-def delta_lm_loss(model: Any, dictionary: Dictionary, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  bos_id: int | None, exclude_bos: bool = True, batch_size: int = 8) -> tuple[float, float]:
+def delta_lm_loss(
+    model: Any,
+    dictionary: Dictionary,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    bos_id: int | None,
+    exclude_bos: bool = True,
+    batch_size: int = 8,
+) -> tuple[float, float]:
     """``(spliced - clean, spliced_with_error_term - clean)`` mean next-token cross-entropy."""
     was_training = dictionary.training
     dictionary.eval()
     totals, tokens = torch.zeros(3, dtype=torch.float64), 0.0
     try:
         for lo in range(0, input_ids.shape[0], batch_size):
-            ids, mask = input_ids[lo:lo + batch_size], attention_mask[lo:lo + batch_size]
+            ids, mask = input_ids[lo : lo + batch_size], attention_mask[lo : lo + batch_size]
             keep = mask.bool() & ((ids != bos_id) if (exclude_bos and bos_id is not None) else True)
             weight = float(mask[:, 1:].sum())
             tokens += weight

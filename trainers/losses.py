@@ -43,8 +43,13 @@ def fvu(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return residual / (target - target.mean(0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
 
 
-def l0_penalty(codes: list[LayerCode], target_l0: float, coefficient: float, mode: str,
-               global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def l0_penalty(
+    codes: list[LayerCode],
+    target_l0: float,
+    coefficient: float,
+    mode: str,
+    global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Quadratic L0 penalty ``coefficient * (2 / L0*) * (L0 - L0*)^2``, averaged over layers.
 
     ``batch_mean`` uses the batch's mean L0. Under data parallelism the batch is
@@ -87,8 +92,15 @@ def _selection(cols: torch.Tensor, values: torch.Tensor, d_sae: int) -> Selectio
     return Selection(rows, cols.reshape(-1), offsets, values.reshape(-1), n_rows, d_sae)
 
 
-def aux_k_loss(codes: list[LayerCode], params: list[LayerParams], x: torch.Tensor, residual: torch.Tensor,
-               dead: torch.Tensor, k_aux: int, global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor | None:
+def aux_k_loss(
+    codes: list[LayerCode],
+    params: list[LayerParams],
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    dead: torch.Tensor,
+    k_aux: int,
+    global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor | None:
     """Reconstruct the detached ``residual`` [batch, L, d_out] with the top-``k_aux`` dead latents.
 
     Returns None when no latent is dead. ``dead`` is bool ``[L, d_sae]``. The
@@ -103,8 +115,9 @@ def aux_k_loss(codes: list[LayerCode], params: list[LayerParams], x: torch.Tenso
         if dead_cols.numel() == 0:
             continue
         with torch.no_grad():  # top-k over the dead columns only (a gather, not a masked copy of all of them)
-            values, slots = code.pre.index_select(1, dead_cols).topk(min(k_aux, dead_cols.numel()), dim=-1,
-                                                                     sorted=False)
+            values, slots = code.pre.index_select(1, dead_cols).topk(
+                min(k_aux, dead_cols.numel()), dim=-1, sorted=False
+            )
             sel = _selection(dead_cols[slots], values, lp.d_sae)
         activation = torch.relu(gather_pre(sel, x[:, i], lp.w_enc, lp.b_enc))
         block = sparse_decode(activation, sel, lp.w_dec_flat()).view(batch, n_layers - i, d_out)

@@ -31,8 +31,9 @@ from trainers.forward import layer_params
 from trainers.sources import ActivationSource
 
 
-def estimate_scales(source: ActivationSource, tokens: int, batch_size: int, shared: bool = False,
-                    max_batches: int | None = None) -> tuple[list[float], list[float]]:
+def estimate_scales(
+    source: ActivationSource, tokens: int, batch_size: int, shared: bool = False, max_batches: int | None = None
+) -> tuple[list[float], list[float]]:
     """``(s_in, s_out)`` per layer: 1 / mean norm over the first ``tokens`` training rows
     (at most ``max_batches`` batches: the run's own, so streaming never reads past them).
 

@@ -30,21 +30,28 @@ def dictionary_config(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int)
     d = cfg.dictionary
     layers = cfg.harvest.layers or (list(range(n_layers)) if d.type == "clt" else None)
     return DictionaryConfig(
-        type=d.type, architecture=d.architecture, d_in=d_in, d_sae=d.d_sae, d_out=d_out,
+        type=d.type,
+        architecture=d.architecture,
+        d_in=d_in,
+        d_sae=d.d_sae,
+        d_out=d_out,
         k=d.k if d.architecture in ("topk", "batchtopk") else None,  # e.g. a k inherited from a TopK config
         layers=layers if d.type == "clt" else None,
         layer=cfg.harvest.layer if d.type != "clt" else None,
         affine_skip=d.affine_skip if d.type == "clt" else d.type == "skip_transcoder",
         l0_target=d.l0_target if d.architecture == "jumprelu" else (float(d.k) if d.k else None),
-        matryoshka_groups=d.matryoshka_groups, model=cfg.model.id, model_revision=cfg.model.revision,
+        matryoshka_groups=d.matryoshka_groups,
+        model=cfg.model.id,
+        model_revision=cfg.model.revision,
         site=cfg.harvest.site if cfg.model.id else None,
         site_out=cfg.site_out if cfg.model.id and d.type != "sae" else None,
         variant=d.variant,
     )
 
 
-def build_dictionary(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int,
-                     device: str | torch.device = "cpu") -> Dictionary:
+def build_dictionary(
+    cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int, device: str | torch.device = "cpu"
+) -> Dictionary:
     """An uninitialised dictionary of the configured kind (:func:`init_dictionary` fills every parameter).
 
     ``skip_init`` skips the core's default initialisation: it neither costs time nor draws from
@@ -55,8 +62,9 @@ def build_dictionary(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int,
 
 
 @torch.no_grad()
-def init_dictionary(dictionary: Dictionary, cfg: TrainConfig, gen: torch.Generator,
-                    b_dec: torch.Tensor | None = None) -> None:
+def init_dictionary(
+    dictionary: Dictionary, cfg: TrainConfig, gen: torch.Generator, b_dec: torch.Tensor | None = None
+) -> None:
     """Initialise every parameter (``b_dec`` [L, d_out]: e.g. the mean target; zeros when None)."""
     arch = cfg.dictionary.architecture
     for i, lp in enumerate(layer_params(dictionary)):

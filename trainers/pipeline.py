@@ -65,8 +65,15 @@ class Outcome:
 
 def _synthetic(cfg: TrainConfig) -> Environment:
     s = cfg.synthetic
-    planted = PlantedDictionary.create(n_atoms=s.n_atoms, d_in=s.d_in, d_out=s.d_out, n_layers=s.n_layers,
-                                       active_per_token=s.active_per_token, kind=cfg.dictionary.type, seed=s.seed)
+    planted = PlantedDictionary.create(
+        n_atoms=s.n_atoms,
+        d_in=s.d_in,
+        d_out=s.d_out,
+        n_layers=s.n_layers,
+        active_per_token=s.active_per_token,
+        kind=cfg.dictionary.type,
+        seed=s.seed,
+    )
     layers = cfg.harvest.layers or list(range(s.n_layers))
     return Environment(SyntheticSource(planted, seed=cfg.train.seed, noise=s.noise), layers)
 
@@ -100,9 +107,15 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
         ctx.barrier()
         env.source = ShardSource(cache, cfg.train.seed, cfg.eval.tokens)
     else:
-        env.source = StreamingSource(harvester, env.data, seed=cfg.train.seed, batch_size=cfg.train.batch_size,
-                                     window=cfg.harvest.stream_window, batch_sequences=cfg.harvest.batch_sequences,
-                                     eval_tokens=cfg.eval.tokens)
+        env.source = StreamingSource(
+            harvester,
+            env.data,
+            seed=cfg.train.seed,
+            batch_size=cfg.train.batch_size,
+            window=cfg.harvest.stream_window,
+            batch_sequences=cfg.harvest.batch_sequences,
+            eval_tokens=cfg.eval.tokens,
+        )
         check_stream_fits(cfg, env.source.n_train, env.source.n_eval)
     return env
 
@@ -156,7 +169,8 @@ def check_stream_fits(cfg: TrainConfig, n_train: int, n_eval: int) -> None:
         f"eval.tokens): train.tokens={tokens} is {cfg.steps} step(s) of train.batch_size={batch}, harvested in whole "
         f"chunks of harvest.stream_window={window} batches ({window * batch} tokens); "
         + (f"set {' or '.join(fixes)}, " if fixes else "")
-        + "or harvest to disk (harvest.cache_dir=DIR, which allows several epochs), or add data")
+        + "or harvest to disk (harvest.cache_dir=DIR, which allows several epochs), or add data"
+    )
 
 
 def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metrics:
@@ -169,8 +183,15 @@ def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metri
 
         n = cfg.eval.lm_sequences
         ids, mask = env.data.input_ids[-n:], env.data.attention_mask[-n:]
-        delta, with_error = delta_lm_loss(env.model, dictionary, ids, mask, env.tokenizer.bos_token_id,
-                                          cfg.data.exclude_bos, cfg.harvest.batch_sequences)
+        delta, with_error = delta_lm_loss(
+            env.model,
+            dictionary,
+            ids,
+            mask,
+            env.tokenizer.bos_token_id,
+            cfg.data.exclude_bos,
+            cfg.harvest.batch_sequences,
+        )
         metrics.delta_lm_loss, metrics.delta_lm_loss_error_term = delta, with_error
     return metrics
 
@@ -186,12 +207,16 @@ def short_run_warnings(cfg: TrainConfig) -> list[str]:
     """
     found = []
     if cfg.dictionary.architecture == "jumprelu" and cfg.loss.l0_warmup_steps >= cfg.steps:
-        found.append(f"loss.l0_warmup_steps={cfg.loss.l0_warmup_steps} is longer than the run ({cfg.steps} steps): "
-                     "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "
-                     f"set loss.l0_warmup_steps={max(1, cfg.steps // 10)} (10% of the run)")
+        found.append(
+            f"loss.l0_warmup_steps={cfg.loss.l0_warmup_steps} is longer than the run ({cfg.steps} steps): "
+            "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "
+            f"set loss.l0_warmup_steps={max(1, cfg.steps // 10)} (10% of the run)"
+        )
     if cfg.optim.warmup_steps >= cfg.steps:
-        found.append(f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the run ({cfg.steps} steps): "
-                     f"the learning rate never reaches optim.lr; set optim.warmup_steps={max(1, cfg.steps // 20)}")
+        found.append(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the run ({cfg.steps} steps): "
+            f"the learning rate never reaches optim.lr; set optim.warmup_steps={max(1, cfg.steps // 20)}"
+        )
     return found
 
 

@@ -24,16 +24,22 @@ class Progress:
 
     def __init__(self, total: int, initial: int, enabled: bool | None, batch_tokens: int) -> None:
         enabled = show_progress_by_default() if enabled is None else enabled
-        self._bar = tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True,
-                         file=sys.stderr)
+        self._bar = tqdm(
+            total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, file=sys.stderr
+        )
         self._last = initial
 
     def update(self, step: int, stats: dict[str, float]) -> None:
         """Advance to ``step`` and show ``stats``."""
         self._bar.update(step - self._last)
         self._last = step
-        self._bar.set_postfix(loss=f"{stats.get('loss', 0):.4g}", l0=f"{stats.get('l0', 0):.1f}",
-                              fvu=f"{stats.get('fvu', 0):.3f}", tok_s=f"{stats.get('tok_s', 0):.0f}", refresh=False)
+        self._bar.set_postfix(
+            loss=f"{stats.get('loss', 0):.4g}",
+            l0=f"{stats.get('l0', 0):.1f}",
+            fvu=f"{stats.get('fvu', 0):.3f}",
+            tok_s=f"{stats.get('tok_s', 0):.0f}",
+            refresh=False,
+        )
 
     def close(self) -> None:
         self._bar.close()

@@ -82,8 +82,9 @@ def _template(hookpoints: list, layers: list[int]) -> str:
 
 
 @torch.no_grad()
-def export_dictionary(result: TrainResult, cfg: TrainConfig, data: dict[str, Any],
-                      spec: SiteSpec | None = None) -> Dictionary:
+def export_dictionary(
+    result: TrainResult, cfg: TrainConfig, data: dict[str, Any], spec: SiteSpec | None = None
+) -> Dictionary:
     """A standalone, described copy of the trained dictionary (raw-activation units when folded)."""
     trained = result.dictionary
     config = trained.config.model_copy(deep=True)
@@ -103,9 +104,13 @@ def export_dictionary(result: TrainResult, cfg: TrainConfig, data: dict[str, Any
         c.hook_point_in = _template(spec.inputs, spec.layers)
         c.hook_point_out = _template(spec.outputs, spec.layers) if spec.outputs else None
     c.provenance = Provenance(
-        source="trained", source_uri=data.get("harvest"), dataset=data.get("dataset"),
-        dataset_sha256=data.get("dataset_sha256"), seed=cfg.train.seed,
-        training_config=cfg.model_dump(mode="json"), software=software_versions(),
+        source="trained",
+        source_uri=data.get("harvest"),
+        dataset=data.get("dataset"),
+        dataset_sha256=data.get("dataset_sha256"),
+        seed=cfg.train.seed,
+        training_config=cfg.model_dump(mode="json"),
+        software=software_versions(),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
     return out
@@ -122,8 +127,13 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
     except ValueError:
         if cfg.output.registry:
             raise
-    card = render_dictionary_card(dictionary.config, key, None, license=cfg.output.license,
-                                  registry_url=cfg.output.registry) if key else None
+    card = (
+        render_dictionary_card(
+            dictionary.config, key, None, license=cfg.output.license, registry_url=cfg.output.registry
+        )
+        if key
+        else None
+    )
     folder = dictionary.save_pretrained(cfg.output.dir, card=card)
     if not cfg.output.registry:
         return folder, None

@@ -18,9 +18,17 @@ from trainers.forward import LayerParams, SparsitySpec, forward
 
 
 @torch.no_grad()
-def resample_dead(dictionary: Dictionary, params: list[LayerParams], optimizer: torch.optim.Optimizer,
-                  x: torch.Tensor, t: torch.Tensor, dead: torch.Tensor, spec: SparsitySpec,
-                  gen: torch.Generator, threshold_init: float) -> torch.Tensor:
+def resample_dead(
+    dictionary: Dictionary,
+    params: list[LayerParams],
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    dead: torch.Tensor,
+    spec: SparsitySpec,
+    gen: torch.Generator,
+    threshold_init: float,
+) -> torch.Tensor:
     """Re-initialise the latents marked in ``dead`` [L, d_sae]; returns the mask of those changed."""
     if not bool(dead.any()):
         return dead
@@ -49,6 +57,6 @@ def _zero_moments(optimizer: torch.optim.Optimizer, lp: LayerParams, idx: torch.
     for param, axis in ((lp.w_enc, 1), (lp.w_dec, 0), (lp.b_enc, 0), (lp.threshold, 0)):
         if param is None:
             continue
-        for key, value in optimizer.state.get(param, {}).items():
+        for _key, value in optimizer.state.get(param, {}).items():
             if torch.is_tensor(value) and value.dim() > 0:
                 value.index_fill_(axis, idx, 0.0)

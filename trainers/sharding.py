@@ -48,13 +48,13 @@ def shard_range(d_sae: int, rank: int, world: int) -> tuple[int, int]:
 
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, partial):  # noqa: D102
+    def forward(ctx, partial):
         out = partial.clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102
+    def backward(ctx, grad):
         return grad  # every rank holds the same full dL/dy
 
 
@@ -79,8 +79,10 @@ def sharded_forward(lp: LayerParams, x: torch.Tensor, spec: SparsitySpec) -> tup
         elif spec.architecture == "relu":
             sel = select_above(pre, torch.tensor(0.0))
         else:
-            raise NotImplementedError("latent sharding supports topk, jumprelu and relu (BatchTopK needs a "
-                                      "global batch threshold: gather the per-shard pools as in kernels.select_batch_topk)")
+            raise NotImplementedError(
+                "latent sharding supports topk, jumprelu and relu (BatchTopK needs a "
+                "global batch threshold: gather the per-shard pools as in kernels.select_batch_topk)"
+            )
     values = gather_pre(sel, x, lp.w_enc, lp.b_enc)
     if spec.architecture == "jumprelu":
         f, step = JumpReLUSTE.apply(values, lp.threshold.index_select(0, sel.cols), spec.bandwidth)

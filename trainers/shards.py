@@ -78,8 +78,10 @@ class ShardWriter:
         existing = read_meta(self.root)
         if existing is not None:
             if existing["fingerprint"] != meta["fingerprint"]:
-                raise ConfigError(f"{self.root} holds a harvest of other data/model/site/layers; give this "
-                                  "harvest its own harvest.cache_dir")
+                raise ConfigError(
+                    f"{self.root} holds a harvest of other data/model/site/layers; give this "
+                    "harvest its own harvest.cache_dir"
+                )
             self.meta = existing
         else:
             self.meta = {"format": FORMAT, "version": VERSION, **meta, "complete": False, "tokens": 0, "shards": []}
@@ -141,7 +143,7 @@ def _memmap(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        begin, end = info["data_offsets"]
+        begin, _end = info["data_offsets"]
         shape = tuple(info["shape"])
         out[name] = np.memmap(path, dtype=_NP[info["dtype"]], mode="r", offset=8 + header_len + begin, shape=shape)
     return out
@@ -206,13 +208,19 @@ class ShardSource(ActivationSource):
 
     def describe(self) -> dict[str, Any]:
         data = self.reader.meta.get("data", {})
-        return {"dataset": data.get("description"), "dataset_sha256": data.get("sha256"),
-                "harvest": str(self.reader.root)}
+        return {
+            "dataset": data.get("description"),
+            "dataset_sha256": data.get("sha256"),
+            "harvest": str(self.reader.root),
+        }
 
     def _perm(self, epoch: int) -> torch.Tensor:
         if epoch not in self._perms:
-            self._perms = {epoch: torch.randperm(self.n_train, generator=torch.Generator().manual_seed(
-                self.seed * 1_000_003 + epoch))}
+            self._perms = {
+                epoch: torch.randperm(
+                    self.n_train, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                )
+            }
         return self._perms[epoch]
 
     def global_indices(self, step: int, batch_size: int) -> torch.Tensor:
@@ -222,7 +230,7 @@ class ShardSource(ActivationSource):
             pos = start + sum(p.numel() for p in parts)
             epoch, offset = divmod(pos, self.n_train)
             take = min(batch_size - sum(p.numel() for p in parts), self.n_train - offset)
-            parts.append(self._perm(epoch)[offset:offset + take])
+            parts.append(self._perm(epoch)[offset : offset + take])
         return torch.cat(parts)
 
     def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -91,5 +91,6 @@ class SyntheticSource(ActivationSource):
 
     def eval_batches(self, tokens: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(max(1, -(-tokens // batch_size))):
-            yield self._sample(min(batch_size, tokens - i * batch_size) or batch_size,
-                               step_generator(self.seed, i, stream=1))
+            yield self._sample(
+                min(batch_size, tokens - i * batch_size) or batch_size, step_generator(self.seed, i, stream=1)
+            )

@@ -43,8 +43,17 @@ class PlantedDictionary:
     kind: str = "sae"
 
     @classmethod
-    def create(cls, *, n_atoms: int, d_in: int, d_out: int | None = None, n_layers: int = 1,
-               active_per_token: float = 3.0, kind: str = "sae", seed: int = 0) -> PlantedDictionary:
+    def create(
+        cls,
+        *,
+        n_atoms: int,
+        d_in: int,
+        d_out: int | None = None,
+        n_layers: int = 1,
+        active_per_token: float = 3.0,
+        kind: str = "sae",
+        seed: int = 0,
+    ) -> PlantedDictionary:
         """Draw atoms for ``kind`` (sae, transcoder, skip_transcoder, clt).
 
         Example:

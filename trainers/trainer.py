@@ -37,8 +37,13 @@ from trainers.forward import SparsitySpec, Workspace, forward, layer_params
 from trainers.losses import aux_k_loss, fvu, l0_penalty, l1_penalty, reconstruction_loss
 from trainers.normalization import estimate_scales
 from trainers.optim import clip_gradients, lr_at, make_optimizer, set_lr, warmup
-from trainers.params import (apply_constraints, build_dictionary, init_dictionary, remove_parallel_grads,
-                             trainable_parameters)
+from trainers.params import (
+    apply_constraints,
+    build_dictionary,
+    init_dictionary,
+    remove_parallel_grads,
+    trainable_parameters,
+)
 from trainers.progress import Progress
 from trainers.resample import resample_dead
 from trainers.sources import ActivationSource
@@ -79,13 +84,15 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         shared = not cfg.output.fold_normalization
         if cfg.train.normalize:
-            self.scale_in, self.scale_out = estimate_scales(src, cfg.train.normalization_tokens,
-                                                            cfg.train.batch_size, shared, self.steps)
+            self.scale_in, self.scale_out = estimate_scales(
+                src, cfg.train.normalization_tokens, cfg.train.batch_size, shared, self.steps
+            )
         else:
             self.scale_in, self.scale_out = [1.0] * src.n_layers, [1.0] * src.n_layers
-        self.dictionary = build_dictionary(cfg, d_in=src.d_in, d_out=src.d_out, n_layers=src.n_layers,
-                                           device=self.ctx.device)
-        x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
+        self.dictionary = build_dictionary(
+            cfg, d_in=src.d_in, d_out=src.d_out, n_layers=src.n_layers, device=self.ctx.device
+        )
+        _x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
         init_dictionary(self.dictionary, cfg, torch.Generator().manual_seed(cfg.train.seed), b_dec=t.mean(0))
         self.params = layer_params(self.dictionary)
         self.named = trainable_parameters(self.dictionary)
@@ -95,9 +102,14 @@ class Trainer:
         self.step, self.tokens_seen, self.threshold_ready = 0, 0, False
         arch, k = cfg.dictionary.architecture, cfg.dictionary.k
         self.density = [(k / d_sae) if k else 0.5] * n_layers
-        self.spec = SparsitySpec(arch, k=k, bandwidth=cfg.loss.bandwidth, batch_keep=(k or 0) * cfg.train.batch_size,
-                                 global_pool=self.ctx.gather_cat if self.ctx.world > 1 else None,
-                                 any_rank=self.ctx.any if self.ctx.world > 1 else None)
+        self.spec = SparsitySpec(
+            arch,
+            k=k,
+            bandwidth=cfg.loss.bandwidth,
+            batch_keep=(k or 0) * cfg.train.batch_size,
+            global_pool=self.ctx.gather_cat if self.ctx.world > 1 else None,
+            any_rank=self.ctx.any if self.ctx.world > 1 else None,
+        )
         if cfg.train.checkpoint_dir and cfg.train.resume:
             self._maybe_resume(Path(cfg.train.checkpoint_dir))
 
@@ -122,9 +134,14 @@ class Trainer:
     def state_json(self) -> dict[str, Any]:
         """Everything scalar a resume needs, plus the config for audit."""
         return {
-            "step": self.step, "tokens_seen": self.tokens_seen, "scale_in": self.scale_in,
-            "scale_out": self.scale_out, "density": self.density, "threshold_ready": self.threshold_ready,
-            "world": self.ctx.world, "fingerprint": self.cfg.fingerprint(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "scale_in": self.scale_in,
+            "scale_out": self.scale_out,
+            "density": self.density,
+            "threshold_ready": self.threshold_ready,
+            "world": self.ctx.world,
+            "fingerprint": self.cfg.fingerprint(),
             "config": self.cfg.model_dump(mode="json"),
             "dictionary_config": self.dictionary.config.model_dump(mode="json"),
         }
@@ -133,8 +150,13 @@ class Trainer:
         """Write a checkpoint of the current state (rank 0 writes; every rank waits)."""
         path = None
         if self.cfg.train.checkpoint_dir and self.ctx.is_main:
-            path = save_checkpoint(self.cfg.train.checkpoint_dir, self.step, self.state_tensors(), self.state_json(),
-                                   keep=self.cfg.train.keep_checkpoints)
+            path = save_checkpoint(
+                self.cfg.train.checkpoint_dir,
+                self.step,
+                self.state_tensors(),
+                self.state_json(),
+                keep=self.cfg.train.keep_checkpoints,
+            )
         self.ctx.barrier()
         return path
 
@@ -143,9 +165,11 @@ class Trainer:
         if ckpt is None:
             return
         if ckpt.state["fingerprint"] != self.cfg.fingerprint():
-            raise ConfigError(f"{ckpt.path} was written by a different configuration; give this run its own "
-                              "train.checkpoint_dir (each training on a shared harvest needs one) or set "
-                              "train.resume=false to start over there")
+            raise ConfigError(
+                f"{ckpt.path} was written by a different configuration; give this run its own "
+                "train.checkpoint_dir (each training on a shared harvest needs one) or set "
+                "train.resume=false to start over there"
+            )
         with torch.no_grad():
             for name, param in self.dictionary.named_parameters():
                 param.copy_(ckpt.tensors[f"param/{name}"])
@@ -161,14 +185,16 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train until ``cfg.steps`` (or SIGTERM: then checkpoint and return ``interrupted=True``)."""
         cfg = self.cfg
-        progress = Progress(self.steps, self.step, cfg.train.progress if self.ctx.is_main else False,
-                            cfg.train.batch_size)
+        progress = Progress(
+            self.steps, self.step, cfg.train.progress if self.ctx.is_main else False, cfg.train.batch_size
+        )
         previous = self._install_sigterm()
         try:
             tick, tick_tokens = time.perf_counter(), 0
             while self.step < self.steps:
-                x, t = self._normalized(*self.source.batch(self.step, cfg.train.batch_size,
-                                                           self.ctx.rank, self.ctx.world))
+                x, t = self._normalized(
+                    *self.source.batch(self.step, cfg.train.batch_size, self.ctx.rank, self.ctx.world)
+                )
                 stats = self._train_step(x, t)
                 self.step += 1
                 self.tokens_seen += cfg.train.batch_size
@@ -188,8 +214,9 @@ class Trainer:
         finally:
             progress.close()
             self._restore_sigterm(previous)
-        return TrainResult(self.dictionary, self.scale_in, self.scale_out, self.step,
-                           self.step < self.steps, self.history)
+        return TrainResult(
+            self.dictionary, self.scale_in, self.scale_out, self.step, self.step < self.steps, self.history
+        )
 
     def _install_sigterm(self) -> Any:
         if threading.current_thread() is not threading.main_thread():
@@ -215,24 +242,36 @@ class Trainer:
         cfg, arch = self.cfg, self.cfg.dictionary.architecture
         for _, p in self.named:
             p.grad = None
-        out = forward(self.params, x, self.spec, sparse=self._modes(), groups=cfg.dictionary.matryoshka_groups,
-                      ws=self.ws)
+        out = forward(
+            self.params, x, self.spec, sparse=self._modes(), groups=cfg.dictionary.matryoshka_groups, ws=self.ws
+        )
         y = out.outputs[-1]
         recon = reconstruction_loss(out.outputs, t)
         loss, penalty, aux = recon, None, None
         ramp = warmup(self.step, cfg.loss.l0_warmup_steps)
         if arch == "jumprelu":
-            penalty = l0_penalty(out.codes, cfg.dictionary.l0_target, cfg.loss.l0_coefficient * ramp,
-                                 cfg.loss.l0_penalty, self.ctx.mean if self.ctx.world > 1 else None)
+            penalty = l0_penalty(
+                out.codes,
+                cfg.dictionary.l0_target,
+                cfg.loss.l0_coefficient * ramp,
+                cfg.loss.l0_penalty,
+                self.ctx.mean if self.ctx.world > 1 else None,
+            )
         elif arch == "relu":
             penalty = l1_penalty(out.codes, self.params, cfg.loss.l1_coefficient * ramp)
         if penalty is not None:
             loss = loss + penalty
         if arch in ("topk", "batchtopk") and cfg.loss.aux_coefficient > 0:
             dead = self.tokens_since_fired >= cfg.loss.dead_tokens
-            aux = aux_k_loss(out.codes, self.params, x, (t - y).detach(), dead,
-                             cfg.loss.aux_k or max(1, self.source.d_in // 2),
-                             self.ctx.mean if self.ctx.world > 1 else None)
+            aux = aux_k_loss(
+                out.codes,
+                self.params,
+                x,
+                (t - y).detach(),
+                dead,
+                cfg.loss.aux_k or max(1, self.source.d_in // 2),
+                self.ctx.mean if self.ctx.world > 1 else None,
+            )
             if aux is not None:
                 loss = loss + cfg.loss.aux_coefficient * aux
         loss.backward()
@@ -268,8 +307,9 @@ class Trainer:
         x, t = self._normalized(*self.source.batch(self.step, self.cfg.train.batch_size))
         dead = self.tokens_since_fired >= self.cfg.loss.dead_tokens
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 7919 + self.step)
-        resampled = resample_dead(self.dictionary, self.params, self.optimizer, x, t, dead, self.spec, gen,
-                                  self.cfg.loss.threshold_init)
+        resampled = resample_dead(
+            self.dictionary, self.params, self.optimizer, x, t, dead, self.spec, gen, self.cfg.loss.threshold_init
+        )
         self.tokens_since_fired[resampled] = 0
 
     def _stats(self, loss, recon, penalty, aux, y, t, codes, grad_norm) -> dict[str, float]:
@@ -277,11 +317,13 @@ class Trainer:
             return {}
         dead = self.tokens_since_fired >= self.cfg.loss.dead_tokens
         return {
-            "loss": float(self.ctx.mean(loss.detach())), "recon": float(self.ctx.mean(recon.detach())),
+            "loss": float(self.ctx.mean(loss.detach())),
+            "recon": float(self.ctx.mean(recon.detach())),
             "penalty": float(penalty.detach()) if penalty is not None else 0.0,
             "aux": float(aux.detach()) if aux is not None else 0.0,
             "l0": sum(self.density) / len(self.density) * self.cfg.dictionary.d_sae,
-            "fvu": float(self.ctx.mean(fvu(y, t))), "dead": float(dead.float().mean()),
-            "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+            "fvu": float(self.ctx.mean(fvu(y, t))),
+            "dead": float(dead.float().mean()),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
         }
-

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
 from scope_hub.model_resolution import NAMED_MODELS, load_model
@@ -96,7 +97,10 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
     """``scope-hub dashboard KEY_OR_FOLDER --model PATH --out DIR [--texts FILE | --harvest DIR]``."""
     parser.add_argument("dictionary", metavar="KEY_OR_FOLDER", help="registry key or dictionary folder")
     parser.add_argument(
-        "--model", required=True, metavar="PATH", help=f"transformers folder, Hub id, or one of: {', '.join(NAMED_MODELS)}"
+        "--model",
+        required=True,
+        metavar="PATH",
+        help=f"transformers folder, Hub id, or one of: {', '.join(NAMED_MODELS)}",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (index.html + features/)")
     source = parser.add_mutually_exclusive_group()
@@ -128,13 +132,25 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
         extra = {"include_dead": not args.live_only, "title": f"{args.dictionary} on {args.model}"}
         if args.harvest:
             index = dashboard_from_harvest(
-                args.harvest, scoped.dictionaries[name], tokenizer, args.out, model=scoped.model, top_k=args.top_k,
+                args.harvest,
+                scoped.dictionaries[name],
+                tokenizer,
+                args.out,
+                model=scoped.model,
+                top_k=args.top_k,
                 **extra,
             )
         else:
             index = dashboard_from_texts(
-                scoped, name, tokenizer, texts, args.out, window=args.window, batch_size=args.batch_size,
-                top_k=args.top_k, **extra,
+                scoped,
+                name,
+                tokenizer,
+                texts,
+                args.out,
+                window=args.window,
+                batch_size=args.batch_size,
+                top_k=args.top_k,
+                **extra,
             )
         summary = dashboard_summary(index)
         print(index)
@@ -149,7 +165,9 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
 
 def setup_refusal(parser: argparse.ArgumentParser) -> Runner:
     """``scope-hub refusal --model PATH [--dictionary KEY_OR_FOLDER] [prompt files] [--out FILE]``."""
-    parser.add_argument("--model", required=True, metavar="PATH", help="chat model folder, Hub id, or smollm2-135m-instruct")
+    parser.add_argument(
+        "--model", required=True, metavar="PATH", help="chat model folder, Hub id, or smollm2-135m-instruct"
+    )
     parser.add_argument("--dictionary", metavar="KEY_OR_FOLDER", help="also rank this dictionary's features")
     for flag, default in [
         ("harmful", "harmful_train"),

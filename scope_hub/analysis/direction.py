@@ -67,7 +67,7 @@ def boundary_hookpoints(model: Any) -> list[Hookpoint]:
     """``resid_pre`` of every layer, then the last layer's output: ``n_layers + 1`` points."""
     adapter = adapter_for(base_model(model))
     points = [adapter.hookpoint("resid_pre", layer) for layer in range(adapter.n_layers)]
-    return points + [Hookpoint(adapter.layer_module(adapter.n_layers - 1), "output")]
+    return [*points, Hookpoint(adapter.layer_module(adapter.n_layers - 1), "output")]
 
 
 def batches(

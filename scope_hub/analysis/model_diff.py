@@ -37,7 +37,7 @@ from scope_hub.errors import ConfigError
 from scope_hub.hooks import capture
 from scope_hub.scoped_model import ScopedModel
 
-__all__ = ["FeatureStats", "FeatureDiff", "ModelDiffReport", "compare_models", "feature_stats"]
+__all__ = ["FeatureDiff", "FeatureStats", "ModelDiffReport", "compare_models", "feature_stats"]
 
 _NAME = "dictionary"
 

@@ -47,8 +47,10 @@ def load_prompts(name_or_path: str | Path) -> list[str]:
     else:
         prompts = _lines(text)
     if not prompts:
-        raise ConfigError(f"{path}: no prompts (.txt: one per line, '#' starts a comment; .json: a list of strings; "
-                          ".jsonl: one object per line)")
+        raise ConfigError(
+            f"{path}: no prompts (.txt: one per line, '#' starts a comment; .json: a list of strings; "
+            ".jsonl: one object per line)"
+        )
     return prompts
 
 

@@ -342,8 +342,12 @@ def analyze_refusal(
     sets are matched line by line in form only so that the difference isolates harmfulness).
     """
     score = score or RefusalScore()
-    given = {"harmful": harmful, "harmless": harmless, "heldout_harmful": heldout_harmful,
-             "heldout_harmless": heldout_harmless}
+    given = {
+        "harmful": harmful,
+        "harmless": harmless,
+        "heldout_harmful": heldout_harmful,
+        "heldout_harmless": heldout_harmless,
+    }
     empty = [name for name, prompts in given.items() if prompts is not None and len(prompts) == 0]
     if empty:  # an empty set is a mistake upstream (a filter that kept nothing), not a request for the defaults
         raise ConfigError(f"{', '.join(empty)}: no prompts; pass some, or None for the shipped set")
@@ -383,8 +387,12 @@ def analyze_refusal(
         batch_size=batch_size,
         markers=markers,
     )
-    counts = {"harmful": len(harmful), "harmless": len(harmless), "heldout_harmful": len(heldout_harmful),
-              "heldout_harmless": len(heldout_harmless)}
+    counts = {
+        "harmful": len(harmful),
+        "harmless": len(harmless),
+        "heldout_harmful": len(heldout_harmful),
+        "heldout_harmless": len(heldout_harmless),
+    }
     name = model_name if model_name is not None else _model_name(model)
     return RefusalReport(diff, effects, layer, features, results, name, counts, score.mode)
 

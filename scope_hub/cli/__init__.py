@@ -41,8 +41,9 @@ import importlib
 import importlib.metadata
 import os
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn
 
 from scope_hub.errors import KeyParseError, ScopeHubError, UnsafePathError
 
@@ -86,15 +87,27 @@ for _name, _help in [
     ("reindex", "rebuild the registry index from the manifests"),
 ]:
     register_command(_name, _help, f"{_REGISTRY}:setup_{_name}")
-register_command("convert", "convert a dictionary folder between formats (saelens, sparsify, ...)",
-                 "scope_hub.interop.cli_commands:setup_convert")
-register_command("import", "publish a whole Gemma Scope 1/2 release (folder or Hub repo) to the registry",
-                 "scope_hub.interop.cli_commands:setup_import")
-register_command("trace", "attribution graph of a prompt over transcoders/CLTs (circuit-tracer JSON)",
-                 "scope_hub.analysis.circuits.cli:setup")
+register_command(
+    "convert",
+    "convert a dictionary folder between formats (saelens, sparsify, ...)",
+    "scope_hub.interop.cli_commands:setup_convert",
+)
+register_command(
+    "import",
+    "publish a whole Gemma Scope 1/2 release (folder or Hub repo) to the registry",
+    "scope_hub.interop.cli_commands:setup_import",
+)
+register_command(
+    "trace",
+    "attribution graph of a prompt over transcoders/CLTs (circuit-tracer JSON)",
+    "scope_hub.analysis.circuits.cli:setup",
+)
 register_command("dashboard", "static HTML feature dashboard of a dictionary", "scope_hub.analysis.cli:setup_dashboard")
-register_command("refusal", "refusal direction, carrying features and interventions on a chat model",
-                 "scope_hub.analysis.cli:setup_refusal")
+register_command(
+    "refusal",
+    "refusal direction, carrying features and interventions on a chat model",
+    "scope_hub.analysis.cli:setup_refusal",
+)
 
 
 def _register_plugins() -> None:
@@ -121,7 +134,7 @@ def _help_of(command: Command) -> str:
         module = importlib.import_module(module_name)
         probe = argparse.ArgumentParser(prog=f"{PROG} {command.name}", add_help=False)
         getattr(module, function)(probe)
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must not break `scope-hub --help`
+    except Exception as exc:
         return f"(plugin {module_name} cannot be loaded: {type(exc).__name__}: {_one_line(exc)})"
     text = _first_line(probe.description) or _first_line(module.__doc__)
     return f"{text} [plugin {module_name}]" if text else f"(plugin {module_name})"
@@ -136,8 +149,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _global_options(parser: argparse.ArgumentParser, default: str | None = None) -> None:
-    parser.add_argument("--registry", metavar="URL", default=default,
-                        help="registry URL: file://, memory://, s3://, hf:// (default: $SCOPE_HUB_REGISTRY or a local one)")
+    parser.add_argument(
+        "--registry",
+        metavar="URL",
+        default=default,
+        help="registry URL: file://, memory://, s3://, hf:// (default: $SCOPE_HUB_REGISTRY or a local one)",
+    )
 
 
 class _TopParser(_Parser):
@@ -150,8 +167,11 @@ class _TopParser(_Parser):
 
 
 def _top_parser() -> _Parser:
-    parser = _TopParser(prog=PROG, description="Dictionary registry and tools for mechanistic interpretability.",
-                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _TopParser(
+        prog=PROG,
+        description="Dictionary registry and tools for mechanistic interpretability.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _global_options(parser)
     parser.add_argument("command", metavar="COMMAND", help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -180,11 +200,13 @@ def _run(argv: Sequence[str]) -> int:
 
 def _unknown_command(name: str) -> str:
     close = difflib.get_close_matches(name, list(COMMANDS), n=1)
-    text = (f"unknown command {name!r}; did you mean {close[0]!r}?" if close
-            else f"unknown command {name!r}; choose from {', '.join(COMMANDS)}")
+    text = (
+        f"unknown command {name!r}; did you mean {close[0]!r}?"
+        if close
+        else f"unknown command {name!r}; choose from {', '.join(COMMANDS)}"
+    )
     if not any(c.plugin for c in COMMANDS.values()):
-        text += (" (plugin commands such as `train` appear once their package is installed: "
-                 "pip install -e .)")
+        text += " (plugin commands such as `train` appear once their package is installed: pip install -e .)"
     return text
 
 

@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from scope_hub.atomic_files import atomic_write_text
 from scope_hub.registry.lockfile import DEFAULT_LOCKFILE
@@ -34,9 +34,11 @@ def _registry(args: argparse.Namespace):
 
 
 def _revision_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--revision", metavar="REV",
-                        help="hf:// only: read the registry as it is at this branch, tag or commit sha "
-                             "(same as hf://org/repo@REV)")
+    parser.add_argument(
+        "--revision",
+        metavar="REV",
+        help="hf:// only: read the registry as it is at this branch, tag or commit sha (same as hf://org/repo@REV)",
+    )
 
 
 def human_size(n: int) -> str:
@@ -51,18 +53,29 @@ def human_size(n: int) -> str:
 
 def setup_push(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("folder", metavar="FOLDER", help="dictionary folder (config.json + params*.safetensors)")
-    parser.add_argument("key", metavar="KEY", help="key without @ref, e.g. google/gemma-3-270m:resid_post/layer_6/width_16k/sae")
-    parser.add_argument("--card", metavar="FILE",
-                        help="card source (markdown, optional front matter); default: the folder's README.md. "
-                             "The stored README.md is rendered from it and config.json for the new version")
-    parser.add_argument("--license", metavar="ID",
-                        help="license of the weights (e.g. apache-2.0), when the card source does not state one")
-    parser.add_argument("--private", action="store_true", default=None,
-                        help="hf:// only: create the Hub repo private if this push creates it")
+    parser.add_argument(
+        "key", metavar="KEY", help="key without @ref, e.g. google/gemma-3-270m:resid_post/layer_6/width_16k/sae"
+    )
+    parser.add_argument(
+        "--card",
+        metavar="FILE",
+        help="card source (markdown, optional front matter); default: the folder's README.md. "
+        "The stored README.md is rendered from it and config.json for the new version",
+    )
+    parser.add_argument(
+        "--license",
+        metavar="ID",
+        help="license of the weights (e.g. apache-2.0), when the card source does not state one",
+    )
+    parser.add_argument(
+        "--private",
+        action="store_true",
+        default=None,
+        help="hf:// only: create the Hub repo private if this push creates it",
+    )
 
     def run(args: argparse.Namespace) -> int:
-        result = _registry(args).push(args.folder, args.key, card=args.card, license=args.license,
-                                      private=args.private)
+        result = _registry(args).push(args.folder, args.key, card=args.card, license=args.license, private=args.private)
         verb = "pushed" if result.created else "unchanged (identical content):"
         print(f"{verb} {result.ref} sha256:{result.content_sha256[:12]}")
         return 0
@@ -121,17 +134,27 @@ def _description(path: str | None, out: str) -> str:
 
 
 def setup_release(parser: argparse.ArgumentParser) -> Runner:
-    parser.description = ("build a release card pinning KEYs to their versions and content sha256 "
-                          "(written to --out, stored in the registry with --publish); without KEYs, print "
-                          "a published release card (NAME or NAME@vN)")
-    parser.add_argument("name", metavar="NAME", help="release name, e.g. scope-hub-demo-gemma-3-270m (NAME@vN to read one)")
+    parser.description = (
+        "build a release card pinning KEYs to their versions and content sha256 "
+        "(written to --out, stored in the registry with --publish); without KEYs, print "
+        "a published release card (NAME or NAME@vN)"
+    )
+    parser.add_argument(
+        "name", metavar="NAME", help="release name, e.g. scope-hub-demo-gemma-3-270m (NAME@vN to read one)"
+    )
     parser.add_argument("keys", metavar="KEY", nargs="*", help="keys to pin (each at its ref, default latest)")
     parser.add_argument("--license", metavar="ID", help="license of the released weights (required with KEYs)")
-    parser.add_argument("--description", metavar="FILE",
-                        help="markdown describing the release (default: the description of an existing --out card)")
+    parser.add_argument(
+        "--description",
+        metavar="FILE",
+        help="markdown describing the release (default: the description of an existing --out card)",
+    )
     parser.add_argument("--out", metavar="FILE", help="where to write the card (default cards/NAME.md)")
-    parser.add_argument("--publish", action="store_true",
-                        help="also store it in the registry as releases/NAME/vN.md (write-once; N assigned)")
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help="also store it in the registry as releases/NAME/vN.md (write-once; N assigned)",
+    )
 
     def run(args: argparse.Namespace) -> int:
         from pathlib import Path
@@ -156,8 +179,9 @@ def setup_release(parser: argparse.ArgumentParser) -> Runner:
             parser.error("--license is required to build a release (e.g. --license apache-2.0)")
         out = Path(args.out or Path("cards") / f"{name}.md")
         reg = _registry(args)
-        card = reg.build_release(name, args.keys, license=args.license,
-                                 description=_description(args.description, str(out)))
+        card = reg.build_release(
+            name, args.keys, license=args.license, description=_description(args.description, str(out))
+        )
         if args.publish:
             card, created = reg.publish_release(card)
             where = f"releases/{name}/v{card.version}.md in {reg.url}"
@@ -172,7 +196,9 @@ def setup_release(parser: argparse.ArgumentParser) -> Runner:
 
 
 def setup_ls(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("pattern", metavar="PATTERN", nargs="?", default="*", help="fnmatch pattern over keys (default *)")
+    parser.add_argument(
+        "pattern", metavar="PATTERN", nargs="?", default="*", help="fnmatch pattern over keys (default *)"
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
     def run(args: argparse.Namespace) -> int:
@@ -200,8 +226,9 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
 
     url = registry.url
     if args.pattern != "*" and (count := len(registry.list())):
-        sys.stderr.write(f"no key in {url} matches {args.pattern!r} ({count} key(s) published; "
-                         "`scope-hub ls` lists them all)\n")
+        sys.stderr.write(
+            f"no key in {url} matches {args.pattern!r} ({count} key(s) published; `scope-hub ls` lists them all)\n"
+        )
         return
     configured = bool(args.registry or os.environ.get(REGISTRY_ENV, "").strip())
     if url.startswith("file://"):
@@ -210,10 +237,14 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
         root = path_of_url(url)
         if not root.is_dir():
             if configured:
-                raise RegistryError(f"registry {url} does not exist (no folder {root}); check --registry / "
-                                    f"${REGISTRY_ENV} (`scope-hub push` creates a registry on first use)")
-            sys.stderr.write(f"registry {url} does not exist yet: nothing was pushed to it "
-                             "(`scope-hub push FOLDER KEY` creates it)\n")
+                raise RegistryError(
+                    f"registry {url} does not exist (no folder {root}); check --registry / "
+                    f"${REGISTRY_ENV} (`scope-hub push` creates a registry on first use)"
+                )
+            sys.stderr.write(
+                f"registry {url} does not exist yet: nothing was pushed to it "
+                "(`scope-hub push FOLDER KEY` creates it)\n"
+            )
             return
         sys.stderr.write(f"registry {url} is empty: nothing was pushed to it yet\n")
         return
@@ -230,7 +261,9 @@ def setup_info(parser: argparse.ArgumentParser) -> Runner:
         if args.json:
             print(info.model_dump_json(indent=1))
             return 0
-        print(f"{info.key}  ({info.registry})  latest: {'v' + str(info.latest) if info.latest else 'none (all yanked)'}")
+        print(
+            f"{info.key}  ({info.registry})  latest: {'v' + str(info.latest) if info.latest else 'none (all yanked)'}"
+        )
         for v in info.versions:
             flag = "  yanked" if v.yanked else ""
             print(f"  v{v.version}  {human_size(v.size)}  {v.created_at}  sha256:{v.content_sha256[:12]}{flag}")
@@ -251,11 +284,15 @@ def setup_verify(parser: argparse.ArgumentParser) -> Runner:
         report = _registry(args).verify(cache=args.cache)
         for problem in report.problems:
             print(problem)
-        print(f"checked {report.blobs_checked} blob(s), {report.manifests_checked} manifest(s): "
-              f"{len(report.problems)} problem(s)")
+        print(
+            f"checked {report.blobs_checked} blob(s), {report.manifests_checked} manifest(s): "
+            f"{len(report.problems)} problem(s)"
+        )
         if not report.ok:
-            sys.stderr.write(f"scope-hub verify: error: {len(report.problems)} problem(s) found; "
-                             "re-push the affected versions or restore the blobs\n")
+            sys.stderr.write(
+                f"scope-hub verify: error: {len(report.problems)} problem(s) found; "
+                "re-push the affected versions or restore the blobs\n"
+            )
             return 1
         return 0
 
@@ -264,7 +301,9 @@ def setup_verify(parser: argparse.ArgumentParser) -> Runner:
 
 def setup_lock(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("keys", metavar="KEY", nargs="+", help="keys to pin (each at its ref, default latest)")
-    parser.add_argument("--out", metavar="FILE", default=DEFAULT_LOCKFILE, help=f"lockfile to write (default {DEFAULT_LOCKFILE})")
+    parser.add_argument(
+        "--out", metavar="FILE", default=DEFAULT_LOCKFILE, help=f"lockfile to write (default {DEFAULT_LOCKFILE})"
+    )
 
     def run(args: argparse.Namespace) -> int:
         lock = _registry(args).lock(args.keys, args.out)
@@ -291,15 +330,22 @@ setup_rm = setup_yank
 
 
 def setup_gc(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("--grace", metavar="SECONDS", type=float, default=3600.0,
-                        help="keep unreferenced blobs younger than this, they may belong to a push in flight (default 3600)")
+    parser.add_argument(
+        "--grace",
+        metavar="SECONDS",
+        type=float,
+        default=3600.0,
+        help="keep unreferenced blobs younger than this, they may belong to a push in flight (default 3600)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
 
     def run(args: argparse.Namespace) -> int:
         report = _registry(args).gc(grace_seconds=args.grace, dry_run=args.dry_run)
         verb = "would delete" if args.dry_run else "deleted"
-        print(f"{verb} {len(report.deleted)} object(s), {human_size(report.bytes_freed)}; "
-              f"kept {report.kept_recent} younger than the grace period")
+        print(
+            f"{verb} {len(report.deleted)} object(s), {human_size(report.bytes_freed)}; "
+            f"kept {report.kept_recent} younger than the grace period"
+        )
         if report.note:
             print(report.note)
         return 0

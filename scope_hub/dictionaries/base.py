@@ -165,8 +165,10 @@ class Dictionary(nn.Module):
             return
 
         def load_moved() -> dict[str, torch.Tensor]:
-            return {attr: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
-                    for attr, t in load().items()}
+            return {
+                attr: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                for attr, t in load().items()
+            }
 
         self._pending_load = load_moved
         if any(p.is_floating_point() and p.dtype != dtype for p in self.parameters()):

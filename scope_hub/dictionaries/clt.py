@@ -9,7 +9,6 @@ from scope_hub.dictionaries.base import Dictionary
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.tensor_layout import TensorSpec, clt_layer_file, clt_specs
 
-
 layer_file = clt_layer_file
 
 

@@ -287,7 +287,7 @@ class HookpointAdapter:
     def validate(self, model: Any) -> None:
         """Check that every site, the MLP modules and the final norm exist in ``model``."""
         paths = [self.hookpoint(site, 0).module for site in self.sites]
-        paths += list(self.mlp_block(0).modules) + [self.attn_residual(0).module, self.final_norm_path]
+        paths += [*list(self.mlp_block(0).modules), self.attn_residual(0).module, self.final_norm_path]
         missing = [p for p in paths if not _has_submodule(model, p)]
         if missing:
             raise UnsupportedModelError(

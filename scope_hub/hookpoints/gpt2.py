@@ -11,7 +11,15 @@ Example:
 
 from __future__ import annotations
 
-from scope_hub.hookpoints.base import HookpointAdapter
+from scope_hub.hookpoints.base import IO, HookpointAdapter
+
+GPT2_SITES: dict[str, tuple[str, IO]] = {
+    "resid_pre": ("", "input"),
+    "resid_post": ("", "output"),
+    "attn_out": ("attn.c_proj", "input"),
+    "mlp_in": ("ln_2", "output"),
+    "mlp_out": ("mlp", "output"),
+}
 
 
 class GPT2Adapter(HookpointAdapter):
@@ -21,13 +29,7 @@ class GPT2Adapter(HookpointAdapter):
     model_types = ("gpt2",)
     layers_path = "transformer.h"
     final_norm_path = "transformer.ln_f"
-    site_templates = {
-        "resid_pre": ("", "input"),
-        "resid_post": ("", "output"),
-        "attn_out": ("attn.c_proj", "input"),
-        "mlp_in": ("ln_2", "output"),
-        "mlp_out": ("mlp", "output"),
-    }
+    site_templates = GPT2_SITES
     mlp_modules = ("mlp",)
     attn_residual_template = ("attn", "output")
 

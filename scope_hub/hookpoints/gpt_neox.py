@@ -16,7 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from scope_hub.hookpoints.base import HookpointAdapter
+from scope_hub.hookpoints.base import IO, HookpointAdapter
+
+NEOX_SITES: dict[str, tuple[str, IO]] = {
+    "resid_pre": ("", "input"),
+    "resid_post": ("", "output"),
+    "attn_out": ("attention.dense", "input"),
+    "mlp_in": ("post_attention_layernorm", "output"),
+    "mlp_out": ("mlp", "output"),
+}
 
 
 class GPTNeoXAdapter(HookpointAdapter):
@@ -26,13 +34,7 @@ class GPTNeoXAdapter(HookpointAdapter):
     model_types = ("gpt_neox",)
     layers_path = "gpt_neox.layers"
     final_norm_path = "gpt_neox.final_layer_norm"
-    site_templates = {
-        "resid_pre": ("", "input"),
-        "resid_post": ("", "output"),
-        "attn_out": ("attention.dense", "input"),
-        "mlp_in": ("post_attention_layernorm", "output"),
-        "mlp_out": ("mlp", "output"),
-    }
+    site_templates = NEOX_SITES
     mlp_modules = ("mlp",)
     attn_residual_template = ("attention", "output")
 

@@ -49,8 +49,12 @@ from scope_hub.metadata import DictionaryConfig
 NAME = "circuit-tracer"
 FILES = "config.yaml + layer_{i}.safetensors | W_enc_{i}.safetensors + W_dec_{i}.safetensors"
 SUPPORTED = {"transcoder": ("jumprelu", "relu"), "skip_transcoder": ("jumprelu", "relu"), "clt": ("jumprelu", "relu")}
-HOOKS = {"mlp_in": "mlp.hook_in", "mlp_out": "hook_mlp_out", "resid_pre": "hook_resid_pre",
-         "resid_post": "hook_resid_post"}
+HOOKS = {
+    "mlp_in": "mlp.hook_in",
+    "mlp_out": "hook_mlp_out",
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+}
 """Our site -> circuit-tracer feature hook (``mlp.hook_in`` is the output of the pre-MLP norm)."""
 SITES = {**{hook: site for site, hook in HOOKS.items()}, "hook_mlp_in": "mlp_in", "mlp.hook_out": "mlp_out"}
 """circuit-tracer hook -> our site; ``hook_resid_mid`` and ``ln2.hook_normalized`` have none."""
@@ -81,8 +85,12 @@ def _numbered(folder: Path, pattern: str) -> list[tuple[int, Path]]:
 
 def _clean_threshold(threshold: torch.Tensor, where: str) -> torch.Tensor:
     if bool((threshold < 0).any()):
-        warnings.warn(f"{where}: negative JumpReLU thresholds: circuit-tracer lets pre-activations between them "
-                      "and 0 through, scope-hub clamps those at 0", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"{where}: negative JumpReLU thresholds: circuit-tracer lets pre-activations between them "
+            "and 0 through, scope-hub clamps those at 0",
+            UserWarning,
+            stacklevel=4,
+        )
     return threshold
 
 
@@ -92,19 +100,29 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
 
         with np.load(path, allow_pickle=False) as data:
             t = {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
-        t = {"w_enc": t.pop("W_enc"), "w_dec": t.pop("W_dec"), "b_enc": t.pop("b_enc"), "b_dec": t.pop("b_dec"),
-             **({"threshold": t.pop("threshold")} if "threshold" in t else {})} | t
+        t = {
+            "w_enc": t.pop("W_enc"),
+            "w_dec": t.pop("W_dec"),
+            "b_enc": t.pop("b_enc"),
+            "b_dec": t.pop("b_dec"),
+            **({"threshold": t.pop("threshold")} if "threshold" in t else {}),
+        } | t
     else:
         t = load_safetensors(path)
     if "w_enc" in t:  # Gemma Scope 2 names and orientation
-        params = {k: t.pop(k) for k in ("w_enc", "b_enc", "w_dec", "b_dec", "threshold", "affine_skip_connection")
-                  if k in t}
+        params = {
+            k: t.pop(k) for k in ("w_enc", "b_enc", "w_dec", "b_dec", "threshold", "affine_skip_connection") if k in t
+        }
     else:
         missing = [k for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k not in t]
         if missing:
             raise FormatError(f"{path}: missing tensors {missing}")
-        params = {"w_enc": t.pop("W_enc").T.contiguous(), "b_enc": t.pop("b_enc"), "w_dec": t.pop("W_dec"),
-                  "b_dec": t.pop("b_dec")}
+        params = {
+            "w_enc": t.pop("W_enc").T.contiguous(),
+            "b_enc": t.pop("b_enc"),
+            "w_dec": t.pop("W_dec"),
+            "b_dec": t.pop("b_dec"),
+        }
         if "activation_function.threshold" in t:
             params["threshold"] = t.pop("activation_function.threshold")
         if "W_skip" in t:
@@ -115,10 +133,16 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         params["threshold"] = _clean_threshold(params["threshold"], str(path))
     config = DictionaryConfig(
         type="skip_transcoder" if "affine_skip_connection" in params else "transcoder",
-        architecture="jumprelu" if "threshold" in params else "relu", d_in=params["w_enc"].shape[0],
-        d_sae=params["w_enc"].shape[1], d_out=params["w_dec"].shape[-1], layer=i, model=cfg.get("model_name"),
-        site=SITES.get(str(cfg.get("feature_input_hook"))), site_out=SITES.get(str(cfg.get("feature_output_hook"))),
-        provenance={"source": "circuit-tracer", "source_uri": str(path)})
+        architecture="jumprelu" if "threshold" in params else "relu",
+        d_in=params["w_enc"].shape[0],
+        d_sae=params["w_enc"].shape[1],
+        d_out=params["w_dec"].shape[-1],
+        layer=i,
+        model=cfg.get("model_name"),
+        site=SITES.get(str(cfg.get("feature_input_hook"))),
+        site_out=SITES.get(str(cfg.get("feature_output_hook"))),
+        provenance={"source": "circuit-tracer", "source_uri": str(path)},
+    )
     return build_dictionary(config, {"params.safetensors": params}, where=str(path))
 
 
@@ -154,8 +178,12 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
         t = load_safetensors(path)
         t.update(load_safetensors(folder / f"W_dec_{i}.safetensors"))
         try:
-            params = {"w_enc": t.pop(f"W_enc_{i}").T.contiguous(), "b_enc": t.pop(f"b_enc_{i}"),
-                      "w_dec": t.pop(f"W_dec_{i}"), "b_dec": t.pop(f"b_dec_{i}")}
+            params = {
+                "w_enc": t.pop(f"W_enc_{i}").T.contiguous(),
+                "b_enc": t.pop(f"b_enc_{i}"),
+                "w_dec": t.pop(f"W_dec_{i}"),
+                "b_dec": t.pop(f"b_dec_{i}"),
+            }
         except KeyError as exc:
             raise FormatError(f"{path}: missing tensor {exc}") from None
         if f"threshold_{i}" in t:
@@ -167,11 +195,18 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
         files[f"params_layer_{i}.safetensors"] = params
     first = files["params_layer_0.safetensors"]
     config = DictionaryConfig(
-        type="clt", architecture="jumprelu" if "threshold" in first else "relu", d_in=first["w_enc"].shape[0],
-        d_sae=first["w_enc"].shape[1], d_out=first["w_dec"].shape[-1], layers=list(range(n)),
-        affine_skip="affine_skip_connection" in first, model=cfg.get("model_name"),
-        site=SITES.get(str(cfg.get("feature_input_hook"))), site_out=SITES.get(str(cfg.get("feature_output_hook"))),
-        provenance={"source": "circuit-tracer", "source_uri": str(folder)})
+        type="clt",
+        architecture="jumprelu" if "threshold" in first else "relu",
+        d_in=first["w_enc"].shape[0],
+        d_sae=first["w_enc"].shape[1],
+        d_out=first["w_dec"].shape[-1],
+        layers=list(range(n)),
+        affine_skip="affine_skip_connection" in first,
+        model=cfg.get("model_name"),
+        site=SITES.get(str(cfg.get("feature_input_hook"))),
+        site_out=SITES.get(str(cfg.get("feature_output_hook"))),
+        provenance={"source": "circuit-tracer", "source_uri": str(folder)},
+    )
     module = build_dictionary(config, files, where=str(folder))
     final = reconcile(module.config, cfg.get(EMBED_KEY), where=str(folder / "config.yaml"))
     return module if final is module.config else build_dictionary(final, files, where=str(folder))
@@ -181,8 +216,9 @@ def load_all(folder: Path) -> dict[str, Dictionary]:
     """``{"layer_<i>": transcoder}`` for a transcoder set, ``{"": clt}`` for a CLT."""
     folder = Path(folder)
     cfg = _read_yaml(folder)
-    kind = cfg.get("model_kind") or ("cross_layer_transcoder" if (folder / "W_enc_0.safetensors").is_file()
-                                     else "transcoder_set")
+    kind = cfg.get("model_kind") or (
+        "cross_layer_transcoder" if (folder / "W_enc_0.safetensors").is_file() else "transcoder_set"
+    )
     if kind == "cross_layer_transcoder":
         return {"": _clt(folder, cfg)}
     if kind == "transcoder_set":
@@ -199,9 +235,13 @@ def load(folder: Path) -> Dictionary:
 
 
 def _yaml(config: DictionaryConfig, kind: str, embedded: Any) -> dict[str, Any]:
-    return {"model_name": config.model, "model_kind": kind,
-            "feature_input_hook": HOOKS.get(config.site or "", "hook_resid_mid"),
-            "feature_output_hook": HOOKS.get(config.site_out or "", "hook_mlp_out"), EMBED_KEY: embedded}
+    return {
+        "model_name": config.model,
+        "model_kind": kind,
+        "feature_input_hook": HOOKS.get(config.site or "", "hook_resid_mid"),
+        "feature_output_hook": HOOKS.get(config.site_out or "", "hook_mlp_out"),
+        EMBED_KEY: embedded,
+    }
 
 
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
@@ -230,15 +270,22 @@ def save_all(dictionaries: dict[str, Dictionary], out: Path) -> list[Path]:
         raise UnsupportedError(f"a transcoder set needs one transcoder per layer, got layers {layers}")
     order = sorted(zip(layers, modules), key=lambda pair: pair[0])
     if len(order) > 1 and [layer for layer, _ in order] != list(range(len(order))):
-        warnings.warn(f"circuit-tracer's load_transcoder_set needs layers 0..n-1, these are {sorted(layers)}",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            f"circuit-tracer's load_transcoder_set needs layers 0..n-1, these are {sorted(layers)}",
+            UserWarning,
+            stacklevel=2,
+        )
     configs = []
     with atomic_folder(out) as stage:
         for layer, module in order:
             config, files = folded_files(module)
             t = files["params.safetensors"]
-            weights = {"W_enc": t["w_enc"].T.contiguous(), "b_enc": t["b_enc"], "W_dec": t["w_dec"],
-                       "b_dec": t["b_dec"]}
+            weights = {
+                "W_enc": t["w_enc"].T.contiguous(),
+                "b_enc": t["b_enc"],
+                "W_dec": t["w_dec"],
+                "b_dec": t["b_dec"],
+            }
             if "threshold" in t:
                 weights["activation_function.threshold"] = _clamped(t["threshold"])
             if "affine_skip_connection" in t:
@@ -253,8 +300,12 @@ def save_all(dictionaries: dict[str, Dictionary], out: Path) -> list[Path]:
 def _save_clt(module: Dictionary, out: Path) -> Path:
     config, files = folded_files(module)
     if config.affine_skip:
-        warnings.warn("circuit-tracer's load_clt reads no skip path: the affine skip is written as W_skip_<i> "
-                      "(read back by scope-hub) and ignored by circuit-tracer", UserWarning, stacklevel=3)
+        warnings.warn(
+            "circuit-tracer's load_clt reads no skip path: the affine skip is written as W_skip_<i> "
+            "(read back by scope-hub) and ignored by circuit-tracer",
+            UserWarning,
+            stacklevel=3,
+        )
     with atomic_folder(out) as stage:
         for i in range(config.n_layers):
             t = files[f"params_layer_{i}.safetensors"]

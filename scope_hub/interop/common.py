@@ -52,8 +52,10 @@ class FormatError(ScopeHubError, ValueError):
 
 # --- building and reading dictionaries -------------------------------------------------------
 
-def build_dictionary(config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]],
-                     *, where: str) -> Dictionary:
+
+def build_dictionary(
+    config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]], *, where: str
+) -> Dictionary:
     """A dictionary of ``config`` holding ``files`` (native names), checked like a native load.
 
     Missing, unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``where``;
@@ -71,11 +73,13 @@ def build_dictionary(config: DictionaryConfig, files: Mapping[str, Mapping[str, 
         tensor = files.get(spec.file, {}).get(spec.name)
         tensor = spec.to_module(tensor) if tensor is not None else None
         if tensor is None:
-            raise ShapeMismatchError(f"{where}: tensor '{spec.name}' is missing (needed by a "
-                                     f"{config.architecture} {config.type})")
+            raise ShapeMismatchError(
+                f"{where}: tensor '{spec.name}' is missing (needed by a {config.architecture} {config.type})"
+            )
         if tuple(tensor.shape) != spec.shape:
-            raise ShapeMismatchError(f"{where}: tensor '{spec.name}' has shape {list(tensor.shape)}, "
-                                     f"expected {list(spec.shape)}")
+            raise ShapeMismatchError(
+                f"{where}: tensor '{spec.name}' has shape {list(tensor.shape)}, expected {list(spec.shape)}"
+            )
         if not is_finite(tensor):
             raise NonFiniteWeightsError(f"{where}: tensor '{spec.name}' contains NaN or inf")
         state[spec.attr] = tensor.detach()
@@ -90,22 +94,31 @@ def build_dictionary(config: DictionaryConfig, files: Mapping[str, Mapping[str, 
     return module
 
 
-def require(dictionary_or_config: Dictionary | DictionaryConfig, fmt: str,
-            supported: Mapping[str, tuple[str, ...]], *, same_width: bool = False) -> DictionaryConfig:
+def require(
+    dictionary_or_config: Dictionary | DictionaryConfig,
+    fmt: str,
+    supported: Mapping[str, tuple[str, ...]],
+    *,
+    same_width: bool = False,
+) -> DictionaryConfig:
     """Raise :class:`UnsupportedError` unless ``(type, architecture)`` is in ``supported``."""
     config = getattr(dictionary_or_config, "config", dictionary_or_config)
     archs = supported.get(config.type)
     if not archs or config.architecture not in archs:
         listing = "; ".join(f"{t}: {', '.join(a)}" for t, a in supported.items())
-        raise UnsupportedError(f"the {fmt} format cannot hold a {config.architecture} {config.type} "
-                               f"(it holds {listing}); keep it in the scope-hub format")
+        raise UnsupportedError(
+            f"the {fmt} format cannot hold a {config.architecture} {config.type} "
+            f"(it holds {listing}); keep it in the scope-hub format"
+        )
     if same_width and config.d_out != config.d_in:
-        raise UnsupportedError(f"the {fmt} format needs d_out == d_in; this {config.type} maps "
-                               f"{config.d_in} -> {config.d_out}")
+        raise UnsupportedError(
+            f"the {fmt} format needs d_out == d_in; this {config.type} maps {config.d_in} -> {config.d_out}"
+        )
     return config
 
 
 # --- folding -------------------------------------------------------------------------------------
+
 
 def folded_files(dictionary: Dictionary) -> tuple[DictionaryConfig, Files]:
     """Config and tensors with input/output normalization folded into the weights.
@@ -125,8 +138,9 @@ def folded_files(dictionary: Dictionary) -> tuple[DictionaryConfig, Files]:
     factors = {"w_enc": s_in, "w_dec": 1 / s_out, "b_dec": 1 / s_out, "affine_skip_connection": s_in / s_out}
     out: Files = {}
     for file, tensors in files.items():
-        out[file] = {name: (t.double() * factors[name]).to(t.dtype) if name in factors else t
-                     for name, t in tensors.items()}
+        out[file] = {
+            name: (t.double() * factors[name]).to(t.dtype) if name in factors else t for name, t in tensors.items()
+        }
     return config.model_copy(update={"normalization": type(norm)()}), out
 
 
@@ -141,6 +155,7 @@ def unfold_b_dec_in(b_enc: torch.Tensor, w_enc: torch.Tensor, b_dec: torch.Tenso
 
 
 # --- embedded config -----------------------------------------------------------------------------
+
 
 def embed(config: DictionaryConfig) -> dict[str, Any]:
     """Our config as the JSON-able dict exporters store under :data:`EMBED_KEY`."""
@@ -171,13 +186,18 @@ def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> Dictio
         warnings.warn(f"{where}: ignoring the embedded scope-hub config ({exc})", UserWarning, stacklevel=3)
         return derived
     if candidate.normalization.kind != "none" or _family(candidate) != _family(derived):
-        warnings.warn(f"{where}: the embedded scope-hub config does not describe these tensors "
-                      "(edited after export?); using the format's own fields", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{where}: the embedded scope-hub config does not describe these tensors "
+            "(edited after export?); using the format's own fields",
+            UserWarning,
+            stacklevel=3,
+        )
         return derived
     return candidate.model_copy(update={"dtype": derived.dtype})
 
 
 # --- files ---------------------------------------------------------------------------------------
+
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path``, or :class:`FormatError` saying what is wrong."""

@@ -75,8 +75,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses anything but tensors and plain containers
-        raise WeightsFileError(f"{path}: not a plain tensor state dict loadable with weights_only=True ({exc})") \
-            from exc
+        raise WeightsFileError(
+            f"{path}: not a plain tensor state dict loadable with weights_only=True ({exc})"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsFileError(f"{path}: expected a state dict of tensors")
     return dict(state)
@@ -86,8 +87,9 @@ def _class_of(state: dict[str, torch.Tensor], trainer: dict[str, Any], where: Pa
     named = trainer.get("dict_class")
     if named:
         if named not in _CLASSES:
-            raise UnsupportedError(f"{where}: dictionary_learning class {named!r} is not supported; supported: "
-                                   f"{', '.join(_CLASSES)}")
+            raise UnsupportedError(
+                f"{where}: dictionary_learning class {named!r} is not supported; supported: {', '.join(_CLASSES)}"
+            )
         return named
     for name, keys in _CLASSES.items():  # AutoEncoderTopK wins over BatchTopKSAE when unnamed
         if set(state) == keys:
@@ -126,10 +128,16 @@ def load(folder: Path) -> Dictionary:
     site = next((word for word in _SITE_WORDS if word in submodule), None)
     layer = trainer.get("layer")
     config = DictionaryConfig(
-        type="sae", d_in=w_enc.shape[0], d_sae=w_enc.shape[1], model=trainer.get("lm_name"), site=site,
+        type="sae",
+        d_in=w_enc.shape[0],
+        d_sae=w_enc.shape[1],
+        model=trainer.get("lm_name"),
+        site=site,
         layer=layer if isinstance(layer, int) and layer >= 0 else None,
         provenance={"source": "dictionary-learning", "source_uri": str(folder)},
-        source_config={k: v for k, v in raw.items() if k != EMBED_KEY} or None, **fields)
+        source_config={k: v for k, v in raw.items() if k != EMBED_KEY} or None,
+        **fields,
+    )
     files = {"params.safetensors": params}
     module = build_dictionary(config, files, where=str(folder))
     final = reconcile(module.config, raw.get(EMBED_KEY), where=str(folder / "config.json"))
@@ -159,8 +167,11 @@ def save(dictionary: Dictionary, out: Path) -> Path:
             state["threshold"] = threshold
     else:
         bias = t["b_enc"] if cls == "AutoEncoderNew" else unfold_b_dec_in(t["b_enc"], t["w_enc"], t["b_dec"])
-        state = {"encoder.weight": t["w_enc"].T.contiguous(), "encoder.bias": bias,
-                 "decoder.weight": t["w_dec"].T.contiguous()}
+        state = {
+            "encoder.weight": t["w_enc"].T.contiguous(),
+            "encoder.bias": bias,
+            "decoder.weight": t["w_dec"].T.contiguous(),
+        }
         state["decoder.bias" if cls == "AutoEncoderNew" else "b_dec"] = t["b_dec"]
     if cls in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
         state["k"] = torch.tensor(config.k, dtype=torch.int)
@@ -168,8 +179,14 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         state["threshold"] = torch.tensor(value, dtype=torch.float32)
     if cls == "MatryoshkaBatchTopKSAE":
         state["group_sizes"] = torch.tensor(config.matryoshka_groups)
-    trainer = {"dict_class": cls, "activation_dim": config.d_in, "dict_size": config.d_sae, "lm_name": config.model,
-               "layer": config.layer, "submodule_name": f"{config.site}_layer_{config.layer}" if config.site else None}
+    trainer = {
+        "dict_class": cls,
+        "activation_dim": config.d_in,
+        "dict_size": config.d_sae,
+        "lm_name": config.model,
+        "layer": config.layer,
+        "submodule_name": f"{config.site}_layer_{config.layer}" if config.site else None,
+    }
     if config.k is not None:
         trainer["k"] = config.k
     if config.matryoshka_groups:

@@ -40,10 +40,13 @@ FORMATS: dict[str, FormatInfo] = {
     "gemma-scope-1": FormatInfo("scope_hub.interop.gemma_scope_1", "Gemma Scope params.npz"),
     "saelens": FormatInfo("scope_hub.interop.saelens", "SAELens 6 cfg.json + sae_weights.safetensors"),
     "sparsify": FormatInfo("scope_hub.interop.sparsify", "EleutherAI sparsify cfg.json + sae.safetensors"),
-    "dictionary-learning": FormatInfo("scope_hub.interop.dictionary_learning",
-                                      "dictionary_learning ae.pt + config.json"),
-    "circuit-tracer": FormatInfo("scope_hub.interop.circuit_tracer", "circuit-tracer config.yaml + "
-                                 "layer_{i}.safetensors | W_enc_{i}/W_dec_{i}.safetensors"),
+    "dictionary-learning": FormatInfo(
+        "scope_hub.interop.dictionary_learning", "dictionary_learning ae.pt + config.json"
+    ),
+    "circuit-tracer": FormatInfo(
+        "scope_hub.interop.circuit_tracer",
+        "circuit-tracer config.yaml + layer_{i}.safetensors | W_enc_{i}/W_dec_{i}.safetensors",
+    ),
 }
 """Format name (as used by ``scope-hub convert --from/--to``) -> converter."""
 
@@ -74,11 +77,14 @@ def detect_format(folder: Path | str) -> str:
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise ConfigError(f"{folder}: ambiguous, it looks like several formats ({', '.join(matches)}); "
-                          "say which with --from")
+        raise ConfigError(
+            f"{folder}: ambiguous, it looks like several formats ({', '.join(matches)}); say which with --from"
+        )
     seen = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
-    raise ConfigError(f"{folder}: format not recognised (found {seen}); formats: "
-                      + "; ".join(f"{n}: {i.reads}" for n, i in FORMATS.items()))
+    raise ConfigError(
+        f"{folder}: format not recognised (found {seen}); formats: "
+        + "; ".join(f"{n}: {i.reads}" for n, i in FORMATS.items())
+    )
 
 
 def load_all(fmt: str, folder: Path | str) -> dict[str, Any]:
@@ -105,8 +111,9 @@ def save_all(fmt: str, dictionaries: dict[str, Any], out: Path | str) -> list[Pa
     return [module.save(d, out / name) for name, d in dictionaries.items()]
 
 
-def convert(src: Path | str, out: Path | str, *, to: str, from_: str | None = None,
-            overwrite: bool = False) -> list[Path]:
+def convert(
+    src: Path | str, out: Path | str, *, to: str, from_: str | None = None, overwrite: bool = False
+) -> list[Path]:
     """Convert the dictionary (or dictionaries) in ``src`` from ``from_`` (detected when None) to ``to``.
 
     ``out`` must not exist unless ``overwrite``. Returns the folders written.

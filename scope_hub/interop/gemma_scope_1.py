@@ -42,16 +42,27 @@ from scope_hub.interop.common import (
     write_json,
 )
 from scope_hub.interop.gemma_scope_2 import gemma_hook_points
-from scope_hub.interop.release import (GEMMA_SCOPE_LICENSE, ImportReport, Planned, ReleaseSource, digest_files,
-                                      folders_of, publish)
+from scope_hub.interop.release import (
+    GEMMA_SCOPE_LICENSE,
+    ImportReport,
+    Planned,
+    ReleaseSource,
+    digest_files,
+    folders_of,
+    publish,
+)
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "gemma-scope-1"
 FILES = "params.npz (W_enc, W_dec, b_enc, b_dec, threshold)"
 SUPPORTED = {"sae": ("jumprelu",), "transcoder": ("jumprelu",)}
-_SITES = {"res": ("resid_post", "sae"), "mlp": ("mlp_out", "sae"), "att": ("attn_out", "sae"),
-          "transcoders": ("mlp", "transcoder")}
+_SITES = {
+    "res": ("resid_post", "sae"),
+    "mlp": ("mlp_out", "sae"),
+    "att": ("attn_out", "sae"),
+    "transcoders": ("mlp", "transcoder"),
+}
 _REPO_RE = re.compile(r"^(?:google/)?gemma-scope-(?P<size>\d+b)-(?P<kind>pt|it)-(?P<site>res|mlp|att|transcoders)$")
 _FOLDER_RE = re.compile(r"^layer_(?P<layer>\d+)/width_(?P<width>[1-9]\d*[km]?)/(?P<variant>average_l0_\d+)$")
 _NPZ_NAMES = {"W_enc": "w_enc", "W_dec": "w_dec", "b_enc": "b_enc", "b_dec": "b_dec", "threshold": "threshold"}
@@ -107,8 +118,9 @@ def _context(folder: Path) -> tuple[tuple[str, str, str] | None, tuple[int, str,
     return facts, where
 
 
-def load(folder: Path, *, repo_id: str | None = None, model: str | None = None,
-         source_uri: str | None = None) -> Dictionary:
+def load(
+    folder: Path, *, repo_id: str | None = None, model: str | None = None, source_uri: str | None = None
+) -> Dictionary:
     """A Gemma Scope 1 folder; model/site/layer come from ``repo_id`` and the folder path when known."""
     folder = Path(folder)
     tensors = _read_npz(folder / "params.npz")
@@ -119,14 +131,27 @@ def load(folder: Path, *, repo_id: str | None = None, model: str | None = None,
     d_in, d_sae = tensors["w_enc"].shape
     d_out = tensors["w_dec"].shape[-1]
     site, type_ = (facts[1], facts[2]) if facts else (None, "sae" if d_out == d_in else "transcoder")
-    fields: dict[str, Any] = dict(type=type_, architecture="jumprelu", d_in=d_in, d_sae=d_sae,
-                                  d_out=d_out, model=model or (facts[0] if facts else None),
-                                  provenance={"source": "gemma-scope-1", "source_uri": source_uri or str(folder)})
+    fields: dict[str, Any] = dict(
+        type=type_,
+        architecture="jumprelu",
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=d_out,
+        model=model or (facts[0] if facts else None),
+        provenance={"source": "gemma-scope-1", "source_uri": source_uri or str(folder)},
+    )
     if site is not None and where is not None:
         layer, width, variant = where
         hook_in, hook_out = gemma_hook_points(site, layer)
-        fields.update(layer=layer, width_label=width, variant=variant, hook_point_in=hook_in, hook_point_out=hook_out,
-                      site="mlp_in" if site == "mlp" else site, site_out="mlp_out" if site == "mlp" else None)
+        fields.update(
+            layer=layer,
+            width_label=width,
+            variant=variant,
+            hook_point_in=hook_in,
+            hook_point_out=hook_out,
+            site="mlp_in" if site == "mlp" else site,
+            site_out="mlp_out" if site == "mlp" else None,
+        )
     module = build_dictionary(DictionaryConfig(**fields), {"params.safetensors": tensors}, where=str(folder))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else None
     config = reconcile(module.config, sidecar, where=str(folder / SIDECAR))
@@ -149,15 +174,19 @@ def save(dictionary: Dictionary, out: Path) -> Path:
 
 # --- whole releases ------------------------------------------------------------------------------
 
-def plan_release(source: ReleaseSource, *, model: str | None = None, site: str | None = None,
-                 include: list[str] | None = None) -> list[Planned]:
+
+def plan_release(
+    source: ReleaseSource, *, model: str | None = None, site: str | None = None, include: list[str] | None = None
+) -> list[Planned]:
     """One :class:`Planned` per ``layer_L/width_W/average_l0_N`` folder of the release."""
     import fnmatch
 
     facts = repo_facts(source.repo_id)
     if facts is None and not (model and site):
-        raise FormatError(f"{source.name}: not a Gemma Scope repo name (gemma-scope-<size>-<pt|it>-<res|mlp|att|"
-                          "transcoders>); pass repo_id=, or model= and site=")
+        raise FormatError(
+            f"{source.name}: not a Gemma Scope repo name (gemma-scope-<size>-<pt|it>-<res|mlp|att|"
+            "transcoders>); pass repo_id=, or model= and site="
+        )
     model = model or facts[0]
     key_site, type_ = (site, "transcoder" if site == "mlp" else "sae") if site else facts[1:]
     plan = []
@@ -172,8 +201,14 @@ def plan_release(source: ReleaseSource, *, model: str | None = None, site: str |
             continue
         key = DictionaryKey(model, key_site, layer, width, type_, variant)
         repo = source.repo_id if facts else None
-        plan.append(Planned(rel, key, _builder(source, rel, repo, model, key_site),
-                            lambda rel=rel: digest_files(source.fetch(rel), ["params.npz"])))
+        plan.append(
+            Planned(
+                rel,
+                key,
+                _builder(source, rel, repo, model, key_site),
+                lambda rel=rel: digest_files(source.fetch(rel), ["params.npz"]),
+            )
+        )
     return plan
 
 
@@ -183,17 +218,35 @@ def _builder(source: ReleaseSource, rel: str, repo_id: str | None, model: str, s
         if repo_id is None:  # site given explicitly: set what the path could not say
             layer, width, variant = parse_folder(rel)
             hook_in, hook_out = gemma_hook_points(site, layer)
-            module.config = module.config.model_copy(update=dict(
-                layer=layer, width_label=width, variant=variant, hook_point_in=hook_in, hook_point_out=hook_out,
-                site="mlp_in" if site == "mlp" else site, site_out="mlp_out" if site == "mlp" else None))
+            module.config = module.config.model_copy(
+                update=dict(
+                    layer=layer,
+                    width_label=width,
+                    variant=variant,
+                    hook_point_in=hook_in,
+                    hook_point_out=hook_out,
+                    site="mlp_in" if site == "mlp" else site,
+                    site_out="mlp_out" if site == "mlp" else None,
+                )
+            )
         module.save_pretrained(stage)
+
     return build
 
 
-def import_gemma_scope_1(source: str | Path, registry: Any, *, repo_id: str | None = None,
-                         revision: str | None = None, model: str | None = None, site: str | None = None,
-                         include: list[str] | None = None, dry_run: bool = False,
-                         progress: bool | None = None, license: str = GEMMA_SCOPE_LICENSE) -> ImportReport:
+def import_gemma_scope_1(
+    source: str | Path,
+    registry: Any,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    model: str | None = None,
+    site: str | None = None,
+    include: list[str] | None = None,
+    dry_run: bool = False,
+    progress: bool | None = None,
+    license: str = GEMMA_SCOPE_LICENSE,
+) -> ImportReport:
     """Publish every dictionary of a Gemma Scope (1) release repo or local folder to ``registry``.
 
     Same behaviour as :func:`scope_hub.interop.gemma_scope_2.import_gemma_scope_2`. A local
@@ -201,5 +254,11 @@ def import_gemma_scope_1(source: str | Path, registry: Any, *, repo_id: str | No
     ``mlp`` meaning transcoders).
     """
     src = ReleaseSource(source, revision=revision, repo_id=repo_id)
-    return publish(src.name, plan_release(src, model=model, site=site, include=include), registry,
-                   dry_run=dry_run, progress=progress, license=license)
+    return publish(
+        src.name,
+        plan_release(src, model=model, site=site, include=include),
+        registry,
+        dry_run=dry_run,
+        progress=progress,
+        license=license,
+    )

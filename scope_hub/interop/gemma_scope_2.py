@@ -54,8 +54,15 @@ from scope_hub.interop.common import (
     save_safetensors,
     write_json,
 )
-from scope_hub.interop.release import (GEMMA_SCOPE_LICENSE, ImportReport, Planned, ReleaseSource, digest_files,
-                                      folders_of, publish)
+from scope_hub.interop.release import (
+    GEMMA_SCOPE_LICENSE,
+    ImportReport,
+    Planned,
+    ReleaseSource,
+    digest_files,
+    folders_of,
+    publish,
+)
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig
 
@@ -63,8 +70,13 @@ NAME = "gemma-scope-2"
 FILES = "config.json (hf_hook_point_in ...) + params.safetensors | params_layer_{i}.safetensors"
 SUPPORTED = {t: ("jumprelu",) for t in ("sae", "transcoder", "skip_transcoder", "clt", "crosscoder")}
 SITE_OF_TOP = {"resid_post": "resid_post", "attn_out": "attn_out", "mlp_out": "mlp_out", "transcoder": "mlp"}
-SUBSET_LAYERS = {"270m": (5, 9, 12, 15), "1b": (7, 13, 17, 22), "4b": (9, 17, 22, 29),
-                 "12b": (12, 24, 31, 41), "27b": (16, 31, 40, 53)}
+SUBSET_LAYERS = {
+    "270m": (5, 9, 12, 15),
+    "1b": (7, 13, 17, 22),
+    "4b": (9, 17, 22, 29),
+    "12b": (12, 24, 31, 41),
+    "27b": (16, 31, 40, 53),
+}
 """The 4 layers (25/50/65/85% depth) of each model's subset, as listed by SAELens 6.54's YAML."""
 
 _W = r"(?P<width>[1-9]\d*[km]?)"
@@ -88,8 +100,9 @@ class FolderSpec:
     is_all: bool = False
 
     def key(self, model: str) -> DictionaryKey:
-        layer: int | str = self.layer if self.layer is not None else (
-            "-".join(map(str, self.layers)) if self.layers else "all")
+        layer: int | str = (
+            self.layer if self.layer is not None else ("-".join(map(str, self.layers)) if self.layers else "all")
+        )
         return DictionaryKey(model, self.site, layer, self.width, self.type, self.variant)
 
 
@@ -108,8 +121,9 @@ def parse_folder(rel: str) -> FolderSpec:
         type_ = "sae"
         if base == "transcoder":
             type_ = "skip_transcoder" if "affine" in variant.split("_") else "transcoder"
-        return FolderSpec(top, name, SITE_OF_TOP[base], type_, match["width"], variant, layer=int(match["layer"]),
-                          is_all=is_all)
+        return FolderSpec(
+            top, name, SITE_OF_TOP[base], type_, match["width"], variant, layer=int(match["layer"]), is_all=is_all
+        )
     if top in ("clt", "crosscoder"):
         match = _MULTI_RE.match(name)
         if not match:
@@ -117,8 +131,10 @@ def parse_folder(rel: str) -> FolderSpec:
         layers = tuple(int(x) for x in match["layers"].split("_")) if match["layers"] else None
         site = "mlp" if top == "clt" else "resid_post"
         return FolderSpec(top, name, site, top, match["width"], match["variant"], layers=layers)
-    raise FormatError(f"{rel}: unexpected top-level folder {top!r}; expected one of "
-                      f"{', '.join(sorted([*SITE_OF_TOP, *(t + '_all' for t in SITE_OF_TOP), 'clt', 'crosscoder']))}")
+    raise FormatError(
+        f"{rel}: unexpected top-level folder {top!r}; expected one of "
+        f"{', '.join(sorted([*SITE_OF_TOP, *(t + '_all' for t in SITE_OF_TOP), 'clt', 'crosscoder']))}"
+    )
 
 
 def model_from_repo(repo_id: str | None) -> str | None:
@@ -140,6 +156,7 @@ def gemma_hook_points(site: str, layer: int | str) -> tuple[str, str | None]:
 
 # --- one folder ----------------------------------------------------------------------------------
 
+
 def detect(folder: Path) -> bool:
     """A published-style ``config.json`` (no ``schema_version``) next to ``params*.safetensors``."""
     folder = Path(folder)
@@ -152,8 +169,9 @@ def detect(folder: Path) -> bool:
     return "schema_version" not in raw and ("hf_hook_point_in" in raw or raw.get("architecture") == "jump_relu")
 
 
-def load(folder: Path, *, spec: FolderSpec | None = None, model: str | None = None,
-         source_uri: str | None = None) -> Dictionary:
+def load(
+    folder: Path, *, spec: FolderSpec | None = None, model: str | None = None, source_uri: str | None = None
+) -> Dictionary:
     """One Gemma Scope 2 folder as a dictionary (release path details from ``spec`` when given)."""
     folder = Path(folder)
     if spec is None:
@@ -172,8 +190,9 @@ def load(folder: Path, *, spec: FolderSpec | None = None, model: str | None = No
     elif kind == "clt" or (folder / "params_layer_0.safetensors").is_file():
         config, files = _clt(folder, raw)
     else:
-        config = parse_config({k: v for k, v in raw.items() if k != EMBED_KEY}, folder=folder,
-                              where=str(folder / "config.json"))
+        config = parse_config(
+            {k: v for k, v in raw.items() if k != EMBED_KEY}, folder=folder, where=str(folder / "config.json")
+        )
         files = {"params.safetensors": load_safetensors(folder / "params.safetensors")}
     config = _with_release_facts(config, spec, model, source_uri, folder)
     module = build_dictionary(config, files, where=str(folder))
@@ -192,8 +211,9 @@ def _inferred_config(spec: FolderSpec) -> dict[str, Any]:
 
 
 def _clt(folder: Path, raw: dict[str, Any]) -> tuple[DictionaryConfig, dict]:
-    config = parse_config({k: v for k, v in raw.items() if k != EMBED_KEY}, folder=folder,
-                          where=str(folder / "config.json"))
+    config = parse_config(
+        {k: v for k, v in raw.items() if k != EMBED_KEY}, folder=folder, where=str(folder / "config.json")
+    )
     if config.type != "clt":
         raise FormatError(f"{folder}: a clt folder must hold params_layer_<i>.safetensors files")
     n, files = config.n_layers, {}
@@ -203,8 +223,12 @@ def _clt(folder: Path, raw: dict[str, Any]) -> tuple[DictionaryConfig, dict]:
         w_dec = tensors.get("w_dec")
         if w_dec is not None and w_dec.ndim == 3 and w_dec.shape[1] == n and i > 0:
             if bool(w_dec[:, :i].any()):
-                warnings.warn(f"{folder / name}: decoders into layers before {i} are nonzero and are dropped "
-                              "(a CLT layer writes only to itself and later layers)", UserWarning, stacklevel=3)
+                warnings.warn(
+                    f"{folder / name}: decoders into layers before {i} are nonzero and are dropped "
+                    "(a CLT layer writes only to itself and later layers)",
+                    UserWarning,
+                    stacklevel=3,
+                )
             tensors["w_dec"] = w_dec[:, i:].contiguous()
         files[name] = tensors
     return config, files
@@ -221,8 +245,10 @@ def _crosscoder_layers(raw: dict[str, Any], spec: FolderSpec | None, model: str 
     size = re.search(r"gemma-(?:v)?3-(\w+?)(?:-(?:pt|it))?$", str(raw.get("model_name") or model or ""))
     if size and size[1] in SUBSET_LAYERS:
         return list(SUBSET_LAYERS[size[1]])
-    raise FormatError("cannot tell which layers this crosscoder reads (no 'layers' in config.json, none in the "
-                      "folder name, unknown model size)")
+    raise FormatError(
+        "cannot tell which layers this crosscoder reads (no 'layers' in config.json, none in the "
+        "folder name, unknown model size)"
+    )
 
 
 def _crosscoder(folder: Path, raw: dict[str, Any], spec: FolderSpec | None, model: str | None) -> tuple:
@@ -233,25 +259,34 @@ def _crosscoder(folder: Path, raw: dict[str, Any], spec: FolderSpec | None, mode
     w_enc, w_dec, b_dec = t["w_enc"], t["w_dec"], t["b_dec"]
     if w_enc.ndim == 2:  # concatenated over layers (unconfirmed Gemma Scope 2 layout)
         if w_enc.shape[0] % n or w_dec.shape[1] % n:
-            raise ShapeMismatchError(f"{folder}: w_enc {list(w_enc.shape)} / w_dec {list(w_dec.shape)} do not "
-                                     f"split into {n} layers")
+            raise ShapeMismatchError(
+                f"{folder}: w_enc {list(w_enc.shape)} / w_dec {list(w_dec.shape)} do not split into {n} layers"
+            )
         w_enc = w_enc.reshape(n, w_enc.shape[0] // n, w_enc.shape[1])
         w_dec = w_dec.reshape(w_dec.shape[0], n, w_dec.shape[1] // n)
         b_dec = b_dec.reshape(n, -1)
     t = {**t, "w_enc": w_enc.contiguous(), "w_dec": w_dec.contiguous(), "b_dec": b_dec.contiguous()}
     model_name = raw.get("model_name")
     config = DictionaryConfig(
-        type="crosscoder", architecture="jumprelu", d_in=w_enc.shape[-2], d_sae=w_enc.shape[-1],
-        d_out=w_dec.shape[-1], layers=layers, site="resid_post", hook_point_in="model.layers.{layer}.output",
+        type="crosscoder",
+        architecture="jumprelu",
+        d_in=w_enc.shape[-2],
+        d_sae=w_enc.shape[-1],
+        d_out=w_dec.shape[-1],
+        layers=layers,
+        site="resid_post",
+        hook_point_in="model.layers.{layer}.output",
         model=gemma_model_id(model_name) if isinstance(model_name, str) else None,
         l0_target=raw.get("l0") if isinstance(raw.get("l0"), (int, float)) else None,
         provenance={"source": "gemma-scope-2", "source_uri": str(folder)},
-        source_config={k: v for k, v in raw.items() if k != EMBED_KEY})
+        source_config={k: v for k, v in raw.items() if k != EMBED_KEY},
+    )
     return config, {"params.safetensors": t}
 
 
-def _with_release_facts(config: DictionaryConfig, spec: FolderSpec | None, model: str | None,
-                        source_uri: str | None, folder: Path) -> DictionaryConfig:
+def _with_release_facts(
+    config: DictionaryConfig, spec: FolderSpec | None, model: str | None, source_uri: str | None, folder: Path
+) -> DictionaryConfig:
     update: dict[str, Any] = {}
     if spec is not None:
         if spec.type != config.type:
@@ -288,8 +323,11 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     config, files = folded_files(dictionary)
     hook_in, hook_out = config.hook_points()
     raw: dict[str, Any] = {
-        "architecture": "jump_relu", "width": config.d_sae, "l0": config.l0_target,
-        "model_name": _gs2_model_name(config.model), "hf_hook_point_in": hook_in,
+        "architecture": "jump_relu",
+        "width": config.d_sae,
+        "l0": config.l0_target,
+        "model_name": _gs2_model_name(config.model),
+        "hf_hook_point_in": hook_in,
         "type": "transcoder" if config.type == "skip_transcoder" else config.type,
         EMBED_KEY: embed(config),
     }
@@ -301,9 +339,14 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         raw["layers"] = list(config.layers)
         t = files["params.safetensors"]
         n = config.n_layers
-        files = {"params.safetensors": {**t, "w_enc": t["w_enc"].reshape(n * config.d_in, config.d_sae),
-                                        "w_dec": t["w_dec"].reshape(config.d_sae, n * config.d_out),
-                                        "b_dec": t["b_dec"].reshape(n * config.d_out)}}
+        files = {
+            "params.safetensors": {
+                **t,
+                "w_enc": t["w_enc"].reshape(n * config.d_in, config.d_sae),
+                "w_dec": t["w_dec"].reshape(config.d_sae, n * config.d_out),
+                "b_dec": t["b_dec"].reshape(n * config.d_out),
+            }
+        }
     if config.type == "clt":
         n = config.n_layers
         for i in range(1, n):
@@ -324,6 +367,7 @@ def _gs2_model_name(model: str | None) -> str | None:
 
 
 # --- whole releases ------------------------------------------------------------------------------
+
 
 def plan_release(source: ReleaseSource, *, model: str | None = None, include: list[str] | None = None) -> list[Planned]:
     """One :class:`Planned` per dictionary folder of the release (unexpected folders carry an error)."""
@@ -346,8 +390,9 @@ def plan_release(source: ReleaseSource, *, model: str | None = None, include: li
             plan.append(Planned(rel, None, error=str(exc)))
             continue
         weights = [f for f in inside if "/" not in f and f.endswith(".safetensors")]
-        plan.append(Planned(rel, key, _builder(source, rel, spec, folder_model), _digest(source, rel, weights),
-                            spec.is_all))
+        plan.append(
+            Planned(rel, key, _builder(source, rel, spec, folder_model), _digest(source, rel, weights), spec.is_all)
+        )
     return plan
 
 
@@ -370,6 +415,7 @@ def _builder(source: ReleaseSource, rel: str, spec: FolderSpec, model: str):
         module = load(source.fetch(rel), spec=spec, model=model, source_uri=source.uri(rel))
         module.config = module.config.model_copy(update={"variant": key.variant})  # maybe suffixed _all
         module.save_pretrained(stage)
+
     return build
 
 
@@ -377,10 +423,18 @@ def _digest(source: ReleaseSource, rel: str, names: list[str]):
     return lambda: digest_files(source.fetch(rel), names)
 
 
-def import_gemma_scope_2(source: str | Path, registry: Any, *, repo_id: str | None = None,
-                         revision: str | None = None, model: str | None = None, include: list[str] | None = None,
-                         dry_run: bool = False, progress: bool | None = None,
-                         license: str = GEMMA_SCOPE_LICENSE) -> ImportReport:
+def import_gemma_scope_2(
+    source: str | Path,
+    registry: Any,
+    *,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    model: str | None = None,
+    include: list[str] | None = None,
+    dry_run: bool = False,
+    progress: bool | None = None,
+    license: str = GEMMA_SCOPE_LICENSE,
+) -> ImportReport:
     """Publish every dictionary of a Gemma Scope 2 release (local folder or Hub repo) to ``registry``.
 
     ``registry`` is a Registry or its URL. Re-running is cheap and safe: identical content is a
@@ -396,5 +450,11 @@ def import_gemma_scope_2(source: str | Path, registry: Any, *, repo_id: str | No
         print(report.summary())
     """
     src = ReleaseSource(source, revision=revision, repo_id=repo_id)
-    return publish(src.name, plan_release(src, model=model, include=include), registry,
-                   dry_run=dry_run, progress=progress, license=license)
+    return publish(
+        src.name,
+        plan_release(src, model=model, include=include),
+        registry,
+        dry_run=dry_run,
+        progress=progress,
+        license=license,
+    )

@@ -144,8 +144,12 @@ class ReleaseSource:
             return self.root / rel
         from scope_hub.registry.backends.hf_client import hub_errors
 
-        with hub_errors(self.name, f"folder {rel}", hint="unset HF_HUB_OFFLINE (and check the network), or import "
-                                                          "from a local copy of the release; run again to resume"):
+        with hub_errors(
+            self.name,
+            f"folder {rel}",
+            hint="unset HF_HUB_OFFLINE (and check the network), or import "
+            "from a local copy of the release; run again to resume",
+        ):
             return self._hub_snapshot([f"{rel}/*"], listing=False) / rel
 
     def uri(self, rel: str) -> str:
@@ -160,9 +164,16 @@ class ReleaseSource:
         offline = _hub_offline()
         if listing and not offline:
             return None  # list remotely, download nothing yet
-        return Path(snapshot_download(self.repo_id, revision=self.revision, allow_patterns=patterns,
-                                      local_files_only=offline, endpoint=_hub_endpoint(),
-                                      cache_dir=os.environ.get("HF_HUB_CACHE") or None))
+        return Path(
+            snapshot_download(
+                self.repo_id,
+                revision=self.revision,
+                allow_patterns=patterns,
+                local_files_only=offline,
+                endpoint=_hub_endpoint(),
+                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+            )
+        )
 
 
 def _hub_endpoint() -> str | None:
@@ -197,6 +208,7 @@ def guess_repo_id(path: Path) -> str | None:
 
 
 # --- planning helpers ----------------------------------------------------------------------------
+
 
 def folders_of(files: list[str], depth: int) -> dict[str, list[str]]:
     """Group file paths into folders ``depth`` levels deep: ``{folder: [paths inside it]}``."""
@@ -236,13 +248,14 @@ def resolve_same_keys(plan: list[Planned]) -> list[FolderResult]:
         for other in items[1:]:
             try:
                 same = first.weights_digest() == other.weights_digest()
-            except Exception as exc:  # noqa: BLE001 - reported per folder
+            except Exception as exc:
                 other.error = f"cannot hash weights to compare with {first.rel}: {exc}"
                 continue
             if same:
                 other.error = "alias"
-                results.append(FolderResult(other.rel, "alias", str(first.key),
-                                            reason=f"identical weights to {first.rel}"))
+                results.append(
+                    FolderResult(other.rel, "alias", str(first.key), reason=f"identical weights to {first.rel}")
+                )
             elif other.is_all:
                 variant = f"{other.key.variant}_all" if other.key.variant else "all"
                 other.key = replace(other.key, variant=variant)
@@ -260,6 +273,7 @@ def resolve_same_keys(plan: list[Planned]) -> list[FolderResult]:
 
 
 # --- publishing ----------------------------------------------------------------------------------
+
 
 def progress_enabled() -> bool:
     """Bars only on an interactive terminal, never under ``CI`` or ``SCOPE_HUB_QUIET`` (as the registry)."""
@@ -295,12 +309,21 @@ def card_source(rel: str, license: str) -> str:
 
     Stable across runs and machines (no local paths), so a re-import stays a no-op push.
     """
-    return (f"---\nlicense: {license}\n---\nImported by `scope-hub import` from the release folder "
-            f"`{rel}`; its original config.json is kept in the `source_config` field of config.json.\n")
+    return (
+        f"---\nlicense: {license}\n---\nImported by `scope-hub import` from the release folder "
+        f"`{rel}`; its original config.json is kept in the `source_config` field of config.json.\n"
+    )
 
 
-def publish(source_name: str, plan: list[Planned], registry: Any, *, dry_run: bool = False,
-            progress: bool | None = None, license: str = GEMMA_SCOPE_LICENSE) -> ImportReport:
+def publish(
+    source_name: str,
+    plan: list[Planned],
+    registry: Any,
+    *,
+    dry_run: bool = False,
+    progress: bool | None = None,
+    license: str = GEMMA_SCOPE_LICENSE,
+) -> ImportReport:
     """Build and push every planned folder; failures are recorded and the import goes on.
 
     Each pushed folder gets a README.md card source stating ``license`` (the registry refuses
@@ -331,9 +354,10 @@ def publish(source_name: str, plan: list[Planned], registry: Any, *, dry_run: bo
                 if not (stage / "README.md").exists():
                     (stage / "README.md").write_text(card_source(item.rel, license), encoding="utf-8")
                 pushed = reg.push(stage, item.key)
-            except Exception as exc:  # noqa: BLE001 - one bad folder must not stop the import
-                report.results.append(FolderResult(item.rel, "failed", str(item.key),
-                                                   reason=f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:
+                report.results.append(
+                    FolderResult(item.rel, "failed", str(item.key), reason=f"{type(exc).__name__}: {exc}")
+                )
                 continue
             finally:
                 _rmtree(stage)

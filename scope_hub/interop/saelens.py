@@ -62,15 +62,27 @@ FILES = "cfg.json + sae_weights.safetensors"
 FORMAT_VERSION = "6.54.12"
 """SAELens version whose format exports follow (written as ``metadata.sae_lens_version``)."""
 ARCHITECTURES = {
-    "standard": ("sae", "relu"), "jumprelu": ("sae", "jumprelu"), "topk": ("sae", "topk"),
-    "batchtopk": ("sae", "batchtopk"), "transcoder": ("transcoder", "relu"),
-    "skip_transcoder": ("skip_transcoder", "relu"), "jumprelu_transcoder": ("transcoder", "jumprelu"),
+    "standard": ("sae", "relu"),
+    "jumprelu": ("sae", "jumprelu"),
+    "topk": ("sae", "topk"),
+    "batchtopk": ("sae", "batchtopk"),
+    "transcoder": ("transcoder", "relu"),
+    "skip_transcoder": ("skip_transcoder", "relu"),
+    "jumprelu_transcoder": ("transcoder", "jumprelu"),
     "jumprelu_skip_transcoder": ("skip_transcoder", "jumprelu"),
 }
-SUPPORTED = {"sae": ("relu", "jumprelu", "topk", "batchtopk"), "transcoder": ("relu", "jumprelu", "batchtopk"),
-             "skip_transcoder": ("relu", "jumprelu", "batchtopk")}
-TL_HOOKS = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out",
-            "attn_out": "attn.hook_z", "mlp_in": "hook_mlp_in"}
+SUPPORTED = {
+    "sae": ("relu", "jumprelu", "topk", "batchtopk"),
+    "transcoder": ("relu", "jumprelu", "batchtopk"),
+    "skip_transcoder": ("relu", "jumprelu", "batchtopk"),
+}
+TL_HOOKS = {
+    "resid_pre": "hook_resid_pre",
+    "resid_post": "hook_resid_post",
+    "mlp_out": "hook_mlp_out",
+    "attn_out": "attn.hook_z",
+    "mlp_in": "hook_mlp_in",
+}
 """Our site -> TransformerLens hook (``blocks.{L}.<hook>``). ``hook_attn_out`` (after o_proj),
 ``hook_resid_mid`` and ``ln2.hook_normalized`` have no site of ours and import with site None."""
 VENDORED = Path(__file__).parent / "data" / "saelens_gemma_scope.json.gz"
@@ -115,8 +127,9 @@ def _architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
     if arch is None:
         arch = "topk" if activation == "topk" else "standard"
     if arch not in ARCHITECTURES:
-        raise UnsupportedError(f"SAELens architecture {arch!r} has no scope-hub equivalent; supported: "
-                               f"{', '.join(ARCHITECTURES)}")
+        raise UnsupportedError(
+            f"SAELens architecture {arch!r} has no scope-hub equivalent; supported: {', '.join(ARCHITECTURES)}"
+        )
     return arch, (max(1, round(float(k))) if k is not None else None)
 
 
@@ -124,16 +137,21 @@ def _normalization(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     mode = cfg.get("normalize_activations") or "none"
     mode = {True: "expected_average_only_in", False: "none"}.get(mode, mode)
     if mode not in ("none", "expected_average_only_in"):
-        raise UnsupportedError(f"{folder}: normalize_activations={mode!r} is a per-token operation scope-hub "
-                               "does not implement")
+        raise UnsupportedError(
+            f"{folder}: normalize_activations={mode!r} is a per-token operation scope-hub does not implement"
+        )
     scaler = folder / "activation_scaler.json"
     if scaler.is_file():
         factor = read_json(scaler, "activation_scaler.json").get("scaling_factor")
         if isinstance(factor, (int, float)) and factor != 1:
             return {"kind": "constant_scale", "scale_in": float(factor), "scale_out": float(factor)}
     elif mode == "expected_average_only_in":
-        warnings.warn(f"{folder}: normalize_activations=expected_average_only_in without activation_scaler.json; "
-                      "imported unscaled, as SAE.load_from_disk does", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{folder}: normalize_activations=expected_average_only_in without activation_scaler.json; "
+            "imported unscaled, as SAE.load_from_disk does",
+            UserWarning,
+            stacklevel=3,
+        )
     return {"kind": "none"}
 
 
@@ -150,9 +168,8 @@ def load(folder: Path) -> Dictionary:
     if "log_threshold" in t:
         t["threshold"] = torch.exp(t.pop("log_threshold"))
     for name in ("scaling_factor", "finetuning_scaling_factor"):
-        if name in t:
-            if not bool((t.pop(name) == 1).all()):
-                raise UnsupportedError(f"{folder}: a non-unit {name} is not supported")
+        if name in t and not bool((t.pop(name) == 1).all()):
+            raise UnsupportedError(f"{folder}: a non-unit {name} is not supported")
     missing = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec") if n not in t]
     if missing:
         raise FormatError(f"{folder / 'sae_weights.safetensors'}: missing tensors {missing}")
@@ -175,15 +192,25 @@ def load(folder: Path) -> Dictionary:
         raise FormatError(f"{folder / 'sae_weights.safetensors'}: unexpected tensors {sorted(t)} for {arch}")
     hook_in, hook_out = meta.get("hf_hook_name"), meta.get("hf_hook_name_out")
     site, layer = site_of_hook_point(hook_in) if hook_in else tl_site(meta.get("hook_name"))
-    site_out = (site_of_hook_point(hook_out)[0] if hook_out else tl_site(meta.get("hook_name_out"))[0])
+    site_out = site_of_hook_point(hook_out)[0] if hook_out else tl_site(meta.get("hook_name_out"))[0]
     config = DictionaryConfig(
-        type=type_, architecture=activation, d_in=w_enc.shape[0], d_sae=w_enc.shape[1], d_out=w_dec.shape[-1],
-        k=k if activation in ("topk", "batchtopk") else None, model=_model_id(meta.get("model_name")), site=site,
-        site_out=site_out if type_ != "sae" else None, layer=layer, hook_point_in=hook_in,
-        hook_point_out=hook_out if type_ != "sae" else None, normalization=_normalization(cfg, folder),
+        type=type_,
+        architecture=activation,
+        d_in=w_enc.shape[0],
+        d_sae=w_enc.shape[1],
+        d_out=w_dec.shape[-1],
+        k=k if activation in ("topk", "batchtopk") else None,
+        model=_model_id(meta.get("model_name")),
+        site=site,
+        site_out=site_out if type_ != "sae" else None,
+        layer=layer,
+        hook_point_in=hook_in,
+        hook_point_out=hook_out if type_ != "sae" else None,
+        normalization=_normalization(cfg, folder),
         provenance={"source": "saelens", "source_uri": str(folder)},
-        source_config={k: v for k, v in cfg.items() if k != "metadata"} | {"metadata": {
-            k: v for k, v in meta.items() if k != EMBED_KEY}})
+        source_config={k: v for k, v in cfg.items() if k != "metadata"}
+        | {"metadata": {k: v for k, v in meta.items() if k != EMBED_KEY}},
+    )
     files = {"params.safetensors": params}
     module = build_dictionary(config, files, where=str(folder))
     final = reconcile(module.config, meta.get(EMBED_KEY), where=str(folder / "cfg.json"))
@@ -200,10 +227,17 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(config.architecture, config.architecture)
     else:
         arch = ("jumprelu" + suffix) if config.architecture in ("jumprelu", "batchtopk") else suffix.lstrip("_")
-    hook = lambda site: f"blocks.{config.layer}.{TL_HOOKS[site]}" if site in TL_HOOKS and config.layer is not None \
-        else None  # noqa: E731
-    meta: dict[str, Any] = {"sae_lens_version": FORMAT_VERSION, "model_name": config.model,
-                            "hook_name": hook(config.site), "hook_head_index": None, EMBED_KEY: embed(config)}
+
+    def hook(site):
+        return f"blocks.{config.layer}.{TL_HOOKS[site]}" if site in TL_HOOKS and config.layer is not None else None
+
+    meta: dict[str, Any] = {
+        "sae_lens_version": FORMAT_VERSION,
+        "model_name": config.model,
+        "hook_name": hook(config.site),
+        "hook_head_index": None,
+        EMBED_KEY: embed(config),
+    }
     hook_in, hook_out = config.hook_points()
     if hook_in:
         meta["hf_hook_name"] = hook_in
@@ -212,8 +246,13 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         if hook_out:
             meta["hf_hook_name_out"] = hook_out
     cfg: dict[str, Any] = {
-        "architecture": arch, "d_in": config.d_in, "d_sae": config.d_sae, "dtype": config.dtype, "device": "cpu",
-        "apply_b_dec_to_input": False, "normalize_activations": "none",
+        "architecture": arch,
+        "d_in": config.d_in,
+        "d_sae": config.d_sae,
+        "dtype": config.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
         "reshape_activations": "hook_z" if meta["hook_name"] and meta["hook_name"].endswith("hook_z") else "none",
         "metadata": meta,
     }
@@ -233,6 +272,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
 
 
 # --- release names -------------------------------------------------------------------------------
+
 
 def installed_yaml() -> Path | None:
     """``pretrained_saes.yaml`` of the installed sae_lens, found without importing it."""
@@ -259,23 +299,34 @@ def release_table(yaml_path: str | None = None) -> dict[str, dict[str, Any]]:
 def _table(path: str | None) -> dict[str, dict[str, Any]]:
     if path is None:
         data = json.loads(gzip.decompress(VENDORED.read_bytes()))["releases"]
-        return {r: {"repo_id": v["repo_id"], "saes": {(s if isinstance(s, str) else s[0]): (
-            s if isinstance(s, str) else s[1]) for s in v["saes"]}} for r, v in data.items()}
+        return {
+            r: {
+                "repo_id": v["repo_id"],
+                "saes": {(s if isinstance(s, str) else s[0]): (s if isinstance(s, str) else s[1]) for s in v["saes"]},
+            }
+            for r, v in data.items()
+        }
     import yaml
 
     with open(path) as handle:
         raw = yaml.load(handle, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return {release: {"repo_id": value["repo_id"], "saes": {str(s["id"]): str(s["path"]) for s in value["saes"]}}
-            for release, value in raw.items() if str(value.get("repo_id", "")).startswith("google/gemma-scope")}
+    return {
+        release: {"repo_id": value["repo_id"], "saes": {str(s["id"]): str(s["path"]) for s in value["saes"]}}
+        for release, value in raw.items()
+        if str(value.get("repo_id", "")).startswith("google/gemma-scope")
+    }
 
 
 def vendor_table(yaml_path: Path | str, out: Path | str = VENDORED) -> Path:
     """Write the trimmed, gzipped Gemma Scope release table from a ``pretrained_saes.yaml``."""
-    releases = {r: {"repo_id": v["repo_id"], "saes": [p if i == p else [i, p] for i, p in v["saes"].items()]}
-                for r, v in sorted(release_table(str(yaml_path)).items())}
+    releases = {
+        r: {"repo_id": v["repo_id"], "saes": [p if i == p else [i, p] for i, p in v["saes"].items()]}
+        for r, v in sorted(release_table(str(yaml_path)).items())
+    }
     payload = {"source": f"sae_lens pretrained_saes.yaml ({Path(yaml_path).name})", "releases": releases}
-    Path(out).write_bytes(gzip.compress(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode(), 9,
-                                        mtime=0))
+    Path(out).write_bytes(
+        gzip.compress(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode(), 9, mtime=0)
+    )
     return Path(out)
 
 
@@ -293,13 +344,16 @@ def key_for(release: str, sae_id: str, *, registry: Any = None, yaml_path: str |
     table = release_table(yaml_path)
     if release not in table:
         close = [r for r in table if release.split("-")[:3] == r.split("-")[:3]][:5]
-        raise UnknownReleaseError(f"unknown SAELens release {release!r} (only Gemma Scope releases map to keys)"
-                                  + (f"; similar: {', '.join(close)}" if close else ""))
+        raise UnknownReleaseError(
+            f"unknown SAELens release {release!r} (only Gemma Scope releases map to keys)"
+            + (f"; similar: {', '.join(close)}" if close else "")
+        )
     entry = table[release]
     path = entry["saes"].get(sae_id)
     if path is None:
-        raise UnknownReleaseError(f"sae_id {sae_id!r} is not in release {release!r}; e.g. "
-                                  f"{', '.join(list(entry['saes'])[:3])}")
+        raise UnknownReleaseError(
+            f"sae_id {sae_id!r} is not in release {release!r}; e.g. {', '.join(list(entry['saes'])[:3])}"
+        )
     repo = entry["repo_id"]
     model = gemma_scope_2.model_from_repo(repo)
     if model is not None:
@@ -312,8 +366,10 @@ def key_for(release: str, sae_id: str, *, registry: Any = None, yaml_path: str |
         return key
     facts = gemma_scope_1.repo_facts(repo)
     if facts is None:
-        raise UnsupportedError(f"release {release!r} ({repo}) is not a Gemma Scope release; convert its folders "
-                               "with `scope-hub convert --from saelens` and push them under keys you choose")
+        raise UnsupportedError(
+            f"release {release!r} ({repo}) is not a Gemma Scope release; convert its folders "
+            "with `scope-hub convert --from saelens` and push them under keys you choose"
+        )
     layer, width, variant = gemma_scope_1.parse_folder(path)
     return DictionaryKey(facts[0], facts[1], layer, width, facts[2], variant)
 

@@ -71,8 +71,12 @@ def load(folder: Path) -> Dictionary:
     w_enc = t.pop("encoder.weight").T.contiguous()
     bias, w_dec, b_dec = t.pop("encoder.bias"), t.pop("W_dec"), t.pop("b_dec")
     transcode = bool(cfg.get("transcode", False))
-    params = {"w_enc": w_enc, "b_enc": bias if transcode else fold_b_dec_in(bias, w_enc, b_dec),
-              "w_dec": w_dec, "b_dec": b_dec}
+    params = {
+        "w_enc": w_enc,
+        "b_enc": bias if transcode else fold_b_dec_in(bias, w_enc, b_dec),
+        "w_dec": w_dec,
+        "b_dec": b_dec,
+    }
     if "W_skip" in t:
         params["affine_skip_connection"] = t.pop("W_skip").T.contiguous()
     if t:
@@ -83,11 +87,21 @@ def load(folder: Path) -> Dictionary:
     hook_out = f"{hookpoint}.output" if type_ != "sae" else None
     site, layer = site_of_hook_point(hook_in)
     config = DictionaryConfig(
-        type=type_, architecture="topk", k=int(cfg["k"]), d_in=d_in, d_sae=d_sae, d_out=w_dec.shape[-1],
-        model=parent_model_name(folder), site=site, layer=layer, hook_point_in=hook_in, hook_point_out=hook_out,
+        type=type_,
+        architecture="topk",
+        k=int(cfg["k"]),
+        d_in=d_in,
+        d_sae=d_sae,
+        d_out=w_dec.shape[-1],
+        model=parent_model_name(folder),
+        site=site,
+        layer=layer,
+        hook_point_in=hook_in,
+        hook_point_out=hook_out,
         site_out=site_of_hook_point(hook_out)[0] if hook_out else None,
         provenance={"source": "sparsify", "source_uri": str(folder)},
-        source_config={k: v for k, v in cfg.items() if k != EMBED_KEY})
+        source_config={k: v for k, v in cfg.items() if k != EMBED_KEY},
+    )
     files = {"params.safetensors": params}
     module = build_dictionary(config, files, where=str(folder))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else cfg.get(EMBED_KEY)
@@ -105,13 +119,23 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     t = files["params.safetensors"]
     transcode = config.type != "sae"
     cfg: dict[str, Any] = {
-        "activation": "topk", "expansion_factor": max(1, config.d_sae // config.d_in), "normalize_decoder": False,
-        "num_latents": config.d_sae, "k": config.k, "multi_topk": False,
-        "skip_connection": config.type == "skip_transcoder", "transcode": transcode, "d_in": config.d_in,
+        "activation": "topk",
+        "expansion_factor": max(1, config.d_sae // config.d_in),
+        "normalize_decoder": False,
+        "num_latents": config.d_sae,
+        "k": config.k,
+        "multi_topk": False,
+        "skip_connection": config.type == "skip_transcoder",
+        "transcode": transcode,
+        "d_in": config.d_in,
     }
     bias = t["b_enc"] if transcode else unfold_b_dec_in(t["b_enc"], t["w_enc"], t["b_dec"])
-    weights = {"encoder.weight": t["w_enc"].T.contiguous(), "encoder.bias": bias, "W_dec": t["w_dec"],
-               "b_dec": t["b_dec"]}
+    weights = {
+        "encoder.weight": t["w_enc"].T.contiguous(),
+        "encoder.bias": bias,
+        "W_dec": t["w_dec"],
+        "b_dec": t["b_dec"],
+    }
     if "affine_skip_connection" in t:
         weights["W_skip"] = t["affine_skip_connection"].T.contiguous()
     with atomic_folder(out) as stage:

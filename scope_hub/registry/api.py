@@ -28,8 +28,14 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from scope_hub.errors import (KeyParseError, LockfileError, OfflineError, RegistryError, UnknownKeyError,
-                              VersionNotFoundError)
+from scope_hub.errors import (
+    KeyParseError,
+    LockfileError,
+    OfflineError,
+    RegistryError,
+    UnknownKeyError,
+    VersionNotFoundError,
+)
 from scope_hub.keys import DictionaryKey, parse_key, version_number
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends import normalize_url, open_backend
@@ -58,8 +64,14 @@ class Registry:
     ``HF_HUB_OFFLINE``; ``progress`` (bars on transfers) to "stderr is a terminal and not CI".
     """
 
-    def __init__(self, url: str | None = None, *, cache_dir: str | Path | None = None,
-                 offline: bool | None = None, progress: bool | None = None):
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        cache_dir: str | Path | None = None,
+        offline: bool | None = None,
+        progress: bool | None = None,
+    ):
         self.url = normalize_url(url or default_registry_url())
         self.cache = LocalCache(Path(cache_dir) if cache_dir else cache_root(), self.url)
         self.progress = Progress(progress)
@@ -89,8 +101,15 @@ class Registry:
             raise OfflineError(f"cannot {what} on {self.url} in offline mode; unset SCOPE_HUB_OFFLINE / HF_HUB_OFFLINE")
 
     # -- writing ---------------------------------------------------------------------------
-    def push(self, folder: str | Path, key: str | DictionaryKey, *, card: str | Path | None = None,
-             license: str | None = None, private: bool | None = None) -> PushResult:
+    def push(
+        self,
+        folder: str | Path,
+        key: str | DictionaryKey,
+        *,
+        card: str | Path | None = None,
+        license: str | None = None,
+        private: bool | None = None,
+    ) -> PushResult:
         """Publish ``folder`` as the next version of ``key``; identical content is a no-op.
 
         ``card``: the card source (default: the folder's README.md); the stored README.md is
@@ -103,11 +122,15 @@ class Registry:
         """
         k = as_key(key)
         if k.ref:
-            raise KeyParseError(f"push takes a key without a ref, got {str(k)!r}: versions are assigned by the registry")
+            raise KeyParseError(
+                f"push takes a key without a ref, got {str(k)!r}: versions are assigned by the registry"
+            )
         self._require_online("push")
         if private is not None:
             if not hasattr(self.backend, "private"):
-                raise RegistryError(f"private applies to hf:// registries (the Hub repo a push creates), not {self.url}")
+                raise RegistryError(
+                    f"private applies to hf:// registries (the Hub repo a push creates), not {self.url}"
+                )
             self.backend.private = private
         staged = stage_folder(folder, k, card, license=license, registry_url=self.url)
         fault_point("staged")
@@ -155,7 +178,9 @@ class Registry:
             raise UnknownKeyError(f"{key.unpinned()} is not published in {self.url}; see `scope-hub ls`")
         version = latest_live(states)
         if version is None:
-            raise VersionNotFoundError(f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}")
+            raise VersionNotFoundError(
+                f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}"
+            )
         self.cache.save_latest(key, version)
         return version
 
@@ -189,8 +214,14 @@ class Registry:
         return self._manifest(k, self.resolve_version(k))[0]
 
     # -- pulling ----------------------------------------------------------------------------
-    def pull(self, key: str | DictionaryKey, *, to: str | Path | None = None,
-             lock: str | Path | Lockfile | None = None, verify: bool = False) -> Path:
+    def pull(
+        self,
+        key: str | DictionaryKey,
+        *,
+        to: str | Path | None = None,
+        lock: str | Path | Lockfile | None = None,
+        verify: bool = False,
+    ) -> Path:
         """Local folder holding the dictionary's files, downloaded and verified if needed.
 
         ``lock``: a lockfile (path or object) that must pin this key in this registry; the
@@ -214,7 +245,8 @@ class Registry:
         if sha256_bytes(data) != entry.manifest_sha256:
             raise LockfileError(
                 f"{entry.key}@v{entry.version} in {self.url} no longer matches the lockfile (manifest sha256 "
-                f"{sha256_bytes(data)[:12]} != locked {entry.manifest_sha256[:12]}); re-lock only if the change is intended")
+                f"{sha256_bytes(data)[:12]} != locked {entry.manifest_sha256[:12]}); re-lock only if the change is intended"
+            )
         return manifest
 
     def _materialize(self, key: DictionaryKey, manifest: Manifest, verify: bool) -> Path:
@@ -258,16 +290,30 @@ class Registry:
         for state in states:
             manifest, data = self._manifest(k, state.version)
             manifests[state.version] = manifest
-            details.append(VersionDetail(version=state.version, yanked=state.yanked, created_at=manifest.created_at,
-                                         content_sha256=manifest.content_sha256, manifest_sha256=sha256_bytes(data),
-                                         size=sum(f.size for f in manifest.files), files=manifest.files))
+            details.append(
+                VersionDetail(
+                    version=state.version,
+                    yanked=state.yanked,
+                    created_at=manifest.created_at,
+                    content_sha256=manifest.content_sha256,
+                    manifest_sha256=sha256_bytes(data),
+                    size=sum(f.size for f in manifest.files),
+                    files=manifest.files,
+                )
+            )
         latest = latest_live(states)
         version = self.resolve_version(k) if k.ref else (latest or states[-1].version)
         if version not in manifests:
             raise missing_version(k, version, states, self.url)
         shown = manifests[version]
-        return KeyInfo(key=str(k.unpinned()), registry=self.url, latest=latest, versions=details,
-                       config=shown.config, card=self._card_text(k, shown))
+        return KeyInfo(
+            key=str(k.unpinned()),
+            registry=self.url,
+            latest=latest,
+            versions=details,
+            config=shown.config,
+            card=self._card_text(k, shown),
+        )
 
     def _card_text(self, key: DictionaryKey, manifest: Manifest) -> str | None:
         if not manifest.card:
@@ -280,7 +326,9 @@ class Registry:
         blob = self.cache.blob(entry)
         if blob is None:
             if not self._can_read_remote():
-                raise OfflineError(f"offline: {entry.path} of {key.unpinned()}@v{manifest.version} is not in the local cache")
+                raise OfflineError(
+                    f"offline: {entry.path} of {key.unpinned()}@v{manifest.version} is not in the local cache"
+                )
             with self.backend.open_file(key, manifest.version, entry) as stream:
                 blob = self.cache.ingest(stream, entry, f"{key.unpinned()}@v{manifest.version}", self.progress)
         return blob.read_bytes()
@@ -302,7 +350,9 @@ class Registry:
         from scope_hub.config_io import migrate, validate_config
 
         raw = manifest.config
-        config = validate_config(migrate(raw) if "schema_version" in raw else raw, f"config of {k.unpinned()}@v{manifest.version}")
+        config = validate_config(
+            migrate(raw) if "schema_version" in raw else raw, f"config of {k.unpinned()}@v{manifest.version}"
+        )
         return render_dictionary_card(config, k, manifest.version, registry_url=self.url)
 
     def verify(self, *, cache: bool = False) -> VerifyReport:
@@ -326,8 +376,7 @@ class Registry:
         return self.backend.reindex()
 
     # -- release cards ------------------------------------------------------------------------
-    def build_release(self, name: str, keys: list[str | DictionaryKey], *, license: str,
-                      description: str = ""):
+    def build_release(self, name: str, keys: list[str | DictionaryKey], *, license: str, description: str = ""):
         """A :class:`~scope_hub.cards.ReleaseCard` pinning each key (at its ref, default latest)
         to its version and content sha256 in this registry. Nothing is written.
 
@@ -346,8 +395,14 @@ class Registry:
             entries.append(ReleaseEntry(key=str(k.with_ref(f"v{manifest.version}")), sha256=manifest.content_sha256))
             if k.model not in models:
                 models.append(k.model)
-        return ReleaseCard(name=name, license=license, base_model=models, registry=public_url(self.url),
-                           entries=entries, description=description.strip())
+        return ReleaseCard(
+            name=name,
+            license=license,
+            base_model=models,
+            registry=public_url(self.url),
+            entries=entries,
+            description=description.strip(),
+        )
 
     def publish_release(self, card):
         """Store a release card as ``releases/<name>/vN.md`` (N: the next free number, written once).
@@ -361,7 +416,9 @@ class Registry:
         name = check_release_name(card.name)
         versions = self.backend.release_versions(name)
         if versions:
-            latest = ReleaseCard.parse(self.backend.read_release(name, versions[-1]).decode(), f"release {name}@v{versions[-1]}")
+            latest = ReleaseCard.parse(
+                self.backend.read_release(name, versions[-1]).decode(), f"release {name}@v{versions[-1]}"
+            )
             if latest.model_copy(update={"version": None}) == card.model_copy(update={"version": None}):
                 return latest, False
         version = self.backend.publish_release(name, lambda v: card.model_copy(update={"version": v}).render().encode())
@@ -405,8 +462,15 @@ class Registry:
             k = as_key(key)
             version = self.resolve_version(k)
             manifest, data = self._manifest(k, version)
-            entries.append(LockEntry(registry=self.url, key=str(k.unpinned()), version=version,
-                                     manifest_sha256=sha256_bytes(data), content_sha256=manifest.content_sha256))
+            entries.append(
+                LockEntry(
+                    registry=self.url,
+                    key=str(k.unpinned()),
+                    version=version,
+                    manifest_sha256=sha256_bytes(data),
+                    content_sha256=manifest.content_sha256,
+                )
+            )
         lockfile = Lockfile(entries=entries)
         if path is not None:
             lockfile.save(path)

@@ -150,7 +150,8 @@ class LocalCache:
             if sha != entry.sha256 or size != entry.size:
                 raise IntegrityError(
                     f"{label}: {entry.path} is corrupt in the registry (sha256 {sha[:16]}…, {size} bytes; "
-                    f"expected {entry.sha256[:16]}…, {entry.size} bytes); run `scope-hub verify`")
+                    f"expected {entry.sha256[:16]}…, {entry.size} bytes); run `scope-hub verify`"
+                )
             os.chmod(tmp, 0o444)  # snapshots hardlink blobs: make accidental in-place edits fail
             final = self.root / blob_path(entry.sha256)
             final.parent.mkdir(parents=True, exist_ok=True)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
@@ -52,6 +53,8 @@ def map_threads(fn: Callable[[T], R], items: Iterable[T], threads: int = TRANSFE
         return [fn(x) for x in items]
     with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
 CARD_NAME = "README.md"
 CONFIG_NAME = "config.json"
 
@@ -145,8 +148,9 @@ class Staged:
             return None
         from scope_hub.cards import render_dictionary_card
 
-        text = render_dictionary_card(self.dictionary, self.key, version, text=self.card_source,
-                                      registry_url=self.registry_url)
+        text = render_dictionary_card(
+            self.dictionary, self.key, version, text=self.card_source, registry_url=self.registry_url
+        )
         data = text.encode("utf-8")
         return StagedCard(name=CARD_NAME, data=data, sha256=sha256_bytes(data), size=len(data))
 
@@ -164,8 +168,10 @@ def _folder_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-_CONVERT_HINT = ("convert it first with `scope-hub convert FOLDER OUT --to scope-hub`, or publish a whole "
-                 "Gemma Scope release with `scope-hub import gemma-scope-2 SOURCE`")
+_CONVERT_HINT = (
+    "convert it first with `scope-hub convert FOLDER OUT --to scope-hub`, or publish a whole "
+    "Gemma Scope release with `scope-hub import gemma-scope-2 SOURCE`"
+)
 
 
 def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[dict, DictionaryConfig]:
@@ -174,8 +180,10 @@ def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[d
     from scope_hub.tensor_layout import check_folder
 
     if path is None:
-        raise ConfigError(f"no {CONFIG_NAME} in the folder pushed as {str(key)!r}; a folder in another format "
-                          f"(SAELens cfg.json, sparsify, Gemma Scope .npz, ...) must be converted: {_CONVERT_HINT}")
+        raise ConfigError(
+            f"no {CONFIG_NAME} in the folder pushed as {str(key)!r}; a folder in another format "
+            f"(SAELens cfg.json, sparsify, Gemma Scope .npz, ...) must be converted: {_CONVERT_HINT}"
+        )
     try:
         raw = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -184,8 +192,10 @@ def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[d
         raise ConfigError(f"{str(path)!r} must hold a JSON object")
     if "schema_version" not in raw:
         what = "a Gemma Scope 2 config.json" if looks_like_gemma_scope_2(raw) else "not a scope-hub config.json"
-        raise ConfigError(f"{str(path)!r} is {what} (no schema_version); push publishes scope-hub folders as "
-                          f"they are: {_CONVERT_HINT}")
+        raise ConfigError(
+            f"{str(path)!r} is {what} (no schema_version); push publishes scope-hub folders as "
+            f"they are: {_CONVERT_HINT}"
+        )
     try:
         config = check_folder(folder)  # migrates old schemas; every tensor's name, shape and dtype vs config.json
     except ValidationError as exc:  # pragma: no cover - validate_config already turns these into ConfigError
@@ -197,20 +207,34 @@ def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[d
 def _card_source(path: Path | None, config: DictionaryConfig, key: DictionaryKey, license: str | None) -> CardSource:
     from scope_hub.cards import CardSource, default_base_model, validate_card
 
-    where = (f"card source {str(path)!r}" if path is not None
-             else f"card of {key} (no --card FILE and no README.md in the folder)")
+    where = (
+        f"card source {str(path)!r}"
+        if path is not None
+        else f"card of {key} (no --card FILE and no README.md in the folder)"
+    )
     try:
         text = path.read_text(encoding="utf-8") if path is not None else None
     except UnicodeDecodeError:
         raise CardError(f"{where} is not UTF-8 text") from None
     source = CardSource.parse(text, config, key, license=license, strict=True, where=where)
-    validate_card({"license": source.front.get("license"),
-                   "base_model": source.front.get("base_model") or default_base_model(config, key)}, where)
+    validate_card(
+        {
+            "license": source.front.get("license"),
+            "base_model": source.front.get("base_model") or default_base_model(config, key),
+        },
+        where,
+    )
     return source
 
 
-def stage_folder(folder: str | Path, key: DictionaryKey, card: str | Path | None = None, *,
-                 license: str | None = None, registry_url: str | None = None) -> Staged:
+def stage_folder(
+    folder: str | Path,
+    key: DictionaryKey,
+    card: str | Path | None = None,
+    *,
+    license: str | None = None,
+    registry_url: str | None = None,
+) -> Staged:
     """Check and hash ``folder`` for a push as ``key``.
 
     The card source is ``card`` if given, else the folder's README.md (else none); the card
@@ -228,10 +252,19 @@ def stage_folder(folder: str | Path, key: DictionaryKey, card: str | Path | None
     source = _card_source(source_path, config, key, license)
     items = sorted(files.items())
     hashes = map_threads(lambda item: sha256_file(item[1]), items)
-    staged = [StagedFile(name=name, local=path, sha256=sha, size=size) for (name, path), (sha, size) in zip(items, hashes)]
+    staged = [
+        StagedFile(name=name, local=path, sha256=sha, size=size) for (name, path), (sha, size) in zip(items, hashes)
+    ]
     pairs = [(f.name, f.sha256) for f in staged] + [(CARD_NAME, source.digest)]
-    return Staged(key=key.unpinned(), files=tuple(staged), config=raw, content_sha256=content_digest(pairs),
-                  dictionary=config, card_source=source, registry_url=registry_url)
+    return Staged(
+        key=key.unpinned(),
+        files=tuple(staged),
+        config=raw,
+        content_sha256=content_digest(pairs),
+        dictionary=config,
+        card_source=source,
+        registry_url=registry_url,
+    )
 
 
 def utc_now() -> str:
@@ -260,8 +293,10 @@ def build_manifest(staged: Staged, version: int, card: StagedCard | None = None)
 
 def manifest_digest(manifest: Manifest) -> str:
     """The content_sha256 a manifest must carry: its files, the card counted by its source digest."""
-    pairs = [(e.path, manifest.card_source_sha256 if e.path == manifest.card and manifest.card_source_sha256
-              else e.sha256) for e in manifest.files]
+    pairs = [
+        (e.path, manifest.card_source_sha256 if e.path == manifest.card and manifest.card_source_sha256 else e.sha256)
+        for e in manifest.files
+    ]
     return content_digest(pairs)
 
 
@@ -275,7 +310,9 @@ def parse_manifest(data: bytes, key: DictionaryKey, version: int, where: str) ->
     try:
         manifest = Manifest.model_validate_json(data)
     except ValidationError:
-        raise IntegrityError(f"manifest of {key.unpinned()}@v{version} at {where} is corrupt (not a valid manifest)") from None
+        raise IntegrityError(
+            f"manifest of {key.unpinned()}@v{version} at {where} is corrupt (not a valid manifest)"
+        ) from None
     if manifest.key != str(key.unpinned()) or manifest.version != version:
         raise IntegrityError(
             f"manifest at {where} describes {manifest.key}@v{manifest.version}, not {key.unpinned()}@v{version}"

@@ -31,7 +31,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from typing import Iterable
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -124,9 +124,15 @@ class RegistryIndex:
             records = [r for _, r in sorted(self.keys[key].items())]
             live = [r for r in records if not r.yanked]
             shown = live[-1] if live else records[-1]
-            out.append(KeySummary.model_construct(key=key, latest=live[-1].version if live else None,
-                                                  versions=len(records), size=shown.size,
-                                                  updated_at=records[-1].created_at))
+            out.append(
+                KeySummary.model_construct(
+                    key=key,
+                    latest=live[-1].version if live else None,
+                    versions=len(records),
+                    size=shown.size,
+                    updated_at=records[-1].created_at,
+                )
+            )
         return out
 
     def to_snapshot(self, generation: int, segments: list[str]) -> IndexSnapshot:
@@ -159,7 +165,9 @@ class StoreIndex:
         try:
             return IndexSnapshot.model_validate_json(data)
         except ValidationError:
-            raise RegistryError(f"index snapshot {max(names)} of {self.store.url} is corrupt; run `scope-hub reindex`") from None
+            raise RegistryError(
+                f"index snapshot {max(names)} of {self.store.url} is corrupt; run `scope-hub reindex`"
+            ) from None
 
     def _load_once(self) -> tuple[RegistryIndex, IndexSnapshot, list[str]]:
         pending = self.store.list_names(INDEX_LOG)  # listed before the snapshot: see module docstring

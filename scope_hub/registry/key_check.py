@@ -56,8 +56,13 @@ def width_matches(label: str, d_sae: int) -> bool:
 
 def _local_model(model: str) -> bool:
     """A local model folder rather than a Hub id (``/data/gemma``, ``./model``, an existing folder)."""
-    return (model.startswith(("/", ".", "~")) or "\\" in model or ":" in model or model.count("/") > 1
-            or Path(model).expanduser().is_dir())
+    return (
+        model.startswith(("/", ".", "~"))
+        or "\\" in model
+        or ":" in model
+        or model.count("/") > 1
+        or Path(model).expanduser().is_dir()
+    )
 
 
 def _site_of(config: DictionaryConfig) -> str | None:
@@ -123,5 +128,7 @@ def check_key_matches(config: DictionaryConfig, key: DictionaryKey, where: str) 
         fix = f"push it as {matching_key(config, key)} (fix the key)"
     except KeyParseError:  # config.json's model is no valid key model
         fix = "fix the key"
-    raise ConfigError(f"key {key.unpinned()} does not match {where}: {'; '.join(problems)}; {fix}, "
-                      "or edit config.json if the key is right")
+    raise ConfigError(
+        f"key {key.unpinned()} does not match {where}: {'; '.join(problems)}; {fix}, "
+        "or edit config.json if the key is right"
+    )

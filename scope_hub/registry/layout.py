@@ -100,14 +100,16 @@ def key_of_version_file(path: str) -> tuple[DictionaryKey, int, str] | None:
     prefix, suffix = f"{MANIFEST_DIR}/", f"/{VERSIONS}"
     if parsed is None or not head.startswith(prefix) or not head.endswith(suffix):
         return None
-    key = DictionaryKey.from_path(head[len(prefix):-len(suffix)])
+    key = DictionaryKey.from_path(head[len(prefix) : -len(suffix)])
     return key, parsed[0], parsed[1]
 
 
 def check_release_name(name: str) -> str:
     """Return ``name`` if it is a safe release name (one path component), else raise UnsafePathError."""
     if not isinstance(name, str) or ".." in name or not _SAFE_PART.match(name):
-        raise UnsafePathError(f"bad release name {name!r}: use {_FILE_RULE} characters, e.g. scope-hub-demo-gemma-3-270m")
+        raise UnsafePathError(
+            f"bad release name {name!r}: use {_FILE_RULE} characters, e.g. scope-hub-demo-gemma-3-270m"
+        )
     return name
 
 

@@ -69,7 +69,9 @@ class Lockfile(_Strict):
         try:
             lock = cls.model_validate_json(Path(path).read_bytes())
         except FileNotFoundError:
-            raise LockfileError(f"lockfile {str(path)!r} does not exist; create it with `scope-hub lock KEY...`") from None
+            raise LockfileError(
+                f"lockfile {str(path)!r} does not exist; create it with `scope-hub lock KEY...`"
+            ) from None
         except ValidationError as exc:
             raise LockfileError(f"lockfile {str(path)!r} is malformed: {exc.errors()[0]['msg']}") from None
         for entry in lock.entries:

@@ -44,7 +44,7 @@ def _version_files(store: Store) -> tuple[list[tuple[str, object, int]], set[tup
 def _read_manifests(store: Store, manifests, problems: list[str]):
     """Yield (key, version, Manifest, bytes) for every readable manifest; record the rest."""
     for start in range(0, len(manifests), BATCH):
-        chunk = manifests[start:start + BATCH]
+        chunk = manifests[start : start + BATCH]
         datas = store.read_many([p for p, _, _ in chunk])
         for path, key, version in chunk:
             data = datas.get(path)
@@ -81,7 +81,9 @@ def verify_store(store: Store, progress: Progress) -> VerifyReport:
     return report
 
 
-def _check_entries(label: str, manifest: Manifest, sizes: dict[str, int], corrupt: set[str], problems: list[str]) -> None:
+def _check_entries(
+    label: str, manifest: Manifest, sizes: dict[str, int], corrupt: set[str], problems: list[str]
+) -> None:
     for entry in manifest.files:
         if entry.sha256 not in sizes:
             problems.append(f"{label}: blob of {entry.path} ({entry.sha256[:16]}) is missing")

@@ -8,8 +8,8 @@ Example:
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from scope_hub.registry.settings import progress_enabled
 
@@ -29,6 +29,14 @@ class Progress:
         from tqdm.auto import tqdm  # imported only when a bar is really drawn
 
         scaled = unit == "B"
-        with tqdm(total=total, desc=desc, unit=unit, unit_scale=scaled, unit_divisor=1024,
-                  file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
+        with tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            unit_scale=scaled,
+            unit_divisor=1024,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        ) as bar:
             yield bar.update

@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from scope_hub.errors import RegistryError, UnknownKeyError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey
@@ -36,9 +37,15 @@ class VersionState:
 
 def record_of(manifest: Manifest, data: bytes, yanked: bool = False, revision: str | None = None) -> VersionRecord:
     """The index record of a manifest given its stored bytes."""
-    return VersionRecord(version=manifest.version, content_sha256=manifest.content_sha256,
-                         manifest_sha256=sha256_bytes(data), size=sum(f.size for f in manifest.files),
-                         created_at=manifest.created_at, yanked=yanked, revision=revision)
+    return VersionRecord(
+        version=manifest.version,
+        content_sha256=manifest.content_sha256,
+        manifest_sha256=sha256_bytes(data),
+        size=sum(f.size for f in manifest.files),
+        created_at=manifest.created_at,
+        yanked=yanked,
+        revision=revision,
+    )
 
 
 def latest_live(states: list[VersionState]) -> int | None:
@@ -59,13 +66,16 @@ def missing_version(key: DictionaryKey, version: int, states: list[VersionState]
     """
     name = key.unpinned()
     if not states:
-        return UnknownKeyError(f"{name}@v{version} does not exist: {name} is not published in {url} (it has no "
-                               "versions); see `scope-hub ls`")
+        return UnknownKeyError(
+            f"{name}@v{version} does not exist: {name} is not published in {url} (it has no "
+            "versions); see `scope-hub ls`"
+        )
     shown = [f"v{s.version}" + (" (yanked)" if s.yanked else "") for s in states]
     if len(shown) > 12:
         shown = [*shown[:3], "...", *shown[-8:]]
-    return VersionNotFoundError(f"{name}@v{version} does not exist in {url}; available: {', '.join(shown)}; "
-                                f"see `scope-hub info {name}`")
+    return VersionNotFoundError(
+        f"{name}@v{version} does not exist in {url}; available: {', '.join(shown)}; see `scope-hub info {name}`"
+    )
 
 
 class Backend(ABC):

@@ -30,19 +30,36 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from scope_hub.errors import RegistryError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry import maintenance
 from scope_hub.registry.backends.base import Store
-from scope_hub.registry.content import (Staged, StagedCard, StagedFile, build_manifest, manifest_bytes, map_threads,
-                                        parse_manifest, utc_now)
+from scope_hub.registry.content import (
+    Staged,
+    StagedCard,
+    StagedFile,
+    build_manifest,
+    manifest_bytes,
+    map_threads,
+    parse_manifest,
+    utc_now,
+)
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.index import RegistryIndex, StoreIndex
-from scope_hub.registry.layout import (blob_path, manifest_path, parse_release_file, parse_version_file, release_dir,
-                                       release_path, versions_dir, yank_path)
+from scope_hub.registry.layout import (
+    blob_path,
+    manifest_path,
+    parse_release_file,
+    parse_version_file,
+    release_dir,
+    release_path,
+    versions_dir,
+    yank_path,
+)
 from scope_hub.registry.models import GcReport, PushResult, VerifyReport
 from scope_hub.registry.progress import Progress
 from scope_hub.registry.protocol import Backend, VersionState, latest_live, record_of
@@ -85,7 +102,8 @@ class StoreBackend(Backend):
         except FileNotFoundError:
             raise RegistryError(
                 f"blob {entry.sha256[:12]} ({entry.path} of {key.unpinned()}@v{version}) is missing from {self.url}; "
-                "run `scope-hub verify`") from None
+                "run `scope-hub verify`"
+            ) from None
 
     def load_index(self) -> RegistryIndex:
         return self.index.load()
@@ -120,8 +138,13 @@ class StoreBackend(Backend):
         manifest = parse_manifest(data, staged.key, latest, self.url)
         if manifest.content_sha256 != staged.content_sha256:
             return None
-        return PushResult(key=str(staged.key), version=latest, created=False,
-                          content_sha256=manifest.content_sha256, manifest_sha256=record_of(manifest, data).manifest_sha256)
+        return PushResult(
+            key=str(staged.key),
+            version=latest,
+            created=False,
+            content_sha256=manifest.content_sha256,
+            manifest_sha256=record_of(manifest, data).manifest_sha256,
+        )
 
     def _claim_version(self, staged: Staged) -> tuple[Manifest, bytes] | PushResult:
         cards: dict[int, StagedCard | None] = {}  # version -> its card, rendered and uploaded once
@@ -141,7 +164,9 @@ class StoreBackend(Backend):
             if self.store.create_bytes(manifest_path(staged.key, version), data):
                 return manifest, data
             time.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))  # lost the race: back off, relist
-        raise RegistryError(f"could not claim a version of {staged.key} after {MAX_CLAIMS} attempts (heavy contention); retry")
+        raise RegistryError(
+            f"could not claim a version of {staged.key} after {MAX_CLAIMS} attempts (heavy contention); retry"
+        )
 
     def publish(self, staged: Staged, progress: Progress) -> PushResult:
         same = self._identical_latest(staged, self.versions(staged.key))
@@ -161,8 +186,13 @@ class StoreBackend(Backend):
         self.index.append(entries)
         fault_point("index_appended")
         self.index.compact_if_needed()
-        return PushResult(key=str(staged.key), version=manifest.version, created=True,
-                          content_sha256=manifest.content_sha256, manifest_sha256=record.manifest_sha256)
+        return PushResult(
+            key=str(staged.key),
+            version=manifest.version,
+            created=True,
+            content_sha256=manifest.content_sha256,
+            manifest_sha256=record.manifest_sha256,
+        )
 
     def _previous_record(self, key: DictionaryKey, version: int):
         if version == 1:

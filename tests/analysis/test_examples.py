@@ -11,11 +11,14 @@ import pytest
 import scope_hub.analysis
 
 # The circuits subpackage (another owner) runs its own examples in tests/analysis/circuits/test_doctests.py.
-MODULES = ["scope_hub.analysis"] + sorted(
-    m.name
-    for m in pkgutil.walk_packages(scope_hub.analysis.__path__, "scope_hub.analysis.")
-    if not m.name.startswith("scope_hub.analysis.circuits")
-)
+MODULES = [
+    "scope_hub.analysis",
+    *sorted(
+        m.name
+        for m in pkgutil.walk_packages(scope_hub.analysis.__path__, "scope_hub.analysis.")
+        if not m.name.startswith("scope_hub.analysis.circuits")
+    ),
+]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -47,7 +47,7 @@ def test_planted_frequency_and_magnitude_shifts_rank_first():
 
 
 def test_fvu_of_a_base_dictionary_rises_on_the_tuned_model():
-    base, tuned, d, _ = _pair()
+    base, tuned, _d, _ = _pair()
     tok = chat_tokenizer()
     ids, mask = text_windows(tok, TEXTS, 16)
     with capture(base, ["model.layers.0.output"]) as acts, torch.no_grad():

@@ -71,7 +71,7 @@ def test_mean_difference_finds_the_planted_direction(report, planted):
 
 
 def test_features_aligned_and_carrying_the_direction(report, planted):
-    p, sm = planted
+    _p, sm = planted
     assert decoder_alignment(sm.dictionaries["sae"], report.direction, top_k=1)[0][0] == FEATURE
     top = report.features[0]
     assert top.feature == FEATURE and top.cosine > 0.99, report.to_markdown()
@@ -158,13 +158,29 @@ def test_cli_refusal_command(tmp_path, capsys):
     sae_with_feature(unit(3), 1).save_pretrained(tmp_path / "sae")
     files = []
     # Sets are averaged separately, so unequal sizes (3 harmful vs 2 harmless) are fine.
-    for name, prompts in [("harmful", HARMFUL[:3]), ("harmless", HARMLESS[:2]), ("heldout-harmful", HARMFUL[3:5]),
-                          ("heldout-harmless", HARMLESS[3:5])]:
+    for name, prompts in [
+        ("harmful", HARMFUL[:3]),
+        ("harmless", HARMLESS[:2]),
+        ("heldout-harmful", HARMFUL[3:5]),
+        ("heldout-harmless", HARMLESS[3:5]),
+    ]:
         (tmp_path / f"{name}.txt").write_text("\n".join(prompts))
         files += [f"--{name}", str(tmp_path / f"{name}.txt")]
     report = tmp_path / "report.md"
-    args = ["refusal", "--model", str(tmp_path / "model"), "--dictionary", str(tmp_path / "sae"), "--layers", "1,2",
-            "--top-k", "2", "--out", str(report), *files]
+    args = [
+        "refusal",
+        "--model",
+        str(tmp_path / "model"),
+        "--dictionary",
+        str(tmp_path / "sae"),
+        "--layers",
+        "1,2",
+        "--top-k",
+        "2",
+        "--out",
+        str(report),
+        *files,
+    ]
     assert main(args) == 0
     text = report.read_text()
     assert "## Refusal direction by layer" in text and "## Features" in text and "ablate direction" in text

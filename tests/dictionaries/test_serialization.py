@@ -27,8 +27,14 @@ from tests.dictionaries.factory import make_config, make_dictionary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KIND_CASES = [
-    ("sae", "jumprelu"), ("sae", "topk"), ("sae", "batchtopk"), ("sae", "relu"),
-    ("transcoder", "jumprelu"), ("skip_transcoder", "jumprelu"), ("clt", "jumprelu"), ("crosscoder", "topk"),
+    ("sae", "jumprelu"),
+    ("sae", "topk"),
+    ("sae", "batchtopk"),
+    ("sae", "relu"),
+    ("transcoder", "jumprelu"),
+    ("skip_transcoder", "jumprelu"),
+    ("clt", "jumprelu"),
+    ("crosscoder", "topk"),
 ]
 
 
@@ -40,11 +46,15 @@ def test_round_trip_is_bit_exact(tmp_path, type_, architecture, dtype):
     for lazy in (False, True):
         loaded = Dictionary.from_pretrained(tmp_path / "d", lazy=lazy)
         assert type(loaded) is type(module) and loaded.config == module.config.model_copy(
-            update={"dtype": str(dtype).removeprefix("torch.")})
+            update={"dtype": str(dtype).removeprefix("torch.")}
+        )
         for (name, a), (_, b) in zip(module.state_dict().items(), loaded.state_dict().items()):
             assert a.dtype == b.dtype and torch.equal(a, b), name
-    expected = {"config.json", "params.safetensors"} if type_ != "clt" else {
-        "config.json", *(f"params_layer_{i}.safetensors" for i in range(3))}
+    expected = (
+        {"config.json", "params.safetensors"}
+        if type_ != "clt"
+        else {"config.json", *(f"params_layer_{i}.safetensors" for i in range(3))}
+    )
     assert {p.name for p in (tmp_path / "d").iterdir()} == expected
 
 
@@ -100,9 +110,13 @@ def _gemma_scope_2_folder(root: Path, name: str, config: dict, tensors: dict[str
 
 def _gs2_tensors(d_in, d_sae, d_out, affine=False, seed=0):
     g = torch.Generator().manual_seed(seed)
-    t = {"w_enc": torch.randn(d_in, d_sae, generator=g), "b_enc": torch.randn(d_sae, generator=g),
-         "threshold": torch.rand(d_sae, generator=g), "w_dec": torch.randn(d_sae, d_out, generator=g),
-         "b_dec": torch.randn(d_out, generator=g)}
+    t = {
+        "w_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g),
+        "threshold": torch.rand(d_sae, generator=g),
+        "w_dec": torch.randn(d_sae, d_out, generator=g),
+        "b_dec": torch.randn(d_out, generator=g),
+    }
     if affine:
         t["affine_skip_connection"] = torch.randn(d_in, d_out, generator=g)
     return t
@@ -111,9 +125,16 @@ def _gs2_tensors(d_in, d_sae, d_out, affine=False, seed=0):
 def test_gemma_scope_2_sae_folder_loads_as_published(tmp_path):
     """Google's field names as published; the math is Gemma Scope 2's JumpReLU, written out here."""
     tensors = _gs2_tensors(8, 32, 8)
-    config = {"hf_hook_point_in": "model.layers.12.output", "hf_hook_point_out": "model.layers.12.output",
-              "width": 32, "model_name": "gemma-v3-270m-pt", "architecture": "jump_relu", "l0": 17,
-              "affine_connection": False, "type": "sae"}
+    config = {
+        "hf_hook_point_in": "model.layers.12.output",
+        "hf_hook_point_out": "model.layers.12.output",
+        "width": 32,
+        "model_name": "gemma-v3-270m-pt",
+        "architecture": "jump_relu",
+        "l0": 17,
+        "affine_connection": False,
+        "type": "sae",
+    }
     folder = _gemma_scope_2_folder(tmp_path, "resid_post/layer_12_width_16k_l0_small", config, tensors)
     sae = load_dictionary(folder)
     c = sae.config
@@ -130,18 +151,28 @@ def test_gemma_scope_2_sae_folder_loads_as_published(tmp_path):
 
 
 def test_gemma_scope_2_affine_transcoder_and_clt_folders_load(tmp_path):
-    config = {"hf_hook_point_in": "model.layers.9.pre_feedforward_layernorm.output",
-              "hf_hook_point_out": "model.layers.9.post_feedforward_layernorm.output",
-              "width": 16, "model_name": "gemma-v3-1b-it", "architecture": "jump_relu", "l0": 40,
-              "affine_connection": True, "type": "transcoder"}
+    config = {
+        "hf_hook_point_in": "model.layers.9.pre_feedforward_layernorm.output",
+        "hf_hook_point_out": "model.layers.9.post_feedforward_layernorm.output",
+        "width": 16,
+        "model_name": "gemma-v3-1b-it",
+        "architecture": "jump_relu",
+        "l0": 40,
+        "affine_connection": True,
+        "type": "transcoder",
+    }
     tensors = _gs2_tensors(8, 16, 8, affine=True)
-    st = load_dictionary(_gemma_scope_2_folder(tmp_path, "transcoder/layer_9_width_16k_l0_medium_affine",
-                                               config, tensors))
+    st = load_dictionary(
+        _gemma_scope_2_folder(tmp_path, "transcoder/layer_9_width_16k_l0_medium_affine", config, tensors)
+    )
     assert isinstance(st, SkipTranscoder) and (st.config.site, st.config.site_out) == ("mlp_in", "mlp_out")
     x = torch.randn(3, 8)
     pre = x @ tensors["w_enc"] + tensors["b_enc"]
-    expected = ((pre > tensors["threshold"]) * torch.relu(pre)) @ tensors["w_dec"] + tensors["b_dec"] \
+    expected = (
+        ((pre > tensors["threshold"]) * torch.relu(pre)) @ tensors["w_dec"]
+        + tensors["b_dec"]
         + x @ tensors["affine_skip_connection"]
+    )
     torch.testing.assert_close(st(x), expected)
 
     clt_dir = tmp_path / "clt" / "width_262k_l0_medium_affine"
@@ -151,9 +182,16 @@ def test_gemma_scope_2_affine_transcoder_and_clt_folders_load(tmp_path):
         t = _gs2_tensors(8, 16, 8, affine=True, seed=i)
         t["w_dec"] = torch.randn(16, n - i, 8)
         save_file(t, str(clt_dir / f"params_layer_{i}.safetensors"))
-    (clt_dir / "config.json").write_text(json.dumps({**config, "type": "clt",
-                                                     "hf_hook_point_in": "model.layers.0.pre_feedforward_layernorm.output",
-                                                     "hf_hook_point_out": "model.layers.0.post_feedforward_layernorm.output"}))
+    (clt_dir / "config.json").write_text(
+        json.dumps(
+            {
+                **config,
+                "type": "clt",
+                "hf_hook_point_in": "model.layers.0.pre_feedforward_layernorm.output",
+                "hf_hook_point_out": "model.layers.0.post_feedforward_layernorm.output",
+            }
+        )
+    )
     clt = load_dictionary(clt_dir)
     assert clt.config.type == "clt" and clt.config.layers == [0, 1, 2] and clt.config.affine_skip
     assert clt.config.hook_point_in == "model.layers.{layer}.pre_feedforward_layernorm.output"
@@ -174,14 +212,17 @@ def _edit_config(folder: Path, **changes):
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize(("changes", "error", "words"), [
-    ({"d_sae": None}, ConfigError, "field 'd_sae': Field required"),
-    ({"colour": "red"}, ConfigError, "field 'colour': Extra inputs are not permitted"),
-    ({"d_sae": 17}, ShapeMismatchError, "tensor 'w_enc' has shape [6, 16] but config.json implies [6, 17]"),
-    ({"dtype": "float16"}, ShapeMismatchError, "is float32 but config.json says dtype float16"),
-    ({"architecture": "relu"}, ShapeMismatchError, "unexpected tensors ['threshold']"),
-    ({"schema_version": 99}, ConfigError, "newer scope-hub"),
-])
+@pytest.mark.parametrize(
+    ("changes", "error", "words"),
+    [
+        ({"d_sae": None}, ConfigError, "field 'd_sae': Field required"),
+        ({"colour": "red"}, ConfigError, "field 'colour': Extra inputs are not permitted"),
+        ({"d_sae": 17}, ShapeMismatchError, "tensor 'w_enc' has shape [6, 16] but config.json implies [6, 17]"),
+        ({"dtype": "float16"}, ShapeMismatchError, "is float32 but config.json says dtype float16"),
+        ({"architecture": "relu"}, ShapeMismatchError, "unexpected tensors ['threshold']"),
+        ({"schema_version": 99}, ConfigError, "newer scope-hub"),
+    ],
+)
 def test_bad_configs_get_one_line_errors_naming_file_and_field(tmp_path, changes, error, words):
     folder = _saved(tmp_path)
     _edit_config(folder, **changes)
@@ -281,8 +322,10 @@ def test_clt_layer_files_use_gemma_scope_2_full_width_decoders_and_compact_files
     assert stored.shape == (16, 3, 8) and not stored[:, :1].any()  # zeros for layers before 1
     torch.testing.assert_close(stored[:, 1:], clt.w_dec(1), rtol=0, atol=0)
     # A compact file (decoders to layers i..n-1 only) is read the same way.
-    compact = {k: {n: t[:, 1:].contiguous() if n == "w_dec" and "_1." in k else t for n, t in v.items()}
-               for k, v in clt.tensors_by_file().items()}
+    compact = {
+        k: {n: t[:, 1:].contiguous() if n == "w_dec" and "_1." in k else t for n, t in v.items()}
+        for k, v in clt.tensors_by_file().items()
+    }
     for name, tensors in compact.items():
         save_file(tensors, str(tmp_path / "clt" / name))
     again = Dictionary.from_pretrained(tmp_path / "clt")
@@ -290,8 +333,12 @@ def test_clt_layer_files_use_gemma_scope_2_full_width_decoders_and_compact_files
 
 
 def test_gemma_scope_2_crosscoder_folder_points_to_the_converter(tmp_path):
-    config = {"hf_hook_point_in": "model.layers.5.output", "model_name": "gemma-v3-270m-pt",
-              "architecture": "jump_relu", "type": "crosscoder"}
+    config = {
+        "hf_hook_point_in": "model.layers.5.output",
+        "model_name": "gemma-v3-270m-pt",
+        "architecture": "jump_relu",
+        "type": "crosscoder",
+    }
     folder = _gemma_scope_2_folder(tmp_path, "crosscoder/width_16k_l0_small", config, _gs2_tensors(32, 16, 32))
     with pytest.raises(ConfigError, match="scope_hub.interop.gemma_scope_2.load"):
         load_dictionary(folder)

@@ -33,22 +33,36 @@ class Case:
 SQUARE = {"d_out": 6}  # formats whose transcoders map d_model -> d_model
 GROUPS = {"matryoshka_groups": [4, 12]}
 CASES = [
-    *[Case("scope-hub", t, a) for t, a in [("sae", "jumprelu"), ("sae", "topk"), ("transcoder", "batchtopk"),
-                                          ("skip_transcoder", "relu"), ("clt", "jumprelu"), ("crosscoder", "topk")]],
+    *[
+        Case("scope-hub", t, a)
+        for t, a in [
+            ("sae", "jumprelu"),
+            ("sae", "topk"),
+            ("transcoder", "batchtopk"),
+            ("skip_transcoder", "relu"),
+            ("clt", "jumprelu"),
+            ("crosscoder", "topk"),
+        ]
+    ],
     *[Case("gemma-scope-2", t, "jumprelu") for t in ("sae", "transcoder", "skip_transcoder", "clt", "crosscoder")],
     Case("gemma-scope-2", "clt", "jumprelu", {"affine_skip": True}),
-    Case("gemma-scope-1", "sae", "jumprelu"), Case("gemma-scope-1", "transcoder", "jumprelu"),
+    Case("gemma-scope-1", "sae", "jumprelu"),
+    Case("gemma-scope-1", "transcoder", "jumprelu"),
     *[Case("saelens", "sae", a) for a in ("jumprelu", "topk", "relu", "batchtopk")],
     *[Case("saelens", t, a) for t in ("transcoder", "skip_transcoder") for a in ("jumprelu", "relu")],
     Case("saelens", "sae", "jumprelu", GROUPS),
     Case("sparsify", "sae", "topk", folded=("b_enc",)),
-    Case("sparsify", "transcoder", "topk", SQUARE), Case("sparsify", "skip_transcoder", "topk", SQUARE),
-    Case("dictionary-learning", "sae", "relu"), Case("dictionary-learning", "sae", "jumprelu"),
+    Case("sparsify", "transcoder", "topk", SQUARE),
+    Case("sparsify", "skip_transcoder", "topk", SQUARE),
+    Case("dictionary-learning", "sae", "relu"),
+    Case("dictionary-learning", "sae", "jumprelu"),
     Case("dictionary-learning", "sae", "topk", folded=("b_enc",)),
     Case("dictionary-learning", "sae", "batchtopk"),  # per-latent thresholds: JumpReluAutoEncoder, exact
-    Case("circuit-tracer", "transcoder", "jumprelu", SQUARE), Case("circuit-tracer", "transcoder", "relu", SQUARE),
+    Case("circuit-tracer", "transcoder", "jumprelu", SQUARE),
+    Case("circuit-tracer", "transcoder", "relu", SQUARE),
     Case("circuit-tracer", "skip_transcoder", "jumprelu", SQUARE),
-    Case("circuit-tracer", "clt", "jumprelu", SQUARE), Case("circuit-tracer", "clt", "relu", SQUARE),
+    Case("circuit-tracer", "clt", "jumprelu", SQUARE),
+    Case("circuit-tracer", "clt", "relu", SQUARE),
 ]
 
 UNSUPPORTED = [  # (format, type, arch, extra, words in the error)

@@ -64,8 +64,11 @@ def test_import_command_reports_and_exits_nonzero_on_failures(tmp_path, capsys):
     url = (tmp_path / "reg").as_uri()
     assert main(["--registry", url, "import", "gemma-scope-2", str(root), "--dry-run"]) == 1
     out = capsys.readouterr().out
-    assert "resid_post_all/layer_12_width_16k_l0_big -> google/gemma-3-270m:resid_post/layer_12/width_16k/sae/" \
-           "l0_big_all" in out and "resid_post/banana -> FAILED" in out
+    assert (
+        "resid_post_all/layer_12_width_16k_l0_big -> google/gemma-3-270m:resid_post/layer_12/width_16k/sae/l0_big_all"
+        in out
+        and "resid_post/banana -> FAILED" in out
+    )
     assert main(["--registry", url, "import", "gemma-scope-2", str(root), "--include", "attn_out/*", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["counts"] == {"published": 1}
@@ -74,9 +77,11 @@ def test_import_command_reports_and_exits_nonzero_on_failures(tmp_path, capsys):
 
 
 def test_parsing_the_commands_does_not_import_torch():
-    code = ("import sys; from scope_hub.cli import main; "
-            "rc = [main(['convert', '--help']), main(['import', '--help'])]; "
-            "sys.exit(3 if 'torch' in sys.modules else 0)")
+    code = (
+        "import sys; from scope_hub.cli import main; "
+        "rc = [main(['convert', '--help']), main(['import', '--help'])]; "
+        "sys.exit(3 if 'torch' in sys.modules else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-500:]
     assert "gemma-scope-2" in result.stdout and "--to FORMAT" in result.stdout

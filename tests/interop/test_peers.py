@@ -32,6 +32,7 @@ def _close(a, b, tol=1e-5):
 
 # --- SAELens -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.fmt == "saelens"], ids=lambda c: c.id)
 def test_saelens_loads_our_export_to_the_same_features(tmp_path, case, sae_lens):
     module = case.make()
@@ -46,8 +47,11 @@ def _random_(module, seed=0):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            p.copy_(torch.rand(p.shape, generator=gen) * 0.4 + 0.05 if name == "threshold"
-                    else torch.randn(p.shape, generator=gen) * 0.5)
+            p.copy_(
+                torch.rand(p.shape, generator=gen) * 0.4 + 0.05
+                if name == "threshold"
+                else torch.randn(p.shape, generator=gen) * 0.5
+            )
     return module
 
 
@@ -55,8 +59,12 @@ def _random_(module, seed=0):
 def test_folders_saved_by_saelens_import_to_its_features(tmp_path, arch, sae_lens):
     SAE = sae_lens.SAE
 
-    fields = {"d_in": 6, "d_sae": 16, "architecture": arch, "metadata": {"model_name": "gemma-2-2b",
-                                                                          "hook_name": "blocks.3.hook_resid_post"}}
+    fields = {
+        "d_in": 6,
+        "d_sae": 16,
+        "architecture": arch,
+        "metadata": {"model_name": "gemma-2-2b", "hook_name": "blocks.3.hook_resid_post"},
+    }
     if arch == "topk":
         fields.update(k=3, rescale_acts_by_decoder_norm=True)  # folded into the weights on import
     if arch.endswith("transcoder"):
@@ -78,6 +86,7 @@ def test_folders_saved_by_saelens_import_to_its_features(tmp_path, arch, sae_len
 
 
 # --- sparsify ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.fmt == "sparsify"], ids=lambda c: c.id)
 def test_sparsify_loads_our_export_to_the_same_features(tmp_path, case):
@@ -106,6 +115,7 @@ def test_folders_saved_by_sparsify_import_to_its_features(tmp_path):
 
 
 # --- dictionary_learning -------------------------------------------------------------------------
+
 
 def _dictionary_learning():
     """The real package's modules without running its __init__ (which needs nnsight)."""
@@ -140,13 +150,26 @@ def test_dictionary_learning_loads_our_export_to_the_same_features(tmp_path, arc
 def test_dictionary_learning_standard_autoencoder_reference(tmp_path):
     """AutoEncoder (the default class) as its source defines it: relu((x - bias) @ W_e.T + b_e)."""
     g = torch.Generator().manual_seed(0)
-    state = {"encoder.weight": torch.randn(16, 6, generator=g), "encoder.bias": torch.randn(16, generator=g),
-             "decoder.weight": torch.randn(6, 16, generator=g), "bias": torch.randn(6, generator=g)}
+    state = {
+        "encoder.weight": torch.randn(16, 6, generator=g),
+        "encoder.bias": torch.randn(16, generator=g),
+        "decoder.weight": torch.randn(6, 16, generator=g),
+        "bias": torch.randn(6, generator=g),
+    }
     (tmp_path / "dl").mkdir()
     torch.save(state, tmp_path / "dl" / "ae.pt")
-    (tmp_path / "dl" / "config.json").write_text(json.dumps({"trainer": {
-        "dict_class": "AutoEncoder", "lm_name": "EleutherAI/pythia-70m-deduped", "layer": 3,
-        "submodule_name": "resid_post_layer_3"}}))
+    (tmp_path / "dl" / "config.json").write_text(
+        json.dumps(
+            {
+                "trainer": {
+                    "dict_class": "AutoEncoder",
+                    "lm_name": "EleutherAI/pythia-70m-deduped",
+                    "layer": 3,
+                    "submodule_name": "resid_post_layer_3",
+                }
+            }
+        )
+    )
     ours = dictionary_learning.load(tmp_path / "dl")
     x = torch.randn(9, 6, generator=g)
     f = torch.relu((x - state["bias"]) @ state["encoder.weight"].T + state["encoder.bias"])
@@ -168,6 +191,7 @@ def test_dictionary_learning_never_unpickles(tmp_path):
 
 # --- Gemma Scope and circuit-tracer: references from their documented math -----------------------
 
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.fmt == "gemma-scope-2"], ids=lambda c: c.id)
 def test_gemma_scope_2_files_compute_our_features(tmp_path, case):
     module = case.make()
@@ -184,8 +208,12 @@ def test_gemma_scope_2_files_compute_our_features(tmp_path, case):
         p = load_np(str(tmp_path / "gs2" / "params.safetensors"))
         n = c.n_layers
         assert p["w_enc"].shape == (n * c.d_in, c.d_sae)  # written concatenated over layers
-        p = {**p, "w_enc": p["w_enc"].reshape(n, c.d_in, c.d_sae), "w_dec": p["w_dec"].reshape(c.d_sae, n, c.d_out),
-             "b_dec": p["b_dec"].reshape(n, c.d_out)}
+        p = {
+            **p,
+            "w_enc": p["w_enc"].reshape(n, c.d_in, c.d_sae),
+            "w_dec": p["w_dec"].reshape(c.d_sae, n, c.d_out),
+            "b_dec": p["b_dec"].reshape(n, c.d_out),
+        }
         f, y = reference.crosscoder({k: v.astype(np.float64) for k, v in p.items()}, x, "jumprelu")
     else:
         p = load_np(str(tmp_path / "gs2" / "params.safetensors"))
@@ -229,8 +257,10 @@ def test_circuit_tracer_clt_written_by_circuit_tracer_layout_imports(tmp_path):
     thr = torch.rand(n, s, generator=g) * 0.5
     w_dec = [torch.randn(s, n - i, d, generator=g) for i in range(n)]
     for i in range(n):
-        save_file({f"W_enc_{i}": w_enc[i], f"b_enc_{i}": b_enc[i], f"b_dec_{i}": b_dec[i], f"threshold_{i}": thr[i]},
-                  str(tmp_path / f"W_enc_{i}.safetensors"))
+        save_file(
+            {f"W_enc_{i}": w_enc[i], f"b_enc_{i}": b_enc[i], f"b_dec_{i}": b_dec[i], f"threshold_{i}": thr[i]},
+            str(tmp_path / f"W_enc_{i}.safetensors"),
+        )
         save_file({f"W_dec_{i}": w_dec[i]}, str(tmp_path / f"W_dec_{i}.safetensors"))
     clt = circuit_tracer.load(tmp_path).eval()
     x = torch.randn(n, 5, d, generator=g)  # circuit-tracer's layout: [n_layers, n_pos, d_model]

@@ -59,7 +59,15 @@ def test_pulled_dictionaries_carry_the_release_facts_and_weights(tmp_path, regis
     st = Dictionary.from_pretrained(registry.pull(key))
     c = st.config
     assert (c.type, c.model, c.site, c.site_out, c.layer, c.width_label, c.variant, c.l0_target) == (
-        "skip_transcoder", "google/gemma-3-270m", "mlp_in", "mlp_out", 9, "16k", "l0_small_affine", 17)
+        "skip_transcoder",
+        "google/gemma-3-270m",
+        "mlp_in",
+        "mlp_out",
+        9,
+        "16k",
+        "l0_small_affine",
+        17,
+    )
     assert c.provenance.source_uri == "hf://google/gemma-scope-2-270m-pt/transcoder/layer_9_width_16k_l0_small_affine"
     original = load_file(str(root / "transcoder/layer_9_width_16k_l0_small_affine/params.safetensors"))
     for name, tensor in original.items():
@@ -69,8 +77,9 @@ def test_pulled_dictionaries_carry_the_release_facts_and_weights(tmp_path, regis
     full = load_file(str(root / "clt/width_262k_l0_medium_affine/params_layer_1.safetensors"))["w_dec"]
     assert clt.w_dec(1).shape == (32, 2, 16) and torch.equal(clt.w_dec(1), full[:, 1:])
     # crosscoder: concatenated tensors were split per layer
-    cc = Dictionary.from_pretrained(registry.pull(
-        "google/gemma-3-270m:resid_post/layer_5-9-12-15/width_65k/crosscoder/l0_medium"))
+    cc = Dictionary.from_pretrained(
+        registry.pull("google/gemma-3-270m:resid_post/layer_5-9-12-15/width_65k/crosscoder/l0_medium")
+    )
     flat = load_file(str(root / "crosscoder/width_65k_l0_medium/params.safetensors"))
     assert cc.config.layers == [5, 9, 12, 15] and torch.equal(cc.w_enc.reshape(64, 32), flat["w_enc"])
 
@@ -122,8 +131,10 @@ def test_key_for_agrees_with_the_importer(tmp_path, registry, monkeypatch):
     monkeypatch.setattr(saelens, "installed_yaml", lambda: None)  # the vendored table: no 1.5 MB YAML parse
     report = import_gemma_scope_2(make_gs2_release(tmp_path, malformed=False), registry)
     got = {r.folder: r.key for r in report.results}
-    assert str(key_for("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_big")) == \
-        got["resid_post/layer_12_width_16k_l0_big"]
+    assert (
+        str(key_for("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_big"))
+        == got["resid_post/layer_12_width_16k_l0_big"]
+    )
     different = key_for("gemma-scope-2-270m-pt-res-all", "layer_12_width_16k_l0_big", registry=registry)
     assert str(different) == got["resid_post_all/layer_12_width_16k_l0_big"] and different.variant == "l0_big_all"
     identical = key_for("gemma-scope-2-270m-pt-res-all", "layer_12_width_16k_l0_small", registry=registry)
@@ -149,10 +160,13 @@ def test_hub_repo_offline_from_the_hf_cache(tmp_path, registry, monkeypatch):
     registry = Registry(registry.url, cache_dir=tmp_path / "cache", progress=False, offline=False)  # local: may push
     report = import_gemma_scope_2("google/gemma-scope-2-270m-pt", registry, include=["resid_post/*"])
     assert report.ok and report.counts() == {"published": 3}
-    pulled = Dictionary.from_pretrained(registry.pull(
-        "google/gemma-3-270m:resid_post/layer_12/width_262k/sae/l0_medium_seed_1"))
-    assert pulled.config.provenance.source_uri == \
-        "hf://google/gemma-scope-2-270m-pt/resid_post/layer_12_width_262k_l0_medium_seed_1"
+    pulled = Dictionary.from_pretrained(
+        registry.pull("google/gemma-3-270m:resid_post/layer_12/width_262k/sae/l0_medium_seed_1")
+    )
+    assert (
+        pulled.config.provenance.source_uri
+        == "hf://google/gemma-scope-2-270m-pt/resid_post/layer_12_width_262k_l0_medium_seed_1"
+    )
 
 
 def test_hub_repo_online_downloads_folder_by_folder(tmp_path, registry, monkeypatch):
@@ -185,7 +199,9 @@ def test_a_folder_the_hub_cannot_provide_is_an_offline_error_saying_what_to_do(m
         raise LocalEntryNotFoundError("connection error and nothing cached")
 
     monkeypatch.setattr(ReleaseSource, "_hub_snapshot", unreachable)
-    with pytest.raises(OfflineError, match="folder resid_post/x of hf://google/gemma-scope-2-270m-pt .*run again to resume"):
+    with pytest.raises(
+        OfflineError, match="folder resid_post/x of hf://google/gemma-scope-2-270m-pt .*run again to resume"
+    ):
         ReleaseSource("google/gemma-scope-2-270m-pt").fetch("resid_post/x")
 
 
@@ -193,16 +209,18 @@ def test_gemma_scope_1_release_and_its_failures(tmp_path, registry):
     marker = tmp_path / "marker"
     root = make_gs1_release(tmp_path, marker=marker)
     got = _by_folder(import_gemma_scope_1(root, registry))
-    assert got["layer_0/width_16k/average_l0_12"].key == \
-        "google/gemma-2-2b:resid_post/layer_0/width_16k/sae/average_l0_12"
+    assert (
+        got["layer_0/width_16k/average_l0_12"].key == "google/gemma-2-2b:resid_post/layer_0/width_16k/sae/average_l0_12"
+    )
     assert got["layer_3/width_65k/average_l0_20"].status == "published"
     assert "allow_pickle=False" in got["layer_1/width_16k/average_l0_9"].reason and not marker.exists()
     assert "unexpected folder" in got["embedding/width_4k/average_l0_6"].reason
     assert "params.npz not found" in got["layer_2/width_16k/average_l0_7"].reason
     sae = Dictionary.from_pretrained(registry.pull("google/gemma-2-2b:resid_post/layer_0/width_16k/sae/average_l0_12"))
     with np.load(root / "layer_0/width_16k/average_l0_12/params.npz") as data:
-        assert np.array_equal(sae.w_enc.numpy(), data["W_enc"]) and np.array_equal(sae.threshold.numpy(),
-                                                                                   data["threshold"])
+        assert np.array_equal(sae.w_enc.numpy(), data["W_enc"]) and np.array_equal(
+            sae.threshold.numpy(), data["threshold"]
+        )
     assert sae.config.hook_point_in == "model.layers.0.output"
 
 
@@ -211,7 +229,8 @@ def test_gemma_scope_1_transcoders_need_a_known_repo(tmp_path, registry):
     report = import_gemma_scope_1(root, registry, include=["layer_0/*/*"])
     assert [r.key for r in report.results] == [
         "google/gemma-2-2b:mlp/layer_0/width_16k/transcoder/average_l0_12",
-        "google/gemma-2-2b:mlp/layer_0/width_16k/transcoder/average_l0_50"]
+        "google/gemma-2-2b:mlp/layer_0/width_16k/transcoder/average_l0_50",
+    ]
     tc = Dictionary.from_pretrained(registry.pull(report.results[0].key))
     assert (tc.config.type, tc.config.site, tc.config.site_out) == ("transcoder", "mlp_in", "mlp_out")
     shutil.move(root, tmp_path / "unnamed")
@@ -226,8 +245,10 @@ def test_registry_given_as_url(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline reading must not forbid pushing to a local registry
     report = import_gemma_scope_2(make_gs2_release(tmp_path, malformed=False), url, include=["attn_out/*"])
     assert report.ok and report.results[0].version == 1
-    assert json.loads((Registry(url, offline=False).pull(report.results[0].key) / "config.json").read_text())[
-        "site"] == "attn_out"
+    assert (
+        json.loads((Registry(url, offline=False).pull(report.results[0].key) / "config.json").read_text())["site"]
+        == "attn_out"
+    )
 
 
 def test_imported_versions_carry_a_card_stating_the_release_license(tmp_path, registry):

@@ -18,14 +18,25 @@ def _described(module, **extra):
     """Give the dictionary every descriptive field, so config preservation is really tested."""
     c = module.config
     single = c.type not in ("clt", "crosscoder")
-    fields = dict(model="google/gemma-3-270m", variant="l0_small", width_label="16", l0_target=12.5,
-                  provenance=c.provenance.model_copy(update={"source": "trained", "seed": 3}),
-                  metrics=c.metrics.model_copy(update={"fvu": 0.25, "l0": 11.0}), **extra)
+    fields = dict(
+        model="google/gemma-3-270m",
+        variant="l0_small",
+        width_label="16",
+        l0_target=12.5,
+        provenance=c.provenance.model_copy(update={"source": "trained", "seed": 3}),
+        metrics=c.metrics.model_copy(update={"fvu": 0.25, "l0": 11.0}),
+        **extra,
+    )
     if single:
         site = "resid_post" if c.type == "sae" else "mlp_in"
-        fields.update(layer=6, site=site, site_out=None if c.type == "sae" else "mlp_out",
-                      hook_point_in="model.layers.6.output" if c.type == "sae" else
-                      "model.layers.6.pre_feedforward_layernorm.output")
+        fields.update(
+            layer=6,
+            site=site,
+            site_out=None if c.type == "sae" else "mlp_out",
+            hook_point_in="model.layers.6.output"
+            if c.type == "sae"
+            else "model.layers.6.pre_feedforward_layernorm.output",
+        )
     module.config = c.model_copy(update=fields)
     return module
 
@@ -97,11 +108,16 @@ def test_a_folder_of_dictionaries_converts_folder_by_folder(tmp_path):
 
 
 def test_a_transcoder_set_becomes_one_folder_per_layer(tmp_path):
-    layers = {f"l{i}": make_dictionary(make_config("transcoder", "jumprelu", d_out=6, layer=i), seed=i)
-              for i in range(3)}
+    layers = {
+        f"l{i}": make_dictionary(make_config("transcoder", "jumprelu", d_out=6, layer=i), seed=i) for i in range(3)
+    }
     get_format("circuit-tracer").save_all(layers, tmp_path / "set")
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == [
-        "config.yaml", "layer_0.safetensors", "layer_1.safetensors", "layer_2.safetensors"]
+        "config.yaml",
+        "layer_0.safetensors",
+        "layer_1.safetensors",
+        "layer_2.safetensors",
+    ]
     convert(tmp_path / "set", tmp_path / "ours", to="scope-hub")
     assert sorted(p.name for p in (tmp_path / "ours").iterdir()) == ["layer_0", "layer_1", "layer_2"]
     again = load_all("scope-hub", tmp_path / "ours")

@@ -11,19 +11,34 @@ M = "google/gemma-3-270m"
 REAL_ENTRIES = [  # (release, sae_id, key) as listed by sae_lens 6.54.12's pretrained_saes.yaml
     ("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_small", f"{M}:resid_post/layer_12/width_16k/sae/l0_small"),
     ("gemma-scope-2-270m-pt-res", "layer_12_width_1m_l0_medium", f"{M}:resid_post/layer_12/width_1m/sae/l0_medium"),
-    ("gemma-scope-2-270m-pt-transcoders", "transcoder/layer_15_width_262k_l0_big_affine",
-     f"{M}:mlp/layer_15/width_262k/skip_transcoder/l0_big_affine"),
-    ("gemma-scope-2-270m-pt-transcoders-all", "layer_0_width_16k_l0_small",
-     f"{M}:mlp/layer_0/width_16k/transcoder/l0_small"),
+    (
+        "gemma-scope-2-270m-pt-transcoders",
+        "transcoder/layer_15_width_262k_l0_big_affine",
+        f"{M}:mlp/layer_15/width_262k/skip_transcoder/l0_big_affine",
+    ),
+    (
+        "gemma-scope-2-270m-pt-transcoders-all",
+        "layer_0_width_16k_l0_small",
+        f"{M}:mlp/layer_0/width_16k/transcoder/l0_small",
+    ),
     ("gemma-scope-2-270m-pt-mlp-all", "layer_0_width_16k_l0_big", f"{M}:mlp_out/layer_0/width_16k/sae/l0_big"),
     ("gemma-scope-2-270m-pt-mlp-all", "layer_12_width_16k_l0_big", f"{M}:mlp_out/layer_12/width_16k/sae/l0_big_all"),
     ("gemma-scope-2-270m-pt-att", "layer_12_width_16k_l0_small", f"{M}:attn_out/layer_12/width_16k/sae/l0_small"),
-    ("gemma-scope-2-1b-it-res", "layer_13_width_262k_l0_medium_seed_1",
-     "google/gemma-3-1b-it:resid_post/layer_13/width_262k/sae/l0_medium_seed_1"),
-    ("gemma-scope-2b-pt-res-canonical", "layer_0/width_16k/canonical",
-     "google/gemma-2-2b:resid_post/layer_0/width_16k/sae/average_l0_105"),
-    ("gemma-scope-2b-pt-transcoders", "layer_0/width_16k/average_l0_76",
-     "google/gemma-2-2b:mlp/layer_0/width_16k/transcoder/average_l0_76"),
+    (
+        "gemma-scope-2-1b-it-res",
+        "layer_13_width_262k_l0_medium_seed_1",
+        "google/gemma-3-1b-it:resid_post/layer_13/width_262k/sae/l0_medium_seed_1",
+    ),
+    (
+        "gemma-scope-2b-pt-res-canonical",
+        "layer_0/width_16k/canonical",
+        "google/gemma-2-2b:resid_post/layer_0/width_16k/sae/average_l0_105",
+    ),
+    (
+        "gemma-scope-2b-pt-transcoders",
+        "layer_0/width_16k/average_l0_76",
+        "google/gemma-2-2b:mlp/layer_0/width_16k/transcoder/average_l0_76",
+    ),
 ]
 
 
@@ -62,6 +77,8 @@ def test_unknown_names_say_what_exists(table_source):
 
 def test_non_gemma_scope_releases_are_refused(tmp_path):
     yaml_file = tmp_path / "pretrained_saes.yaml"
-    yaml_file.write_text("gpt2-small-res-jb:\n  repo_id: jbloom/GPT2-Small-SAEs-Reformatted\n  model: gpt2-small\n"
-                         "  saes:\n  - id: blocks.0.hook_resid_pre\n    path: blocks.0.hook_resid_pre\n")
+    yaml_file.write_text(
+        "gpt2-small-res-jb:\n  repo_id: jbloom/GPT2-Small-SAEs-Reformatted\n  model: gpt2-small\n"
+        "  saes:\n  - id: blocks.0.hook_resid_pre\n    path: blocks.0.hook_resid_pre\n"
+    )
     assert release_table(str(yaml_file)) == {}  # only Gemma Scope repos map to keys

@@ -11,9 +11,9 @@ import os
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -30,8 +30,15 @@ STORE_BACKENDS = ["file", "memory", "s3"]
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path, monkeypatch):
     """Per-test caches; no offline flags, tokens or user registries leak in."""
-    for name in ("SCOPE_HUB_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "SCOPE_HUB_FAULT", "HF_TOKEN",
-                 "SCOPE_HUB_INDEX_COMPACT_AFTER", "SCOPE_HUB_DEBUG"):
+    for name in (
+        "SCOPE_HUB_OFFLINE",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "SCOPE_HUB_FAULT",
+        "HF_TOKEN",
+        "SCOPE_HUB_INDEX_COMPACT_AFTER",
+        "SCOPE_HUB_DEBUG",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SCOPE_HUB_CACHE", str(tmp_path / "scope-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))

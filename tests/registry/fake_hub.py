@@ -86,8 +86,9 @@ class FakeHub:
 
     def create_repo(self, repo_id: str, private: bool | None = None) -> Repo:
         repo = Repo(repo_id, private=private)
-        first = self.new_commit(repo, None, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
-                                "initial commit")
+        first = self.new_commit(
+            repo, None, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"}, "initial commit"
+        )
         repo.branches["main"] = first.oid
         self.repos[repo_id] = repo
         return repo
@@ -118,7 +119,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, payload, headers: dict | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
-    def _error(self, status: int, code: str | None, message: str, head: bool = False, extra: dict | None = None) -> None:
+    def _error(
+        self, status: int, code: str | None, message: str, head: bool = False, extra: dict | None = None
+    ) -> None:
         headers = {"X-Error-Message": message, **(extra or {})}
         if code:
             headers["X-Error-Code"] = code
@@ -170,18 +173,29 @@ class _Handler(BaseHTTPRequestHandler):
         action = rest[0] if rest else "revision"
         revision = rest[1] if len(rest) > 1 else "main"
         if action == "refs":
-            return self._json(200, {"branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": o} for b, o in repo.branches.items()],
-                                    "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": o} for t, o in repo.tags.items()],
-                                    "converts": []})
+            return self._json(
+                200,
+                {
+                    "branches": [
+                        {"name": b, "ref": f"refs/heads/{b}", "targetCommit": o} for b, o in repo.branches.items()
+                    ],
+                    "tags": [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": o} for t, o in repo.tags.items()],
+                    "converts": [],
+                },
+            )
         commit = repo.resolve(revision)
         if commit is None:
             self._body()
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         if action == "revision":
-            return self._json(200, {"id": repo_id, "sha": commit.oid, "siblings": [{"rfilename": p} for p in sorted(commit.files)]})
+            return self._json(
+                200, {"id": repo_id, "sha": commit.oid, "siblings": [{"rfilename": p} for p in sorted(commit.files)]}
+            )
         if action == "preupload":
             files = json.loads(self._body())["files"]
-            return self._json(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+            return self._json(
+                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+            )
         if action == "commit":
             return self._commit(repo, revision, self._body())
         if action == "tag":
@@ -229,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
         for path, data in sorted(commit.files.items()):
             if not path.startswith(base):
                 continue
-            tail = path[len(base):]
+            tail = path[len(base) :]
             if "/" in tail and not recursive:
                 folders.add(base + tail.split("/")[0])
                 continue
@@ -240,7 +254,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _commits(self, repo: Repo, commit: Commit) -> None:
         out = []
         while commit is not None:
-            out.append({"id": commit.oid, "title": commit.title, "message": "", "authors": [{"user": "test"}], "date": commit.date})
+            out.append(
+                {
+                    "id": commit.oid,
+                    "title": commit.title,
+                    "message": "",
+                    "authors": [{"user": "test"}],
+                    "date": commit.date,
+                }
+            )
             commit = repo.commits.get(commit.parent) if commit.parent else None
         self._json(200, out)
 
@@ -254,7 +276,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head=head)
         data = commit.files.get(path)
         if data is None:
-            return self._error(404, "EntryNotFound", f"{path} does not exist", head=head, extra={"X-Repo-Commit": commit.oid})
-        etag = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # git blob id, as the Hub sends for regular files
-        self._send(200, data, {"ETag": f'"{etag}"', "X-Repo-Commit": commit.oid, "Content-Type": "application/octet-stream"},
-                   head=head)
+            return self._error(
+                404, "EntryNotFound", f"{path} does not exist", head=head, extra={"X-Repo-Commit": commit.oid}
+            )
+        etag = hashlib.sha1(
+            b"blob %d\0" % len(data) + data
+        ).hexdigest()  # git blob id, as the Hub sends for regular files
+        self._send(
+            200,
+            data,
+            {"ETag": f'"{etag}"', "X-Repo-Commit": commit.oid, "Content-Type": "application/octet-stream"},
+            head=head,
+        )

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from scope_hub.errors import (ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError, LockfileError,
-                              OfflineError, RegistryError, UnknownKeyError, UnsafePathError, VersionNotFoundError)
+from scope_hub.errors import (
+    ConfigError,
+    DictionaryNotFoundError,
+    IntegrityError,
+    KeyParseError,
+    LockfileError,
+    OfflineError,
+    RegistryError,
+    UnknownKeyError,
+    UnsafePathError,
+    VersionNotFoundError,
+)
 from scope_hub.registry import Lockfile
 
 from .helpers import KEY, LICENSE, folder_bytes, make_dictionary

@@ -22,7 +22,7 @@ def pushed(tmp_path):
 
 
 def test_layout_blobs_are_read_only_and_snapshots_are_hardlinks(pushed, tmp_path):
-    url, src = pushed
+    url, _src = pushed
     reg = Registry(url, cache_dir=tmp_path / "cache", progress=False)
     snapshot = reg.pull(KEY)
     assert snapshot == tmp_path / "cache" / "registries" / registry_id(url) / "snapshots" / parse_path() / "v1"
@@ -55,14 +55,20 @@ def test_a_corrupted_cache_is_caught_by_verify_and_healed_by_the_next_pull(pushe
     url, src = pushed
     reg = Registry(url, cache_dir=tmp_path / "cache", progress=False)
     snapshot = reg.pull(KEY)
-    blob = next(p for p in (tmp_path / "cache" / "blobs" / "sha256").iterdir()
-                if p.stat().st_size == (src / "params.safetensors").stat().st_size)
+    blob = next(
+        p
+        for p in (tmp_path / "cache" / "blobs" / "sha256").iterdir()
+        if p.stat().st_size == (src / "params.safetensors").stat().st_size
+    )
     blob.chmod(0o644)
     blob.write_bytes(b"\xff" + blob.read_bytes()[1:])  # bit rot, same size
     assert reg.pull(KEY) == snapshot  # a plain warm pull trusts sizes (fast path) ...
     assert folder_bytes(reg.pull(KEY, verify=True)) == folder_bytes(src)  # ... --verify re-hashes and heals
-    blob = next(p for p in (tmp_path / "cache" / "blobs" / "sha256").iterdir()
-                if p.stat().st_size == (src / "params.safetensors").stat().st_size)
+    blob = next(
+        p
+        for p in (tmp_path / "cache" / "blobs" / "sha256").iterdir()
+        if p.stat().st_size == (src / "params.safetensors").stat().st_size
+    )
     blob.chmod(0o644)
     blob.write_bytes(b"\xff" + blob.read_bytes()[1:])
     report = reg.verify(cache=True)

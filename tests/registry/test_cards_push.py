@@ -214,9 +214,19 @@ def test_metadata_that_disagrees_with_the_tensors_is_refused(harness, tmp_path):
 def test_foreign_folders_are_refused_with_a_hint(store_harness, tmp_path):
     reg = store_harness.registry()
     gs2 = make_dictionary(tmp_path / "gs2", seed=1)
-    (gs2 / "config.json").write_text(json.dumps({  # Gemma Scope 2's config.json as published
-        "hf_hook_point_in": "model.layers.6.output", "hf_hook_point_out": "model.layers.6.output",
-        "width": 8, "model_name": "gemma-v3-270m-pt", "architecture": "jump_relu", "l0": 10, "type": "sae"}))
+    (gs2 / "config.json").write_text(
+        json.dumps(
+            {  # Gemma Scope 2's config.json as published
+                "hf_hook_point_in": "model.layers.6.output",
+                "hf_hook_point_out": "model.layers.6.output",
+                "width": 8,
+                "model_name": "gemma-v3-270m-pt",
+                "architecture": "jump_relu",
+                "l0": 10,
+                "type": "sae",
+            }
+        )
+    )
     with pytest.raises(ConfigError, match="Gemma Scope 2 config.json.*scope-hub convert.*scope-hub import"):
         reg.push(gs2, KEY)
     saelens = tmp_path / "saelens"

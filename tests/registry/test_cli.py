@@ -28,7 +28,10 @@ def test_push_pull_ls_info_lock_yank_gc_reindex_verify(url, tmp_path, capsys):
     v1 = make_dictionary(tmp_path / "v1", seed=1)
     card = tmp_path / "card.md"
     card.write_text("---\nlicense: apache-2.0\n---\n# Layer 6 SAE\n")
-    assert cli(capsys, "--registry", url, "push", str(v1), KEY, "--card", str(card))[:2] == (0, f"pushed {KEY}@v1 sha256:" + _sha(url) + "\n")
+    assert cli(capsys, "--registry", url, "push", str(v1), KEY, "--card", str(card))[:2] == (
+        0,
+        f"pushed {KEY}@v1 sha256:" + _sha(url) + "\n",
+    )
     code, out, _ = cli(capsys, "--registry", url, "push", str(v1), KEY, "--card", str(card))
     assert code == 0 and out.startswith("unchanged")
     assert cli(capsys, "push", str(make_dictionary(tmp_path / "v2", seed=2)), KEY, "--registry", url)[0] == 0
@@ -70,18 +73,25 @@ def test_verify_exits_1_on_a_corrupt_blob(url, tmp_path, capsys):
     assert code == 1 and "corrupt" in out and len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["pull", "not a key"], 2, "bad key"),
-    (["pull", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], 1, "is not published"),
-    (["pull", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae@v3"], 1, "does not exist"),
-    (["yank", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], 2, "exact version"),
-    (["push"], 2, "required"),
-    (["frobnicate"], 2, "unknown command"),
-    (["ls", "--no-such-flag"], 2, "unrecognized arguments"),
-    (["pull", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae", "--lock", "missing.lock"], 1, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["pull", "not a key"], 2, "bad key"),
+        (["pull", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], 1, "is not published"),
+        (["pull", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae@v3"], 1, "does not exist"),
+        (["yank", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], 2, "exact version"),
+        (["push"], 2, "required"),
+        (["frobnicate"], 2, "unknown command"),
+        (["ls", "--no-such-flag"], 2, "unrecognized arguments"),
+        (
+            ["pull", "google/gemma-3-270m:resid_post/layer_6/width_16k/sae", "--lock", "missing.lock"],
+            1,
+            "does not exist",
+        ),
+    ],
+)
 def test_errors_are_one_line_with_the_right_exit_code(url, capsys, args, code, needle):
-    got, out, err = cli(capsys, "--registry", url, *args)
+    got, _out, err = cli(capsys, "--registry", url, *args)
     assert got == code and needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
@@ -96,7 +106,10 @@ def test_real_processes_exit_with_the_documented_codes(url, tmp_path):
     ok = run_cli("--registry", url, "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY)
     assert ok.returncode == 0 and ok.stdout.startswith("pushed")
     pulled = run_cli("--registry", url, "pull", KEY)
-    assert pulled.returncode == 0 and (tmp_path / "scope-cache") in __import__("pathlib").Path(pulled.stdout.strip()).parents
+    assert (
+        pulled.returncode == 0
+        and (tmp_path / "scope-cache") in __import__("pathlib").Path(pulled.stdout.strip()).parents
+    )
     usage = run_cli("--registry", url, "pull")
     assert usage.returncode == 2 and len(usage.stderr.strip().splitlines()) == 1
     missing = run_cli("--registry", url, "info", KEY.replace("layer_6", "layer_7"))
@@ -107,8 +120,10 @@ def test_real_processes_exit_with_the_documented_codes(url, tmp_path):
 
 def test_new_commands_register_lazily(tmp_path, capsys, monkeypatch):
     module = tmp_path / "extra_cmd.py"
-    module.write_text("def setup(parser):\n    parser.add_argument('n', type=int)\n"
-                      "    def run(args):\n        print(args.n * 2)\n        return 0\n    return run\n")
+    module.write_text(
+        "def setup(parser):\n    parser.add_argument('n', type=int)\n"
+        "    def run(args):\n        print(args.n * 2)\n        return 0\n    return run\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(COMMANDS, "double", COMMANDS["ls"])  # restored by monkeypatch
     register_command("double", "double a number", "extra_cmd:setup")
@@ -120,7 +135,9 @@ def test_new_commands_register_lazily(tmp_path, capsys, monkeypatch):
 
 def test_a_missing_version_lists_the_existing_ones(url, tmp_path, capsys):
     for seed in (1, 2):
-        assert cli(capsys, "--registry", url, "push", str(make_dictionary(tmp_path / f"v{seed}", seed=seed)), KEY)[0] == 0
+        assert (
+            cli(capsys, "--registry", url, "push", str(make_dictionary(tmp_path / f"v{seed}", seed=seed)), KEY)[0] == 0
+        )
     for command in ("pull", "info"):
         code, _, err = cli(capsys, "--registry", url, command, f"{KEY}@v7")
         assert code == 1 and f"@v7 does not exist in {url}; available: v1, v2; see `scope-hub info {KEY}`" in err
@@ -136,7 +153,10 @@ def test_ls_says_why_it_printed_nothing(url, tmp_path, capsys):
     code, out, err = cli(capsys, "--registry", url, "ls", "*layer_9*")
     assert (code, out) == (0, "") and "no key" in err and "1 key(s) published" in err
     (tmp_path / "empty").mkdir()
-    for where, needle in [((tmp_path / "empty").as_uri(), "is empty"), ("memory://never-used", "is empty or does not exist")]:
+    for where, needle in [
+        ((tmp_path / "empty").as_uri(), "is empty"),
+        ("memory://never-used", "is empty or does not exist"),
+    ]:
         code, out, err = cli(capsys, "--registry", where, "ls")
         assert (code, out) == (0, "") and needle in err
 
@@ -145,7 +165,8 @@ def test_a_mistyped_command_gets_a_suggestion_and_plugins_describe_themselves(tm
     (tmp_path / "fake_plugin.py").write_text(
         '"""Fake plugin: says hello.\n\nMore text."""\n'
         "def described(parser):\n    parser.description = 'frob the widgets'\n    return lambda args: 0\n"
-        "def bare(parser):\n    return lambda args: 0\n")
+        "def bare(parser):\n    return lambda args: 0\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(cli_module, "COMMANDS", {n: c for n, c in COMMANDS.items() if not c.plugin})
     monkeypatch.setattr(cli_module, "_register_plugins", lambda: None)

@@ -10,7 +10,8 @@ import pytest
 
 from scope_hub.registry import Registry
 
-from .helpers import KEY, folder_bytes, make_dictionary, race_pushes as _race
+from .helpers import KEY, folder_bytes, make_dictionary
+from .helpers import race_pushes as _race
 
 N = 6
 N_S3 = 4  # each s3 pusher imports s3fs/botocore (~1.5 CPU-s): keep the 2-core run short

@@ -13,8 +13,15 @@ from scope_hub.registry import Registry
 
 from .helpers import KEY, cli_env, folder_bytes, make_dictionary, popen_cli, run_cli
 
-FILE_POINTS = ["staged", "blob_tmp_written", "blob_uploaded", "before_manifest", "manifest_tmp_written",
-               "manifest_written", "index_appended"]
+FILE_POINTS = [
+    "staged",
+    "blob_tmp_written",
+    "blob_uploaded",
+    "before_manifest",
+    "manifest_tmp_written",
+    "manifest_written",
+    "index_appended",
+]
 S3_POINTS = ["blob_uploaded", "before_manifest", "manifest_written"]
 VISIBLE = {"manifest_written", "index_appended"}  # the manifest exists: v2 is complete and real
 
@@ -63,8 +70,14 @@ def test_push_killed_from_outside_while_uploading(tmp_path):
     v1, v2 = make_dictionary(tmp_path / "v1", seed=1), make_dictionary(tmp_path / "v2", seed=2)
     Registry(url, progress=False).push(v1, KEY)
     ready = tmp_path / "paused"
-    proc = popen_cli("--registry", url, "push", str(v2), KEY,
-                     env=cli_env(SCOPE_HUB_FAULT="blob_uploaded:pause", SCOPE_HUB_FAULT_READY=str(ready)))
+    proc = popen_cli(
+        "--registry",
+        url,
+        "push",
+        str(v2),
+        KEY,
+        env=cli_env(SCOPE_HUB_FAULT="blob_uploaded:pause", SCOPE_HUB_FAULT_READY=str(ready)),
+    )
     deadline = time.time() + 60
     while not ready.exists():
         assert time.time() < deadline and proc.poll() is None, proc.communicate()

@@ -6,15 +6,16 @@ import json
 import os
 import shutil
 import uuid
+from pathlib import Path
 
 import pytest
 
 from scope_hub.cli import main
 from scope_hub.errors import OfflineError, RegistryError
+from scope_hub.keys import parse_key
 from scope_hub.registry import Registry
 from scope_hub.registry.backends.hf import tag_name
 from scope_hub.registry.backends.hf_client import parse_hf_url
-from scope_hub.keys import parse_key
 
 from .helpers import KEY, cli_env, folder_bytes, make_dictionary, run_cli
 
@@ -31,8 +32,13 @@ def test_each_push_is_one_commit_with_a_browsable_folder_and_a_tag(tmp_path, hf_
     reg.push(make_dictionary(tmp_path / "v1", seed=1, card="# v1 card"), KEY)
     first = _head(fake_hub, hf_repo)
     assert first.title == f"scope-hub: publish {KEY}@v1"
-    assert {f"{FOLDER}/config.json", f"{FOLDER}/params.safetensors", f"{FOLDER}/README.md",
-            f"{FOLDER}/.scope/v1.json", ".scope/index.json"} <= set(first.files)
+    assert {
+        f"{FOLDER}/config.json",
+        f"{FOLDER}/params.safetensors",
+        f"{FOLDER}/README.md",
+        f"{FOLDER}/.scope/v1.json",
+        ".scope/index.json",
+    } <= set(first.files)
     reg.push(make_dictionary(tmp_path / "v2", seed=2), KEY)  # no card text this time
     second = _head(fake_hub, hf_repo)
     assert second.parent == first.oid  # exactly one new commit
@@ -88,26 +94,40 @@ def test_tokens_are_never_printed_or_written(tmp_path, hf_repo, fake_hub):
     token = f"hf_{uuid.uuid4().hex}"
     env = cli_env(HF_TOKEN=token, HF_ENDPOINT=fake_hub.url)
     url = f"hf://{hf_repo}"
-    outputs = [run_cli("--registry", url, "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY, env=env),
-               run_cli("--registry", url, "pull", KEY, env=env),
-               run_cli("--registry", url, "card", KEY, env=env),
-               run_cli("--registry", url, "release", "rel", KEY, "--license", "mit", "--publish",
-                       "--out", str(tmp_path / "rel.md"), env=env),
-               run_cli("--registry", url, "pull", f"{KEY}@v7", env=env),
-               run_cli("--registry", "hf://org/does-not-exist", "ls", env=env)]
+    outputs = [
+        run_cli("--registry", url, "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY, env=env),
+        run_cli("--registry", url, "pull", KEY, env=env),
+        run_cli("--registry", url, "card", KEY, env=env),
+        run_cli(
+            "--registry",
+            url,
+            "release",
+            "rel",
+            KEY,
+            "--license",
+            "mit",
+            "--publish",
+            "--out",
+            str(tmp_path / "rel.md"),
+            env=env,
+        ),
+        run_cli("--registry", url, "pull", f"{KEY}@v7", env=env),
+        run_cli("--registry", "hf://org/does-not-exist", "ls", env=env),
+    ]
     assert [r.returncode for r in outputs] == [0, 0, 0, 0, 1, 1]
     assert all(token not in r.stdout + r.stderr for r in outputs)
     assert "license: apache-2.0" in outputs[2].stdout  # the card was read (and is checked below, as stored)
     with fake_hub.lock:  # nothing on the Hub either: cards, manifests, index, release cards
-        assert all(token.encode() not in data for c in fake_hub.repos[hf_repo].commits.values()
-                   for data in c.files.values())
+        assert all(
+            token.encode() not in data for c in fake_hub.repos[hf_repo].commits.values() for data in c.files.values()
+        )
     assert token not in (tmp_path / "rel.md").read_text()
     for root in (tmp_path / "scope-cache", tmp_path / "hf-cache"):
         for dirpath, _, names in os.walk(root):
             for name in names:
                 path = os.path.join(dirpath, name)
                 if not os.path.islink(path):
-                    assert token.encode() not in open(path, "rb").read(), path
+                    assert token.encode() not in Path(path).read_bytes(), path
 
 
 def test_dataset_repos_and_bad_urls():
@@ -160,8 +180,10 @@ def test_a_commit_pinned_url_is_read_only(tmp_path, hf_repo, fake_hub):
 
 
 def test_private_repos_are_created_private(tmp_path, hf_repo, fake_hub):
-    assert main(["--registry", f"hf://{hf_repo}", "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY,
-                 "--private"]) == 0
+    assert (
+        main(["--registry", f"hf://{hf_repo}", "push", str(make_dictionary(tmp_path / "v1", seed=1)), KEY, "--private"])
+        == 0
+    )
     assert fake_hub.repos[hf_repo].private is True
     other = f"{hf_repo}-public"
     Registry(f"hf://{other}", progress=False).push(make_dictionary(tmp_path / "v2", seed=2), KEY)

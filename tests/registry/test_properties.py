@@ -13,15 +13,23 @@ from scope_hub.keys import SITES, TYPES, DictionaryKey, parse_key
 from scope_hub.registry.layout import check_file_name, key_path, manifest_path
 
 ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-name = st.sampled_from(ALNUM) | st.builds(lambda a, mid, b: a + mid + b, st.sampled_from(ALNUM),
-                                          st.text(ALNUM + "._-", max_size=12), st.sampled_from(ALNUM))
+name = st.sampled_from(ALNUM) | st.builds(
+    lambda a, mid, b: a + mid + b, st.sampled_from(ALNUM), st.text(ALNUM + "._-", max_size=12), st.sampled_from(ALNUM)
+)
 model = st.builds(lambda org, n: f"{org}/{n}" if org else n, st.none() | name, name).filter(lambda m: "--" not in m)
-layer = st.integers(0, 9999).map(str) | st.just("all") | st.lists(st.integers(0, 999), min_size=2, max_size=4).map(
-    lambda xs: "-".join(map(str, xs)))
+layer = (
+    st.integers(0, 9999).map(str)
+    | st.just("all")
+    | st.lists(st.integers(0, 999), min_size=2, max_size=4).map(lambda xs: "-".join(map(str, xs)))
+)
 width = st.integers(1, 10**9).map(str) | st.sampled_from(["16k", "65k", "262k", "1m"])
 variant = st.none() | st.builds(lambda a, rest: a + rest, st.sampled_from(ALNUM), st.text(ALNUM + "_.-", max_size=20))
-ref = st.none() | st.integers(1, 10**6).map(lambda n: f"v{n}") | st.just("latest") | st.text(
-    "0123456789abcdef", min_size=12, max_size=64).map(lambda h: f"sha256:{h}")
+ref = (
+    st.none()
+    | st.integers(1, 10**6).map(lambda n: f"v{n}")
+    | st.just("latest")
+    | st.text("0123456789abcdef", min_size=12, max_size=64).map(lambda h: f"sha256:{h}")
+)
 
 
 @st.composite
@@ -65,8 +73,13 @@ BAD_PIECES = ["", " ", "a b", "x/y/z", "..", "/abs", "é", "a\\b", "a:b", "a\nb"
 @given(key_strings(), st.sampled_from(BAD_PIECES), st.sampled_from(["model", "site", "layer", "width", "type"]))
 def test_keys_with_a_bad_part_are_refused(text, bad, part):
     key = parse_key(text)
-    pieces = {"model": key.model, "site": key.site, "layer": f"layer_{key.layer}", "width": f"width_{key.width}",
-              "type": key.type}
+    pieces = {
+        "model": key.model,
+        "site": key.site,
+        "layer": f"layer_{key.layer}",
+        "width": f"width_{key.width}",
+        "type": key.type,
+    }
     pieces[part] = {"layer": f"layer_{bad}", "width": f"width_{bad}"}.get(part, bad)
     mangled = f"{pieces['model']}:{pieces['site']}/{pieces['layer']}/{pieces['width']}/{pieces['type']}"
     assume(mangled != str(key.unpinned()))

@@ -40,7 +40,9 @@ def test_release_pins_versions_and_is_published_write_once(harness, tmp_path, ca
     assert (card.name, card.version, card.license, card.base_model) == ("demo", 1, "cc-by-4.0", ["google/gemma-3-270m"])
     assert card.description == "Two dictionaries trained by `make demo`." and card.registry == url
     assert [(e.key, e.sha256) for e in card.entries] == [
-        (f"{KEY}@v1", reg.resolve(KEY).content_sha256), (f"{TC}@v1", reg.resolve(TC).content_sha256)]
+        (f"{KEY}@v1", reg.resolve(KEY).content_sha256),
+        (f"{TC}@v1", reg.resolve(TC).content_sha256),
+    ]
     assert cli(capsys, "--registry", url, "release", "demo")[1] == out.read_text()  # the stored card
     # the same pins again: nothing new is stored
     code, stdout, _ = cli(capsys, *args, "--publish")
@@ -86,16 +88,19 @@ def test_racing_release_publishers_get_distinct_versions(harness, tmp_path):
         assert ReleaseCard.parse(reg.read_release("race", card.version)) == card
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["release", "demo", KEY], 2, "--license is required"),
-    (["release", "demo"], 1, "no release named 'demo'"),
-    (["release", "demo@latest"], 2, "NAME@vN"),
-    (["release", "../evil", KEY, "--license", "mit"], 2, "bad release name"),
-    (["release", "demo", "--publish"], 2, "give its KEYs"),
-    (["release", "demo", KEY, "--license", "mit"], 1, "is not published"),
-    (["card", KEY], 1, "is not published"),
-    (["push", "nowhere", KEY, "--private"], 1, "hf://"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["release", "demo", KEY], 2, "--license is required"),
+        (["release", "demo"], 1, "no release named 'demo'"),
+        (["release", "demo@latest"], 2, "NAME@vN"),
+        (["release", "../evil", KEY, "--license", "mit"], 2, "bad release name"),
+        (["release", "demo", "--publish"], 2, "give its KEYs"),
+        (["release", "demo", KEY, "--license", "mit"], 1, "is not published"),
+        (["card", KEY], 1, "is not published"),
+        (["push", "nowhere", KEY, "--private"], 1, "hf://"),
+    ],
+)
 def test_card_and_release_errors_are_one_line(tmp_path, capsys, args, code, needle):
     got, _, err = cli(capsys, "--registry", (tmp_path / "registry").as_uri(), *args)
     assert got == code and needle in err and len(err.strip().splitlines()) == 1, err

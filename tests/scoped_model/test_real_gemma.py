@@ -72,8 +72,9 @@ def test_real_gemma_observe_splice_and_delta_lm_loss(gemma):
 def test_real_gemma_transcoder_error_term_and_steered_generation(gemma):
     model, tokenizer = gemma
     batch = _batch(tokenizer)
-    cfg = make_config("skip_transcoder", "relu", d_in=640, d_out=640, d_sae=1024,
-                      site="mlp_in", site_out="mlp_out", layer=LAYER)
+    cfg = make_config(
+        "skip_transcoder", "relu", d_in=640, d_out=640, d_sae=1024, site="mlp_in", site_out="mlp_out", layer=LAYER
+    )
     tc = make_dictionary(cfg).eval()
     sm = ScopedModel.from_pretrained(model, dictionaries={"tc": tc, "sae": _random_sae(scale=1.0)})
     with torch.no_grad():

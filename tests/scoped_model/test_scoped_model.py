@@ -38,16 +38,19 @@ def _plain_hook(model, hookpoint: str, fn):
     module_path, io = hookpoint.rsplit(".", 1)
     module = model.get_submodule(module_path)
     if io == "output":
+
         def out_hook(mod, args, output):
             if isinstance(output, tuple):
-                return (fn(output[0]),) + output[1:]
+                return (fn(output[0]), *output[1:])
             return fn(output)
+
         return module.register_forward_hook(out_hook)
 
     def pre_hook(mod, args, kwargs):
         if args:
-            return (fn(args[0]),) + args[1:], kwargs
+            return (fn(args[0]), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
     return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
 
@@ -113,8 +116,17 @@ def test_clt_splices_every_mlp_output_from_all_earlier_layers():
     model = tiny_model("gemma3")
     adapter = adapter_for(model)
     width = adapter.site_width("mlp_in")
-    cfg = make_config("clt", "jumprelu", d_in=width, d_out=width, d_sae=16, n_layers=N_LAYERS,
-                      site="mlp_in", site_out="mlp_out", affine_skip=True)
+    cfg = make_config(
+        "clt",
+        "jumprelu",
+        d_in=width,
+        d_out=width,
+        d_sae=16,
+        n_layers=N_LAYERS,
+        site="mlp_in",
+        site_out="mlp_out",
+        affine_skip=True,
+    )
     clt = make_dictionary(cfg).eval()
     sm = ScopedModel.from_pretrained(model, dictionaries={"clt": clt})
     ids = _ids()
@@ -147,6 +159,7 @@ def test_clt_splices_every_mlp_output_from_all_earlier_layers():
 
 def _hand_edited_logits(model, sae, hookpoint, ids, where, value, add=False):
     """Logits with a plain hook that edits ``features[where]`` (add or set) and writes the change through the decoder."""
+
     def edit(act):
         features = sae.encode(act)
         edited = features.clone()
@@ -197,8 +210,12 @@ def test_edits_limited_to_positions_touch_only_those_positions():
     assert torch.equal(sm.steer("s", 3, 4.0, positions=torch.tensor([1, 4]))(ids).logits, steer)  # int-likes
     with pytest.raises(ValueError, match="step must be positive"):
         sm.steer("s", 3, 4.0, positions=slice(None, None, -1))
-    torch.testing.assert_close(sm.clamp("s", 5, 2.5, positions=slice(-2, None))(ids).logits,
-                               expect((slice(None), slice(-2, None), 5), 2.5), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        sm.clamp("s", 5, 2.5, positions=slice(-2, None))(ids).logits,
+        expect((slice(None), slice(-2, None), 5), 2.5),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     with sm.splice(error_term=True), sm.ablate("s", [1, 2], positions=[0]):
         spliced = sm(ids).logits
     with sm.splice(error_term=True), sm.ablate("s", [1, 2]):
@@ -226,8 +243,12 @@ def test_steering_changes_generate_deterministically_with_kv_cache(family):
     # Absolute positions mean the same with a KV cache as in a full recompute: prompt tokens only
     # ([0], [1]), from a position on (slice(5, None): generated tokens too). The last token of each
     # call (slice(-1, None)) is the prompt's last (3), then every new token: slice(3, None) in a recompute.
-    for positions, recompute_positions in [([0], [0]), ([1], [1]), (slice(5, None), slice(5, None)),
-                                           (slice(-1, None), slice(3, None))]:
+    for positions, recompute_positions in [
+        ([0], [0]),
+        ([1], [1]),
+        (slice(5, None), slice(5, None)),
+        (slice(-1, None), slice(3, None)),
+    ]:
         generated = sm.steer("s", feature, 50.0, positions=positions).generate(ids, **kwargs)
         with sm.steer("s", feature, 50.0, positions=recompute_positions):
             recomputed = [int(model(generated[:, :t]).logits[0, -1].argmax()) for t in range(4, generated.shape[1])]
@@ -239,10 +260,9 @@ def test_hooks_are_removed_after_an_exception_inside_a_mode():
     sm = ScopedModel.from_pretrained(model, dictionaries={"s": _sae(model)})
     ids = _ids()
     bare = model(ids).logits
-    with pytest.raises(RuntimeError, match="boom"):
-        with sm.splice(), sm.steer("s", 0, 3.0):
-            assert attached_hookpoints(model) != []
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), sm.splice(), sm.steer("s", 0, 3.0):
+        assert attached_hookpoints(model) != []
+        raise RuntimeError("boom")
     assert attached_hookpoints(model) == []
     assert torch.equal(sm(ids).logits, bare)
 
@@ -292,7 +312,9 @@ def test_save_and_rebuild_pins_dictionaries(tmp_path):
         b = again(ids).logits
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     # Changing a pinned folder's bytes is detected at rebuild.
-    tampered = make_dictionary(make_config("sae", "jumprelu", d_in=64, d_sae=48, site="resid_post", layer=LAYER), seed=9)
+    tampered = make_dictionary(
+        make_config("sae", "jumprelu", d_in=64, d_sae=48, site="resid_post", layer=LAYER), seed=9
+    )
     tampered.save_pretrained(folder_sae)
     with pytest.raises(ValueError, match="sha256 mismatch"):
         ScopedModel.from_pretrained(tmp_path / "scoped")
@@ -316,9 +338,15 @@ def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
     wide = make_config("transcoder", "relu", d_in=width + 1, d_out=width, site="mlp_in", site_out="mlp_out", layer=1)
     with pytest.raises(ShapeMismatchError, match=f"d_in={width + 1} does not fit .* which is {width} wide"):
         sm.attach(make_dictionary(wide), name="wide")
-    down = make_config("transcoder", "relu", d_in=width, d_out=width + 2, layer=1,  # d_out checked too
-                       hook_point_in="model.layers.{layer}.mlp.down_proj.output",
-                       hook_point_out="model.layers.{layer}.mlp.down_proj.output")
+    down = make_config(
+        "transcoder",
+        "relu",
+        d_in=width,
+        d_out=width + 2,
+        layer=1,  # d_out checked too
+        hook_point_in="model.layers.{layer}.mlp.down_proj.output",
+        hook_point_out="model.layers.{layer}.mlp.down_proj.output",
+    )
     with pytest.raises(ShapeMismatchError, match=f"d_out={width + 2} does not fit .*down_proj.output"):
         sm.attach(make_dictionary(down), name="down")
     # explicit hookpoints that are a site (as trainers record them): the site's width applies
@@ -333,9 +361,17 @@ def test_wrapper_behaves_like_the_model_and_rejects_bad_attachments():
 def test_hookpoints_are_public_and_match_the_adapter():
     model = tiny_model("gemma3")
     adapter = adapter_for(model)
-    transcoder = make_dictionary(make_config("transcoder", "relu", d_in=adapter.site_width("mlp_in"),
-                                             d_out=adapter.site_width("mlp_out"), site="mlp_in",
-                                             site_out="mlp_out", layer=LAYER))
+    transcoder = make_dictionary(
+        make_config(
+            "transcoder",
+            "relu",
+            d_in=adapter.site_width("mlp_in"),
+            d_out=adapter.site_width("mlp_out"),
+            site="mlp_in",
+            site_out="mlp_out",
+            layer=LAYER,
+        )
+    )
     sm = ScopedModel.from_pretrained(model, dictionaries={"s": _sae(model), "t": transcoder})
     assert sm.hookpoints("s") == ([str(adapter.hookpoint("resid_post", LAYER))],) * 2
     assert sm.hookpoints("t") == ([str(adapter.hookpoint("mlp_in", LAYER))], [str(adapter.hookpoint("mlp_out", LAYER))])

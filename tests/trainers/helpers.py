@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from trainers.config import TrainConfig, load_config
 from trainers.sources import SyntheticSource
 from trainers.synthetic import PlantedDictionary, atom_recovery
@@ -14,9 +13,16 @@ D_IN, N_ATOMS, ACTIVE = 32, 64, 3.0
 """Planted data: 64 unit-norm atoms in 32 dimensions (2x overcomplete), ~3 active per token."""
 
 FAST = [
-    f"synthetic.d_in={D_IN}", f"synthetic.n_atoms={N_ATOMS}", f"synthetic.active_per_token={ACTIVE}",
-    f"dictionary.d_sae={N_ATOMS}", "train.batch_size=1024", "optim.lr=1e-2", "optim.warmup_steps=10",
-    "loss.l0_warmup_steps=50", "train.log_every=20", "train.threads=1",
+    f"synthetic.d_in={D_IN}",
+    f"synthetic.n_atoms={N_ATOMS}",
+    f"synthetic.active_per_token={ACTIVE}",
+    f"dictionary.d_sae={N_ATOMS}",
+    "train.batch_size=1024",
+    "optim.lr=1e-2",
+    "optim.warmup_steps=10",
+    "loss.l0_warmup_steps=50",
+    "train.log_every=20",
+    "train.threads=1",
 ]
 
 
@@ -27,8 +33,15 @@ def config(*overrides: str) -> TrainConfig:
 
 def planted_for(cfg: TrainConfig) -> PlantedDictionary:
     s = cfg.synthetic
-    return PlantedDictionary.create(n_atoms=s.n_atoms, d_in=s.d_in, d_out=s.d_out, n_layers=s.n_layers,
-                                    active_per_token=s.active_per_token, kind=cfg.dictionary.type, seed=s.seed)
+    return PlantedDictionary.create(
+        n_atoms=s.n_atoms,
+        d_in=s.d_in,
+        d_out=s.d_out,
+        n_layers=s.n_layers,
+        active_per_token=s.active_per_token,
+        kind=cfg.dictionary.type,
+        seed=s.seed,
+    )
 
 
 @dataclass
@@ -39,8 +52,10 @@ class PlantedRun:
 
     def recovery(self) -> list[float]:
         """Per layer: mean over true atoms of the best cosine with a learned decoder row (signed)."""
-        return [float(atom_recovery(self.planted.dec_atoms[i].reshape(N_ATOMS, -1), lp.w_dec_flat().detach()).mean())
-                for i, lp in enumerate(self.trainer.params)]
+        return [
+            float(atom_recovery(self.planted.dec_atoms[i].reshape(N_ATOMS, -1), lp.w_dec_flat().detach()).mean())
+            for i, lp in enumerate(self.trainer.params)
+        ]
 
     @property
     def last(self) -> dict[str, float]:
@@ -68,5 +83,3 @@ def eval_metrics(run: PlantedRun, tokens: int = 8192, dictionary=None):
 def eval_fvu(run: PlantedRun, tokens: int = 8192) -> float:
     """FVU of the exported dictionary on fresh planted tokens."""
     return float(eval_metrics(run, tokens).fvu)
-
-

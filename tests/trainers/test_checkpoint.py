@@ -39,8 +39,15 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path: Path, mo
 
 
 def test_trainer_state_round_trips(tmp_path: Path) -> None:
-    overrides = ["dictionary.architecture=topk", "dictionary.k=3", "train.tokens=20480", "train.batch_size=512",
-                 f"train.checkpoint_dir={tmp_path}", "train.checkpoint_every=1000", "loss.dead_tokens=1024"]
+    overrides = [
+        "dictionary.architecture=topk",
+        "dictionary.k=3",
+        "train.tokens=20480",
+        "train.batch_size=512",
+        f"train.checkpoint_dir={tmp_path}",
+        "train.checkpoint_every=1000",
+        "loss.dead_tokens=1024",
+    ]
     cfg = config(*overrides)
     planted = PlantedDictionary.create(n_atoms=64, d_in=32, active_per_token=3, seed=1)
     first = Trainer(cfg, SyntheticSource(planted))
@@ -57,7 +64,12 @@ def test_trainer_state_round_trips(tmp_path: Path) -> None:
 
 def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
     planted = PlantedDictionary.create(n_atoms=64, d_in=32, seed=1)
-    base = ["dictionary.architecture=relu", "train.tokens=2048", "train.batch_size=512", f"train.checkpoint_dir={tmp_path}"]
+    base = [
+        "dictionary.architecture=relu",
+        "train.tokens=2048",
+        "train.batch_size=512",
+        f"train.checkpoint_dir={tmp_path}",
+    ]
     Trainer(config(*base), SyntheticSource(planted)).run()
     with pytest.raises(ValueError, match="different configuration"):
         Trainer(config(*base, "optim.lr=0.5"), SyntheticSource(planted))
@@ -65,8 +77,14 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path) -> None:
 
 def test_resampling_revives_dead_latents() -> None:
     # dead_tokens below one batch: every latent that did not fire in the last step is resampled
-    cfg = config("dictionary.architecture=relu", "loss.l1_coefficient=3.0", "train.tokens=20480",
-                 "train.batch_size=512", "loss.resample_every=10", "loss.dead_tokens=512")
+    cfg = config(
+        "dictionary.architecture=relu",
+        "loss.l1_coefficient=3.0",
+        "train.tokens=20480",
+        "train.batch_size=512",
+        "loss.resample_every=10",
+        "loss.dead_tokens=512",
+    )
     planted = PlantedDictionary.create(n_atoms=64, d_in=32, active_per_token=3, seed=1)
     trainer = Trainer(cfg, SyntheticSource(planted))
     w_before = trainer.dictionary.w_dec.detach().clone()

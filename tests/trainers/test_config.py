@@ -19,17 +19,24 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_yaml_plus_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"synthetic": {"d_in": 8}, "optim": {"lr": 1.0}}))
-    cfg = load_config(path, ["optim.lr=3e-4", "dictionary.matryoshka_groups=[8,16]", "dictionary.d_sae=24",
-                             "train.resume=false"])
+    cfg = load_config(
+        path, ["optim.lr=3e-4", "dictionary.matryoshka_groups=[8,16]", "dictionary.d_sae=24", "train.resume=false"]
+    )
     assert cfg.optim.lr == 3e-4 and cfg.dictionary.matryoshka_groups == [8, 16] and cfg.train.resume is False
     assert cfg.optim.beta1 == 0.0 and cfg.optim.beta2 == 0.999  # the GS2 recipe's Adam
     assert cfg.loss.bandwidth == 0.001 and cfg.loss.threshold_init == 0.001
 
 
-@pytest.mark.parametrize("override,where", [("optim.lrr=1", "optim.lrr"), ("dictionary.architecture=gelu", "architecture"),
-                                            ("dictionary.architecture=topk", "dictionary.k"),
-                                            # a transcoder reading after the output it predicts is not causal
-                                            ("dictionary.type=transcoder", "set harvest.site=mlp_in")])
+@pytest.mark.parametrize(
+    "override,where",
+    [
+        ("optim.lrr=1", "optim.lrr"),
+        ("dictionary.architecture=gelu", "architecture"),
+        ("dictionary.architecture=topk", "dictionary.k"),
+        # a transcoder reading after the output it predicts is not causal
+        ("dictionary.type=transcoder", "set harvest.site=mlp_in"),
+    ],
+)
 def test_errors_name_the_field(override: str, where: str) -> None:
     source = "model.id=some/model" if "harvest.site" in where else "synthetic.d_in=8"  # sites need a model
     with pytest.raises(ConfigError, match=where.replace(".", r"\.")):
@@ -66,8 +73,11 @@ def test_scope_hub_errors_at_run_time_are_one_line_with_the_right_exit_code(caps
     import trainers.cli
     from scope_hub.errors import HookpointError, IntegrityError
 
-    for error, code in ((HookpointError("layer 30 is out of range; the model has 18 layers (0..17)"), 2),
-                        (IntegrityError("sha256 mismatch"), 1)):
+    for error, code in (
+        (HookpointError("layer 30 is out of range; the model has 18 layers (0..17)"), 2),
+        (IntegrityError("sha256 mismatch"), 1),
+    ):
+
         def fail(args, error=error):
             raise error
 
@@ -79,10 +89,26 @@ def test_scope_hub_errors_at_run_time_are_one_line_with_the_right_exit_code(caps
 def test_python_m_trainers_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = subprocess.run(
-        [sys.executable, "-m", "trainers", "synthetic.d_in=8", "synthetic.n_atoms=16", "dictionary.d_sae=16",
-         "dictionary.architecture=relu", "train.tokens=4096", "train.batch_size=512", "eval.tokens=1024",
-         f"output.dir={out}", "train.threads=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+        [
+            sys.executable,
+            "-m",
+            "trainers",
+            "synthetic.d_in=8",
+            "synthetic.n_atoms=16",
+            "dictionary.d_sae=16",
+            "dictionary.architecture=relu",
+            "train.tokens=4096",
+            "train.batch_size=512",
+            "eval.tokens=1024",
+            f"output.dir={out}",
+            "train.threads=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"},
+    )
     assert done.returncode == 0, done.stderr
     assert "fvu=" in done.stdout and (out / "config.json").is_file()
 
@@ -113,7 +139,8 @@ def test_shipped_examples_validate_and_are_packaged() -> None:
 def test_a_k_left_over_from_a_topk_config_is_not_published_for_jumprelu() -> None:
     from trainers.params import dictionary_config
 
-    cfg = load_config(None, ["synthetic.d_in=8", "dictionary.architecture=jumprelu", "dictionary.l0_target=4",
-                             "dictionary.k=32"])
+    cfg = load_config(
+        None, ["synthetic.d_in=8", "dictionary.architecture=jumprelu", "dictionary.l0_target=4", "dictionary.k=32"]
+    )
     published = dictionary_config(cfg, d_in=8, d_out=8, n_layers=1)
     assert published.k is None and published.l0_target == 4

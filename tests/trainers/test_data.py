@@ -12,7 +12,7 @@ from tests.tiny_models import BOS_ID, PAD_ID, tiny_tokenizer
 from trainers.config import DataConfig
 from trainers.data import kept_positions, token_sequences
 
-CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}")
+CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -83,5 +83,7 @@ def test_saved_dataset_and_hash(tmp_path: Path) -> None:
 
 def test_max_tokens_caps_the_data(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("x" * 1000)
-    seqs = token_sequences(DataConfig(paths=[str(tmp_path / "a.txt")], context_size=10, max_tokens=50), tiny_tokenizer())
+    seqs = token_sequences(
+        DataConfig(paths=[str(tmp_path / "a.txt")], context_size=10, max_tokens=50), tiny_tokenizer()
+    )
     assert seqs.input_ids.shape == (5, 10)

@@ -40,5 +40,5 @@ def test_printed_dashboard_and_registry_commands_run(tmp_path: Path, monkeypatch
     assert scope_hub_main(shlex.split(command)[1:]) == 0, command
     assert (tmp_path / "board" / "index.html").is_file()
     monkeypatch.chdir(tmp_path)  # `pull --to my_dictionary` writes here
-    for name, command in registry_commands(pinned, registry).items():
+    for _name, command in registry_commands(pinned, registry).items():
         assert scope_hub_main(shlex.split(command)[1:]) == 0, command

@@ -32,16 +32,34 @@ def test_two_ranks_match_one_process(tmp_path: Path, arch: str) -> None:
         "dictionary": {"architecture": arch, "d_sae": 256, **sparsity},
         "optim": {"lr": 3e-3, "warmup_steps": 5},
         "loss": {"dead_tokens": 2048},
-        "train": {"tokens": STEPS * 1024, "batch_size": 1024, "checkpoint_every": 1000, "threads": 1,
-                  "progress": False, "decode": "sparse"},
+        "train": {
+            "tokens": STEPS * 1024,
+            "batch_size": 1024,
+            "checkpoint_every": 1000,
+            "threads": 1,
+            "progress": False,
+            "decode": "sparse",
+        },
         "eval": {"tokens": 0},
     }
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     one = [f"train.checkpoint_dir={tmp_path / 'one'}", f"output.dir={tmp_path / 'out1'}"]
     two = [f"train.checkpoint_dir={tmp_path / 'two'}", f"output.dir={tmp_path / 'out2'}"]
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-          "-m", "trainers", str(config), *two])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "trainers",
+            str(config),
+            *two,
+        ]
+    )
     from trainers.config import load_config
     from trainers.pipeline import train
 

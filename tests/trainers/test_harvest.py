@@ -29,8 +29,17 @@ def text_file(tmp_path_factory) -> Path:
 
 
 def _setup(model, text_file: Path, *overrides: str):
-    cfg = load_config(None, ["model.id=tiny", f"data.paths=[{text_file}]", "data.context_size=24",
-                             "harvest.batch_sequences=3", "harvest.shard_tokens=40", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "model.id=tiny",
+            f"data.paths=[{text_file}]",
+            "data.context_size=24",
+            "harvest.batch_sequences=3",
+            "harvest.shard_tokens=40",
+            *overrides,
+        ],
+    )
     tok = tiny_tokenizer()
     data = token_sequences(cfg.data, tok)
     return cfg, data, Harvester(model, site_spec(model, cfg), tok.bos_token_id, cfg.data.exclude_bos)
@@ -60,8 +69,9 @@ def test_resid_post_harvest_equals_hidden_states(model, text_file, tmp_path) -> 
     cfg, data, harvester = _setup(model, text_file, "harvest.layer=1")
     reader = HarvestReader(harvest_to_disk(harvester, data, cfg, tmp_path / "h", progress=False))
     with torch.no_grad():
-        hidden = model(input_ids=data.input_ids, attention_mask=data.attention_mask,
-                       output_hidden_states=True).hidden_states[2]  # output of layer 1
+        hidden = model(
+            input_ids=data.input_ids, attention_mask=data.attention_mask, output_hidden_states=True
+        ).hidden_states[2]  # output of layer 1
     keep = data.input_ids != 257
     x, target = reader.rows(torch.arange(len(reader)))
     assert target is x and x.shape == (int(keep.sum()), 1, 64)
@@ -70,8 +80,9 @@ def test_resid_post_harvest_equals_hidden_states(model, text_file, tmp_path) -> 
 
 
 def test_transcoder_and_clt_sites_equal_plain_torch_hooks(model, text_file, tmp_path) -> None:
-    cfg, data, harvester = _setup(model, text_file, "dictionary.type=clt", "harvest.site=mlp_in",
-                                  "harvest.layers=[0,1,2]")
+    cfg, data, harvester = _setup(
+        model, text_file, "dictionary.type=clt", "harvest.site=mlp_in", "harvest.layers=[0,1,2]"
+    )
     reader = HarvestReader(harvest_to_disk(harvester, data, cfg, tmp_path / "h", progress=False))
     x, t = reader.rows(torch.arange(len(reader)))
     ins = _independent(model, data, [f"model.layers.{i}.pre_feedforward_layernorm" for i in range(3)], "output")
@@ -83,8 +94,10 @@ def test_transcoder_and_clt_sites_equal_plain_torch_hooks(model, text_file, tmp_
 def test_forward_stops_after_the_last_needed_layer(model, text_file) -> None:
     _, data, harvester = _setup(model, text_file, "harvest.layer=0", "harvest.site=resid_post")
     calls = []
-    handles = [model.get_submodule(p).register_forward_hook(lambda *a, p=p: calls.append(p))
-               for p in ("model.layers.0", "model.layers.1", "model.layers.2", "lm_head")]
+    handles = [
+        model.get_submodule(p).register_forward_hook(lambda *a, p=p: calls.append(p))
+        for p in ("model.layers.0", "model.layers.1", "model.layers.2", "lm_head")
+    ]
     try:
         harvester(data.input_ids[:2], data.attention_mask[:2])
     finally:

@@ -14,8 +14,9 @@ from trainers.shards import HarvestReader
 
 pytestmark = pytest.mark.integration
 
-TEXT = ("The Eiffel Tower is in Paris. Water boils at 100 degrees Celsius at sea level. "
-        "def add(a, b):\n    return a + b\n") * 6
+TEXT = (
+    "The Eiffel Tower is in Paris. Water boils at 100 degrees Celsius at sea level. def add(a, b):\n    return a + b\n"
+) * 6
 
 
 @pytest.fixture()
@@ -26,31 +27,46 @@ def text_file(tmp_path: Path) -> Path:
 
 
 def _harvest(gemma3_270m, text_file: Path, tmp: Path, *overrides: str):
-    cfg = load_config(None, ["model.id=google/gemma-3-270m", f"data.paths=[{text_file}]", "data.context_size=32",
-                             "harvest.batch_sequences=4", *overrides])
+    cfg = load_config(
+        None,
+        [
+            "model.id=google/gemma-3-270m",
+            f"data.paths=[{text_file}]",
+            "data.context_size=32",
+            "harvest.batch_sequences=4",
+            *overrides,
+        ],
+    )
     data = token_sequences(cfg.data, gemma3_270m.tokenizer)
-    harvester = Harvester(gemma3_270m.model, site_spec(gemma3_270m.model, cfg), gemma3_270m.tokenizer.bos_token_id,
-                          cfg.data.exclude_bos)
+    harvester = Harvester(
+        gemma3_270m.model, site_spec(gemma3_270m.model, cfg), gemma3_270m.tokenizer.bos_token_id, cfg.data.exclude_bos
+    )
     reader = HarvestReader(harvest_to_disk(harvester, data, cfg, tmp / "h", progress=False))
     return data, harvester, reader.rows(torch.arange(len(reader)))
 
 
 def test_resid_post_harvest_equals_hidden_states(gemma3_270m, text_file: Path, tmp_path: Path) -> None:
-    data, harvester, (x, _) = _harvest(gemma3_270m, text_file, tmp_path, "harvest.layer=6")
+    data, _harvester, (x, _) = _harvest(gemma3_270m, text_file, tmp_path, "harvest.layer=6")
     with torch.no_grad():
-        hidden = gemma3_270m.model(input_ids=data.input_ids, attention_mask=data.attention_mask,
-                                   output_hidden_states=True).hidden_states[7]
+        hidden = gemma3_270m.model(
+            input_ids=data.input_ids, attention_mask=data.attention_mask, output_hidden_states=True
+        ).hidden_states[7]
     keep = data.input_ids != gemma3_270m.tokenizer.bos_token_id
     assert x.shape == (int(keep.sum()), 1, 640)
     torch.testing.assert_close(x[:, 0], hidden[keep], atol=1e-4, rtol=1e-5)  # batching of 4 vs all at once
 
 
 def test_transcoder_sites_and_early_stop(gemma3_270m, text_file: Path, tmp_path: Path) -> None:
-    data, harvester, (x, t) = _harvest(gemma3_270m, text_file, tmp_path, "dictionary.type=transcoder",
-                                       "harvest.site=mlp_in", "harvest.layer=5")
+    data, harvester, (x, t) = _harvest(
+        gemma3_270m, text_file, tmp_path, "dictionary.type=transcoder", "harvest.site=mlp_in", "harvest.layer=5"
+    )
     model, seen, ran = gemma3_270m.model, {}, []
-    hooks = [model.model.layers[5].pre_feedforward_layernorm.register_forward_hook(lambda m, a, o: seen.setdefault("in", o)),
-             model.model.layers[5].post_feedforward_layernorm.register_forward_hook(lambda m, a, o: seen.setdefault("out", o))]
+    hooks = [
+        model.model.layers[5].pre_feedforward_layernorm.register_forward_hook(lambda m, a, o: seen.setdefault("in", o)),
+        model.model.layers[5].post_feedforward_layernorm.register_forward_hook(
+            lambda m, a, o: seen.setdefault("out", o)
+        ),
+    ]
     try:
         with torch.no_grad():
             model(input_ids=data.input_ids[:4], attention_mask=data.attention_mask[:4])
@@ -61,8 +77,10 @@ def test_transcoder_sites_and_early_stop(gemma3_270m, text_file: Path, tmp_path:
     n = int(keep.sum())
     torch.testing.assert_close(x[:n, 0], seen["in"][keep])
     torch.testing.assert_close(t[:n, 0], seen["out"][keep])
-    watch = [model.model.layers[6].register_forward_hook(lambda *a: ran.append(6)),
-             model.lm_head.register_forward_hook(lambda *a: ran.append("lm_head"))]
+    watch = [
+        model.model.layers[6].register_forward_hook(lambda *a: ran.append(6)),
+        model.lm_head.register_forward_hook(lambda *a: ran.append("lm_head")),
+    ]
     try:
         harvester(data.input_ids[:2], data.attention_mask[:2])
     finally:
@@ -76,11 +94,28 @@ def test_short_training_run_end_to_end(gemma3_270m, text_file: Path, tmp_path: P
 
     # reuse the session's loaded model instead of loading a second copy
     monkeypatch.setattr(pipeline, "load_model", lambda cfg: (gemma3_270m.model, gemma3_270m.tokenizer))
-    cfg = load_config(None, ["model.id=google/gemma-3-270m", f"data.paths=[{text_file}]", "data.context_size=64",
-                             "harvest.layer=6", f"harvest.cache_dir={tmp_path / 'h'}", "dictionary.architecture=topk",
-                             "dictionary.k=16", "dictionary.d_sae=1024", "train.tokens=8192", "train.batch_size=256",
-                             "optim.lr=1e-3", "optim.warmup_steps=5", "eval.tokens=256", "eval.delta_lm_loss=true",
-                             "eval.lm_sequences=2", f"output.dir={tmp_path / 'out'}", "train.progress=false"])
+    cfg = load_config(
+        None,
+        [
+            "model.id=google/gemma-3-270m",
+            f"data.paths=[{text_file}]",
+            "data.context_size=64",
+            "harvest.layer=6",
+            f"harvest.cache_dir={tmp_path / 'h'}",
+            "dictionary.architecture=topk",
+            "dictionary.k=16",
+            "dictionary.d_sae=1024",
+            "train.tokens=8192",
+            "train.batch_size=256",
+            "optim.lr=1e-3",
+            "optim.warmup_steps=5",
+            "eval.tokens=256",
+            "eval.delta_lm_loss=true",
+            "eval.lm_sequences=2",
+            f"output.dir={tmp_path / 'out'}",
+            "train.progress=false",
+        ],
+    )
     outcome = pipeline.train(cfg)
     m = outcome.dictionary.config.metrics
     assert m.fvu < 0.9 and abs(m.delta_lm_loss_error_term) < 1e-3 and m.delta_lm_loss > 0

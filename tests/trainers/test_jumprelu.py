@@ -12,11 +12,18 @@ from trainers.losses import l0_penalty
 from trainers.publish import export_dictionary
 
 
-@pytest.mark.parametrize("target,mode", [(3.0, "per_token"), (6.0, "per_token"), (2.0, "batch_mean"), (4.0, "batch_mean")])
+@pytest.mark.parametrize(
+    "target,mode", [(3.0, "per_token"), (6.0, "per_token"), (2.0, "batch_mean"), (4.0, "batch_mean")]
+)
 def test_jumprelu_reaches_target_l0(target: float, mode: str) -> None:
     # GS2 defaults for bandwidth (0.001) and threshold init (0.001), unit-mean-norm inputs.
-    run = run_planted("train.tokens=204800", "dictionary.architecture=jumprelu", f"dictionary.l0_target={target}",
-                      f"loss.l0_penalty={mode}", "train.decode=sparse")
+    run = run_planted(
+        "train.tokens=204800",
+        "dictionary.architecture=jumprelu",
+        f"dictionary.l0_target={target}",
+        f"loss.l0_penalty={mode}",
+        "train.decode=sparse",
+    )
     train_l0 = run.last["l0"]
     exported = export_dictionary(run.result, run.trainer.cfg, {})
     eval_l0 = evaluate(exported, run.trainer.source.eval_batches(8192, 4096)).l0

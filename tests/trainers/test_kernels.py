@@ -96,7 +96,9 @@ def test_batch_topk_across_ranks_equals_the_whole_batch() -> None:
     pools = [h.topk(min(50, 2 * 128 // 16), dim=-1).values.flatten().topk(128).values for h in halves]
     gathered = torch.cat(pools)
     parts = [select_batch_topk(h, keep=128, global_pool=lambda _: gathered, any_rank=lambda f: f)[0] for h in halves]
-    union = set((parts[0].rows * 50 + parts[0].cols).tolist()) | set(((parts[1].rows + 16) * 50 + parts[1].cols).tolist())
+    union = set((parts[0].rows * 50 + parts[0].cols).tolist()) | set(
+        ((parts[1].rows + 16) * 50 + parts[1].cols).tolist()
+    )
     assert union == set((whole.rows * 50 + whole.cols).tolist())
 
 

@@ -45,6 +45,11 @@ def test_unfolded_factors_are_recorded_and_used() -> None:
     assert norm.kind == "constant_scale" and norm.scale_in == pytest.approx(run.result.scale_in[0])
     x, _ = run.trainer.source.batch(0, 4096)
     assert float((x[:, 0] * norm.scale_in).norm(dim=-1).mean()) == pytest.approx(1.0, rel=0.05)
-    folded = export_dictionary(run.result, run.trainer.cfg.model_copy(
-        update={"output": run.trainer.cfg.output.model_copy(update={"fold_normalization": True})}), {})
+    folded = export_dictionary(
+        run.result,
+        run.trainer.cfg.model_copy(
+            update={"output": run.trainer.cfg.output.model_copy(update={"fold_normalization": True})}
+        ),
+        {},
+    )
     torch.testing.assert_close(folded(x[:, 0]), exported(x[:, 0]), atol=1e-5, rtol=1e-4)

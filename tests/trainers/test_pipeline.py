@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scope_hub.cards import parse_card
-from scope_hub.errors import ConfigError
 from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import ConfigError
 from tests.dictionaries.factory import make_config, make_dictionary
 from tests.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
@@ -31,19 +31,43 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def _cfg(model_dir: Path, tmp: Path, *extra: str):
-    return load_config(None, [
-        f"model.id={model_dir}", f"data.paths=[{model_dir / 'text.txt'}]", "data.context_size=32",
-        "harvest.layer=1", "harvest.batch_sequences=8", "dictionary.architecture=topk", "dictionary.k=8",
-        "dictionary.d_sae=128", "train.tokens=16384", "train.batch_size=512", "optim.lr=3e-3",
-        "optim.warmup_steps=5", "eval.tokens=512", "train.threads=1", "train.progress=false",
-        f"output.dir={tmp / 'out'}", *extra])
+    return load_config(
+        None,
+        [
+            f"model.id={model_dir}",
+            f"data.paths=[{model_dir / 'text.txt'}]",
+            "data.context_size=32",
+            "harvest.layer=1",
+            "harvest.batch_sequences=8",
+            "dictionary.architecture=topk",
+            "dictionary.k=8",
+            "dictionary.d_sae=128",
+            "train.tokens=16384",
+            "train.batch_size=512",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=5",
+            "eval.tokens=512",
+            "train.threads=1",
+            "train.progress=false",
+            f"output.dir={tmp / 'out'}",
+            *extra,
+        ],
+    )
 
 
 def test_train_from_text_to_registry(model_dir: Path, tmp_path: Path) -> None:
     registry = f"file://{tmp_path / 'registry'}"
     key = "tiny-gemma3:resid_post/layer_1/width_128/sae/topk_k8"
-    cfg = _cfg(model_dir, tmp_path, f"harvest.cache_dir={tmp_path / 'harvest'}", "eval.delta_lm_loss=true",
-               "eval.lm_sequences=4", f"output.registry={registry}", f"output.key={key}", "train.seed=7")
+    cfg = _cfg(
+        model_dir,
+        tmp_path,
+        f"harvest.cache_dir={tmp_path / 'harvest'}",
+        "eval.delta_lm_loss=true",
+        "eval.lm_sequences=4",
+        f"output.registry={registry}",
+        f"output.key={key}",
+        "train.seed=7",
+    )
     outcome = train(cfg)
     assert outcome.push.version == 1
     loaded = Dictionary.from_pretrained(outcome.folder)
@@ -62,7 +86,7 @@ def test_train_from_text_to_registry(model_dir: Path, tmp_path: Path) -> None:
     from scope_hub.registry import Registry
 
     pulled = Registry(registry).pull(key)
-    front, body = parse_card((pulled / "README.md").read_text())
+    front, _body = parse_card((pulled / "README.md").read_text())
     fields = front["scope_hub"]
     assert front["base_model"] == str(model_dir) and fields["training_data"]["sha256"] == p.dataset_sha256
     assert fields["seed"] == 7 and fields["metrics"]["fvu"] == pytest.approx(m.fvu)
@@ -71,8 +95,14 @@ def test_train_from_text_to_registry(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_streaming_transcoder(model_dir: Path, tmp_path: Path) -> None:
-    cfg = _cfg(model_dir, tmp_path, "dictionary.type=transcoder", "harvest.site=mlp_in", "harvest.stream_window=2",
-               "train.tokens=2048")
+    cfg = _cfg(
+        model_dir,
+        tmp_path,
+        "dictionary.type=transcoder",
+        "harvest.site=mlp_in",
+        "harvest.stream_window=2",
+        "train.tokens=2048",
+    )
     outcome = train(cfg)
     c = outcome.dictionary.config
     assert c.hook_point_in.endswith("pre_feedforward_layernorm.output")
@@ -115,8 +145,16 @@ def test_splice_with_error_term_leaves_the_loss_unchanged(kind: str) -> None:
 def test_evaluate_on_demand_rewrites_metrics(tmp_path: Path) -> None:
     from trainers.cli import main
 
-    common = ["synthetic.d_in=16", "synthetic.n_atoms=32", "dictionary.d_sae=32", "dictionary.architecture=topk",
-              "dictionary.k=3", "train.batch_size=512", "optim.lr=1e-2", f"output.dir={tmp_path / 'sae'}"]
+    common = [
+        "synthetic.d_in=16",
+        "synthetic.n_atoms=32",
+        "dictionary.d_sae=32",
+        "dictionary.architecture=topk",
+        "dictionary.k=3",
+        "train.batch_size=512",
+        "optim.lr=1e-2",
+        f"output.dir={tmp_path / 'sae'}",
+    ]
     assert main([*common, "train.tokens=8192", "eval.tokens=0"]) == 0
     assert Dictionary.from_pretrained(tmp_path / "sae").config.metrics.fvu is None
     assert main([*common, "eval.tokens=2048", "--evaluate", str(tmp_path / "sae")]) == 0

@@ -31,16 +31,48 @@ CASES = {
     # JumpReLU: the penalty on the batch-mean L0 lets each token keep its own number of atoms, which
     # the planted data has (Poisson-like); the per-token form (the default, as SAELens implements
     # Gemma Scope 2) pulls every token toward L0* and so recovers less here (measured 0.84 vs 0.91).
-    "jumprelu": (["dictionary.architecture=jumprelu", "dictionary.l0_target=3", "loss.l0_penalty=batch_mean",
-                  "train.decode=sparse"], 0.85, 0.30),
-    "jumprelu_per_token": (["dictionary.architecture=jumprelu", "dictionary.l0_target=3", "train.decode=sparse"],
-                           0.80, 0.40),
-    "matryoshka_topk": (["dictionary.architecture=topk", "dictionary.k=4", "dictionary.matryoshka_groups=[16,48]",
-                         "train.decode=sparse"], 0.85, 0.25),
-    "transcoder_topk": (["dictionary.type=transcoder", "synthetic.d_out=24", "dictionary.architecture=topk",
-                         "dictionary.k=4"], 0.85, 0.35),
-    "transcoder_jumprelu": (["dictionary.type=transcoder", "synthetic.d_out=24", "dictionary.architecture=jumprelu",
-                             "dictionary.l0_target=3", "loss.l0_penalty=batch_mean", "train.decode=sparse"], 0.85, 0.35),
+    "jumprelu": (
+        [
+            "dictionary.architecture=jumprelu",
+            "dictionary.l0_target=3",
+            "loss.l0_penalty=batch_mean",
+            "train.decode=sparse",
+        ],
+        0.85,
+        0.30,
+    ),
+    "jumprelu_per_token": (
+        ["dictionary.architecture=jumprelu", "dictionary.l0_target=3", "train.decode=sparse"],
+        0.80,
+        0.40,
+    ),
+    "matryoshka_topk": (
+        [
+            "dictionary.architecture=topk",
+            "dictionary.k=4",
+            "dictionary.matryoshka_groups=[16,48]",
+            "train.decode=sparse",
+        ],
+        0.85,
+        0.25,
+    ),
+    "transcoder_topk": (
+        ["dictionary.type=transcoder", "synthetic.d_out=24", "dictionary.architecture=topk", "dictionary.k=4"],
+        0.85,
+        0.35,
+    ),
+    "transcoder_jumprelu": (
+        [
+            "dictionary.type=transcoder",
+            "synthetic.d_out=24",
+            "dictionary.architecture=jumprelu",
+            "dictionary.l0_target=3",
+            "loss.l0_penalty=batch_mean",
+            "train.decode=sparse",
+        ],
+        0.85,
+        0.35,
+    ),
 }
 
 
@@ -67,17 +99,23 @@ def test_skip_transcoder_recovers_atoms_and_uses_its_skip_path() -> None:
     # partly identifiable within this budget: TopK's truncation errors are correlated with x, and
     # the skip path legitimately soaks some of them up. So we check (a) atoms, (b) that the skip
     # path explains variance a plain transcoder cannot, (c) that it points toward M (measured ~0.58).
-    planted = PlantedDictionary.create(n_atoms=64, d_in=32, d_out=24, active_per_token=3,
-                                       kind="skip_transcoder", seed=1234)
+    planted = PlantedDictionary.create(
+        n_atoms=64, d_in=32, d_out=24, active_per_token=3, kind="skip_transcoder", seed=1234
+    )
     common = ["train.tokens=204800", "synthetic.d_out=24", "dictionary.architecture=topk", "dictionary.k=4"]
     skip = run_planted(*common, "dictionary.type=skip_transcoder", noise=0.2, planted=planted)
     plain = run_planted(*common, "dictionary.type=transcoder", noise=0.2, planted=planted)
     exported = export_dictionary(skip.result, skip.trainer.cfg, {})
-    skip_cos = float(torch.nn.functional.cosine_similarity(
-        exported.affine_skip_connection.flatten(), planted.skip[0].flatten(), dim=0))
+    skip_cos = float(
+        torch.nn.functional.cosine_similarity(
+            exported.affine_skip_connection.flatten(), planted.skip[0].flatten(), dim=0
+        )
+    )
     fvu_skip, fvu_plain = eval_fvu(skip), eval_fvu(plain)
-    print(f"skip_transcoder: recovery={skip.recovery()[0]:.3f} fvu={fvu_skip:.3f} (plain {fvu_plain:.3f}) "
-          f"skip_cos={skip_cos:.3f}")
+    print(
+        f"skip_transcoder: recovery={skip.recovery()[0]:.3f} fvu={fvu_skip:.3f} (plain {fvu_plain:.3f}) "
+        f"skip_cos={skip_cos:.3f}"
+    )
     assert skip.recovery()[0] >= 0.78
     assert fvu_skip <= fvu_plain - 0.05
     assert skip_cos >= 0.4
@@ -86,8 +124,14 @@ def test_skip_transcoder_recovers_atoms_and_uses_its_skip_path() -> None:
 @pytest.mark.parametrize("arch", ["jumprelu", "topk"])
 def test_clt_recovers_every_layer(arch: str) -> None:
     sparsity = ["dictionary.l0_target=3", "loss.l0_penalty=batch_mean"] if arch == "jumprelu" else ["dictionary.k=4"]
-    run = run_planted(TOKENS, "dictionary.type=clt", "synthetic.n_layers=3", f"dictionary.architecture={arch}",
-                      *sparsity, "train.decode=sparse")
+    run = run_planted(
+        TOKENS,
+        "dictionary.type=clt",
+        "synthetic.n_layers=3",
+        f"dictionary.architecture={arch}",
+        *sparsity,
+        "train.decode=sparse",
+    )
     recovery = run.recovery()
     print(f"clt {arch}: recovery per source layer {[round(r, 3) for r in recovery]} fvu={eval_fvu(run):.3f}")
     assert min(recovery) >= 0.78

@@ -26,8 +26,16 @@ def _config(tmp: Path, name: str, arch: str) -> Path:
         "dictionary": {"architecture": arch, "d_sae": 256, **sparsity},
         "optim": {"lr": 3e-3, "warmup_steps": 10},
         "loss": {"dead_tokens": 4096},  # so the aux-k path (TopK) is exercised before the kill
-        "train": {"tokens": STEPS * 1024, "batch_size": 1024, "checkpoint_dir": str(tmp / name / "ckpt"),
-                  "checkpoint_every": 10, "keep_checkpoints": 2, "threads": 1, "progress": False, "seed": 3},
+        "train": {
+            "tokens": STEPS * 1024,
+            "batch_size": 1024,
+            "checkpoint_dir": str(tmp / name / "ckpt"),
+            "checkpoint_every": 10,
+            "keep_checkpoints": 2,
+            "threads": 1,
+            "progress": False,
+            "seed": 3,
+        },
         "eval": {"tokens": 0},
         "output": {"dir": str(tmp / name / "out")},
     }
@@ -38,8 +46,13 @@ def _config(tmp: Path, name: str, arch: str) -> Path:
 
 def _start(config: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "trainers", str(config)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainers", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_for_checkpoint(root: Path, proc: subprocess.Popen, min_step: int, timeout: float = 120) -> None:

@@ -56,9 +56,16 @@ def _worker(rank: int, world: int, folder: str) -> None:
 def _train_shard(rank: int, world: int, folder: str, arch: str) -> None:
     full = make_dictionary(make_config("sae", arch, d_in=D, d_sae=S, k=6), seed=4)
     lo, hi = shard_range(S, rank, world)
-    shard = {n: torch.nn.Parameter(p.detach()[..., lo:hi].clone() if n in ("w_enc",) else
-                                   p.detach()[lo:hi].clone() if n in ("b_enc", "threshold", "w_dec") else
-                                   p.detach().clone()) for n, p in full.named_parameters()}
+    shard = {
+        n: torch.nn.Parameter(
+            p.detach()[..., lo:hi].clone()
+            if n in ("w_enc",)
+            else p.detach()[lo:hi].clone()
+            if n in ("b_enc", "threshold", "w_dec")
+            else p.detach().clone()
+        )
+        for n, p in full.named_parameters()
+    }
     lp = LayerParams(shard["w_enc"], shard["b_enc"], shard.get("threshold"), shard["w_dec"], shard["b_dec"], None)
     sharded = [p for n, p in shard.items() if n != "b_dec"]
     opt = torch.optim.Adam(list(shard.values()), lr=1e-2, betas=(0.0, 0.999))

@@ -87,8 +87,9 @@ def attribute(
     check_prompt_length(ids, base)
     ts = TranscoderSet(base, dictionaries)
     rec = record(base, ts, ids, _source_mask(ids, base, tokenizer, zero_bos))
-    tg = logit_targets(base, rec.logits, tokenizer, targets, max_n_logits=max_n_logits,
-                       desired_logit_prob=desired_logit_prob)
+    tg = logit_targets(
+        base, rec.logits, tokenizer, targets, max_n_logits=max_n_logits, desired_logit_prob=desired_logit_prob
+    )
     clock.lap("record_s")
     n_feat = len(rec.features)
     budget = n_feat if max_feature_nodes is None else min(max_feature_nodes, n_feat)
@@ -101,14 +102,32 @@ def attribute(
     clock.lap("backward_s")
     values, bias = builder.values_and_bias(base, row_nodes)
     clock.lap("bias_s")
-    info = {**clock.laps, "total_s": clock.total(), "batch_size": batch, "n_active_features": n_feat,
-            "n_feature_rows": budget, "n_backward": builder.n_backward,
-            "dtype": str(rec.embed.dtype).removeprefix("torch."), "rows_mib": rows.numel() * rows.element_size() / 2**20,
-            "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "dictionary_layers": [b.layer for b in ts.blocks]}
+    info = {
+        **clock.laps,
+        "total_s": clock.total(),
+        "batch_size": batch,
+        "n_active_features": n_feat,
+        "n_feature_rows": budget,
+        "n_backward": builder.n_backward,
+        "dtype": str(rec.embed.dtype).removeprefix("torch."),
+        "rows_mib": rows.numel() * rows.element_size() / 2**20,
+        "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dictionary_layers": [b.layer for b in ts.blocks],
+    }
     by_layer = list(dict.fromkeys(b.name for b in ts.blocks))  # names in layer order (blocks are sorted)
-    return _assemble(base, rec, tg, ts, by_layer + [n for n in names if n not in by_layer], tokenizer, row_nodes,
-                     rows, values, bias, info)
+    return _assemble(
+        base,
+        rec,
+        tg,
+        ts,
+        by_layer + [n for n in names if n not in by_layer],
+        tokenizer,
+        row_nodes,
+        rows,
+        values,
+        bias,
+        info,
+    )
 
 
 class _Clock:
@@ -129,8 +148,9 @@ class _Clock:
 # --- inputs -------------------------------------------------------------------------------------
 
 
-def resolve_dictionaries(model: nn.Module, transcoders: Any,
-                         registry: Any = None) -> tuple[nn.Module, dict[str, Dictionary], list[str]]:
+def resolve_dictionaries(
+    model: nn.Module, transcoders: Any, registry: Any = None
+) -> tuple[nn.Module, dict[str, Dictionary], list[str]]:
     """(bare transformers model, name -> dictionary, names) from what :func:`attribute` accepts.
 
     Folders and registry keys load through :class:`~scope_hub.scoped_model.ScopedModel`
@@ -193,13 +213,19 @@ def check_prompt_length(ids: torch.Tensor, model: nn.Module) -> None:
     """
     limit = max_positions(model)
     if limit is not None and ids.numel() > limit:
-        raise ConfigError(f"the prompt has {ids.numel()} tokens but the model supports at most {limit} "
-                          f"(max_position_embeddings); shorten the prompt (e.g. keep its last {limit} tokens)")
+        raise ConfigError(
+            f"the prompt has {ids.numel()} tokens but the model supports at most {limit} "
+            f"(max_position_embeddings); shorten the prompt (e.g. keep its last {limit} tokens)"
+        )
 
 
 def _source_mask(ids: torch.Tensor, model: nn.Module, tokenizer: Any, zero_bos: bool) -> torch.Tensor:
     mask = torch.ones(ids.numel(), dtype=torch.bool)
-    bos = getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else getattr(model.config, "bos_token_id", None)
+    bos = (
+        getattr(tokenizer, "bos_token_id", None)
+        if tokenizer is not None
+        else getattr(model.config, "bos_token_id", None)
+    )
     if zero_bos and bos is not None and int(ids[0]) == int(bos):
         mask[0] = False  # BOS sees only itself: its MLP outputs are the same for every prompt
     return mask
@@ -217,17 +243,38 @@ def _log(verbose: bool, message: str) -> None:
         print(f"[attribute] {message}", file=sys.stderr, flush=True)
 
 
-def _assemble(model: nn.Module, rec: Recording, tg: LogitTargets, ts: TranscoderSet, names: list[str], tokenizer: Any,
-              row_nodes: torch.Tensor, rows: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
-              info: dict[str, Any]) -> Graph:
+def _assemble(
+    model: nn.Module,
+    rec: Recording,
+    tg: LogitTargets,
+    ts: TranscoderSet,
+    names: list[str],
+    tokenizer: Any,
+    row_nodes: torch.Tensor,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    bias: torch.Tensor,
+    info: dict[str, Any],
+) -> Graph:
     ids = rec.input_ids.cpu()
     tokens = [tokenizer.decode([int(t)]) for t in ids] if tokenizer is not None else [f"<{int(t)}>" for t in ids]
     prompt = tokenizer.decode(ids.tolist()) if tokenizer is not None else " ".join(tokens)
     f = rec.features
     return Graph(
-        prompt=prompt, input_ids=ids, tokens=tokens, n_layers=ts.n_layers,
-        features=torch.stack([f.layer, f.pos, f.index], dim=1).cpu(), activations=f.activation.detach().cpu(),
-        logit_ids=tg.token_ids.cpu(), logit_probs=tg.probabilities.cpu(), logit_labels=list(tg.labels),
-        row_nodes=row_nodes.cpu(), rows=rows.detach().cpu(), values=values.cpu(), bias=bias.cpu(),
-        dictionaries=names, model_name=getattr(model.config, "_name_or_path", None) or None, info=info,
+        prompt=prompt,
+        input_ids=ids,
+        tokens=tokens,
+        n_layers=ts.n_layers,
+        features=torch.stack([f.layer, f.pos, f.index], dim=1).cpu(),
+        activations=f.activation.detach().cpu(),
+        logit_ids=tg.token_ids.cpu(),
+        logit_probs=tg.probabilities.cpu(),
+        logit_labels=list(tg.labels),
+        row_nodes=row_nodes.cpu(),
+        rows=rows.detach().cpu(),
+        values=values.cpu(),
+        bias=bias.cpu(),
+        dictionaries=names,
+        model_name=getattr(model.config, "_name_or_path", None) or None,
+        info=info,
     )

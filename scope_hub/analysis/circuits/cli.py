@@ -27,8 +27,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Runner = Callable[[argparse.Namespace], int]
 _GLOB = set("*?[")
@@ -39,21 +40,38 @@ LOW_TARGET_PROB = 1e-3
 def setup(parser: argparse.ArgumentParser) -> Runner:
     """Add ``trace``'s arguments to ``parser`` and return its runner."""
     parser.add_argument("prompt", metavar="PROMPT", help="text whose next-token prediction is explained")
-    parser.add_argument("--model", required=True, metavar="PATH", help="transformers causal LM folder, Hub id, or gemma-3-270m "
-                        "(converted offline)")
-    parser.add_argument("--transcoders", required=True, nargs="+", metavar="KEY-PATTERN|FOLDER",
-                        help="dictionary folders, a folder of them, registry keys or fnmatch key patterns")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="transformers causal LM folder, Hub id, or gemma-3-270m (converted offline)",
+    )
+    parser.add_argument(
+        "--transcoders",
+        required=True,
+        nargs="+",
+        metavar="KEY-PATTERN|FOLDER",
+        help="dictionary folders, a folder of them, registry keys or fnmatch key patterns",
+    )
     parser.add_argument("--out", required=True, metavar="FILE.json", help="where the graph JSON goes")
     parser.add_argument("--html", metavar="FILE.html", help="also write a self-contained HTML view")
     parser.add_argument("--save-graph", metavar="FILE.pt", help="also save the unpruned graph (Graph.load reads it)")
     parser.add_argument("--node-threshold", type=float, default=0.8, help="influence kept by node pruning (0.8)")
     parser.add_argument("--edge-threshold", type=float, default=0.98, help="influence kept by edge pruning (0.98)")
-    parser.add_argument("--max-feature-nodes", type=int, default=2048,
-                        help="feature rows to compute, most influential first (default 2048; 0: all)")
+    parser.add_argument(
+        "--max-feature-nodes",
+        type=int,
+        default=2048,
+        help="feature rows to compute, most influential first (default 2048; 0: all)",
+    )
     parser.add_argument("--max-logits", type=int, default=10, help="at most this many logit nodes (10)")
-    parser.add_argument("--target", action="append", metavar="TOKEN",
-                        help="explain this token's logit (repeatable); matched exactly, leading space included: "
-                             "--target ' Paris' for the word after 'is', not 'Paris'")
+    parser.add_argument(
+        "--target",
+        action="append",
+        metavar="TOKEN",
+        help="explain this token's logit (repeatable); matched exactly, leading space included: "
+        "--target ' Paris' for the word after 'is', not 'Paris'",
+    )
     parser.add_argument("--batch-size", type=int, help="prompt copies per backward pass (default: from memory)")
     parser.add_argument("--dtype", choices=("float32", "float64", "bfloat16"), default="float32")
     parser.add_argument("--slug", help="graph name in the viewer (default: the output file's stem)")
@@ -105,10 +123,19 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     sources = resolve_sources(args.transcoders, args.registry)
-    graph = attribute(args.prompt, model, sources, tokenizer=tokenizer, registry=args.registry,
-                      targets=args.target, max_n_logits=args.max_logits,
-                      max_feature_nodes=args.max_feature_nodes or None, batch_size=args.batch_size,
-                      zero_bos=not args.keep_bos, verbose=not args.quiet)
+    graph = attribute(
+        args.prompt,
+        model,
+        sources,
+        tokenizer=tokenizer,
+        registry=args.registry,
+        targets=args.target,
+        max_n_logits=args.max_logits,
+        max_feature_nodes=args.max_feature_nodes or None,
+        batch_size=args.batch_size,
+        zero_bos=not args.keep_bos,
+        verbose=not args.quiet,
+    )
     result = prune(graph, args.node_threshold, args.edge_threshold)
     out = write_graph_json(graph, args.out, result, slug=args.slug)
     if args.html:
@@ -116,10 +143,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.save_graph:
         graph.save(args.save_graph)
     residual = float(graph.completeness().abs().max())
-    print(f"{out}: {int(result.node_mask.sum())} nodes, {result.n_edges()} links kept of {graph.n_features} active "
-          f"features ({len(graph.row_nodes) - graph.n_logits} rows) and {graph.n_logits} logits; "
-          f"influence kept {result.kept_influence(graph):.2f}; completeness max |residual| {residual:.2e} "
-          f"(relative {graph.relative_completeness_error():.1e}); {time.perf_counter() - started:.1f} s")
+    print(
+        f"{out}: {int(result.node_mask.sum())} nodes, {result.n_edges()} links kept of {graph.n_features} active "
+        f"features ({len(graph.row_nodes) - graph.n_logits} rows) and {graph.n_logits} logits; "
+        f"influence kept {result.kept_influence(graph):.2f}; completeness max |residual| {residual:.2e} "
+        f"(relative {graph.relative_completeness_error():.1e}); {time.perf_counter() - started:.1f} s"
+    )
     print(dictionary_summary(graph))
     top = ", ".join(f"{label!r} p={float(p):.3f}" for label, p in zip(graph.logit_labels[:3], graph.logit_probs[:3]))
     print(f"logits: {top}")
@@ -155,8 +184,11 @@ def target_warnings(graph: Any, model: Any, tokenizer: Any, threshold: float | N
     space-prefixed spelling when that is one token with a higher probability (one extra forward).
     ``threshold``: default ``LOW_TARGET_PROB``."""
     threshold = LOW_TARGET_PROB if threshold is None else threshold
-    low = [(label, int(i), float(p)) for label, i, p in zip(graph.logit_labels, graph.logit_ids, graph.logit_probs)
-           if float(p) < threshold]
+    low = [
+        (label, int(i), float(p))
+        for label, i, p in zip(graph.logit_labels, graph.logit_ids, graph.logit_probs)
+        if float(p) < threshold
+    ]
     if not low:
         return []
     import torch
@@ -165,9 +197,13 @@ def target_warnings(graph: Any, model: Any, tokenizer: Any, threshold: float | N
         logits = model(input_ids=graph.input_ids[None].to(model.device), use_cache=False).logits[0, -1]
     probs = torch.softmax(logits.double(), dim=-1)
     warnings = []
-    for label, token_id, p in low:
+    for label, _token_id, p in low:
         message = f"target {label!r} has probability {p:.2e}: the graph explains a logit the model barely predicts"
-        variant = tokenizer.encode(" " + label, add_special_tokens=False) if tokenizer is not None and not label.startswith(" ") else []
+        variant = (
+            tokenizer.encode(" " + label, add_special_tokens=False)
+            if tokenizer is not None and not label.startswith(" ")
+            else []
+        )
         if len(variant) == 1 and float(probs[variant[0]]) > p:
             message += f"; did you mean {' ' + label!r} (p={float(probs[variant[0]]):.3f})? pass --target ' {label}'"
         warnings.append(message)

@@ -75,32 +75,90 @@ def node_record(graph: Graph, node: int, cumulative: float) -> dict[str, Any]:
     kind = graph.node_kind(node)
     if kind == "feature":
         layer, pos, index = graph.features[node].tolist()
-        return _node(f"{layer}_{index}_{pos}", cantor(layer, index), str(layer), pos, "cross layer transcoder",
-                     f"{layer}_{index}-0", influence=cumulative, activation=float(graph.activations[node]))
+        return _node(
+            f"{layer}_{index}_{pos}",
+            cantor(layer, index),
+            str(layer),
+            pos,
+            "cross layer transcoder",
+            f"{layer}_{index}-0",
+            influence=cumulative,
+            activation=float(graph.activations[node]),
+        )
     if kind == "error":
         layer, pos = divmod(node - graph.error_offset, graph.n_pos)
-        return _node(f"0_{layer}_{pos}", -1, str(layer), pos, "mlp reconstruction error", f"{layer}_{pos}-0",
-                     influence=cumulative)
+        return _node(
+            f"0_{layer}_{pos}",
+            -1,
+            str(layer),
+            pos,
+            "mlp reconstruction error",
+            f"{layer}_{pos}-0",
+            influence=cumulative,
+        )
     if kind == "token":
         pos = node - graph.token_offset
         vocab = int(graph.input_ids[pos])
         return _node(f"E_{vocab}_{pos}", pos, "E", pos, "embedding", f"E_{vocab}-{pos}", influence=cumulative)
     k = node - graph.logit_offset
-    vocab, prob, layer, pos = int(graph.logit_ids[k]), float(graph.logit_probs[k]), str(graph.n_layers + 1), graph.n_pos - 1
-    return _node(f"{layer}_{vocab}_{pos}", vocab, layer, pos, "logit", f"L_{vocab}-{pos}", token_prob=prob,
-                 is_target_logit=k == 0, clerp=f'Output "{graph.logit_labels[k]}" (p={prob:.3f})')
+    vocab, prob, layer, pos = (
+        int(graph.logit_ids[k]),
+        float(graph.logit_probs[k]),
+        str(graph.n_layers + 1),
+        graph.n_pos - 1,
+    )
+    return _node(
+        f"{layer}_{vocab}_{pos}",
+        vocab,
+        layer,
+        pos,
+        "logit",
+        f"L_{vocab}-{pos}",
+        token_prob=prob,
+        is_target_logit=k == 0,
+        clerp=f'Output "{graph.logit_labels[k]}" (p={prob:.3f})',
+    )
 
 
-def _node(node_id: str, feature: int, layer: str, ctx_idx: int, feature_type: str, js_id: str, *,
-          influence: float | None = None, activation: float | None = None, token_prob: float = 0.0,
-          is_target_logit: bool = False, clerp: str = "") -> dict[str, Any]:
-    return {"node_id": node_id, "feature": feature, "layer": layer, "ctx_idx": ctx_idx, "feature_type": feature_type,
-            "token_prob": token_prob, "is_target_logit": is_target_logit, "run_idx": 0, "reverse_ctx_idx": 0,
-            "jsNodeId": js_id, "clerp": clerp, "influence": influence, "activation": activation}
+def _node(
+    node_id: str,
+    feature: int,
+    layer: str,
+    ctx_idx: int,
+    feature_type: str,
+    js_id: str,
+    *,
+    influence: float | None = None,
+    activation: float | None = None,
+    token_prob: float = 0.0,
+    is_target_logit: bool = False,
+    clerp: str = "",
+) -> dict[str, Any]:
+    return {
+        "node_id": node_id,
+        "feature": feature,
+        "layer": layer,
+        "ctx_idx": ctx_idx,
+        "feature_type": feature_type,
+        "token_prob": token_prob,
+        "is_target_logit": is_target_logit,
+        "run_idx": 0,
+        "reverse_ctx_idx": 0,
+        "jsNodeId": js_id,
+        "clerp": clerp,
+        "influence": influence,
+        "activation": activation,
+    }
 
 
-def graph_json(graph: Graph, prune_result: PruneResult | None = None, *, slug: str | None = None,
-               node_threshold: float = 0.8, edge_threshold: float = 0.98) -> dict[str, Any]:
+def graph_json(
+    graph: Graph,
+    prune_result: PruneResult | None = None,
+    *,
+    slug: str | None = None,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+) -> dict[str, Any]:
     """The viewer JSON of ``graph`` pruned with ``prune_result`` (or pruned here with the thresholds)."""
     result = prune_result or prune(graph, node_threshold, edge_threshold)
     kept = result.node_mask.nonzero(as_tuple=True)[0].tolist()
@@ -110,25 +168,44 @@ def graph_json(graph: Graph, prune_result: PruneResult | None = None, *, slug: s
     for row, source in zip(r.tolist(), s.tolist()):
         target = int(graph.row_nodes[row])
         if source in nodes and target in nodes:
-            links.append({"source": nodes[source]["node_id"], "target": nodes[target]["node_id"],
-                          "weight": float(graph.rows[row, source])})
+            links.append(
+                {
+                    "source": nodes[source]["node_id"],
+                    "target": nodes[target]["node_id"],
+                    "weight": float(graph.rows[row, source]),
+                }
+            )
     touched = {link["source"] for link in links} | {link["target"] for link in links}
     used = [rec for rec in nodes.values() if rec["node_id"] in touched or rec["feature_type"] in ("embedding", "logit")]
     scan, transcoder_list = scan_id(graph.dictionaries or ["unknown"])
-    metadata = {"slug": slug or slugify(graph.prompt), "scan": scan, "transcoder_list": transcoder_list,
-                "prompt_tokens": list(graph.tokens), "prompt": graph.prompt,
-                "node_threshold": result.node_threshold, "schema_version": SCHEMA_VERSION}
+    metadata = {
+        "slug": slug or slugify(graph.prompt),
+        "scan": scan,
+        "transcoder_list": transcoder_list,
+        "prompt_tokens": list(graph.tokens),
+        "prompt": graph.prompt,
+        "node_threshold": result.node_threshold,
+        "schema_version": SCHEMA_VERSION,
+    }
     qparams = {"pinnedIds": [], "supernodes": [], "linkType": "both", "clickedId": "", "sg_pos": ""}
     return {"metadata": metadata, "qParams": qparams, "nodes": used, "links": links}
 
 
-def write_graph_json(graph: Graph, path: str | Path, prune_result: PruneResult | None = None, *,
-                     slug: str | None = None, node_threshold: float = 0.8, edge_threshold: float = 0.98,
-                     update_metadata: bool = True) -> Path:
+def write_graph_json(
+    graph: Graph,
+    path: str | Path,
+    prune_result: PruneResult | None = None,
+    *,
+    slug: str | None = None,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    update_metadata: bool = True,
+) -> Path:
     """Write the viewer JSON to ``path`` (atomically); also update ``graph-metadata.json`` beside it."""
     path = Path(path)
-    data = graph_json(graph, prune_result, slug=slug or path.stem, node_threshold=node_threshold,
-                      edge_threshold=edge_threshold)
+    data = graph_json(
+        graph, prune_result, slug=slug or path.stem, node_threshold=node_threshold, edge_threshold=edge_threshold
+    )
     atomic_write_text(path, json.dumps(data, indent=1))
     if update_metadata:
         index_path = path.parent / METADATA_FILE

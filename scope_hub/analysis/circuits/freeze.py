@@ -86,8 +86,14 @@ def _replay_attention(pattern: torch.Tensor, value: torch.Tensor) -> torch.Tenso
     return out.permute(3, 2, 0, 1, 4).reshape(batch, t_q, n_heads, dim)
 
 
-def frozen_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+def frozen_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """AttentionInterface function: eager attention that records, or replays, its pattern."""
     if not _ACTIVE:
         return _eager_of(module)(module, query, key, value, attention_mask, **kwargs)
@@ -108,7 +114,8 @@ def _register_attention() -> None:
         from transformers.masking_utils import AttentionMaskInterface, eager_mask
     except ImportError as exc:  # pragma: no cover - transformers < 4.53
         raise UnsupportedModelError(
-            f"attribution needs transformers' AttentionInterface ({exc}); upgrade transformers") from None
+            f"attribution needs transformers' AttentionInterface ({exc}); upgrade transformers"
+        ) from None
     AttentionInterface.register(ATTN_IMPLEMENTATION, frozen_attention)
     AttentionMaskInterface.register(ATTN_IMPLEMENTATION, eager_mask)  # eager's additive float mask
 
@@ -130,8 +137,11 @@ def _attention_implementation(model: nn.Module) -> Iterator[None]:
 
 def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every LayerNorm / RMSNorm in ``model`` (by class: ``nn.LayerNorm`` or a name ending in ``RMSNorm``)."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")]
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.LayerNorm) or type(m).__name__.endswith("RMSNorm")
+    ]
 
 
 def _eps(module: nn.Module) -> float:

@@ -114,23 +114,30 @@ def render_html(data: dict[str, Any], title: str | None = None) -> str:
     meta = data.get("metadata", {})
     payload = json.dumps(data).replace("</", "<\\/").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     heading = html.escape(title or meta.get("prompt", "attribution graph"))
-    legend = "".join(f'<span class="{k}" style="background:var(--c)"></span>{k}'.replace("var(--c)", c)
-                     for k, c in (("feature", "#e9a23b"), ("error", "#9a9a9a"), ("embedding", "#58a55c"),
-                                  ("logit", "#8e5fc2")))
+    legend = "".join(
+        f'<span class="{k}" style="background:var(--c)"></span>{k}'.replace("var(--c)", c)
+        for k, c in (("feature", "#e9a23b"), ("error", "#9a9a9a"), ("embedding", "#58a55c"), ("logit", "#8e5fc2"))
+    )
     return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
         f"<title>{heading}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{heading}</h1><div class=\"meta\">dictionaries: {html.escape(str(meta.get('scan', '')))}"
-        f" &middot; <span id=\"status\" data-rendered=\"false\">rendering…</span></div>"
-        f"<div class=\"legend\">{legend}</div><div id=\"wrap\"><div id=\"canvas\"></div>"
-        "<div id=\"details\">hover a node; click to isolate its links</div></div>"
-        f"<script id=\"graph-data\" type=\"application/json\">{payload}</script>"
+        f'<h1>{heading}</h1><div class="meta">dictionaries: {html.escape(str(meta.get("scan", "")))}'
+        f' &middot; <span id="status" data-rendered="false">rendering…</span></div>'
+        f'<div class="legend">{legend}</div><div id="wrap"><div id="canvas"></div>'
+        '<div id="details">hover a node; click to isolate its links</div></div>'
+        f'<script id="graph-data" type="application/json">{payload}</script>'
         f"<script>{_SCRIPT}</script></body></html>\n"
     )
 
 
-def write_html(graph: Graph, path: str | Path, prune_result: PruneResult | None = None, *,
-               node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Path:
+def write_html(
+    graph: Graph,
+    path: str | Path,
+    prune_result: PruneResult | None = None,
+    *,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+) -> Path:
     """Prune ``graph`` (unless ``prune_result`` is given) and write its self-contained HTML view."""
     data = graph_json(graph, prune_result, node_threshold=node_threshold, edge_threshold=edge_threshold)
     path = Path(path)

@@ -134,8 +134,16 @@ def total_effects(graph: Graph, logit: int = 0) -> torch.Tensor:
     return total
 
 
-def check_interventions(graph: Graph, model: nn.Module, transcoders: Any = None, nodes: Iterable[int] = (), *,
-                        scale: float = 0.0, mode: str = "model", registry: Any = None) -> InterventionResult:
+def check_interventions(
+    graph: Graph,
+    model: nn.Module,
+    transcoders: Any = None,
+    nodes: Iterable[int] = (),
+    *,
+    scale: float = 0.0,
+    mode: str = "model",
+    registry: Any = None,
+) -> InterventionResult:
     """Change feature ``nodes`` to ``scale`` x their activation in a run and compare with the graph.
 
     ``model``/``transcoders``/``registry`` as for :func:`~.attribution.attribute` (the
@@ -170,8 +178,9 @@ def _final_last(model: nn.Module, ts: TranscoderSet, ids: torch.Tensor) -> torch
     return acts[fin][0, -1]
 
 
-def _steering_hooks(stack: contextlib.ExitStack, model: nn.Module, ts: TranscoderSet, graph: Graph,
-                    scales: dict[int, float]) -> None:
+def _steering_hooks(
+    stack: contextlib.ExitStack, model: nn.Module, ts: TranscoderSet, graph: Graph, scales: dict[int, float]
+) -> None:
     """Add ``(scale - 1) x activation x decoder row`` at each feature's position and MLP output(s)."""
     adds: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for node, s in scales.items():
@@ -195,8 +204,14 @@ def _adder(items: list[tuple[int, torch.Tensor]]):
     return add
 
 
-def _replacement_hooks(stack: contextlib.ExitStack, model: nn.Module, ts: TranscoderSet, graph: Graph,
-                       scales: dict[int, float], freeze: bool = False) -> None:
+def _replacement_hooks(
+    stack: contextlib.ExitStack,
+    model: nn.Module,
+    ts: TranscoderSet,
+    graph: Graph,
+    scales: dict[int, float],
+    freeze: bool = False,
+) -> None:
     """Every MLP block -> its transcoder on the live input, features clamped, + the clean run's error."""
     rec = record(model, ts, graph.input_ids, torch.ones(graph.n_pos, dtype=torch.bool))
     if freeze:
@@ -215,6 +230,7 @@ def _replacement_hooks(stack: contextlib.ExitStack, model: nn.Module, ts: Transc
             for pos, index, value in clamps.get(block.layer, []):
                 f[pos, index] = value
             features[block.layer] = f
+
         return read
 
     def writer(layer: int):
@@ -226,6 +242,7 @@ def _replacement_hooks(stack: contextlib.ExitStack, model: nn.Module, ts: Transc
             skip = ts.skip(block, inputs[layer])
             out = ts.decode_into(block, features) + rec.errors[layer] + (0 if skip is None else skip)
             return out[None].to(act.dtype)
+
         return write
 
     for block in ts.blocks:

@@ -57,7 +57,7 @@ def influence(row_nodes: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor
 def logit_weights(graph: Graph) -> torch.Tensor:
     """``[N]``: the logit nodes' probabilities, zero elsewhere."""
     w = torch.zeros(graph.n_nodes, dtype=torch.float64)
-    w[graph.logit_offset:] = graph.logit_probs.double()
+    w[graph.logit_offset :] = graph.logit_probs.double()
     return w
 
 
@@ -111,7 +111,7 @@ def prune(graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.9
     w = logit_weights(graph)
     node_inf = node_influence(graph)
     node_mask = node_inf >= find_threshold(node_inf, node_threshold)
-    node_mask[graph.token_offset:] = True  # tokens and logits always stay
+    node_mask[graph.token_offset :] = True  # tokens and logits always stay
 
     rows = graph.rows.double() * node_mask[graph.row_nodes, None] * node_mask[None, :]
     a = normalized(rows)
@@ -156,7 +156,7 @@ def graph_scores(graph: Graph) -> tuple[float, float]:
     w = logit_weights(graph)
     node_inf = node_influence(graph)
     errors = slice(graph.error_offset, graph.token_offset)
-    token_inf = node_inf[graph.token_offset: graph.logit_offset].sum()
+    token_inf = node_inf[graph.token_offset : graph.logit_offset].sum()
     error_inf = node_inf[errors].sum()
     replacement = float(token_inf / (token_inf + error_inf).clamp(min=1e-30))
     a = normalized(graph.rows.double())

@@ -76,8 +76,9 @@ between Nepal and the Tibet Autonomous Region of China. The Amazon is the larges
 
 
 @torch.no_grad()
-def harvest(model: torch.nn.Module, tokenizer, text: str = TEXT,
-            chunk: int = 128) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+def harvest(
+    model: torch.nn.Module, tokenizer, text: str = TEXT, chunk: int = 128
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """Layer -> (mlp_in ``[N, d]``, mlp_out ``[N, d]``) over ``text`` (BOS positions dropped)."""
     adapter = adapter_for(model)
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
@@ -87,7 +88,7 @@ def harvest(model: torch.nn.Module, tokenizer, text: str = TEXT,
     pairs: dict[int, tuple[list, list]] = {L: ([], []) for L in range(adapter.n_layers)}
     body = ids[1:] if bos is not None and int(ids[0]) == bos else ids
     for start in range(0, body.numel(), chunk):
-        piece = body[start:start + chunk]
+        piece = body[start : start + chunk]
         batch = torch.cat([ids[:1], piece])[None] if bos is not None else piece[None]
         with capture(model, points) as acts:
             model(input_ids=batch, use_cache=False, logits_to_keep=1)
@@ -97,8 +98,18 @@ def harvest(model: torch.nn.Module, tokenizer, text: str = TEXT,
     return {L: (torch.cat(x), torch.cat(y)) for L, (x, y) in pairs.items()}
 
 
-def fit_transcoder(x: torch.Tensor, y: torch.Tensor, layer: int, *, d_sae: int = 256, l0: float = 12.0,
-                   skip: bool = False, ridge: float = 1e-3, seed: int = 0, model_id: str | None = None) -> Dictionary:
+def fit_transcoder(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    layer: int,
+    *,
+    d_sae: int = 256,
+    l0: float = 12.0,
+    skip: bool = False,
+    ridge: float = 1e-3,
+    seed: int = 0,
+    model_id: str | None = None,
+) -> Dictionary:
     """A JumpReLU (skip) transcoder ``mlp_in -> mlp_out`` of ``layer`` fitted to ``(x, y)``."""
     gen = torch.Generator().manual_seed(seed + layer)
     x64, y64 = x.double(), y.double()
@@ -115,9 +126,17 @@ def fit_transcoder(x: torch.Tensor, y: torch.Tensor, layer: int, *, d_sae: int =
     gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
     weights = torch.linalg.solve(gram, centered.T @ (y64 - mean_y))
     cls = SkipTranscoder if skip else Transcoder
-    config = DictionaryConfig(type="skip_transcoder" if skip else "transcoder", architecture="jumprelu",
-                              d_in=x.shape[1], d_sae=d_sae, d_out=y.shape[1], site="mlp_in", site_out="mlp_out",
-                              layer=layer, model=model_id)
+    config = DictionaryConfig(
+        type="skip_transcoder" if skip else "transcoder",
+        architecture="jumprelu",
+        d_in=x.shape[1],
+        d_sae=d_sae,
+        d_out=y.shape[1],
+        site="mlp_in",
+        site_out="mlp_out",
+        layer=layer,
+        model=model_id,
+    )
     tc = cls(config)
     with torch.no_grad():
         tc.w_enc.copy_(w_enc), tc.b_enc.zero_(), tc.threshold.copy_(threshold)

@@ -105,8 +105,11 @@ def final_hookpoint(ts: TranscoderSet) -> str:
 def real_logits(model: nn.Module, final: torch.Tensor) -> torch.Tensor:
     """The model's logits from final-norm outputs (softcap applied, as its forward does)."""
     logits = model.get_output_embeddings()(final)
-    cap = getattr(model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config,
-                  "final_logit_softcapping", None)
+    cap = getattr(
+        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config,
+        "final_logit_softcapping",
+        None,
+    )
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
@@ -131,8 +134,9 @@ def record(model: nn.Module, ts: TranscoderSet, input_ids: torch.Tensor, source_
     final = acts[fin][0]
     block_in = {b.layer: acts[b.hook_in][0] for b in ts.blocks}
     feats, constant = _active_features(ts, block_in, source_mask)
-    rec = Recording(ids[0], state, source_mask, acts[emb][0], final, real_logits(model, final[-1]),
-                    block_in, {}, {}, {}, {}, feats)
+    rec = Recording(
+        ids[0], state, source_mask, acts[emb][0], final, real_logits(model, final[-1]), block_in, {}, {}, {}, {}, feats
+    )
     for L in range(ts.n_layers):
         _split_block_output(rec, ts, L, acts[ts.mlp_out(L)][0], constant)
     return rec
@@ -141,8 +145,9 @@ def record(model: nn.Module, ts: TranscoderSet, input_ids: torch.Tensor, source_
 Sparse = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (positions, indices, activations)
 
 
-def _active_features(ts: TranscoderSet, block_in: dict[int, torch.Tensor],
-                     source_mask: torch.Tensor) -> tuple[ActiveFeatures, dict[int, Sparse]]:
+def _active_features(
+    ts: TranscoderSet, block_in: dict[int, torch.Tensor], source_mask: torch.Tensor
+) -> tuple[ActiveFeatures, dict[int, Sparse]]:
     """Active features at source positions (the nodes), and those at constant positions (folded into biases)."""
     parts, constant, offsets, start = [], {}, {}, 0
     for block in ts.blocks:
@@ -158,8 +163,9 @@ def _active_features(ts: TranscoderSet, block_in: dict[int, torch.Tensor],
     return ActiveFeatures(*cat, offsets=offsets), constant
 
 
-def _split_block_output(rec: Recording, ts: TranscoderSet, layer: int, total: torch.Tensor,
-                        constant: dict[int, Sparse]) -> None:
+def _split_block_output(
+    rec: Recording, ts: TranscoderSet, layer: int, total: torch.Tensor, constant: dict[int, Sparse]
+) -> None:
     mask = rec.source_mask[:, None].to(total.dtype)
     block = ts.block_at(layer)
     skip, decoded, from_sources = torch.zeros_like(total), torch.zeros_like(total), torch.zeros_like(total)
@@ -197,7 +203,9 @@ class Replay:
 
 
 @contextlib.contextmanager
-def replay(model: nn.Module, ts: TranscoderSet, rec: Recording, batch: int, mode: str = "attribution") -> Iterator[Replay]:
+def replay(
+    model: nn.Module, ts: TranscoderSet, rec: Recording, batch: int, mode: str = "attribution"
+) -> Iterator[Replay]:
     """Run the frozen linear replacement on ``batch`` copies of the prompt; yield its tensors.
 
     ``mode="attribution"``: every source holds its recorded value (grad-enabled);
@@ -237,8 +245,9 @@ def _stash(store: dict[int, torch.Tensor], layer: int):
     return fn
 
 
-def _block_writer(ts: TranscoderSet, rec: Recording, out: Replay, layer: int, const: torch.Tensor,
-                  batch: int, live: bool):
+def _block_writer(
+    ts: TranscoderSet, rec: Recording, out: Replay, layer: int, const: torch.Tensor, batch: int, live: bool
+):
     block = ts.block_at(layer)
 
     def write(act: torch.Tensor) -> torch.Tensor:

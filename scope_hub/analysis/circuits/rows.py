@@ -52,8 +52,9 @@ class RowBuilder:
         self._cached_bytes = 0
 
     # -- exploration order --
-    def explore(self, rp: Replay, batch: int, budget: int, update_interval: int,
-                log: Callable[[str], None] = lambda _: None) -> tuple[torch.Tensor, torch.Tensor]:
+    def explore(
+        self, rp: Replay, batch: int, budget: int, update_interval: int, log: Callable[[str], None] = lambda _: None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logit rows, then ``budget`` feature rows; returns (rows ``[R, N]``, row node ids), sorted by node."""
         k = len(self.tg)
         rows = torch.zeros(k + budget, self.n_nodes, dtype=rp.embed.dtype)
@@ -65,31 +66,46 @@ class RowBuilder:
         visited = torch.zeros(self.n_feat, dtype=torch.bool)
         filled = k
         while filled < k + budget:
-            queue = self._next_features(rows[:filled], row_nodes[:filled], visited, budget - (filled - k),
-                                        update_interval * batch, budget == self.n_feat)
+            queue = self._next_features(
+                rows[:filled],
+                row_nodes[:filled],
+                visited,
+                budget - (filled - k),
+                update_interval * batch,
+                budget == self.n_feat,
+            )
             for start in range(0, queue.numel(), batch):
-                chunk = queue[start:start + batch]
-                rows[filled:filled + chunk.numel()] = self._rows(rp, features=chunk)
-                row_nodes[filled:filled + chunk.numel()] = chunk
+                chunk = queue[start : start + batch]
+                rows[filled : filled + chunk.numel()] = self._rows(rp, features=chunk)
+                row_nodes[filled : filled + chunk.numel()] = chunk
                 visited[chunk] = True
                 filled += chunk.numel()
             log(f"{filled - k}/{budget} feature rows, {self.n_backward} backward passes")
         order = row_nodes.argsort()
         return rows[order], row_nodes[order]
 
-    def _next_features(self, rows: torch.Tensor, row_nodes: torch.Tensor, visited: torch.Tensor, remaining: int,
-                       queue_size: int, everything: bool) -> torch.Tensor:
+    def _next_features(
+        self,
+        rows: torch.Tensor,
+        row_nodes: torch.Tensor,
+        visited: torch.Tensor,
+        remaining: int,
+        queue_size: int,
+        everything: bool,
+    ) -> torch.Tensor:
         pending = (~visited).nonzero(as_tuple=True)[0]
         if everything:  # all rows wanted: layer order keeps each backward pass shallow
             return pending
         weights = torch.zeros(self.n_nodes, dtype=torch.float64)
-        weights[self.logit_offset:] = self.tg.probabilities.double()
+        weights[self.logit_offset :] = self.tg.probabilities.double()
         scores = influence(row_nodes, rows, weights)[: self.n_feat]
         ranked = pending[scores[pending].argsort(descending=True)]
         return ranked[: min(queue_size, remaining)]
 
     # -- one backward pass --
-    def _rows(self, rp: Replay, logits: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+    def _rows(
+        self, rp: Replay, logits: torch.Tensor | None = None, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         objective = self._objective(rp, logits, features)
         inputs = [rp.embed] + [rp.block_out[L] for L in range(self.n_layers)]
         grads = torch.autograd.grad(objective, inputs, retain_graph=True, allow_unused=True)
@@ -117,11 +133,11 @@ class RowBuilder:
         """Edges of ``n`` targets from their gradients: ``source vector . gradient`` for every source."""
         row = torch.zeros(n, self.n_nodes, dtype=self.rec.embed.dtype)
         if g_embed is not None:
-            row[:, self.token_offset:self.logit_offset] = (g_embed[:n] * self.rec.embed).sum(-1)
+            row[:, self.token_offset : self.logit_offset] = (g_embed[:n] * self.rec.embed).sum(-1)
         for layer, g in g_out.items():
             if g is not None:
                 start = self.error_offset + layer * self.n_pos
-                row[:, start:start + self.n_pos] = (g[:n] * self.rec.errors[layer]).sum(-1)
+                row[:, start : start + self.n_pos] = (g[:n] * self.rec.errors[layer]).sum(-1)
         for source in self.ts.blocks:
             a, b = self.rec.features.offsets[source.layer]
             for target in self.ts.writes_to(source):

@@ -57,15 +57,23 @@ def salient_tokens(logits: torch.Tensor, max_n_logits: int = 10, desired_logit_p
     return top.indices[: min(n, top.indices.numel())]
 
 
-def logit_targets(model: nn.Module, logits: torch.Tensor, tokenizer: object | None = None,
-                  targets: Sequence[int | str] | torch.Tensor | None = None, *, max_n_logits: int = 10,
-                  desired_logit_prob: float = 0.95) -> LogitTargets:
+def logit_targets(
+    model: nn.Module,
+    logits: torch.Tensor,
+    tokenizer: object | None = None,
+    targets: Sequence[int | str] | torch.Tensor | None = None,
+    *,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+) -> LogitTargets:
     """Build the logit nodes from the model's last-position ``logits`` ``[V]``.
 
     ``targets``: token ids, or strings (each must encode to exactly one token), or
     None for the salient tokens.
     """
-    ids = salient_tokens(logits, max_n_logits, desired_logit_prob) if targets is None else _target_ids(targets, tokenizer)
+    ids = (
+        salient_tokens(logits, max_n_logits, desired_logit_prob) if targets is None else _target_ids(targets, tokenizer)
+    )
     if ids.numel() == 0:
         raise ConfigError("no logit targets: pass targets= or raise desired_logit_prob / max_n_logits")
     vectors, bias = demeaned_unembedding(model, ids)
@@ -97,7 +105,9 @@ def _target_ids(targets: Sequence[int | str] | torch.Tensor, tokenizer: object |
                 raise ConfigError("string targets need a tokenizer")
             encoded = tokenizer.encode(t, add_special_tokens=False)
             if len(encoded) != 1:
-                raise ConfigError(f"target {t!r} encodes to {len(encoded)} tokens {encoded}; give one token (or its id)")
+                raise ConfigError(
+                    f"target {t!r} encodes to {len(encoded)} tokens {encoded}; give one token (or its id)"
+                )
             ids.append(encoded[0])
         else:
             ids.append(int(t))

@@ -67,8 +67,11 @@ class TranscoderSet:
     """
 
     def __init__(self, model: nn.Module, dictionaries: Mapping[str, Dictionary] | Iterable[Dictionary]) -> None:
-        items = list(dictionaries.items()) if isinstance(dictionaries, Mapping) else [
-            (f"dictionary_{i}", d) for i, d in enumerate(dictionaries)]
+        items = (
+            list(dictionaries.items())
+            if isinstance(dictionaries, Mapping)
+            else [(f"dictionary_{i}", d) for i, d in enumerate(dictionaries)]
+        )
         if not items:
             raise ConfigError("attribution needs at least one transcoder or CLT")
         self.adapter = adapter_for(model)
@@ -81,8 +84,10 @@ class TranscoderSet:
             dup = sorted({L for L in layers if layers.count(L) > 1})
             raise ConfigError(f"several dictionaries replace the MLP block of layer(s) {dup}; give one per layer")
         clts = {id(b.dictionary) for b in blocks if b.clt_index is not None}
-        if clts and len(blocks) != sum(b.clt_index is not None for b in blocks) or len(clts) > 1:
-            raise ConfigError("mix of a CLT with other dictionaries is not supported; give one CLT or per-layer transcoders")
+        if (clts and len(blocks) != sum(b.clt_index is not None for b in blocks)) or len(clts) > 1:
+            raise ConfigError(
+                "mix of a CLT with other dictionaries is not supported; give one CLT or per-layer transcoders"
+            )
         self.blocks: list[Block] = sorted(blocks, key=lambda b: b.layer)
         self.names = [name for name, _ in items]
         for d in self.dictionaries:
@@ -152,8 +157,11 @@ class TranscoderSet:
 
     def writes_to(self, block: Block) -> list[Block]:
         """Blocks whose output this block's features write to: itself, plus every later one for a CLT."""
-        return [b for b in self.blocks if b.clt_index is not None and b.clt_index >= block.clt_index] \
-            if block.clt_index is not None else [block]
+        return (
+            [b for b in self.blocks if b.clt_index is not None and b.clt_index >= block.clt_index]
+            if block.clt_index is not None
+            else [block]
+        )
 
     # --- math -------------------------------------------------------------------------------
     def encode(self, block: Block, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +193,9 @@ class TranscoderSet:
         """``[n, d_out]``: what one unit of each feature of ``source`` adds at ``target``'s output."""
         return self._decoder_matrix(source, target)[idx] / _scales(source.dictionary)[1]
 
-    def decode_sparse(self, source: Block, target: Block, pos: torch.Tensor, idx: torch.Tensor, act: torch.Tensor,
-                      n_pos: int) -> torch.Tensor:
+    def decode_sparse(
+        self, source: Block, target: Block, pos: torch.Tensor, idx: torch.Tensor, act: torch.Tensor, n_pos: int
+    ) -> torch.Tensor:
         """``[n_pos, d_out]``: what features ``(pos, idx)`` of ``source`` with activations ``act`` write at ``target``."""
         rows = self.decoder_vectors(source, target, idx) * act[:, None].to(self.dtype(source))
         return rows.new_zeros(n_pos, rows.shape[-1]).index_add_(0, pos, rows)

@@ -17,11 +17,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import fsspec
 from fsspec.callbacks import Callback
@@ -106,7 +108,7 @@ class Store(ABC):
     def delete(self, path: str) -> None:
         """Remove ``path`` (no error if absent)."""
 
-    def touch(self, path: str) -> None:
+    def touch(self, path: str) -> None:  # noqa: B027 - optional hook: stores without cheap mtimes skip it
         """Refresh the modified time of an existing object where cheap (gc grace for reused blobs)."""
 
 
@@ -125,7 +127,7 @@ class FsspecStore(Store):
     def relative(self, full: str) -> str:
         """Inverse of :meth:`full` for paths the filesystem returns (with or without a leading /)."""
         full, root = full.strip("/"), self.root.strip("/")
-        return full[len(root) + 1:] if full.startswith(root + "/") else full
+        return full[len(root) + 1 :] if full.startswith(root + "/") else full
 
     def read_bytes(self, path: str) -> bytes:
         self._count("get")
@@ -176,7 +178,5 @@ class FsspecStore(Store):
 
     def delete(self, path: str) -> None:
         self._count("delete")
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(path))
-        except FileNotFoundError:
-            pass

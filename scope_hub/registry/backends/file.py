@@ -14,11 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from fsspec.implementations.local import LocalFileSystem
@@ -106,8 +108,10 @@ class FileStore(FsspecStore):
         except FileExistsError:
             return False
         except OSError as exc:  # EPERM / ENOTSUP: no hard links (FAT, some FUSE mounts)
-            raise RegistryError(f"file:// registries need hard links to publish atomically, and {self.base} "
-                                f"refused one ({exc.strerror}); put the registry on a local or NFS filesystem") from None
+            raise RegistryError(
+                f"file:// registries need hard links to publish atomically, and {self.base} "
+                f"refused one ({exc.strerror}); put the registry on a local or NFS filesystem"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -138,10 +142,9 @@ class FileStore(FsspecStore):
         self._local(path).unlink(missing_ok=True)
 
     def touch(self, path: str) -> None:
-        try:
+        # A read-only mount: gc grace then relies on the original mtime.
+        with contextlib.suppress(OSError):
             os.utime(self._local(path))
-        except OSError:
-            pass  # read-only mount: gc grace then relies on the original mtime
 
     def remove_tree(self, path: str) -> None:
         """Delete a folder (tests and gc of ``tmp``)."""

@@ -29,7 +29,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
@@ -37,7 +38,15 @@ from scope_hub.errors import IntegrityError, RegistryError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends.hf_client import HubClient, is_commit_sha
-from scope_hub.registry.content import Staged, build_manifest, copy_hashing, manifest_bytes, parse_manifest, sha256_bytes, utc_now
+from scope_hub.registry.content import (
+    Staged,
+    build_manifest,
+    copy_hashing,
+    manifest_bytes,
+    parse_manifest,
+    sha256_bytes,
+    utc_now,
+)
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.index import IndexSnapshot, RegistryIndex
 from scope_hub.registry.layout import key_path, parse_release_file, release_dir, release_path
@@ -122,7 +131,9 @@ class HfBackend(Backend):
         except FileNotFoundError:
             raise VersionNotFoundError(f"manifest of {key.unpinned()}@v{version} is missing from {self.url}") from None
         if sha256_bytes(data) != record.manifest_sha256:
-            raise IntegrityError(f"manifest of {key.unpinned()}@v{version} in {self.url} does not match its index record")
+            raise IntegrityError(
+                f"manifest of {key.unpinned()}@v{version} in {self.url} does not match its index record"
+            )
         return data
 
     def open_file(self, key: DictionaryKey, version: int, entry: FileEntry) -> BinaryIO:
@@ -130,7 +141,9 @@ class HfBackend(Backend):
         try:
             return open(self.client.download(f"{key_path(key)}/{entry.path}", record.revision or commit), "rb")
         except FileNotFoundError:
-            raise RegistryError(f"{entry.path} of {key.unpinned()}@v{version} is missing from {self.url}; run `scope-hub verify`") from None
+            raise RegistryError(
+                f"{entry.path} of {key.unpinned()}@v{version} is missing from {self.url}; run `scope-hub verify`"
+            ) from None
 
     def load_index(self) -> RegistryIndex:
         return self._refresh()[1]
@@ -145,8 +158,10 @@ class HfBackend(Backend):
     def _commit_loop(self, build, message_of) -> tuple[str, object]:
         """Build operations on the current head and commit them; rebuild on conflict."""
         if is_commit_sha(self.client.branch):
-            raise RegistryError(f"{self.url} is pinned to a commit (read-only); write to a branch: "
-                                f"hf://{self.client.repo_id} or hf://{self.client.repo_id}@BRANCH")
+            raise RegistryError(
+                f"{self.url} is pinned to a commit (read-only); write to a branch: "
+                f"hf://{self.client.repo_id} or hf://{self.client.repo_id}@BRANCH"
+            )
         for attempt in range(MAX_COMMITS):
             parent, index = self._refresh(create=True)
             self._state = None  # build() edits this index in place: never reuse it for reads
@@ -169,8 +184,13 @@ class HfBackend(Backend):
         def build(parent: str, index: RegistryIndex):
             latest = index.latest(name)
             if latest is not None and latest.content_sha256 == staged.content_sha256:
-                return PushResult(key=name, version=latest.version, created=False,
-                                  content_sha256=latest.content_sha256, manifest_sha256=latest.manifest_sha256)
+                return PushResult(
+                    key=name,
+                    version=latest.version,
+                    created=False,
+                    content_sha256=latest.content_sha256,
+                    manifest_sha256=latest.manifest_sha256,
+                )
             records = index.records(name)
             newest = records[-1] if records else None
             version = (newest.version if newest else 0) + 1
@@ -194,8 +214,13 @@ class HfBackend(Backend):
         manifest, data = outcome
         fault_point("manifest_written")
         self.client.tag(commit, tag_name(key, manifest.version), _commit_message(key, manifest.version))
-        return PushResult(key=name, version=manifest.version, created=True,
-                          content_sha256=manifest.content_sha256, manifest_sha256=sha256_bytes(data))
+        return PushResult(
+            key=name,
+            version=manifest.version,
+            created=True,
+            content_sha256=manifest.content_sha256,
+            manifest_sha256=sha256_bytes(data),
+        )
 
     def _stale_files(self, key: DictionaryKey, newest: VersionRecord, parent: str, staged: Staged) -> list[str]:
         with open(self.client.download(_manifest_file(key, newest.version), parent), "rb") as f:
@@ -216,7 +241,10 @@ class HfBackend(Backend):
                 return None
             index.add(name, record.model_copy(update={"yanked": True}))
             marker = json.dumps({"key": name, "version": version, "yanked_at": utc_now()}).encode()
-            ops = [CommitOperationAdd(f"{key_path(key)}/.scope/v{version}.yanked", marker), self._index_operation(index)]
+            ops = [
+                CommitOperationAdd(f"{key_path(key)}/.scope/v{version}.yanked", marker),
+                self._index_operation(index),
+            ]
             return ops, version
 
         self._commit_loop(build, lambda v: f"scope-hub: yank {name}@v{v}")
@@ -278,7 +306,9 @@ class HfBackend(Backend):
                 continue
             report.blobs_checked += 1
             if (sha, size) != (entry.sha256, entry.size):
-                report.problems.append(f"{label}: {entry.path} is corrupt (sha256 {sha[:16]}, expected {entry.sha256[:16]})")
+                report.problems.append(
+                    f"{label}: {entry.path} is corrupt (sha256 {sha[:16]}, expected {entry.sha256[:16]})"
+                )
 
     def gc(self, grace_seconds: float, dry_run: bool) -> GcReport:
         return GcReport(note="hf:// keeps every version in the repo's git history; there is nothing to collect")

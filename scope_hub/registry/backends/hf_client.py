@@ -21,9 +21,9 @@ import os
 import re
 import uuid
 from collections import Counter
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
 
 from scope_hub.errors import OfflineError, RegistryError
 from scope_hub.registry.settings import is_offline
@@ -88,20 +88,26 @@ def hub_errors(url: str, what: str, hint: str | None = None) -> Iterator[None]:
     try:
         yield
     except hf.LocalEntryNotFoundError:  # offline mode, or the Hub unreachable, and nothing cached
-        raise OfflineError(f"offline: {what} of {url} is not in the Hugging Face cache and the Hub is "
-                           f"unreachable or offline mode is on; {todo}") from None
+        raise OfflineError(
+            f"offline: {what} of {url} is not in the Hugging Face cache and the Hub is "
+            f"unreachable or offline mode is on; {todo}"
+        ) from None
     except hf.OfflineModeIsEnabled:
         raise OfflineError(f"offline: cannot reach {url} for {what}; {todo}") from None
     except hf.RemoteEntryNotFoundError:
         raise FileNotFoundError(f"{what} not found in {url}") from None
     except hf.RepositoryNotFoundError:
-        raise RegistryError(f"Hub repo of {url} not found (private? log in with `hf auth login` or set HF_TOKEN)") from None
+        raise RegistryError(
+            f"Hub repo of {url} not found (private? log in with `hf auth login` or set HF_TOKEN)"
+        ) from None
     except hf.RevisionNotFoundError:
         raise RegistryError(f"revision for {what} not found in {url}") from None
     except Exception as exc:
         if type(exc).__module__.split(".")[0].startswith("httpx"):  # connection refused, timeouts, ...
-            raise RegistryError(f"cannot reach the Hub for {url} ({type(exc).__name__}); check HF_ENDPOINT "
-                                "and the network, or set HF_HUB_OFFLINE=1 to use the cache") from None
+            raise RegistryError(
+                f"cannot reach the Hub for {url} ({type(exc).__name__}); check HF_ENDPOINT "
+                "and the network, or set HF_HUB_OFFLINE=1 to use the cache"
+            ) from None
         raise
 
 
@@ -123,8 +129,15 @@ class HubClient:
 
         self.calls["download"] += 1
         with hub_errors(self.url, filename):
-            return hf_hub_download(self.repo_id, filename, repo_type=self.repo_type, revision=revision,
-                                   endpoint=self.endpoint, cache_dir=hf_cache_dir(), local_files_only=is_offline())
+            return hf_hub_download(
+                self.repo_id,
+                filename,
+                repo_type=self.repo_type,
+                revision=revision,
+                endpoint=self.endpoint,
+                cache_dir=hf_cache_dir(),
+                local_files_only=is_offline(),
+            )
 
     def head_commit(self, create: bool = False, private: bool | None = None) -> str:
         """Commit at the tip of the branch (``create``: make the repo first if it does not exist,
@@ -143,7 +156,9 @@ class HubClient:
             try:
                 return self.api.repo_info(self.repo_id, repo_type=self.repo_type, revision=self.branch).sha
             except hf.RevisionNotFoundError:
-                raise RegistryError(f"branch {self.branch!r} does not exist in {self.url}; create it on the Hub") from None
+                raise RegistryError(
+                    f"branch {self.branch!r} does not exist in {self.url}; create it on the Hub"
+                ) from None
 
     def remember_head(self, commit: str) -> None:
         """Record ``commit`` as the branch head in the HF cache (its documented ``refs/<branch>``).
@@ -176,12 +191,20 @@ class HubClient:
         self.calls["commit"] += 1
         try:
             with hub_errors(self.url, "commit"):
-                info = self.api.create_commit(self.repo_id, operations, commit_message=message, repo_type=self.repo_type,
-                                              revision=self.branch, parent_commit=parent)
+                info = self.api.create_commit(
+                    self.repo_id,
+                    operations,
+                    commit_message=message,
+                    repo_type=self.repo_type,
+                    revision=self.branch,
+                    parent_commit=parent,
+                )
         except hf.HfHubHTTPError as exc:
             if exc.response is not None and exc.response.status_code in CONFLICT_STATUS:
                 return None
-            raise RegistryError(f"commit to {self.url} failed: HTTP {exc.response.status_code if exc.response is not None else '?'}") from None
+            raise RegistryError(
+                f"commit to {self.url} failed: HTTP {exc.response.status_code if exc.response is not None else '?'}"
+            ) from None
         return info.oid
 
     def tag(self, commit: str, name: str, message: str) -> None:
@@ -189,11 +212,10 @@ class HubClient:
         from huggingface_hub import errors as hf
 
         self.calls["tag"] += 1
-        try:
-            self.api.create_tag(self.repo_id, tag=name, tag_message=message, revision=commit,
-                                repo_type=self.repo_type, exist_ok=True)
-        except (hf.HfHubHTTPError, OSError):
-            pass
+        with suppress(hf.HfHubHTTPError, OSError):
+            self.api.create_tag(
+                self.repo_id, tag=name, tag_message=message, revision=commit, repo_type=self.repo_type, exist_ok=True
+            )
 
     def list_files(self, commit: str) -> list[str]:
         """Every file path in the repo at ``commit``."""
@@ -207,8 +229,9 @@ class HubClient:
         self.calls["tree"] += 1
         try:
             with hub_errors(self.url, f"listing of {folder}"):
-                tree = self.api.list_repo_tree(self.repo_id, path_in_repo=folder, revision=commit,
-                                               repo_type=self.repo_type)
+                tree = self.api.list_repo_tree(
+                    self.repo_id, path_in_repo=folder, revision=commit, repo_type=self.repo_type
+                )
                 return sorted(item.path.rsplit("/", 1)[-1] for item in tree if hasattr(item, "size"))
         except FileNotFoundError:
             return []
@@ -217,5 +240,7 @@ class HubClient:
         """Commit title -> commit id, for the history reachable from ``commit``."""
         self.calls["commits"] += 1
         with hub_errors(self.url, "commit history"):
-            return {c.title: c.commit_id for c in self.api.list_repo_commits(self.repo_id, revision=commit,
-                                                                              repo_type=self.repo_type)}
+            return {
+                c.title: c.commit_id
+                for c in self.api.list_repo_commits(self.repo_id, revision=commit, repo_type=self.repo_type)
+            }

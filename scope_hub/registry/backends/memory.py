@@ -12,8 +12,8 @@ Example:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fsspec.implementations.memory import MemoryFileSystem
 

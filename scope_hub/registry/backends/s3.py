@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from scope_hub.errors import RegistryError
 from scope_hub.registry.backends.base import FsspecStore, _Forward

@@ -112,9 +112,21 @@ def planted_transcoders(seed: int = 0) -> Planted:
     """The planted model with per-layer JumpReLU transcoders (fp64)."""
     gen = torch.Generator().manual_seed(seed)
     model = tiny_gemma3(seed).double()
-    tcs = [Transcoder(DictionaryConfig(type="transcoder", architecture="jumprelu", d_in=D, d_sae=D_SAE,
-                                       site="mlp_in", site_out="mlp_out", layer=L), dtype=torch.float64)
-           for L in range(N_LAYERS)]
+    tcs = [
+        Transcoder(
+            DictionaryConfig(
+                type="transcoder",
+                architecture="jumprelu",
+                d_in=D,
+                d_sae=D_SAE,
+                site="mlp_in",
+                site_out="mlp_out",
+                layer=L,
+            ),
+            dtype=torch.float64,
+        )
+        for L in range(N_LAYERS)
+    ]
     for tc in tcs:
         _random_features(tc, gen)
         with torch.no_grad():  # A and B start silent
@@ -124,14 +136,14 @@ def planted_transcoders(seed: int = 0) -> Planted:
     x0 = _reads(model, "model.layers.0.pre_feedforward_layernorm.output")
     u = torch.randn(D, generator=gen, dtype=torch.float64)
     with torch.no_grad():
-        tcs[0].w_enc[:, FEATURE_A] = _selective([x0[POS]] + _others(x0), [1.0] + [0.0] * (POS))
+        tcs[0].w_enc[:, FEATURE_A] = _selective([x0[POS], *_others(x0)], [1.0] + [0.0] * (POS))
         tcs[0].b_enc[FEATURE_A], tcs[0].threshold[FEATURE_A] = 0.0, 0.5
     x2_off = _reads(model, "model.layers.2.pre_feedforward_layernorm.output")
     with torch.no_grad():
         tcs[0].w_dec[FEATURE_A] = ALPHA * u / u.norm()
     x2_on = _reads(model, "model.layers.2.pre_feedforward_layernorm.output")
     with torch.no_grad():
-        tcs[2].w_enc[:, FEATURE_B] = _selective([x2_on[POS], x2_off[POS]] + _others(x2_on), [1.0, 0.0] + [0.0] * POS)
+        tcs[2].w_enc[:, FEATURE_B] = _selective([x2_on[POS], x2_off[POS], *_others(x2_on)], [1.0, 0.0] + [0.0] * POS)
         tcs[2].b_enc[FEATURE_B], tcs[2].threshold[FEATURE_B] = 0.0, 0.5
         tcs[2].w_dec[FEATURE_B] = BETA * _logit_direction(model)
     return Planted(model.eval(), tcs, (0, POS, FEATURE_A), (2, POS, FEATURE_B), TOKEN_Z)
@@ -141,9 +153,19 @@ def planted_clt(seed: int = 0) -> Planted:
     """The planted model whose MLP blocks are one CLT with an affine skip (fp64); A writes into layer 2."""
     gen = torch.Generator().manual_seed(seed)
     model = tiny_gemma3(seed).double()
-    clt = CrossLayerTranscoder(DictionaryConfig(type="clt", architecture="jumprelu", d_in=D, d_sae=D_SAE,
-                                                layers=list(range(N_LAYERS)), site="mlp_in", site_out="mlp_out",
-                                                affine_skip=True), dtype=torch.float64)
+    clt = CrossLayerTranscoder(
+        DictionaryConfig(
+            type="clt",
+            architecture="jumprelu",
+            d_in=D,
+            d_sae=D_SAE,
+            layers=list(range(N_LAYERS)),
+            site="mlp_in",
+            site_out="mlp_out",
+            affine_skip=True,
+        ),
+        dtype=torch.float64,
+    )
     _random_features(clt, gen)
     with torch.no_grad():
         for i in range(N_LAYERS):
@@ -154,7 +176,7 @@ def planted_clt(seed: int = 0) -> Planted:
     _install(model, [ExactCLTLayer(clt, j, state) for j in range(N_LAYERS)])
     x0 = _reads(model, "model.layers.0.pre_feedforward_layernorm.output")
     with torch.no_grad():
-        clt.w_enc(0)[:, FEATURE_A] = _selective([x0[POS]] + _others(x0), [1.0] + [0.0] * POS)
+        clt.w_enc(0)[:, FEATURE_A] = _selective([x0[POS], *_others(x0)], [1.0] + [0.0] * POS)
         clt.get_parameter("per_layer.0.b_enc")[FEATURE_A] = 0.0
         clt.get_parameter("per_layer.0.threshold")[FEATURE_A] = 0.5
         clt.w_dec(0)[FEATURE_A, 2] = BETA * _logit_direction(model)  # layer 0 -> layer 2 decoder

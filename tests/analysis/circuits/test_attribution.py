@@ -21,8 +21,9 @@ FP64_TOL, FP32_TOL = 1e-12, 1e-4  # relative to the largest row value (measured:
 @pytest.mark.parametrize("family", ["gemma3", "llama", "qwen3", "gpt2", "gpt_neox", "gemma2"])
 @pytest.mark.parametrize("kind,arch", [("transcoder", "jumprelu"), ("skip_transcoder", "topk"), ("clt", "relu")])
 def test_completeness_fp64(family, kind, arch):
-    graph = attribute(IDS, tiny_model(family).double(), dictionaries(kind, arch), max_feature_nodes=None,
-                      max_n_logits=3)
+    graph = attribute(
+        IDS, tiny_model(family).double(), dictionaries(kind, arch), max_feature_nodes=None, max_n_logits=3
+    )
     assert graph.n_features > 20 and graph.has_row[: graph.n_features].all()
     assert graph.relative_completeness_error() < FP64_TOL
     assert graph.completeness().abs().max() < 1e-10
@@ -106,14 +107,18 @@ def test_bad_inputs_raise_typed_errors():
     with pytest.raises(ConfigError, match="one per layer"):
         attribute(IDS, model, {"a": ds[0], "b": ds[1], "again": dictionaries("transcoder", "relu", seed=5)[0]})
     with pytest.raises(ConfigError, match="CLT"):
-        two_layer_clt = make_dictionary(make_config("clt", "relu", d_in=64, d_out=64, d_sae=8, n_layers=2,
-                                                    site="mlp_in", site_out="mlp_out"), dtype=torch.float64)
+        two_layer_clt = make_dictionary(
+            make_config("clt", "relu", d_in=64, d_out=64, d_sae=8, n_layers=2, site="mlp_in", site_out="mlp_out"),
+            dtype=torch.float64,
+        )
         attribute(IDS, model, {"clt": two_layer_clt, "tc": ds[2]})
     with pytest.raises(ConfigError, match="tokenizer"):
         attribute("hello", model, ds)
     with pytest.raises(ConfigError, match="transcoders="):
         attribute(IDS, model)
-    wrong_site = make_dictionary(make_config("transcoder", "relu", d_in=64, d_out=64, d_sae=8, site="mlp_in",
-                                             site_out="resid_post", layer=0), dtype=torch.float64)
+    wrong_site = make_dictionary(
+        make_config("transcoder", "relu", d_in=64, d_out=64, d_sae=8, site="mlp_in", site_out="resid_post", layer=0),
+        dtype=torch.float64,
+    )
     with pytest.raises(ConfigError, match="not an MLP block output"):
         attribute(IDS, model, [wrong_site])

@@ -69,7 +69,9 @@ def test_the_doc_examples_run_on_a_tiny_model(tmp_path, monkeypatch, capsys):
     assert len(traces) == 2 and all("gemma-3-270m" in args for args in traces), traces
     for args in traces:  # by folder, then by key pattern (layer 1 pushed above)
         args = [str(tmp_path / "tiny") if a == "gemma-3-270m" else a for a in args]
-        assert main(["--registry", registry, *args, "--quiet", "--max-feature-nodes", "32"]) == 0, capsys.readouterr().err
+        assert main(["--registry", registry, *args, "--quiet", "--max-feature-nodes", "32"]) == 0, (
+            capsys.readouterr().err
+        )
     assert "dictionaries: layers 1; no dictionary (error node only): 0,2" in capsys.readouterr().out
 
 

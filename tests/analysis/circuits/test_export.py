@@ -17,8 +17,21 @@ from tests.analysis.circuits.helpers import dictionaries
 from tests.tiny_models import tiny_model, tiny_tokenizer
 
 # circuit-tracer 0.5.0 frontend/graph_models.py: fields of Node, Metadata, QParams, and the top-level Model.
-NODE_FIELDS = {"node_id", "feature", "layer", "ctx_idx", "feature_type", "token_prob", "is_target_logit", "run_idx",
-               "reverse_ctx_idx", "jsNodeId", "clerp", "influence", "activation"}
+NODE_FIELDS = {
+    "node_id",
+    "feature",
+    "layer",
+    "ctx_idx",
+    "feature_type",
+    "token_prob",
+    "is_target_logit",
+    "run_idx",
+    "reverse_ctx_idx",
+    "jsNodeId",
+    "clerp",
+    "influence",
+    "activation",
+}
 METADATA_FIELDS = {"slug", "scan", "transcoder_list", "prompt_tokens", "prompt", "node_threshold", "schema_version"}
 QPARAMS_FIELDS = {"pinnedIds", "supernodes", "linkType", "clickedId", "sg_pos"}
 FEATURE_TYPES = {"cross layer transcoder", "mlp reconstruction error", "embedding", "logit"}
@@ -28,8 +41,14 @@ FEATURE_TYPES = {"cross layer transcoder", "mlp reconstruction error", "embeddin
 def graph():
     tok = tiny_tokenizer()
     ids = tok("The cat sat on", return_tensors="pt").input_ids[0]
-    return attribute(ids, tiny_model("gemma3").double(), dictionaries("transcoder", "jumprelu"), tokenizer=tok,
-                     max_feature_nodes=None, max_n_logits=3)
+    return attribute(
+        ids,
+        tiny_model("gemma3").double(),
+        dictionaries("transcoder", "jumprelu"),
+        tokenizer=tok,
+        max_feature_nodes=None,
+        max_n_logits=3,
+    )
 
 
 def test_json_schema_and_node_ids(graph):
@@ -89,9 +108,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _dump_dom(path, tmp_path) -> str:
-    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom", path.as_uri()]
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        path.as_uri(),
+    ]
     return subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
@@ -114,9 +143,20 @@ def test_html_renders_every_node_and_link_in_headless_chromium(graph, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_html_survives_hostile_prompt_text(tmp_path):
-    data = {"metadata": {"prompt": "</script><b>x", "prompt_tokens": ["</script>", "<b>"], "scan": "s"},
-            "nodes": [{"node_id": "E_1_0", "feature": 0, "layer": "E", "ctx_idx": 0, "feature_type": "embedding",
-                       "clerp": "</script>"}], "links": []}
+    data = {
+        "metadata": {"prompt": "</script><b>x", "prompt_tokens": ["</script>", "<b>"], "scan": "s"},
+        "nodes": [
+            {
+                "node_id": "E_1_0",
+                "feature": 0,
+                "layer": "E",
+                "ctx_idx": 0,
+                "feature_type": "embedding",
+                "clerp": "</script>",
+            }
+        ],
+        "links": [],
+    }
     page = tmp_path / "hostile.html"
     page.write_text(render_html(data))
     dom = _dump_dom(page, tmp_path)

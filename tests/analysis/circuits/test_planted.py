@@ -52,7 +52,7 @@ def test_completeness_to_fp64_precision_and_exact_errors(planted):
     assert graph.has_row[: graph.n_features].all(), "every feature's row was computed"
     assert graph.relative_completeness_error() < FP64_TOL
     # The MLPs *are* the transcoders, so every error node is (numerically) zero.
-    assert graph.rows[:, graph.error_offset: graph.token_offset].abs().max() < 1e-12
+    assert graph.rows[:, graph.error_offset : graph.token_offset].abs().max() < 1e-12
 
 
 def test_pruning_keeps_the_circuit(planted):
@@ -118,5 +118,5 @@ def test_error_nodes_are_zero_at_every_position_including_bos(make):
     p = make()
     graph = attribute(PROMPT, p.model, p.dictionaries, max_feature_nodes=None, max_n_logits=2, zero_bos=False)
     assert (graph.features[:, 1] == 0).any(), "BOS features are nodes now"
-    assert graph.rows[:, graph.error_offset: graph.token_offset].abs().max() < 1e-12
+    assert graph.rows[:, graph.error_offset : graph.token_offset].abs().max() < 1e-12
     assert graph.relative_completeness_error() < FP64_TOL

@@ -44,7 +44,7 @@ def reference_prune(adj, n_features, n_tokens, n_logits, probs, node_threshold, 
     w[-n_logits:] = probs
     node_inf = _influence(_normalize(adj), w)
     node_mask = node_inf >= _threshold(node_inf, node_threshold)
-    node_mask[-n_logits - n_tokens:] = True
+    node_mask[-n_logits - n_tokens :] = True
     pruned = adj.clone()
     pruned[~node_mask] = 0
     pruned[:, ~node_mask] = 0
@@ -65,8 +65,13 @@ def reference_prune(adj, n_features, n_tokens, n_logits, probs, node_threshold, 
 
 @pytest.fixture(scope="module")
 def graph():
-    return attribute(IDS, tiny_model("gemma3").double(), dictionaries("transcoder", "jumprelu"),
-                     max_feature_nodes=None, max_n_logits=4)
+    return attribute(
+        IDS,
+        tiny_model("gemma3").double(),
+        dictionaries("transcoder", "jumprelu"),
+        max_feature_nodes=None,
+        max_n_logits=4,
+    )
 
 
 def _dense(graph):
@@ -77,13 +82,20 @@ def _dense(graph):
 
 @pytest.mark.parametrize("node_threshold,edge_threshold", [(0.8, 0.98), (0.5, 0.9), (0.95, 0.995)])
 def test_prune_matches_the_dense_reference(graph, node_threshold, edge_threshold):
-    ref_inf, ref_nodes, ref_edges = reference_prune(_dense(graph), graph.n_features, graph.n_pos, graph.n_logits,
-                                                    graph.logit_probs.double(), node_threshold, edge_threshold)
+    ref_inf, ref_nodes, ref_edges = reference_prune(
+        _dense(graph),
+        graph.n_features,
+        graph.n_pos,
+        graph.n_logits,
+        graph.logit_probs.double(),
+        node_threshold,
+        edge_threshold,
+    )
     result = prune(graph, node_threshold, edge_threshold)
     torch.testing.assert_close(result.influence, ref_inf)
     assert torch.equal(result.node_mask, ref_nodes)
     assert torch.equal(result.edge_mask, ref_edges[graph.row_nodes])
-    assert result.node_mask[graph.token_offset:].all(), "tokens and logits always stay"
+    assert result.node_mask[graph.token_offset :].all(), "tokens and logits always stay"
     assert 0 < result.n_edges() < (graph.rows != 0).sum()
 
 
@@ -94,7 +106,7 @@ def test_more_lenient_thresholds_keep_more_influence(graph):
 
 def test_influence_is_the_path_sum_and_scores_are_fractions(graph):
     w = torch.zeros(graph.n_nodes, dtype=torch.float64)
-    w[graph.logit_offset:] = graph.logit_probs.double()
+    w[graph.logit_offset :] = graph.logit_probs.double()
     a = _normalize(_dense(graph))
     series, power = torch.zeros_like(w), w.clone()
     for _ in range(graph.n_layers + 3):
@@ -107,7 +119,9 @@ def test_influence_is_the_path_sum_and_scores_are_fractions(graph):
 
 def test_find_threshold_and_argument_checks(graph):
     scores = torch.tensor([5.0, 3.0, 1.0, 1.0])
-    assert find_threshold(scores, 0.5) == 5.0 and find_threshold(scores, 0.8) == 3.0 and find_threshold(scores, 1.0) == 1.0
+    assert (
+        find_threshold(scores, 0.5) == 5.0 and find_threshold(scores, 0.8) == 3.0 and find_threshold(scores, 1.0) == 1.0
+    )
     with pytest.raises(ConfigError, match="node_threshold"):
         prune(graph, node_threshold=1.5)
     cyclic = torch.tensor([[0.0, 1.0], [1.0, 0.0]])

@@ -38,8 +38,10 @@ def test_the_docs_import_line_gives_callables_in_a_fresh_interpreter():
     # A fresh process: the import order of docs/circuits.md (attribute first, which imports the
     # pruning submodule) is what exposed the clash.
     names = ", ".join(circuits.__all__)
-    code = (f"import types\nfrom scope_hub.analysis.circuits import attribute, prune\nfrom scope_hub.analysis.circuits import {names}\n"
-            f"bad = [n for n in {circuits.__all__!r} if isinstance(globals()[n], types.ModuleType) or not callable(globals()[n])]\n"
-            "assert not bad, bad\nprint('ok')")
+    code = (
+        f"import types\nfrom scope_hub.analysis.circuits import attribute, prune\nfrom scope_hub.analysis.circuits import {names}\n"
+        f"bad = [n for n in {circuits.__all__!r} if isinstance(globals()[n], types.ModuleType) or not callable(globals()[n])]\n"
+        "assert not bad, bad\nprint('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -43,8 +43,9 @@ def quick_folders(gemma3_270m, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def graph(gemma3_270m, quick_folders):
-    return attribute(PROMPT, gemma3_270m.model, quick_folders, tokenizer=gemma3_270m.tokenizer,
-                     max_feature_nodes=FEATURE_ROWS)
+    return attribute(
+        PROMPT, gemma3_270m.model, quick_folders, tokenizer=gemma3_270m.tokenizer, max_feature_nodes=FEATURE_ROWS
+    )
 
 
 def test_completeness_on_the_real_model(graph):
@@ -79,8 +80,10 @@ def test_ablations_in_the_real_model_agree_in_sign_and_magnitude(gemma3_270m, qu
     results = [check_interventions(graph, gemma3_270m.model, quick_folders, [n], scale=0.0) for n in top]
     actual = torch.stack([r.actual[0] for r in results])
     predicted = torch.stack([r.predicted_total[0] for r in results])
-    report = "\n".join(f"{graph.node_label(n)}: actual {a:+.3f} predicted {p:+.3f}"
-                       for n, a, p in zip(top, actual.tolist(), predicted.tolist()))
+    report = "\n".join(
+        f"{graph.node_label(n)}: actual {a:+.3f} predicted {p:+.3f}"
+        for n, a, p in zip(top, actual.tolist(), predicted.tolist())
+    )
     same_sign = (actual.sign() == predicted.sign()).sum()
     within_10x = ((actual / predicted).abs().log10().abs() < 1).sum()
     assert same_sign >= 7 and within_10x >= 7, report

@@ -23,9 +23,13 @@ HOOK_OUT = "model.layers.{}.post_feedforward_layernorm.output"
 
 def _gs2_tensors(rng, n_out: int | None = None, skip: bool = False) -> dict[str, np.ndarray]:
     w_dec_shape = (D_SAE, D) if n_out is None else (D_SAE, n_out, D)
-    t = {"w_enc": rng.standard_normal((D, D_SAE)) * 0.3, "b_enc": rng.standard_normal(D_SAE) * 0.1,
-         "threshold": np.full(D_SAE, 0.2), "w_dec": rng.standard_normal(w_dec_shape) * 0.05,
-         "b_dec": rng.standard_normal(D) * 0.02}
+    t = {
+        "w_enc": rng.standard_normal((D, D_SAE)) * 0.3,
+        "b_enc": rng.standard_normal(D_SAE) * 0.1,
+        "threshold": np.full(D_SAE, 0.2),
+        "w_dec": rng.standard_normal(w_dec_shape) * 0.05,
+        "b_dec": rng.standard_normal(D) * 0.02,
+    }
     if skip:
         t["affine_skip_connection"] = rng.standard_normal((D, D)) * 0.02
     return {k: v.astype(np.float32) for k, v in t.items()}
@@ -34,9 +38,16 @@ def _gs2_tensors(rng, n_out: int | None = None, skip: bool = False) -> dict[str,
 def write_gs2_transcoder(folder, layer: int, seed: int, affine: bool = False):
     """A folder as Gemma Scope 2 publishes ``transcoder_all/layer_{L}_width_16k_l0_small[_affine]``."""
     folder.mkdir(parents=True)
-    config = {"architecture": "jump_relu", "hf_hook_point_in": HOOK_IN.format(layer),
-              "hf_hook_point_out": HOOK_OUT.format(layer), "width": D_SAE, "model_name": "gemma-v3-270m-pt",
-              "l0": 10, "affine_connection": affine, "type": "transcoder"}
+    config = {
+        "architecture": "jump_relu",
+        "hf_hook_point_in": HOOK_IN.format(layer),
+        "hf_hook_point_out": HOOK_OUT.format(layer),
+        "width": D_SAE,
+        "model_name": "gemma-v3-270m-pt",
+        "l0": 10,
+        "affine_connection": affine,
+        "type": "transcoder",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     save_file(_gs2_tensors(np.random.default_rng(seed), skip=affine), str(folder / "params.safetensors"))
     return folder
@@ -45,9 +56,16 @@ def write_gs2_transcoder(folder, layer: int, seed: int, affine: bool = False):
 def write_gs2_clt(folder, n_layers: int = 3, seed: int = 0):
     """A folder as Gemma Scope 2 publishes ``clt/width_262k_l0_medium_affine`` (full-width decoders)."""
     folder.mkdir(parents=True)
-    config = {"architecture": "jump_relu", "hf_hook_point_in": HOOK_IN.format(0),
-              "hf_hook_point_out": HOOK_OUT.format(0), "width": D_SAE, "model_name": "gemma-v3-270m-pt",
-              "l0": 10, "affine_connection": True, "type": "clt"}
+    config = {
+        "architecture": "jump_relu",
+        "hf_hook_point_in": HOOK_IN.format(0),
+        "hf_hook_point_out": HOOK_OUT.format(0),
+        "width": D_SAE,
+        "model_name": "gemma-v3-270m-pt",
+        "l0": 10,
+        "affine_connection": True,
+        "type": "clt",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(seed)
     for i in range(n_layers):
@@ -58,8 +76,12 @@ def write_gs2_clt(folder, n_layers: int = 3, seed: int = 0):
 
 
 def test_gemma_scope_2_transcoder_folders(tmp_path):
-    folders = [write_gs2_transcoder(tmp_path / f"transcoder_all/layer_{L}_width_16k_l0_small{'_affine' * (L == 1)}",
-                                    L, seed=L, affine=L == 1) for L in range(3)]
+    folders = [
+        write_gs2_transcoder(
+            tmp_path / f"transcoder_all/layer_{L}_width_16k_l0_small{'_affine' * (L == 1)}", L, seed=L, affine=L == 1
+        )
+        for L in range(3)
+    ]
     loaded = [Dictionary.from_pretrained(f) for f in folders]
     assert isinstance(loaded[1], SkipTranscoder) and loaded[0].config.hook_point_out == HOOK_OUT.format(0)
     graph = attribute(IDS, tiny_model("gemma3"), [str(f) for f in folders], max_feature_nodes=None)
@@ -86,8 +108,11 @@ def registry(tmp_path, monkeypatch):
     reg = Registry(url)
     for L, tc in enumerate(dictionaries("transcoder", "jumprelu", dtype=torch.float32)):
         tc.config.model = "tiny-gemma3"  # a card needs a base model and a license
-        reg.push(tc.save_pretrained(tmp_path / f"tc{L}"), f"tiny-gemma3:mlp/layer_{L}/width_16/transcoder",
-                 license="apache-2.0")
+        reg.push(
+            tc.save_pretrained(tmp_path / f"tc{L}"),
+            f"tiny-gemma3:mlp/layer_{L}/width_16/transcoder",
+            license="apache-2.0",
+        )
     return url
 
 
@@ -100,9 +125,27 @@ def test_registry_keys(registry):
 
 def test_cli_trace_with_a_key_pattern(registry, model_folder, tmp_path, capsys):
     out = tmp_path / "graphs" / "hello.json"
-    code = main(["--registry", registry, "trace", "Hello wor", "--model", str(model_folder), "--transcoders",
-                 "tiny-gemma3:mlp/layer_*/width_16/transcoder", "--out", str(out), "--html", str(tmp_path / "g.html"),
-                 "--save-graph", str(tmp_path / "g.pt"), "--max-feature-nodes", "0", "--quiet"])
+    code = main(
+        [
+            "--registry",
+            registry,
+            "trace",
+            "Hello wor",
+            "--model",
+            str(model_folder),
+            "--transcoders",
+            "tiny-gemma3:mlp/layer_*/width_16/transcoder",
+            "--out",
+            str(out),
+            "--html",
+            str(tmp_path / "g.html"),
+            "--save-graph",
+            str(tmp_path / "g.pt"),
+            "--max-feature-nodes",
+            "0",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     data = json.loads(out.read_text())
     assert data["metadata"]["slug"] == "hello" and data["metadata"]["scan"].startswith("custom-")
@@ -116,8 +159,25 @@ def test_cli_trace_with_folders_and_targets(model_folder, tmp_path, capsys):
     for L, tc in enumerate(dictionaries("skip_transcoder", "topk", dtype=torch.float32)):
         tc.save_pretrained(parent / f"layer_{L}")
     out = tmp_path / "t.json"
-    code = main(["trace", "Hello wor", "--model", str(model_folder), "--transcoders", str(parent), "--out", str(out),
-                 "--target", "l", "--target", "d", "--quiet", "--node-threshold", "0.9"])
+    code = main(
+        [
+            "trace",
+            "Hello wor",
+            "--model",
+            str(model_folder),
+            "--transcoders",
+            str(parent),
+            "--out",
+            str(out),
+            "--target",
+            "l",
+            "--target",
+            "d",
+            "--quiet",
+            "--node-threshold",
+            "0.9",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     logits = [n for n in json.loads(out.read_text())["nodes"] if n["feature_type"] == "logit"]
     assert [n["feature"] for n in logits] == [ord("l"), ord("d")]

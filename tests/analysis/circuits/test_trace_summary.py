@@ -54,8 +54,21 @@ def test_the_summary_names_layers_without_a_dictionary(model_folder, tmp_path, c
     tcs = dictionaries("transcoder", "relu", dtype=torch.float32)
     for L in (0, 2):
         tcs[L].save_pretrained(tmp_path / "set" / f"layer_{L}")
-    code = main(["trace", "Hello wor", "--model", str(model_folder), "--transcoders", str(tmp_path / "set"),
-                 "--out", str(tmp_path / "g.json"), "--quiet", "--max-feature-nodes", "4"])
+    code = main(
+        [
+            "trace",
+            "Hello wor",
+            "--model",
+            str(model_folder),
+            "--transcoders",
+            str(tmp_path / "set"),
+            "--out",
+            str(tmp_path / "g.json"),
+            "--quiet",
+            "--max-feature-nodes",
+            "4",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "dictionaries: layers 0,2; no dictionary (error node only): 1\n" in capsys.readouterr().out
     metadata = json.loads((tmp_path / "g.json").read_text())["metadata"]
@@ -64,8 +77,13 @@ def test_the_summary_names_layers_without_a_dictionary(model_folder, tmp_path, c
 
 def test_layer_ranges_and_a_full_set():
     assert trace_cli.layer_ranges([6, 0, 1, 2, 3, 4, 17, 7]) == "0-4,6-7,17"
-    graph = attribute(IDS, tiny_model("gemma3"), dictionaries("transcoder", "relu", dtype=torch.float32),
-                      max_feature_nodes=1, max_n_logits=1)
+    graph = attribute(
+        IDS,
+        tiny_model("gemma3"),
+        dictionaries("transcoder", "relu", dtype=torch.float32),
+        max_feature_nodes=1,
+        max_n_logits=1,
+    )
     assert trace_cli.dictionary_summary(graph) == "dictionaries: layers 0-2 (every layer)"
 
 
@@ -84,8 +102,14 @@ def test_a_low_probability_target_warns_and_names_the_spaced_variant():
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=IDS[None]).logits[0, -1].double(), dim=-1)
     rare, likely = int(probs.argmin()), int(probs.argmax())
-    graph = attribute(IDS, model, dictionaries("transcoder", "relu", dtype=torch.float32), tokenizer=tok,
-                      targets=[rare, likely], max_feature_nodes=1)
+    graph = attribute(
+        IDS,
+        model,
+        dictionaries("transcoder", "relu", dtype=torch.float32),
+        tokenizer=tok,
+        targets=[rare, likely],
+        max_feature_nodes=1,
+    )
     p_rare = float(probs[rare])
     (warning,) = trace_cli.target_warnings(graph, model, _SpacedTokenizer(likely), threshold=p_rare * 1.01)
     assert warning.startswith(f"target {graph.logit_labels[0]!r} has probability")
@@ -100,7 +124,22 @@ def test_the_cli_prints_the_target_warning_on_stderr(model_folder, tmp_path, cap
     monkeypatch.setattr(trace_cli, "LOW_TARGET_PROB", 1.0)  # every target counts as unlikely
     for L, tc in enumerate(dictionaries("transcoder", "relu", dtype=torch.float32)):
         tc.save_pretrained(tmp_path / "set" / f"layer_{L}")
-    code = main(["trace", "Hello wor", "--model", str(model_folder), "--transcoders", str(tmp_path / "set"),
-                 "--out", str(tmp_path / "g.json"), "--quiet", "--max-feature-nodes", "4", "--target", "l"])
+    code = main(
+        [
+            "trace",
+            "Hello wor",
+            "--model",
+            str(model_folder),
+            "--transcoders",
+            str(tmp_path / "set"),
+            "--out",
+            str(tmp_path / "g.json"),
+            "--quiet",
+            "--max-feature-nodes",
+            "4",
+            "--target",
+            "l",
+        ]
+    )
     assert code == 0
     assert "warning: target 'l' has probability" in capsys.readouterr().err
