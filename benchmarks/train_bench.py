@@ -53,8 +53,8 @@ def activations(args: argparse.Namespace) -> torch.Tensor:
     if args.random:
         return torch.randn(args.tokens, D) * 30
     from trainers.config import load_config
+    from trainers.harvest_shards import HarvestReader
     from trainers.pipeline import harvest_only
-    from trainers.shards import HarvestReader
 
     texts = sorted(glob.glob(str(Path(json.__file__).parent.parent / "*.py")))[:60]
     cache = Path(args.cache) / f"tokens-{args.tokens}"

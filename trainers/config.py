@@ -87,14 +87,19 @@ class HarvestConfig(_Section):
     """Site a transcoder/CLT writes (default ``mlp_out`` for those types, else ``site``)."""
     layer: int | None = Field(default=None, ge=0)
     """Layer of a single-layer dictionary."""
-    layers: list[int] | None = None
-    """Layers of a CLT (source = target layers, in order)."""
+    layers: list[int] | Literal["all"] | None = None
+    """A CLT's layers (source = target layers, in order); for SAEs and transcoders, one dictionary per layer,
+    all trained from one forward (``all``: every layer of the model)."""
+    sites: list[Site] | None = None
+    """SAEs: one dictionary per (layer, site) of ``layers`` x ``sites``, all from one forward (default [site])."""
     batch_sequences: int = Field(default=8, gt=0)
     """Sequences per model forward."""
     cache_dir: str | None = None
-    """Harvest into safetensors shards here (resumable, reusable by several trainings); None streams."""
+    """Harvest into safetensors shards here (a folder or fsspec URL such as ``s3://bucket/harvest``; resumable,
+    reusable by several trainings); None streams."""
     shard_tokens: int = Field(default=262_144, gt=0)
-    """Tokens per shard file."""
+    """Rows per shard file of a one-hookpoint harvest (a harvest of N hookpoints puts about 1/N as many rows in
+    each shard, so shard size stays the same)."""
     storage_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype activations are stored in on disk."""
     stream_window: int = Field(default=16, gt=0)
@@ -233,19 +238,39 @@ class EvalSection(_Section):
     """Sequences for the delta LM loss."""
 
 
+class WandbConfig(_Section):
+    """Weights & Biases run settings (``WANDB_MODE=offline`` logs without a network)."""
+
+    project: str
+    """W&B project."""
+    entity: str | None = None
+    """W&B team or user (default: the logged-in user's)."""
+    name: str | None = None
+    """Run name (default: W&B's)."""
+    tags: list[str] = Field(default_factory=list)
+    """Run tags."""
+
+
 class OutputConfig(_Section):
     """Where the trained dictionary goes."""
 
     dir: str = "out/dictionary"
-    """Local folder the dictionary (config.json + safetensors + README.md card) is written to."""
+    """Folder or fsspec URL (``s3://bucket/run``) the dictionary (config.json + safetensors + README.md card +
+    metrics.jsonl) is written to; a run of several dictionaries writes one subfolder each (``resid_post/layer_3``)."""
     registry: str | None = None
     """fsspec URL of a registry to push to (``file:///...``, ``s3://...``, ``memory://...``)."""
     key: str | None = None
-    """Registry key; derived from model/site/layer/width/type/variant when None."""
+    """Registry key; derived from model/site/layer/width/type/variant when None. A run of several dictionaries
+    takes a template with ``{layer}`` (and ``{site}`` when there are several sites)."""
     fold_normalization: bool = True
     """Fold the normalisation factors into the weights (then the dictionary reads raw activations)."""
     license: str = "cc-by-4.0"
     """License written into the card's front matter (Gemma Scope 2 uses CC-BY-4.0)."""
+    log_every: int | None = Field(default=None, gt=0)
+    """Steps between plain progress lines on stderr when it is not a terminal (default ``train.log_every``;
+    harvesting prints one about every 30 seconds)."""
+    wandb: WandbConfig | None = None
+    """Also log metrics to Weights & Biases (``pip install 'scope-hub[wandb]'``)."""
 
 
 class TrainConfig(_Section):
@@ -285,6 +310,7 @@ class TrainConfig(_Section):
             raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
         if d.type == "clt" and not (self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)):
             raise ValueError("a clt needs harvest.layers (or synthetic.n_layers > 1)")
+        self._check_targets()
         if (
             d.type != "sae"
             and self.synthetic is None
@@ -298,6 +324,27 @@ class TrainConfig(_Section):
             )
         return self
 
+    def _check_targets(self) -> None:
+        h, kind = self.harvest, self.dictionary.type
+        if h.sites is not None and kind != "sae":
+            raise ValueError(
+                f"harvest.sites lists SAE sites; a {kind} maps harvest.site to harvest.site_out (per layer of "
+                "harvest.layers): drop harvest.sites"
+            )
+        if kind != "clt" and h.layers is not None and h.layer is not None:
+            raise ValueError("set harvest.layer (one dictionary) or harvest.layers (one per layer), not both")
+        if kind != "clt" and h.layers is not None and self.synthetic is not None:
+            raise ValueError("harvest.layers trains one dictionary per model layer: it needs model.id, not synthetic")
+        if self.multi_target and self.output.key and "{layer}" not in self.output.key:
+            raise ValueError("output.key names one dictionary; a run of several needs a template with {layer}")
+
+    @property
+    def multi_target(self) -> bool:
+        """True when the run trains several dictionaries (``harvest.layers`` / ``harvest.sites`` on SAEs or
+        transcoders)."""
+        h = self.harvest
+        return self.dictionary.type != "clt" and (h.layers is not None or (h.sites is not None and len(h.sites) > 1))
+
     @property
     def steps(self) -> int:
         """Optimizer steps of the run."""
@@ -309,6 +356,12 @@ class TrainConfig(_Section):
         if self.harvest.site_out:
             return self.harvest.site_out
         return "mlp_out" if self.dictionary.type != "sae" else self.harvest.site
+
+    @property
+    def site_label(self) -> str:
+        """Site name in keys and folders: ``mlp`` for an mlp_in -> mlp_out transcoder/CLT, else the input site."""
+        mlp = self.dictionary.type != "sae" and self.harvest.site == "mlp_in" and self.site_out == "mlp_out"
+        return "mlp" if mlp else self.harvest.site
 
     def fingerprint(self) -> str:
         """sha256 of the fields that change the numbers (not paths, logging or resume flags)."""
@@ -337,9 +390,11 @@ _NON_NUMERIC_FIELDS = [
     ("eval", "delta_lm_loss"),
     ("eval", "lm_sequences"),
     ("train", "decode"),
+    ("output", "log_every"),
+    ("output", "wandb"),
 ]
 
-_ADDED_FIELDS = [("data", "corpus")]
+_ADDED_FIELDS = [("data", "corpus"), ("harvest", "sites")]
 """Fields added after checkpoints were first written; left out of the fingerprint while unset."""
 
 EXAMPLES = Path(__file__).parent / "examples"

@@ -86,37 +86,55 @@ def _features_and_outputs(dictionary: Dictionary, x: torch.Tensor) -> tuple[torc
     return f.unsqueeze(1), y.unsqueeze(1)
 
 
-@torch.no_grad()
+class Evaluation:
+    """Running L0/FVU/dead/dense of one dictionary, fed batch by batch (several dictionaries can share
+    each harvested batch); :func:`evaluate` is the one-call form."""
+
+    def __init__(self, dictionary: Dictionary, chunk: int = 1024) -> None:
+        self.dictionary, self.chunk = dictionary, chunk
+        self.accs: list[_Accumulator] | None = None
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, t: torch.Tensor) -> None:
+        """Accumulate raw ``(x [b, L, d_in], target [b, L, d_out])``."""
+        was_training = self.dictionary.training
+        self.dictionary.eval()
+        try:
+            for lo in range(0, x.shape[0], self.chunk):
+                xs, ts = x[lo : lo + self.chunk].float(), t[lo : lo + self.chunk].float()
+                f, y = _features_and_outputs(self.dictionary, xs)
+                self.accs = self.accs or [_Accumulator(self.dictionary.d_sae) for _ in range(f.shape[1])]
+                for i, acc in enumerate(self.accs):
+                    acc.add(f[:, i], y[:, i], ts[:, i])
+        finally:
+            self.dictionary.train(was_training)
+
+    def metrics(self) -> Metrics:
+        """The metrics of everything added."""
+        accs = self.accs
+        if accs is None:
+            raise ValueError("evaluate() got no batches")
+        per_layer = [acc.metrics() for acc in accs]
+        total_error = sum(a.sq_error for a in accs)
+        total_var = sum(a.variance() for a in accs)
+        metrics = Metrics(
+            l0=sum(m["l0"] for m in per_layer) / len(per_layer),
+            fvu=total_error / max(total_var, 1e-30),
+            dead_fraction=sum(m["dead_fraction"] for m in per_layer) / len(per_layer),
+            dense_fraction=sum(m["dense_fraction"] for m in per_layer) / len(per_layer),
+            eval_tokens=accs[0].tokens,
+        )
+        if len(per_layer) > 1:
+            layers = self.dictionary.config.layers or list(range(len(per_layer)))
+            metrics.per_layer = {str(layer): m for layer, m in zip(layers, per_layer)}
+        return metrics
+
+
 def evaluate(
     dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int = 1024
 ) -> Metrics:
     """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches."""
-    was_training = dictionary.training
-    dictionary.eval()
-    accs: list[_Accumulator] | None = None
-    try:
-        for x, t in batches:
-            for lo in range(0, x.shape[0], chunk):
-                xs, ts = x[lo : lo + chunk].float(), t[lo : lo + chunk].float()
-                f, y = _features_and_outputs(dictionary, xs)
-                accs = accs or [_Accumulator(dictionary.d_sae) for _ in range(f.shape[1])]
-                for i, acc in enumerate(accs):
-                    acc.add(f[:, i], y[:, i], ts[:, i])
-    finally:
-        dictionary.train(was_training)
-    if accs is None:
-        raise ValueError("evaluate() got no batches")
-    per_layer = [acc.metrics() for acc in accs]
-    total_error = sum(a.sq_error for a in accs)
-    total_var = sum(a.variance() for a in accs)
-    metrics = Metrics(
-        l0=sum(m["l0"] for m in per_layer) / len(per_layer),
-        fvu=total_error / max(total_var, 1e-30),
-        dead_fraction=sum(m["dead_fraction"] for m in per_layer) / len(per_layer),
-        dense_fraction=sum(m["dense_fraction"] for m in per_layer) / len(per_layer),
-        eval_tokens=accs[0].tokens,
-    )
-    if len(per_layer) > 1:
-        layers = dictionary.config.layers or list(range(len(per_layer)))
-        metrics.per_layer = {str(layer): m for layer, m in zip(layers, per_layer)}
-    return metrics
+    evaluation = Evaluation(dictionary, chunk)
+    for x, t in batches:
+        evaluation.add(x, t)
+    return evaluation.metrics()

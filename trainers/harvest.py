@@ -5,13 +5,19 @@ forward captures them with :func:`scope_hub.hooks.capture` and ends at the last
 needed layer with :func:`scope_hub.hooks.stop_after` (no later layers, no
 ``lm_head``). Rows at padding (and at BOS when ``data.exclude_bos``) are dropped.
 
+A run of several dictionaries (``harvest.layers``/``harvest.sites`` on SAEs or
+transcoders, see :func:`target_configs`) captures every target's hookpoints in the
+same forward, which stops after the deepest of them.
+
 Two ways to feed training:
 
-* :func:`harvest_to_disk` writes shards (:mod:`trainers.shards`), resumable, reusable;
+* :func:`harvest_to_disk` writes shards (:mod:`trainers.harvest_shards`), one
+  harvest for every hookpoint, resumable, reusable, written by every rank;
 * :class:`StreamingSource` harvests on the fly: the kept-token stream is cut
   into chunks of ``harvest.stream_window`` batches; a chunk is harvested,
   shuffled with a seed of its own, and served batch by batch. Batch ``s`` only
-  depends on (seed, s), so resuming re-harvests at most one chunk.
+  depends on (seed, s), so resuming re-harvests at most one chunk. The sources
+  of several dictionaries share one :class:`StreamingHarvest`.
 
 Example:
     >>> from tests.tiny_models import tiny_gemma3
@@ -41,20 +47,26 @@ from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import capture, stop_after
 from trainers.config import TrainConfig
 from trainers.data import TokenSequences, kept_positions
-from trainers.progress import show_progress_by_default
-from trainers.shards import ShardWriter
+from trainers.distributed import DistContext
+from trainers.harvest_shards import ShardWriter
+from trainers.progress import PlainTicker, show_progress_by_default
 from trainers.sources import ActivationSource, rank_slice, step_generator
 
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """Resolved hookpoints of a run."""
+    """Resolved hookpoints of one dictionary (or, for the harvester, of every dictionary of a run)."""
 
     layers: list[int]
     inputs: list[Hookpoint]
     outputs: list[Hookpoint] | None
     """None when the dictionary reconstructs its input (SAEs)."""
     stop: Hookpoint | None
+
+    @property
+    def hookpoints(self) -> list[Hookpoint]:
+        """Inputs then outputs, each once."""
+        return list(dict.fromkeys([*self.inputs, *(self.outputs or [])]))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -63,12 +75,26 @@ class SiteSpec:
             "hookpoints_out": [str(h) for h in self.outputs] if self.outputs else None,
         }
 
+    def stack(self, rows: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, L, d_in], target [n, L, d_out])`` of this dictionary from harvested rows (``target is x``
+        for SAEs)."""
+        x = torch.stack([rows[str(h)] for h in self.inputs], 1)
+        return (x, x) if self.outputs is None else (x, torch.stack([rows[str(h)] for h in self.outputs], 1))
 
-def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
-    """Hookpoints for the configured site(s) and layer(s) of ``model``."""
-    adapter = adapter_for(model)
+
+@dataclass(frozen=True)
+class Target:
+    """One dictionary of a run: its own single-dictionary config (output folder, checkpoints, key) and sites."""
+
+    name: str
+    """``resid_post/layer_3`` (the subfolder of ``output.dir``); empty for a one-dictionary run."""
+    cfg: TrainConfig
+    spec: SiteSpec
+
+
+def _single_spec(adapter: Any, cfg: TrainConfig) -> SiteSpec:
     if cfg.dictionary.type == "clt":
-        layers = list(cfg.harvest.layers or [])
+        layers = _layer_list(cfg.harvest.layers, adapter.n_layers)
     else:
         if cfg.harvest.layer is None:
             raise ConfigError("harvest.layer is required for a single-layer dictionary (e.g. harvest.layer=6)")
@@ -78,6 +104,73 @@ def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
     if cfg.dictionary.type != "sae":
         outputs = [adapter.hookpoint(cfg.site_out, layer) for layer in layers]
     return SiteSpec(layers, inputs, outputs, adapter.stop_hookpoint(inputs + (outputs or [])))
+
+
+def _layer_list(layers: list[int] | str | None, n_layers: int) -> list[int]:
+    if layers == "all":
+        return list(range(n_layers))
+    bad = [layer for layer in layers or [] if not 0 <= layer < n_layers]
+    if bad:
+        raise ConfigError(f"harvest.layers: the model has layers 0..{n_layers - 1}, not {bad[0]}")
+    return list(layers or [])
+
+
+def target_configs(cfg: TrainConfig, n_layers: int) -> list[tuple[str, TrainConfig]]:
+    """``(name, single-dictionary config)`` for every dictionary of ``cfg`` (just ``cfg`` for one).
+
+    Each config is what a one-dictionary run of that target would use: ``harvest.layer``/``harvest.site``
+    set, ``output.dir`` and ``train.checkpoint_dir`` extended by the name, ``output.key`` filled in.
+
+    Example:
+        >>> from trainers.config import load_config
+        >>> cfg = load_config(None, ["model.id=m", "harvest.layers=[1,2]", "harvest.sites=[resid_post,mlp_out]",
+        ...                          "output.dir=out"])
+        >>> [(name, c.harvest.layer, c.harvest.site, c.output.dir) for name, c in target_configs(cfg, 4)][:2]
+        [('resid_post/layer_1', 1, 'resid_post', 'out/resid_post/layer_1'), ('mlp_out/layer_1', 1, 'mlp_out', 'out/mlp_out/layer_1')]
+    """
+    if not cfg.multi_target:
+        return [("", cfg)]
+    h = cfg.harvest
+    layers = _layer_list(h.layers, n_layers) if h.layers is not None else [h.layer]
+    if None in layers:
+        raise ConfigError("harvest.sites lists several sites: set harvest.layer or harvest.layers too")
+    out = []
+    for layer in layers:
+        for site in h.sites or [h.site]:
+            raw = cfg.model_dump(mode="json")
+            raw["harvest"].update(layer=layer, site=site, layers=None, sites=None)
+            sub = TrainConfig.model_validate(raw)
+            name = f"{sub.site_label}/layer_{layer}"
+            sub.output.dir = _join(cfg.output.dir, name)
+            if cfg.output.key:
+                sub.output.key = cfg.output.key.format(layer=layer, site=sub.site_label)
+            if cfg.train.checkpoint_dir:
+                sub.train.checkpoint_dir = _join(cfg.train.checkpoint_dir, name)
+            sub.train.progress = False  # the pipeline shows one line per dictionary instead
+            out.append((name, sub))
+    return out
+
+
+def _join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
+    """Hookpoints for the configured site(s) and layer(s) of ``model`` (every target's, for a run of several
+    dictionaries: then ``inputs`` lists every hookpoint to harvest and ``outputs`` is None)."""
+    adapter = adapter_for(model)
+    if not cfg.multi_target:
+        return _single_spec(adapter, cfg)
+    specs = [t.spec for t in run_targets(model, cfg)]
+    every = list(dict.fromkeys(h for spec in specs for h in spec.hookpoints))
+    layers = sorted({layer for spec in specs for layer in spec.layers})
+    return SiteSpec(layers, every, None, adapter.stop_hookpoint(every))
+
+
+def run_targets(model: Any, cfg: TrainConfig) -> list[Target]:
+    """The dictionaries of a run on ``model`` with their hookpoints."""
+    adapter = adapter_for(model)
+    return [Target(name, sub, _single_spec(adapter, sub)) for name, sub in target_configs(cfg, adapter.n_layers)]
 
 
 def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
@@ -113,7 +206,7 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
 
 
 class Harvester:
-    """Runs the model on windows and returns the kept rows of every hookpoint."""
+    """Runs the model on windows and returns the kept rows of every hookpoint of ``spec``."""
 
     def __init__(self, model: Any, spec: SiteSpec, bos_id: int | None, exclude_bos: bool) -> None:
         self.model, self.spec, self.bos_id, self.exclude_bos = model, spec, bos_id, exclude_bos
@@ -121,17 +214,16 @@ class Harvester:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Rows ``x [n, L, d_in]`` (+ ``target``), ``token_id``, ``sequence`` (0-based in this call), ``position``."""
-        hps = self.spec.inputs + (self.spec.outputs or [])
+        """One ``[n, width]`` tensor per hookpoint (keyed by its name), ``token_id``, ``sequence`` (0-based in
+        this call) and ``position`` of the kept rows; :meth:`SiteSpec.stack` makes ``(x, target)`` of them."""
+        hps = self.spec.hookpoints
         stopper = stop_after(self.model, self.spec.stop) if self.spec.stop is not None else nullcontext()
         with capture(self.model, hps) as acts, stopper:
             self.model(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False
             )
         keep = kept_positions(input_ids, attention_mask, self.bos_id, self.exclude_bos).to(self.device)
-        rows = {"x": torch.stack([acts[str(h)][keep].float().cpu() for h in self.spec.inputs], 1)}
-        if self.spec.outputs:
-            rows["target"] = torch.stack([acts[str(h)][keep].float().cpu() for h in self.spec.outputs], 1)
+        rows = {str(h): acts[str(h)][keep].float().cpu() for h in hps}
         where = keep.cpu().nonzero()
         rows["sequence"] = where[:, 0].to(torch.int32)
         rows["position"] = where[:, 1].to(torch.int32)
@@ -139,8 +231,13 @@ class Harvester:
         return rows
 
 
+def shard_sequences(cfg: TrainConfig, spec: SiteSpec, context_size: int) -> int:
+    """Windows per shard: about ``harvest.shard_tokens`` rows, divided among the hookpoints."""
+    return max(1, -(-cfg.harvest.shard_tokens // (len(spec.hookpoints) * context_size)))
+
+
 def harvest_fingerprint(cfg: TrainConfig, spec: SiteSpec, data: TokenSequences) -> str:
-    """Identity of a harvest: same model, sites, data and choices -> same fingerprint."""
+    """Identity of a harvest: same model, sites, data, choices and shard size -> same fingerprint."""
     ident = {
         "model": cfg.model.id,
         "revision": cfg.model.revision,
@@ -149,28 +246,29 @@ def harvest_fingerprint(cfg: TrainConfig, spec: SiteSpec, data: TokenSequences) 
         "data": data.sha256,
         "exclude_bos": cfg.data.exclude_bos,
         "storage": cfg.harvest.storage_dtype,
+        "shard_sequences": shard_sequences(cfg, spec, data.input_ids.shape[1]),
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def harvest_to_disk(
-    harvester: Harvester, data: TokenSequences, cfg: TrainConfig, root: str | Path, progress: bool | None = None
-) -> Path:
-    """Harvest every window of ``data`` into shards under ``root`` (resuming a partial harvest)."""
-    spec = harvester.spec
-    meta = {
+def harvest_meta(cfg: TrainConfig, spec: SiteSpec, data: TokenSequences, revision: str | None = None) -> dict:
+    """What ``harvest.json`` says about a harvest before its shards exist (labels checked by later runs)."""
+    per_shard = shard_sequences(cfg, spec, data.input_ids.shape[1])
+    return {
         "fingerprint": harvest_fingerprint(cfg, spec, data),
         "model": cfg.model.id,
-        "model_revision": cfg.model.revision,
+        "model_revision": cfg.model.revision or revision,
         "site": cfg.harvest.site,
+        "sites": list(cfg.harvest.sites or [cfg.harvest.site]),
         "site_out": cfg.site_out if spec.outputs else None,
         **spec.describe(),
-        "n_layers": len(spec.layers),
-        "d_in": None,
-        "d_out": None,
+        "hookpoints": [str(h) for h in spec.hookpoints],
+        "n_layers": len(spec.inputs),
         "reconstructs_input": spec.outputs is None,
         "storage_dtype": cfg.harvest.storage_dtype,
         "exclude_bos": cfg.data.exclude_bos,
+        "shard_sequences": per_shard,
+        "n_shards": -(-len(data) // per_shard),
         "data": {
             "description": data.description,
             "sha256": data.sha256,
@@ -178,27 +276,119 @@ def harvest_to_disk(
             "context_size": data.input_ids.shape[1],
         },
     }
-    writer = ShardWriter(root, meta, cfg.harvest.shard_tokens)
+
+
+def harvest_to_disk(
+    harvester: Harvester,
+    data: TokenSequences,
+    cfg: TrainConfig,
+    root: str | Path,
+    progress: bool | None = None,
+    ctx: DistContext | None = None,
+    revision: str | None = None,
+    targets: list[Target] | None = None,
+) -> str | Path:
+    """Harvest every window of ``data`` into shards under ``root`` (a folder or fsspec URL).
+
+    Every rank of ``ctx`` writes its share of the unfinished shards; rank 0 then lists them all in
+    ``harvest.json``. A partial harvest (killed, any rank count) resumes with the shards it lacks.
+    """
+    ctx = ctx or DistContext()
+    meta = harvest_meta(cfg, harvester.spec, data, revision)
+    meta["model_layers"] = adapter_for(harvester.model).n_layers
+    if cfg.multi_target:  # which hookpoints each dictionary reads, for runs that reuse the harvest
+        meta["targets"] = [{"name": t.name, **t.spec.describe()} for t in targets or run_targets(harvester.model, cfg)]
+    if ctx.is_main:
+        writer = ShardWriter(root, meta)  # checks the fingerprint and creates harvest.json
+    ctx.barrier()
+    if not ctx.is_main:
+        writer = ShardWriter(root, meta, create=False)
     if writer.complete:
-        return Path(root)
-    step = cfg.harvest.batch_sequences
-    show = show_progress_by_default() if progress is None else progress
-    with tqdm(total=len(data), initial=writer.next_sequence, unit="seq", disable=not show, desc="harvest") as bar:
-        for lo in range(writer.next_sequence, len(data), step):
-            hi = min(lo + step, len(data))
-            rows = harvester(data.input_ids[lo:hi], data.attention_mask[lo:hi])
-            rows["sequence"] += lo
-            if writer.meta["d_in"] is None:
-                writer.meta["d_in"] = rows["x"].shape[-1]
-                writer.meta["d_out"] = rows.get("target", rows["x"]).shape[-1]
-            writer.add(rows, hi - lo)
-            bar.update(hi - lo)
-    writer.finish()
-    return Path(root)
+        return root
+    done = set(writer.records())
+    todo = [i for i in range(meta["n_shards"]) if i not in done][ctx.rank :: ctx.world]
+    per_shard, step = meta["shard_sequences"], cfg.harvest.batch_sequences
+    show = (show_progress_by_default() if progress is None else progress) and ctx.is_main
+    lines = ctx.is_main and progress is None and not show
+    total = sum(min(per_shard, len(data) - i * per_shard) for i in todo)
+    with (
+        tqdm(total=total, unit="seq", disable=not show, desc="harvest") as bar,
+        PlainTicker("harvest", total, "seq", enabled=lines, world=ctx.world) as ticker,
+    ):
+        for index in todo:
+            lo_shard, hi_shard = index * per_shard, min((index + 1) * per_shard, len(data))
+            parts = []
+            for lo in range(lo_shard, hi_shard, step):
+                hi = min(lo + step, hi_shard)
+                rows = harvester(data.input_ids[lo:hi], data.attention_mask[lo:hi])
+                rows["sequence"] += lo
+                parts.append(rows)
+                bar.update(hi - lo)
+                ticker.update(hi - lo)
+            writer.write(index, {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, [lo_shard, hi_shard])
+    ctx.barrier()
+    if ctx.is_main:
+        writer.merge()
+    ctx.barrier()
+    return root
+
+
+class StreamingHarvest:
+    """Kept rows of every hookpoint, harvested on demand and shared by the dictionaries of a run.
+
+    The kept-token stream is cut into chunks (see the module doc); the latest chunk and the latest
+    held-out range are kept, so dictionaries driven in lockstep read each chunk from one forward.
+    """
+
+    def __init__(self, harvester: Harvester, data: TokenSequences, *, seed: int, chunk: int, batch_sequences: int):
+        self.harvester, self.data, self.seed, self.chunk = harvester, data, seed, chunk
+        self.batch_sequences = batch_sequences
+        keep = kept_positions(data.input_ids, data.attention_mask, harvester.bos_id, harvester.exclude_bos)
+        self.kept_before = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)])
+        self.total = int(self.kept_before[-1])
+        self._chunk: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._range: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
+        self.forwards = 0
+        """Model forwards run so far (tests and benchmarks check that several dictionaries share them)."""
+
+    def rows(self, start: int, end: int) -> dict[str, torch.Tensor]:
+        """Kept rows ``start:end`` of the stream, per hookpoint (harvesting the windows that hold them)."""
+        if self._range is not None and self._range[0] == (start, end):
+            return self._range[1]
+        first = int(torch.searchsorted(self.kept_before, start, right=True)) - 1
+        last = int(torch.searchsorted(self.kept_before, end, right=False))
+        parts = []
+        for lo in range(first, last, self.batch_sequences):
+            hi = min(lo + self.batch_sequences, last)
+            parts.append(self.harvester(self.data.input_ids[lo:hi], self.data.attention_mask[lo:hi]))
+            self.forwards += 1
+        offset = start - int(self.kept_before[first])
+        names = [str(h) for h in self.harvester.spec.hookpoints]
+        out = {k: torch.cat([p[k] for p in parts])[offset : offset + end - start] for k in names}
+        self._range = ((start, end), out)
+        return out
+
+    def chunk_rows(self, index: int, n_train: int) -> dict[str, torch.Tensor]:
+        """Chunk ``index`` of the training stream, shuffled with its own seed."""
+        if self._chunk is None or self._chunk[0] != index:
+            start = index * self.chunk
+            if start + self.chunk > n_train:
+                raise ValueError(
+                    f"streaming data exhausted at chunk {index}: {n_train} training tokens; "
+                    "add data, lower train.tokens, or harvest to disk (harvest.cache_dir) for epochs"
+                )
+            rows = self.rows(start, start + self.chunk)
+            perm = torch.randperm(self.chunk, generator=step_generator(self.seed, index, stream=2))
+            self._chunk = (index, {k: v[perm] for k, v in rows.items()})
+        return self._chunk[1]
 
 
 class StreamingSource(ActivationSource):
-    """Harvest while training (see module doc); the last ``eval_tokens`` kept rows are held out."""
+    """Harvest while training (see module doc); the last ``eval_tokens`` kept rows are held out.
+
+    Sources of several dictionaries share one :class:`StreamingHarvest` (``shared``); ``spec`` picks
+    this source's hookpoints (default: the harvester's own).
+    """
 
     def __init__(
         self,
@@ -210,65 +400,35 @@ class StreamingSource(ActivationSource):
         window: int,
         batch_sequences: int = 8,
         eval_tokens: int = 0,
+        spec: SiteSpec | None = None,
+        shared: StreamingHarvest | None = None,
     ) -> None:
-        self.harvester, self.data, self.seed = harvester, data, seed
-        self.batch_sequences = batch_sequences
-        self.chunk = batch_size * window
-        keep = kept_positions(data.input_ids, data.attention_mask, harvester.bos_id, harvester.exclude_bos)
-        self.kept_before = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)])
-        total = int(self.kept_before[-1])
-        self.n_eval = min(eval_tokens, total // 2)
-        self.n_train = total - self.n_eval
-        spec = harvester.spec
-        self.n_layers = len(spec.layers)
+        self.stream = shared or StreamingHarvest(
+            harvester, data, seed=seed, chunk=batch_size * window, batch_sequences=batch_sequences
+        )
+        self.data, self.spec = data, spec or harvester.spec
+        self.chunk = self.stream.chunk
+        self.n_eval = min(eval_tokens, self.stream.total // 2)
+        self.n_train = self.stream.total - self.n_eval
+        self.n_layers = len(self.spec.layers)
         probe = harvester(data.input_ids[:1], data.attention_mask[:1])
-        self.d_in = probe["x"].shape[-1]
-        self.d_out = probe.get("target", probe["x"]).shape[-1]
-        self.reconstructs_input = spec.outputs is None
-        self._cached: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.d_in = probe[str(self.spec.inputs[0])].shape[-1]
+        self.d_out = probe[str((self.spec.outputs or self.spec.inputs)[0])].shape[-1]
+        self.reconstructs_input = self.spec.outputs is None
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": self.data.description, "dataset_sha256": self.data.sha256}
 
-    def _rows(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Kept rows ``start:end`` of the stream (harvesting the windows that hold them)."""
-        first = int(torch.searchsorted(self.kept_before, start, right=True)) - 1
-        last = int(torch.searchsorted(self.kept_before, end, right=False))
-        x_parts, t_parts = [], []
-        for lo in range(first, last, self.batch_sequences):
-            hi = min(lo + self.batch_sequences, last)
-            rows = self.harvester(self.data.input_ids[lo:hi], self.data.attention_mask[lo:hi])
-            x_parts.append(rows["x"])
-            t_parts.append(rows.get("target", rows["x"]))
-        x, t = torch.cat(x_parts), torch.cat(t_parts)
-        offset = start - int(self.kept_before[first])
-        x, t = x[offset : offset + end - start], t[offset : offset + end - start]
-        return (x, x) if self.reconstructs_input else (x, t)
-
-    def _chunk(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cached is None or self._cached[0] != index:
-            start = index * self.chunk
-            if start + self.chunk > self.n_train:
-                raise ValueError(
-                    f"streaming data exhausted at chunk {index}: {self.n_train} training tokens; "
-                    "add data, lower train.tokens, or harvest to disk (harvest.cache_dir) for epochs"
-                )
-            x, t = self._rows(start, start + self.chunk)
-            perm = torch.randperm(self.chunk, generator=step_generator(self.seed, index, stream=2))
-            self._cached = (index, x[perm], t[perm])
-        return self._cached[1], self._cached[2]
-
     def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         per_chunk = self.chunk // batch_size
-        x, t = self._chunk(step // per_chunk)
+        rows = self.stream.chunk_rows(step // per_chunk, self.n_train)
         lo = (step % per_chunk) * batch_size
-        rows = slice(lo, lo + batch_size)
         mine = rank_slice(batch_size, rank, world)
-        xb = x[rows][mine]
-        return (xb, xb) if self.reconstructs_input else (xb, t[rows][mine])
+        picked = {k: v[lo : lo + batch_size][mine] for k, v in rows.items()}
+        return self.spec.stack(picked)
 
     def eval_batches(self, tokens: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start = self.n_train
         end = start + min(tokens, self.n_eval)
         for lo in range(start, end, batch_size):
-            yield self._rows(lo, min(lo + batch_size, end))
+            yield self.spec.stack(self.stream.rows(lo, min(lo + batch_size, end)))

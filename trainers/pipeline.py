@@ -2,7 +2,15 @@
 
 Data comes from (first match): ``synthetic``; an existing complete harvest in
 ``harvest.cache_dir``; otherwise the model: harvested into ``harvest.cache_dir``
-(rank 0, resumable) or streamed. Only rank 0 evaluates and writes output.
+(every rank its share of the shards, resumable) or streamed. Only rank 0
+evaluates and writes output.
+
+A run of several dictionaries (``harvest.layers``/``harvest.sites``, see
+:func:`trainers.harvest.target_configs`) builds one :class:`~trainers.trainer.Trainer`
+per dictionary and drives them in lockstep (:func:`drive`): step ``s`` of every
+dictionary reads batch ``s`` of one shared harvest, so the model runs once per
+batch for all of them. Each dictionary gets its own output folder, card,
+``metrics.jsonl`` and registry key, exactly as its own one-dictionary run would.
 
 Example:
     >>> import tempfile
@@ -18,7 +26,9 @@ Example:
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +37,22 @@ from scope_hub.errors import ConfigError
 from scope_hub.metadata import Metrics
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
-from trainers.evals import evaluate
-from trainers.harvest import Harvester, SiteSpec, StreamingSource, harvest_to_disk, load_model, site_spec
-from trainers.publish import export_dictionary, save_and_publish
-from trainers.shards import ShardSource, read_meta
+from trainers.evals import Evaluation
+from trainers.harvest import (
+    Harvester,
+    SiteSpec,
+    StreamingHarvest,
+    StreamingSource,
+    Target,
+    harvest_to_disk,
+    load_model,
+    run_targets,
+    site_spec,
+    target_configs,
+)
+from trainers.harvest_shards import ShardSource, read_meta
+from trainers.progress import RunLog, show_progress_by_default, start_wandb
+from trainers.publish import export_dictionary, save_and_publish, write_metrics_log
 from trainers.sources import ActivationSource, SyntheticSource
 from trainers.synthetic import PlantedDictionary
 from trainers.trainer import Trainer, TrainResult
@@ -47,6 +69,10 @@ class Environment:
     tokenizer: Any = None
     data: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    targets: list[Target] = field(default_factory=list)
+    """The run's dictionaries (one, unless ``harvest.layers``/``sites`` name several)."""
+    sources: list[ActivationSource] = field(default_factory=list)
+    """One source per target (``sources[0] is source``)."""
 
 
 @dataclass
@@ -55,12 +81,16 @@ class Outcome:
 
     result: TrainResult
     dictionary: Any = None
-    folder: Path | None = None
+    folder: Path | str | None = None
     push: Any = None
+    name: str = ""
+    """The dictionary's subfolder in a run of several (``resid_post/layer_3``)."""
+    parts: list[Outcome] = field(default_factory=list)
+    """A run of several dictionaries: one outcome each (this one then holds the first's result)."""
 
     @property
     def interrupted(self) -> bool:
-        return self.result.interrupted
+        return any(p.result.interrupted for p in self.parts) or self.result.interrupted
 
 
 def _synthetic(cfg: TrainConfig) -> Environment:
@@ -74,8 +104,9 @@ def _synthetic(cfg: TrainConfig) -> Environment:
         kind=cfg.dictionary.type,
         seed=s.seed,
     )
-    layers = cfg.harvest.layers or list(range(s.n_layers))
-    return Environment(SyntheticSource(planted, seed=cfg.train.seed, noise=s.noise), layers)
+    layers = cfg.harvest.layers if isinstance(cfg.harvest.layers, list) else list(range(s.n_layers))
+    source = SyntheticSource(planted, seed=cfg.train.seed, noise=s.noise)
+    return Environment(source, layers, targets=[Target("", cfg, None)], sources=[source])  # type: ignore[arg-type]
 
 
 def _model_env(cfg: TrainConfig) -> tuple[Environment, Harvester]:
@@ -88,8 +119,48 @@ def _model_env(cfg: TrainConfig) -> tuple[Environment, Harvester]:
     harvester = Harvester(model, spec, tok.bos_token_id, cfg.data.exclude_bos)
     # The commit of a Hub download (transformers records it), so the card can pin the base model.
     revision = cfg.model.revision or getattr(model.config, "_commit_hash", None)
-    env = Environment(None, spec.layers, spec, model, tok, data, {"model_revision": revision})  # type: ignore[arg-type]
+    targets = run_targets(model, cfg)
+    env = Environment(
+        None,  # type: ignore[arg-type]
+        targets[0].spec.layers,
+        targets[0].spec,
+        model,
+        tok,
+        data,
+        {"model_revision": revision},
+        targets,
+    )
     return env, harvester
+
+
+def _harvest_sources(cfg: TrainConfig, cache: str, meta: dict[str, Any], env: Environment | None) -> Environment:
+    """Sources over a complete harvest: each target reads its own hookpoints (a harvest of several serves
+    any one of its dictionaries too)."""
+    by_name = {t["name"]: t for t in meta.get("targets") or []}
+    targets = env.targets if env is not None else _targets_from_meta(cfg, meta)
+    sources = []
+    for target in targets:
+        name = target.name or (
+            f"{cfg.site_label}/layer_{cfg.harvest.layer}" if by_name and cfg.dictionary.type != "clt" else ""
+        )
+        hps = by_name.get(name) if by_name else None
+        if by_name and hps is None:
+            raise ConfigError(
+                f"{cache} holds {', '.join(by_name)}, not {name}; set harvest.layer/harvest.site to one of them "
+                "or give this run its own harvest.cache_dir"
+            )
+        ins, outs = (hps["hookpoints_in"], hps["hookpoints_out"]) if hps else (None, None)
+        sources.append(ShardSource(cache, cfg.train.seed, cfg.eval.tokens, ins, outs))
+    if env is None:
+        env = Environment(sources[0], meta["layers"], targets=targets)
+    env.source, env.sources = sources[0], sources
+    return env
+
+
+def _targets_from_meta(cfg: TrainConfig, meta: dict[str, Any]) -> list[Target]:
+    if not cfg.multi_target:
+        return [Target("", cfg, None)]  # type: ignore[arg-type]
+    return [Target(name, sub, None) for name, sub in target_configs(cfg, meta.get("model_layers") or 0)]  # type: ignore[arg-type]
 
 
 def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = False) -> Environment:
@@ -99,24 +170,42 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
     cache = cfg.harvest.cache_dir
     meta = read_meta(cache) if cache else None
     if meta and meta.get("complete") and not need_model:
-        return Environment(ShardSource(cache, cfg.train.seed, cfg.eval.tokens), meta["layers"])
+        return _harvest_sources(cfg, cache, meta, None)
     env, harvester = _model_env(cfg)
     if cache:
-        if ctx.is_main:
-            harvest_to_disk(harvester, env.data, cfg, cache, progress=cfg.train.progress)
-        ctx.barrier()
-        env.source = ShardSource(cache, cfg.train.seed, cfg.eval.tokens)
-    else:
-        env.source = StreamingSource(
+        harvest_to_disk(
+            harvester,
+            env.data,
+            cfg,
+            cache,
+            progress=cfg.train.progress,
+            ctx=ctx,
+            revision=env.extra["model_revision"],
+            targets=env.targets,
+        )
+        return _harvest_sources(cfg, cache, read_meta(cache), env)
+    shared = StreamingHarvest(
+        harvester,
+        env.data,
+        seed=cfg.train.seed,
+        chunk=cfg.train.batch_size * cfg.harvest.stream_window,
+        batch_sequences=cfg.harvest.batch_sequences,
+    )
+    env.sources = [
+        StreamingSource(
             harvester,
             env.data,
             seed=cfg.train.seed,
             batch_size=cfg.train.batch_size,
             window=cfg.harvest.stream_window,
-            batch_sequences=cfg.harvest.batch_sequences,
             eval_tokens=cfg.eval.tokens,
+            spec=target.spec,
+            shared=shared,
         )
-        check_stream_fits(cfg, env.source.n_train, env.source.n_eval)
+        for target in env.targets
+    ]
+    env.source = env.sources[0]
+    check_stream_fits(cfg, env.source.n_train, env.source.n_eval)
     return env
 
 
@@ -173,9 +262,23 @@ def check_stream_fits(cfg: TrainConfig, n_train: int, n_eval: int) -> None:
     )
 
 
-def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metrics:
+def run_evaluation(
+    dictionary: Any, cfg: TrainConfig, env: Environment, source: ActivationSource | None = None
+) -> Metrics:
     """L0/FVU/dead/dense on held-out rows, plus delta LM loss when configured and a model is at hand."""
-    metrics = evaluate(dictionary, env.source.eval_batches(cfg.eval.tokens, cfg.train.batch_size))
+    return evaluate_together([dictionary], [cfg], env, [source or env.source])[0]
+
+
+def evaluate_together(
+    dictionaries: list[Any], cfgs: list[TrainConfig], env: Environment, sources: list[ActivationSource]
+) -> list[Metrics]:
+    """:func:`run_evaluation` of several dictionaries, reading each held-out batch once for all of them."""
+    cfg = cfgs[0]
+    evaluations = [Evaluation(d) for d in dictionaries]
+    for batches in zip(*[s.eval_batches(cfg.eval.tokens, cfg.train.batch_size) for s in sources]):
+        for evaluation, (x, t) in zip(evaluations, batches):
+            evaluation.add(x, t)
+    metrics = [e.metrics() for e in evaluations]
     if cfg.eval.delta_lm_loss:
         if env.model is None:
             raise ConfigError("eval.delta_lm_loss needs the model: set model.id (the harvest alone is not enough)")
@@ -183,16 +286,17 @@ def run_evaluation(dictionary: Any, cfg: TrainConfig, env: Environment) -> Metri
 
         n = cfg.eval.lm_sequences
         ids, mask = env.data.input_ids[-n:], env.data.attention_mask[-n:]
-        delta, with_error = delta_lm_loss(
-            env.model,
-            dictionary,
-            ids,
-            mask,
-            env.tokenizer.bos_token_id,
-            cfg.data.exclude_bos,
-            cfg.harvest.batch_sequences,
-        )
-        metrics.delta_lm_loss, metrics.delta_lm_loss_error_term = delta, with_error
+        for dictionary, m in zip(dictionaries, metrics):
+            delta, with_error = delta_lm_loss(
+                env.model,
+                dictionary,
+                ids,
+                mask,
+                env.tokenizer.bos_token_id,
+                cfg.data.exclude_bos,
+                cfg.harvest.batch_sequences,
+            )
+            m.delta_lm_loss, m.delta_lm_loss_error_term = delta, with_error
     return metrics
 
 
@@ -224,6 +328,7 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     """Run the whole pipeline; an interrupted (SIGTERM) run returns after its checkpoint, unexported.
 
     Without ``ctx`` this joins the torchrun job (if any) and leaves its process group on the way out.
+    A run of several dictionaries returns one outcome per dictionary in ``parts``.
     """
     if ctx is None:
         with DistContext.from_env(cfg.model.device) as joined:
@@ -232,18 +337,90 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
         for warning in short_run_warnings(cfg):
             sys.stderr.write(f"warning: {warning}\n")
     env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
-    result = Trainer(cfg, env.source, ctx).run()
-    outcome = Outcome(result)
-    if result.interrupted or not ctx.is_main:
+    trainers = [Trainer(t.cfg, source, ctx) for t, source in zip(env.targets, env.sources)]
+    logs = _run_logs(cfg, env.targets, ctx)
+    wandb_run = start_wandb(cfg, [t.name for t in env.targets]) if ctx.is_main else None
+    for log in logs:
+        log.wandb_run = wandb_run
+    try:
+        results = drive(trainers, logs)
+    finally:
+        for log in logs:
+            log.close()
+        if wandb_run is not None:
+            wandb_run.finish()
+    outcomes = [Outcome(r, name=t.name) for r, t in zip(results, env.targets)]
+    if any(r.interrupted for r in results) or not ctx.is_main:
         ctx.barrier()
-        return outcome
-    dictionary = export_dictionary(result, cfg, {**env.source.describe(), **env.extra}, env.spec)
+        return _combined(cfg, outcomes)
+    data = {**env.source.describe(), **env.extra}
+    dictionaries = [
+        export_dictionary(r, t.cfg, {**data, **s.describe()}, t.spec)
+        for r, t, s in zip(results, env.targets, env.sources)
+    ]
     if cfg.eval.tokens:
-        dictionary.config.metrics = run_evaluation(dictionary, cfg, env)
-    outcome.dictionary = dictionary
-    outcome.folder, outcome.push = save_and_publish(dictionary, cfg, env.layers)
+        metrics = evaluate_together(dictionaries, [t.cfg for t in env.targets], env, env.sources)
+        for dictionary, m in zip(dictionaries, metrics):
+            dictionary.config.metrics = m
+    for outcome, dictionary, target, log in zip(outcomes, dictionaries, env.targets, logs):
+        outcome.dictionary = dictionary
+        outcome.folder, outcome.push = save_and_publish(
+            dictionary, target.cfg, target.spec.layers if target.spec else env.layers
+        )
+        write_metrics_log(target.cfg.output.dir, log.text())
     ctx.barrier()
-    return outcome
+    return _combined(cfg, outcomes)
+
+
+def _combined(cfg: TrainConfig, outcomes: list[Outcome]) -> Outcome:
+    if len(outcomes) == 1:
+        return outcomes[0]
+    first = outcomes[0]
+    return Outcome(first.result, folder=cfg.output.dir, parts=outcomes)
+
+
+def _run_logs(cfg: TrainConfig, targets: list[Target], ctx: DistContext) -> list[RunLog]:
+    """Rank 0 logs every dictionary; plain lines unless a bar shows (or ``train.progress=false``)."""
+    lines = ctx.is_main and cfg.train.progress is None and not show_progress_by_default()
+    bars = ctx.is_main and len(targets) > 1 and (cfg.train.progress or (cfg.train.progress is None and not lines))
+    return [
+        RunLog(
+            t.name,
+            t.cfg.output.dir,
+            t.cfg.steps,
+            batch_tokens=cfg.train.batch_size,
+            log_every=cfg.output.log_every or cfg.train.log_every,
+            lines=lines,
+            bar=bool(bars),
+            position=i if bars else None,
+            write=ctx.is_main,
+        )
+        for i, t in enumerate(targets)
+    ]
+
+
+def drive(trainers: list[Trainer], logs: list[RunLog]) -> list[TrainResult]:
+    """Step every trainer in turn until all finish; one stopping early (SIGTERM) stops the others after
+    their next step, each with its checkpoint."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    steps = [t.iterate() for t in trainers]
+    live = list(range(len(trainers)))
+    try:
+        while live:
+            for i in list(live):
+                if next(steps[i], None) is None:
+                    live.remove(i)
+                logs[i].observe(trainers[i].history)
+            if any(t.result().interrupted for i, t in enumerate(trainers) if i not in live):
+                for i in live:
+                    trainers[i].request_stop()
+    finally:
+        for step in steps:
+            step.close()
+        if main:
+            signal.signal(signal.SIGTERM, previous)  # each trainer installed (and restored) its own handler
+    return [t.result() for t in trainers]
 
 
 def evaluate_folder(folder: str | Path, cfg: TrainConfig) -> Metrics:
@@ -259,9 +436,22 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig) -> Metrics:
     return metrics
 
 
-def harvest_only(cfg: TrainConfig) -> Path:
-    """Harvest into ``harvest.cache_dir`` and stop (to share one harvest between several trainings)."""
+def harvest_only(cfg: TrainConfig, ctx: DistContext | None = None) -> str | Path:
+    """Harvest into ``harvest.cache_dir`` and stop (to share one harvest between several trainings);
+    under torchrun every rank harvests its share."""
     if not cfg.harvest.cache_dir:
         raise ConfigError("--harvest-only needs harvest.cache_dir=DIR (where the shards go)")
+    if ctx is None:
+        with DistContext.from_env(cfg.model.device) as joined:
+            return harvest_only(cfg, joined)
     env, harvester = _model_env(cfg)
-    return harvest_to_disk(harvester, env.data, cfg, cfg.harvest.cache_dir, progress=cfg.train.progress)
+    return harvest_to_disk(
+        harvester,
+        env.data,
+        cfg,
+        cfg.harvest.cache_dir,
+        progress=cfg.train.progress,
+        ctx=ctx,
+        revision=env.extra["model_revision"],
+        targets=env.targets,
+    )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,7 @@ def registry_key(cfg: TrainConfig, layers: list[int]) -> str:
         return cfg.output.key
     if not cfg.model.id or Path(cfg.model.id).exists():
         raise ValueError("output.key is required when model.id is not a Hub-style id (e.g. a local path)")
-    d = cfg.dictionary
-    site = "mlp" if d.type != "sae" and cfg.harvest.site == "mlp_in" and cfg.site_out == "mlp_out" else cfg.harvest.site
+    d, site = cfg.dictionary, cfg.site_label
     layer = str(layers[0]) if len(layers) == 1 else "-".join(str(x) for x in layers)
     return f"{cfg.model.id}:{site}/layer_{layer}/width_{width_label(d.d_sae)}/{d.type}/{default_variant(cfg)}"
 
@@ -116,10 +116,16 @@ def export_dictionary(
     return out
 
 
-def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]) -> tuple[Path, Any]:
+def is_url(location: str) -> bool:
+    """True for an fsspec URL other than ``file://`` (those are written through a store)."""
+    return "://" in location and not location.startswith("file://")
+
+
+def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]) -> tuple[Path | str, Any]:
     """Write ``output.dir`` (config.json, safetensors, README.md card); push when ``output.registry`` is set.
 
-    Returns ``(folder, PushResult or None)``.
+    A URL ``output.dir`` (``s3://...``) gets the folder's files as one atomic put each. Returns
+    ``(folder, PushResult or None)``.
     """
     key = None
     try:
@@ -134,9 +140,41 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
         if key
         else None
     )
-    folder = dictionary.save_pretrained(cfg.output.dir, card=card)
+    if not is_url(cfg.output.dir):
+        folder = dictionary.save_pretrained(cfg.output.dir, card=card)
+        return folder, _push(folder, cfg, key)
+    from trainers.harvest_shards import open_store
+
+    store = open_store(cfg.output.dir)
+    with tempfile.TemporaryDirectory() as staging:
+        folder = dictionary.save_pretrained(Path(staging) / "dictionary", card=card)
+        for path in sorted(folder.iterdir()):  # config.json last: a reader sees it only after the weights
+            if path.name != "config.json":
+                store.put_file(path.name, path)
+        store.put_file("config.json", folder / "config.json")
+        return cfg.output.dir, _push(folder, cfg, key)
+
+
+def _push(folder: Path, cfg: TrainConfig, key: str | None) -> Any:
     if not cfg.output.registry:
-        return folder, None
+        return None
     from scope_hub.registry import Registry
 
-    return folder, Registry(cfg.output.registry).push(folder, key)
+    return Registry(cfg.output.registry).push(folder, key)
+
+
+def write_metrics_log(output_dir: str, text: str) -> None:
+    """(Re)write ``metrics.jsonl`` into an output folder or URL after the dictionary was saved there."""
+    from trainers.progress import METRICS_FILE
+
+    if not text:
+        return
+    if is_url(output_dir):
+        from trainers.harvest_shards import open_store
+
+        open_store(output_dir).put_bytes(METRICS_FILE, text.encode())
+    else:
+        from scope_hub.atomic_files import atomic_write_text
+        from scope_hub.registry.backends.file import path_of_url
+
+        atomic_write_text(path_of_url(output_dir) / METRICS_FILE, text)

@@ -7,7 +7,7 @@ data-parallel runs reproduce a single uninterrupted run. Held-out evaluation
 tokens come from :meth:`ActivationSource.eval_batches`.
 
 Implementations: :class:`SyntheticSource` (planted dictionaries) here;
-:class:`trainers.shards.ShardSource` (a harvest on disk) and
+:class:`trainers.harvest_shards.ShardSource` (a harvest on disk) and
 :class:`trainers.harvest.StreamingSource` (harvest on the fly).
 
 Example:

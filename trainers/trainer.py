@@ -22,6 +22,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,13 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train until ``cfg.steps`` (or SIGTERM: then checkpoint and return ``interrupted=True``)."""
+        for _ in self.iterate():
+            pass
+        return self.result()
+
+    def iterate(self) -> Iterator[int]:
+        """:meth:`run` one step per ``next()`` (yields the step reached): a pipeline drives the trainers of
+        several dictionaries in lockstep this way, so each batch is harvested once for all of them."""
         cfg = self.cfg
         progress = Progress(
             self.steps, self.step, cfg.train.progress if self.ctx.is_main else False, cfg.train.batch_size
@@ -211,12 +219,20 @@ class Trainer:
                     self.save()
                 if stop:
                     break
+                yield self.step
         finally:
             progress.close()
             self._restore_sigterm(previous)
+
+    def result(self) -> TrainResult:
+        """The run's outcome so far (``interrupted`` while short of ``cfg.steps``)."""
         return TrainResult(
             self.dictionary, self.scale_in, self.scale_out, self.step, self.step < self.steps, self.history
         )
+
+    def request_stop(self) -> None:
+        """Finish the current step, checkpoint and stop, as on SIGTERM."""
+        self._stop = True
 
     def _install_sigterm(self) -> Any:
         if threading.current_thread() is not threading.main_thread():

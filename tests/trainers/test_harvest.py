@@ -11,7 +11,7 @@ from tests.tiny_models import tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
 from trainers.data import token_sequences
 from trainers.harvest import Harvester, StreamingSource, harvest_to_disk, site_spec
-from trainers.shards import HarvestReader, ShardSource, read_meta
+from trainers.harvest_shards import HarvestReader, ShardSource, read_meta
 
 TEXT = "The quick brown fox jumps over the lazy dog. Sphinx of black quartz, judge my vow! " * 12
 
@@ -111,7 +111,7 @@ def test_interrupted_harvest_resumes_to_the_same_shards(model, text_file, tmp_pa
     whole = HarvestReader(harvest_to_disk(harvester, data, cfg, tmp_path / "whole", progress=False))
 
     class Dies:
-        spec, calls = harvester.spec, 0
+        spec, model, calls = harvester.spec, harvester.model, 0
 
         def __call__(self, *args):
             Dies.calls += 1
@@ -122,8 +122,11 @@ def test_interrupted_harvest_resumes_to_the_same_shards(model, text_file, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         harvest_to_disk(Dies(), data, cfg, tmp_path / "resumed", progress=False)
     partial = read_meta(tmp_path / "resumed")
-    assert not partial["complete"] and 0 < len(partial["shards"]) < len(whole.meta["shards"])
+    written = sorted((tmp_path / "resumed").glob("shard_*.json"))  # finished shards' records
+    assert not partial["complete"] and 0 < len(written) < len(whole.meta["shards"])
+    first = (tmp_path / "resumed" / "shard_00000.safetensors").stat().st_mtime_ns
     resumed = HarvestReader(harvest_to_disk(harvester, data, cfg, tmp_path / "resumed", progress=False))
+    assert (tmp_path / "resumed" / "shard_00000.safetensors").stat().st_mtime_ns == first  # not harvested again
     assert resumed.meta["shards"] == whole.meta["shards"]
     everything = torch.arange(len(whole))
     assert torch.equal(resumed.rows(everything)[0], whole.rows(everything)[0])

@@ -10,7 +10,7 @@ import torch
 from trainers.config import load_config
 from trainers.data import token_sequences
 from trainers.harvest import Harvester, harvest_to_disk, site_spec
-from trainers.shards import HarvestReader
+from trainers.harvest_shards import HarvestReader
 
 pytestmark = pytest.mark.integration
 

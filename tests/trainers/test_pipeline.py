@@ -14,9 +14,9 @@ from scope_hub.errors import ConfigError
 from tests.dictionaries.factory import make_config, make_dictionary
 from tests.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
+from trainers.harvest_shards import read_meta
 from trainers.lm_eval import delta_lm_loss
 from trainers.pipeline import train
-from trainers.shards import read_meta
 
 TEXT = "A tiny model reads tiny text, and a tiny dictionary learns its tiny features. " * 40
 

@@ -6,7 +6,7 @@ Three inputs, one output (:func:`~scope_hub.analysis.dashboard.render.write_dash
   windows), features from the attached dictionary;
 * :func:`dashboard_from_harvest`: read a trainers harvest folder (format
   ``scope-hub-harvest`` v1: ``harvest.json`` + ``shard_*.safetensors`` with ``x [n, L, d_in]``,
-  ``token_id``, ``sequence``, ``position`` per kept row; see ``trainers/shards.py``) and encode
+  ``token_id``, ``sequence``, ``position`` per kept row; see ``trainers/harvest_shards.py``) and encode
   its activations with the dictionary — no model forward needed, the model is only used for
   logit effects. Read here with safetensors directly: ``scope_hub`` never imports ``trainers``;
 * :func:`dashboard_from_arrays`: token ids ``[N, T]`` + features ``[N, T, F]``.
