@@ -336,20 +336,39 @@ def harvest_to_disk(
 class StreamingHarvest:
     """Kept rows of every hookpoint, harvested on demand and shared by the dictionaries of a run.
 
-    The kept-token stream is cut into chunks (see the module doc); the latest chunk and the latest
-    held-out range are kept, so dictionaries driven in lockstep read each chunk from one forward.
+    The kept-token stream is cut into chunks (see the module doc); the latest ``keep_chunks`` chunks
+    and the latest held-out range are kept, so dictionaries driven in lockstep read each chunk from one
+    forward (``keep_chunks`` covers what every trainer reads while it sets up, one after the other).
     """
 
-    def __init__(self, harvester: Harvester, data: TokenSequences, *, seed: int, chunk: int, batch_sequences: int):
+    def __init__(
+        self,
+        harvester: Harvester,
+        data: TokenSequences,
+        *,
+        seed: int,
+        chunk: int,
+        batch_sequences: int,
+        keep_chunks: int = 1,
+    ) -> None:
         self.harvester, self.data, self.seed, self.chunk = harvester, data, seed, chunk
-        self.batch_sequences = batch_sequences
+        self.batch_sequences, self.keep_chunks = batch_sequences, keep_chunks
+        self._widths: dict[str, int] | None = None
         keep = kept_positions(data.input_ids, data.attention_mask, harvester.bos_id, harvester.exclude_bos)
         self.kept_before = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)])
         self.total = int(self.kept_before[-1])
-        self._chunk: tuple[int, dict[str, torch.Tensor]] | None = None
+        self._chunks: dict[int, dict[str, torch.Tensor]] = {}
         self._range: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
         self.forwards = 0
         """Model forwards run so far (tests and benchmarks check that several dictionaries share them)."""
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Width of every hookpoint (one probe forward, the first time)."""
+        if self._widths is None:
+            probe = self.harvester(self.data.input_ids[:1], self.data.attention_mask[:1])
+            self._widths = {str(h): probe[str(h)].shape[-1] for h in self.harvester.spec.hookpoints}
+        return self._widths
 
     def rows(self, start: int, end: int) -> dict[str, torch.Tensor]:
         """Kept rows ``start:end`` of the stream, per hookpoint (harvesting the windows that hold them)."""
@@ -370,7 +389,7 @@ class StreamingHarvest:
 
     def chunk_rows(self, index: int, n_train: int) -> dict[str, torch.Tensor]:
         """Chunk ``index`` of the training stream, shuffled with its own seed."""
-        if self._chunk is None or self._chunk[0] != index:
+        if index not in self._chunks:
             start = index * self.chunk
             if start + self.chunk > n_train:
                 raise ValueError(
@@ -379,8 +398,10 @@ class StreamingHarvest:
                 )
             rows = self.rows(start, start + self.chunk)
             perm = torch.randperm(self.chunk, generator=step_generator(self.seed, index, stream=2))
-            self._chunk = (index, {k: v[perm] for k, v in rows.items()})
-        return self._chunk[1]
+            self._chunks[index] = {k: v[perm] for k, v in rows.items()}
+            while len(self._chunks) > self.keep_chunks:
+                del self._chunks[next(iter(self._chunks))]  # the oldest
+        return self._chunks[index]
 
 
 class StreamingSource(ActivationSource):
@@ -411,9 +432,8 @@ class StreamingSource(ActivationSource):
         self.n_eval = min(eval_tokens, self.stream.total // 2)
         self.n_train = self.stream.total - self.n_eval
         self.n_layers = len(self.spec.layers)
-        probe = harvester(data.input_ids[:1], data.attention_mask[:1])
-        self.d_in = probe[str(self.spec.inputs[0])].shape[-1]
-        self.d_out = probe[str((self.spec.outputs or self.spec.inputs)[0])].shape[-1]
+        self.d_in = self.stream.widths[str(self.spec.inputs[0])]
+        self.d_out = self.stream.widths[str((self.spec.outputs or self.spec.inputs)[0])]
         self.reconstructs_input = self.spec.outputs is None
 
     def describe(self) -> dict[str, Any]:

@@ -184,12 +184,15 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
             targets=env.targets,
         )
         return _harvest_sources(cfg, cache, read_meta(cache), env)
+    chunk = cfg.train.batch_size * cfg.harvest.stream_window
+    setup_rows = min(cfg.train.normalization_tokens, cfg.steps * cfg.train.batch_size) if cfg.train.normalize else 1
     shared = StreamingHarvest(
         harvester,
         env.data,
         seed=cfg.train.seed,
-        chunk=cfg.train.batch_size * cfg.harvest.stream_window,
+        chunk=chunk,
         batch_sequences=cfg.harvest.batch_sequences,
+        keep_chunks=-(-setup_rows // chunk),
     )
     env.sources = [
         StreamingSource(

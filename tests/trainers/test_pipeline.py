@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -160,3 +161,71 @@ def test_evaluate_on_demand_rewrites_metrics(tmp_path: Path) -> None:
     assert main([*common, "eval.tokens=2048", "--evaluate", str(tmp_path / "sae")]) == 0
     metrics = Dictionary.from_pretrained(tmp_path / "sae").config.metrics
     assert metrics.eval_tokens == 2048 and 0 < metrics.fvu < 1
+
+
+@pytest.mark.parametrize("storage", ["stream", "disk"])
+def test_several_dictionaries_from_one_forward_equal_their_single_runs(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, storage: str
+) -> None:
+    from trainers.harvest import Harvester
+
+    forwards = []
+    original = Harvester.__call__
+    monkeypatch.setattr(
+        Harvester, "__call__", lambda self, *a: forwards.append(len(self.spec.hookpoints)) or original(self, *a)
+    )
+    extra = [
+        "harvest.stream_window=4",
+        "train.tokens=2048",
+        "train.batch_size=256",
+        "train.log_every=2",
+        "eval.tokens=256",
+        *([f"harvest.cache_dir={tmp_path / 'harvest'}"] if storage == "disk" else []),
+    ]
+    many = _cfg(
+        model_dir,
+        tmp_path,
+        *extra,
+        "harvest.layer=null",
+        "harvest.layers=[0,2]",
+        "harvest.sites=[resid_post,mlp_out]",
+        "output.key=tiny:{site}/layer_{layer}/width_128/sae/topk_k8",
+        f"output.dir={tmp_path / 'many'}",
+    )
+    outcome = train(many)
+    many_forwards, forwards[:] = list(forwards), []
+    assert [p.name for p in outcome.parts] == [
+        "resid_post/layer_0",
+        "mlp_out/layer_0",
+        "resid_post/layer_2",
+        "mlp_out/layer_2",
+    ]
+    assert all(n == 4 for n in many_forwards)  # every forward captured all four hookpoints
+    if storage == "disk":
+        meta = read_meta(tmp_path / "harvest")
+        assert meta["complete"] and len(meta["hookpoints"]) == 4 and len(meta["targets"]) == 4  # one harvest
+    for part in outcome.parts:
+        layer, site = int(part.name.rsplit("_", 1)[1]), part.name.split("/")[0]
+        single = _cfg(
+            model_dir,
+            tmp_path,
+            *[e for e in extra if "cache_dir" not in e],
+            *([f"harvest.cache_dir={tmp_path / part.name}"] if storage == "disk" else []),
+            f"harvest.layer={layer}",
+            f"harvest.site={site}",
+            f"output.dir={tmp_path / 'single' / part.name}",
+        )
+        alone = train(single)
+        if part is outcome.parts[0]:
+            assert len(forwards) == len(many_forwards)  # N dictionaries cost the forwards of one
+        folder = tmp_path / "many" / part.name
+        assert Path(part.folder) == folder and (folder / "README.md").is_file()
+        loaded = Dictionary.from_pretrained(folder)
+        assert loaded.config.hook_point_in == alone.dictionary.config.hook_point_in
+        for name, value in alone.dictionary.named_parameters():
+            torch.testing.assert_close(loaded.get_parameter(name), value, atol=1e-6, rtol=1e-5)
+        assert loaded.config.metrics.fvu == pytest.approx(alone.dictionary.config.metrics.fvu, rel=1e-5)
+        front, _ = parse_card((folder / "README.md").read_text())
+        assert front["scope_hub"]["key"] == f"tiny:{site}/layer_{layer}/width_128/sae/topk_k8"
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in lines] == [2, 4, 6, 8] and {"tok_s", "l0", "fvu", "dead", "tokens"} <= set(lines[0])
