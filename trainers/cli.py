@@ -92,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
     if outcome.interrupted:
         sys.stderr.write(f"stopped at step {outcome.result.steps}; checkpoint in {cfg.train.checkpoint_dir}\n")
         return EXIT_INTERRUPTED
-    if outcome.folder is not None:
-        metrics = outcome.dictionary.config.metrics.model_dump(exclude_none=True, exclude={"per_layer"})
-        print(f"{outcome.folder}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    if outcome.push is not None:
-        print(f"pushed {outcome.push.key}@v{outcome.push.version}")
+    for part in outcome.parts or [outcome]:  # a run of several dictionaries: one line each
+        if part.folder is not None:
+            metrics = part.dictionary.config.metrics.model_dump(exclude_none=True, exclude={"per_layer"})
+            print(f"{part.folder}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if part.push is not None:
+            print(f"pushed {part.push.key}@v{part.push.version}")
     return 0
 
 

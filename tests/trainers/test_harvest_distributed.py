@@ -1,0 +1,159 @@
+"""Harvests written by several torchrun ranks, killed and resumed, and on S3 (moto): row for row the
+single-process harvest."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.registry.conftest import isolated_env, moto_endpoint, s3_bucket  # noqa: F401 - fixtures
+from tests.tiny_models import tiny_gemma3, tiny_tokenizer
+from trainers.config import load_config
+from trainers.harvest_shards import HarvestReader, read_meta
+from trainers.pipeline import harvest_only
+
+ROOT = Path(__file__).resolve().parents[2]
+TEXT = "Every rank harvests its own windows; the union is the single-process harvest, row for row. " * 10
+
+KILL_AFTER_FIRST_SHARD = """
+import os, signal, sys
+from trainers import harvest_shards
+from trainers.cli import main
+
+write = harvest_shards.ShardWriter.write
+
+
+def write_then_die(self, *args, **kwargs):
+    record = write(self, *args, **kwargs)
+    if os.environ.get("RANK", "0") == os.environ["DIE_RANK"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash right after this rank's first shard
+    return record
+
+
+harvest_shards.ShardWriter.write = write_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-gemma3")
+    tiny_gemma3().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (folder / "text.txt").write_text(TEXT)
+    return folder
+
+
+def _config(model_dir: Path, tmp: Path, cache: str) -> Path:
+    cfg = {
+        "model": {"id": str(model_dir)},
+        "data": {"paths": [str(model_dir / "text.txt")], "context_size": 16},
+        "harvest": {"layers": [0, 2], "sites": ["resid_post", "mlp_out"], "batch_sequences": 2, "shard_tokens": 256},
+        "train": {"progress": False, "threads": 1},
+        "harvest_cache": cache,
+    }
+    cfg["harvest"]["cache_dir"] = cfg.pop("harvest_cache")
+    path = tmp / f"run-{abs(hash(cache))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _torchrun(args: list[str], ranks: int, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=300)
+
+
+def _assert_same_rows(got: str | Path, want: str | Path) -> None:
+    a, b = HarvestReader(got), HarvestReader(want)
+    assert a.meta["complete"] and len(a) == len(b) > 0
+    assert [s["sha256"] for s in a.meta["shards"]] == [s["sha256"] for s in b.meta["shards"]]
+    every = torch.arange(len(b))
+    for name in [*b.meta["hookpoints"], "token_id", "sequence", "position"]:
+        assert torch.equal(a.column(name, every), b.column(name, every)), name
+
+
+@pytest.fixture(scope="module")
+def single(model_dir: Path, tmp_path_factory) -> Path:
+    """The reference: one process harvests everything."""
+    tmp = tmp_path_factory.mktemp("single")
+    harvest_only(load_config(_config(model_dir, tmp, str(tmp / "h"))))
+    meta = read_meta(tmp / "h")
+    assert meta["n_shards"] >= 6 and len(meta["hookpoints"]) == 4
+    return tmp / "h"
+
+
+def test_two_ranks_write_the_single_process_harvest(model_dir: Path, tmp_path: Path, single: Path) -> None:
+    done = _torchrun(["-m", "trainers", str(_config(model_dir, tmp_path, str(tmp_path / "h"))), "--harvest-only"], 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_rows(tmp_path / "h", single)
+
+
+def test_a_rank_killed_mid_harvest_resumes_on_another_rank_count(model_dir: Path, tmp_path: Path, single: Path) -> None:
+    script = tmp_path / "dies.py"
+    script.write_text(KILL_AFTER_FIRST_SHARD)
+    cache = tmp_path / "h"
+    config = _config(model_dir, tmp_path, str(cache))
+    died = _torchrun([str(script), str(config), "--harvest-only"], 2, {"DIE_RANK": "1"})
+    assert died.returncode != 0
+    meta = read_meta(cache)
+    records = sorted(cache.glob("shard_*.json"))
+    assert not meta["complete"] and 0 < len(records) < meta["n_shards"]
+    before = {
+        p.name: p.stat().st_mtime_ns for p in cache.glob("shard_*.safetensors") if p.with_suffix(".json").exists()
+    }
+    harvest_only(load_config(config))  # one process finishes what the two left
+    after = {p.name: p.stat().st_mtime_ns for p in cache.glob("shard_*.safetensors")}
+    assert all(after[name] == stamp for name, stamp in before.items())  # finished shards were not redone
+    _assert_same_rows(cache, single)
+
+
+def test_harvest_on_s3_survives_a_kill_mid_write(
+    model_dir: Path,
+    tmp_path: Path,
+    single: Path,
+    s3_bucket: str,
+    moto_endpoint: str,  # noqa: F811
+) -> None:
+    import s3fs
+
+    url = f"s3://{s3_bucket}/harvest"
+    config = _config(model_dir, tmp_path, url)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainers", str(config), "--harvest-only"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_endpoint}, use_listings_cache=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(fs.glob(f"{s3_bucket}/harvest/shard_*.json")) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]  # still harvesting
+    proc.send_signal(signal.SIGKILL)  # somewhere in the middle of writing shards
+    proc.wait()
+    fs.invalidate_cache()
+    meta = read_meta(url)
+    assert meta is not None and not meta["complete"]
+    for name in fs.glob(f"{s3_bucket}/harvest/shard_*.safetensors"):
+        # a shard object is whole (its record may not exist yet): the safetensors header parses and sizes add up
+        with fs.open(name, "rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_len))
+        end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
+        assert fs.size(name) == 8 + header_len + end
+    harvest_only(load_config(config))
+    _assert_same_rows(url, single)
