@@ -121,7 +121,7 @@ def test_harvest_on_s3_survives_a_kill_mid_write(
     model_dir: Path,
     tmp_path: Path,
     single: Path,
-    s3_bucket: str,
+    s3_bucket: str,  # noqa: F811
     moto_endpoint: str,  # noqa: F811
 ) -> None:
     import s3fs
