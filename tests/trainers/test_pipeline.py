@@ -229,3 +229,39 @@ def test_several_dictionaries_from_one_forward_equal_their_single_runs(
         assert front["scope_hub"]["key"] == f"tiny:{site}/layer_{layer}/width_128/sae/topk_k8"
         lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in lines] == [2, 4, 6, 8] and {"tok_s", "l0", "fvu", "dead", "tokens"} <= set(lines[0])
+
+
+def test_logs_off_a_terminal_metrics_jsonl_and_wandb_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config(
+        None,
+        [
+            "synthetic.d_in=16",
+            "synthetic.n_atoms=32",
+            "dictionary.d_sae=32",
+            "dictionary.architecture=topk",
+            "dictionary.k=3",
+            "train.tokens=10240",
+            "train.batch_size=512",
+            "train.log_every=5",
+            "output.log_every=10",
+            "optim.lr=1e-2",
+            "eval.tokens=1024",
+            f"output.dir={tmp_path / 'sae'}",
+            "output.wandb={project: scope-hub-test}",
+        ],
+    )
+    train(cfg)  # stderr is captured: not a terminal, so plain lines instead of a bar
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["10/20", "20/20"]
+    assert re.fullmatch(r"step 20/20 tokens 10240 tok/s \d+ loss \S+ l0 \S+ fvu \S+ dead \S+%", lines[-1])
+    records = [json.loads(line) for line in (tmp_path / "sae" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20] and records[-1]["tokens"] == 10240
+    assert {"loss", "recon", "l0", "fvu", "dead", "tok_s"} <= set(records[-1])
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
