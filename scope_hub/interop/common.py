@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from scope_hub.atomic_files import atomic_folder  # noqa: F401  (re-exported for the converters)
-from scope_hub.config_io import validate_config
+from scope_hub.config_io import parse_json_object, validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
 from scope_hub.metadata import DictionaryConfig
@@ -203,13 +203,7 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path``, or :class:`FormatError` saying what is wrong."""
     if not path.is_file():
         raise FormatError(f"{path}: {what} not found")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise FormatError(f"{path}: must hold a JSON object")
-    return raw
+    return parse_json_object(path.read_bytes(), str(path), FormatError, what="re-export it")
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -34,6 +34,7 @@ from typing import BinaryIO
 from scope_hub.errors import IntegrityError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
+from scope_hub.redaction import redact_url
 from scope_hub.registry.content import copy_hashing, sha256_file
 from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
 from scope_hub.registry.models import VerifyReport
@@ -51,8 +52,8 @@ class LocalCache:
 
     def __init__(self, root: Path, url: str):
         self.root = Path(root)
-        self.url = url
-        self.rid = registry_id(url)
+        self.url = redact_url(url)  # recorded in registries/<rid>/url: never a credential
+        self.rid = registry_id(self.url)
         self.base = self.root / "registries" / self.rid
 
     # -- small atomic writes ---------------------------------------------------------------
