@@ -90,7 +90,7 @@ def parse_json_object(
     Example:
         >>> parse_json_object(b'{"d_in": 4}', "config.json")
         {'d_in': 4}
-        >>> parse_json_object("[" * 100, "config.json")
+        >>> parse_json_object("[" * 100 + "]" * 100, "config.json")
         Traceback (most recent call last):
         ...
         scope_hub.errors.ConfigError: config.json: not valid JSON (nested deeper than 64 levels); fix or re-export the file
