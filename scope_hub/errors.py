@@ -95,3 +95,7 @@ class RegistryURLError(RegistryError, ValueError):
 
 class RegistryConnectionError(RegistryError, ConnectionError):
     """A registry's storage endpoint cannot be reached or refuses the credentials found."""
+
+
+class GraphFileError(ScopeHubError, ValueError):
+    """A saved attribution graph is truncated, not a graph, or holds pickled objects beyond tensors."""
