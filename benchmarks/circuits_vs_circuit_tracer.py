@@ -8,6 +8,8 @@ venv, a subprocess, no scope-hub import) rebuilds circuit-tracer's ``Graph`` fro
 runs its ``create_graph_files`` (``prune_graph`` + node/link JSON) with the same thresholds, and
 compares: the same node ids and fields, the same links and weights, the same metadata (except
 ``scan``, which circuit-tracer derives from Python's salted ``hash()`` for several dictionaries).
+Error nodes are compared under circuit-tracer's ids (ours differ on purpose: see
+``scope_hub.analysis.circuits.export.error_node_id``).
 Exit status 0 when everything agrees.
 
 Set up once (shared with benchmarks/interop_circuit_tracer.py), then run::
@@ -104,10 +106,31 @@ def scope_half(work: Path) -> None:
         (work / f"ours_{nt}_{et}.json").write_text(json.dumps(data))
 
 
+def in_circuit_tracer_ids(data: dict) -> dict:
+    """Our JSON with error nodes renamed to circuit-tracer's ids (``0_{layer}_{pos}``, jsNodeId ``{layer}_{pos}-0``).
+
+    Ours are unique (``{layer}_-1_{pos}``); circuit-tracer's collide with layer-0 features, so the
+    comparison is made in its naming, where everything else must agree exactly.
+    """
+    from scope_hub.analysis.circuits.export import circuit_tracer_error_id
+
+    rename = {}
+    for node in data["nodes"]:
+        if node["feature_type"] == "mlp reconstruction error":
+            rename[node["node_id"]] = node["node_id"] = circuit_tracer_error_id(node["node_id"])
+            node["jsNodeId"] = f"{node['layer']}_{node['ctx_idx']}-0"
+    for link in data["links"]:
+        link["source"], link["target"] = (
+            rename.get(link["source"], link["source"]),
+            rename.get(link["target"], link["target"]),
+        )
+    return data
+
+
 def compare(work: Path) -> list[str]:
     problems = []
     for nt, et in THRESHOLDS:
-        ours = json.loads((work / f"ours_{nt}_{et}.json").read_text())
+        ours = in_circuit_tracer_ids(json.loads((work / f"ours_{nt}_{et}.json").read_text()))
         theirs = json.loads((work / f"ct_{nt}_{et}" / "g.json").read_text())
         tag = f"thresholds ({nt}, {et})"
         if ours["metadata"] != theirs["metadata"]:

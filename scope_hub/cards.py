@@ -29,7 +29,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from huggingface_hub import ModelCard, ModelCardData
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -37,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scope_hub.errors import CardError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import SCHEMA_VERSION, DictionaryConfig
+from scope_hub.redaction import redact_url
 
 LIBRARY_NAME = "scope-hub"
 REQUIRED_FIELDS = ("base_model", "license")
@@ -101,11 +101,7 @@ def public_url(url: str | None) -> str | None:
         >>> public_url("s3://user:secret@bucket/reg?token=x")
         's3://bucket/reg'
     """
-    if not url:
-        return None
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return redact_url(url) if url else None
 
 
 def _tag_list(value: Any) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from scope_hub.errors import ConfigError, DictionaryNotFoundError, UnsafeFormatError, WeightsFileError
+from scope_hub.errors import ConfigError, DictionaryNotFoundError, ScopeHubError, UnsafeFormatError, WeightsFileError
 from scope_hub.metadata import SCHEMA_VERSION, DictionaryConfig
 
 CONFIG_FILE = "config.json"
@@ -74,22 +74,66 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return infos
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting a metadata JSON file may have (real configs nest two or three levels)."""
+
+
+def parse_json_object(
+    data: bytes | str, where: str, error: type[ScopeHubError] = ConfigError, what: str = "fix or re-export the file"
+) -> dict[str, Any]:
+    """A JSON object from ``data``; ``error`` (a ConfigError) for anything else, never a bare builtin.
+
+    Refuses what would otherwise escape as RecursionError (``[`` nested thousands deep) or a bare
+    ValueError (integers past Python's 4,300-digit conversion limit), besides invalid JSON,
+    bad UTF-8 and non-object documents.
+
+    Example:
+        >>> parse_json_object(b'{"d_in": 4}', "config.json")
+        {'d_in': 4}
+        >>> parse_json_object("[" * 100 + "]" * 100, "config.json")
+        Traceback (most recent call last):
+        ...
+        scope_hub.errors.ConfigError: config.json: not valid JSON (nested deeper than 64 levels); fix or re-export the file
+    """
+    try:
+        raw = json.loads(data)
+    except RecursionError:
+        raise error(f"{where}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels); {what}") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, and ints over the digit limit
+        reason = "an integer with thousands of digits" if "digits" in str(exc) else " ".join(str(exc).split())
+        raise error(f"{where}: not valid JSON ({reason}); {what}") from None
+    if _depth(raw) > MAX_JSON_DEPTH:
+        raise error(f"{where}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels); {what}")
+    if not isinstance(raw, dict):
+        raise error(f"{where}: must hold a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (so it cannot overflow the stack itself)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                return level
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read_config(folder: Path | str) -> DictionaryConfig:
     """Parse ``folder/config.json`` (ours or Gemma Scope 2's) into a :class:`DictionaryConfig`."""
     folder = Path(folder)
     path = folder / CONFIG_FILE
     try:
-        raw = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         _refuse_pickle_only(folder)
         raise DictionaryNotFoundError(
             f"{path}: no config.json; a dictionary folder holds config.json + params.safetensors"
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc}); fix or re-export the file") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: must hold a JSON object, found {type(raw).__name__}")
-    return parse_config(raw, folder=folder, where=str(path))
+    return parse_config(parse_json_object(data, str(path)), folder=folder, where=str(path))
 
 
 def parse_config(raw: dict[str, Any], *, folder: Path | None = None, where: str = CONFIG_FILE) -> DictionaryConfig:
@@ -196,6 +240,22 @@ def _clt_files(folder: Path) -> list[Path]:
     return files
 
 
+def check_published_width(width: Any, d_sae: int, params: Path, where: str) -> None:
+    """A published ``width`` (16384 or "16k") must name the tensors' latent count."""
+    if width is None:
+        return
+    from scope_hub.keys import width_label
+
+    if isinstance(width, bool) or not isinstance(width, (int, str)):
+        raise ConfigError(f"{where}: field 'width' must be an integer or a label like 16k, got {width!r}")
+    if width == d_sae or str(width).strip().lower() in (str(d_sae), width_label(d_sae)):
+        return
+    raise ConfigError(
+        f"{where}: field 'width' says {width!r} but {params.name} holds {d_sae} latents (w_enc's last dim); "
+        "the config and the tensors disagree: re-download the folder or fix 'width'"
+    )
+
+
 def from_gemma_scope_2(raw: dict[str, Any], folder: Path, where: str = CONFIG_FILE) -> dict[str, Any]:
     """Translate a published Gemma Scope 2 config dict into our schema's dict."""
     architecture = raw.get("architecture", "jump_relu")
@@ -235,6 +295,7 @@ def from_gemma_scope_2(raw: dict[str, Any], folder: Path, where: str = CONFIG_FI
         is_transcoder = published_type == "transcoder" or (hook_out not in (None, hook_in)) or d_in != d_out
         dict_type = "skip_transcoder" if has_skip else "transcoder" if is_transcoder else "sae"
     width = raw.get("width")
+    check_published_width(width, d_sae, params, where)
     return {
         "schema_version": SCHEMA_VERSION,
         "type": dict_type,

@@ -87,3 +87,15 @@ class HookpointError(ScopeHubError, LookupError):
 
 class CardError(ScopeHubError, ValueError):
     """A card lacks required fields (base model, license) or does not parse."""
+
+
+class RegistryURLError(RegistryError, ValueError):
+    """A registry URL is malformed, names an impossible place, or carries credentials."""
+
+
+class RegistryConnectionError(RegistryError, ConnectionError):
+    """A registry's storage endpoint cannot be reached or refuses the credentials found."""
+
+
+class GraphFileError(ScopeHubError, ValueError):
+    """A saved attribution graph is truncated, not a graph, or holds pickled objects beyond tensors."""

@@ -24,8 +24,9 @@ Every command gets the global ``--registry URL``. A plugin's line in ``scope-hub
 ``--help`` text) is the description its setup gives the parser, else the first line of its
 module's docstring.
 
-Errors print one line to stderr and exit 2 (usage: bad arguments, bad keys) or 1 (anything
-else); ``SCOPE_HUB_DEBUG=1`` shows the traceback instead.
+Errors print one line to stderr (credentials in URLs masked) and exit 2 (usage: bad arguments, bad keys,
+bad registry URLs, an unreachable storage endpoint) or 1 (anything else); ``SCOPE_HUB_DEBUG=1`` shows the
+traceback instead.
 
 Example:
     >>> main(["--help"])  # doctest: +ELLIPSIS
@@ -45,11 +46,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from scope_hub.errors import KeyParseError, ScopeHubError, UnsafePathError
+from scope_hub.errors import (
+    KeyParseError,
+    RegistryConnectionError,
+    RegistryURLError,
+    ScopeHubError,
+    UnsafePathError,
+)
+from scope_hub.redaction import redact_text
 
 PROG = "scope-hub"
 PLUGIN_GROUP = "scope_hub.commands"
-USAGE_ERRORS = (KeyParseError, UnsafePathError)
+USAGE_ERRORS = (KeyParseError, UnsafePathError, RegistryURLError, RegistryConnectionError)
 
 
 @dataclass(frozen=True)
@@ -179,7 +187,7 @@ def _top_parser() -> _Parser:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return redact_text(" ".join(str(exc).split())) or type(exc).__name__
 
 
 def _run(argv: Sequence[str]) -> int:

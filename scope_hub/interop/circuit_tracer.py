@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import DictionaryNotFoundError
 from scope_hub.interop.common import (
     EMBED_KEY,
     FormatError,
@@ -40,6 +41,7 @@ from scope_hub.interop.common import (
     embed,
     folded_files,
     load_safetensors,
+    read_numeric_npz,
     reconcile,
     require,
     save_safetensors,
@@ -71,7 +73,10 @@ def _read_yaml(folder: Path) -> dict[str, Any]:
     path = folder / "config.yaml"
     if not path.is_file():
         return {}
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_bytes())
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: ints past the digit limit
+        raise FormatError(f"{path}: not valid YAML ({type(exc).__name__}); fix or re-export it") from None
     if not isinstance(raw, dict):
         raise FormatError(f"{path}: must hold a mapping")
     return raw
@@ -98,8 +103,12 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
     if path.suffix == ".npz":
         import numpy as np
 
-        with np.load(path, allow_pickle=False) as data:
-            t = {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
+        if not path.is_file():
+            raise DictionaryNotFoundError(f"{path}: layer file listed in config.yaml not found")
+        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in read_numeric_npz(path).items()}
+        missing = [name for name in ("W_enc", "W_dec", "b_enc", "b_dec") if name not in t]
+        if missing:
+            raise FormatError(f"{path}: arrays {missing} missing; a transcoder .npz holds W_enc, W_dec, b_enc, b_dec")
         t = {
             "w_enc": t.pop("W_enc"),
             "w_dec": t.pop("W_dec"),

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from scope_hub.atomic_files import atomic_folder  # noqa: F401  (re-exported for the converters)
-from scope_hub.config_io import validate_config
+from scope_hub.config_io import parse_json_object, validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
-from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
+from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError, WeightsFileError
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.serialization import is_finite
 
@@ -203,13 +203,26 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from ``path``, or :class:`FormatError` saying what is wrong."""
     if not path.is_file():
         raise FormatError(f"{path}: {what} not found")
+    return parse_json_object(path.read_bytes(), str(path), FormatError, what="re-export it")
+
+
+def read_numeric_npz(path: Path) -> dict[str, Any]:
+    """Every array of an ``.npz`` as numpy arrays; WeightsFileError for pickled objects, text or a bad file."""
+    import numpy as np
+
     try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise FormatError(f"{path}: must hold a JSON object")
-    return raw
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # zipfile errors, ValueError for object arrays, truncated members
+        raise WeightsFileError(
+            f"{path}: not a readable numeric npz file ({exc}); re-download or re-export it"
+        ) from None
+    for name, array in arrays.items():
+        if array.dtype.kind not in "biuf":
+            raise WeightsFileError(f"{path}: array {name!r} has dtype {array.dtype}, not numbers; re-export it")
+    return arrays
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import DictionaryNotFoundError, WeightsFileError
+from scope_hub.errors import DictionaryNotFoundError
 from scope_hub.interop.common import (
     SIDECAR,
     FormatError,
@@ -37,6 +37,7 @@ from scope_hub.interop.common import (
     embed,
     folded_files,
     read_json,
+    read_numeric_npz,
     reconcile,
     require,
     write_json,
@@ -93,11 +94,7 @@ def detect(folder: Path) -> bool:
 def _read_npz(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise DictionaryNotFoundError(f"{path}: params.npz not found")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except Exception as exc:  # zipfile / ValueError for object arrays / truncated files
-        raise WeightsFileError(f"{path}: not a readable numeric npz file ({exc})") from exc
+    arrays = read_numeric_npz(path)
     unknown = sorted(set(arrays) - set(_NPZ_NAMES))
     if unknown:
         raise FormatError(f"{path}: unexpected arrays {unknown}; expected {sorted(_NPZ_NAMES)}")

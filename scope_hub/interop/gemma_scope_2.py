@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from scope_hub.config_io import gemma_model_id, parse_config
+from scope_hub.config_io import check_published_width, gemma_model_id, parse_config
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, ShapeMismatchError
 from scope_hub.interop.common import (
@@ -266,6 +266,7 @@ def _crosscoder(folder: Path, raw: dict[str, Any], spec: FolderSpec | None, mode
         w_dec = w_dec.reshape(w_dec.shape[0], n, w_dec.shape[1] // n)
         b_dec = b_dec.reshape(n, -1)
     t = {**t, "w_enc": w_enc.contiguous(), "w_dec": w_dec.contiguous(), "b_dec": b_dec.contiguous()}
+    check_published_width(raw.get("width"), w_enc.shape[-1], folder / "params.safetensors", str(folder / "config.json"))
     model_name = raw.get("model_name")
     config = DictionaryConfig(
         type="crosscoder",

@@ -8,12 +8,22 @@ Layout under ``$SCOPE_HUB_CACHE`` (default ``~/.cache/scope_hub``)::
     registries/<rid>/refs/<key path>/latest             last version ``latest`` resolved to
     registries/<rid>/snapshots/<key path>/vN/<file>     hardlinks to blobs: what ``pull`` returns
     registries/<rid>/releases/<name>/vN.md              release cards (immutable by vN), ``latest``
+    verified/<path of a blob or snapshot file>          its stat when last hashed (see below)
     tmp/                                                downloads in flight
 
-``<rid>`` is the URL's scheme plus 16 hex of its sha256. Blobs enter the cache only after
-their sha256 matched (hash computed while copying, one pass), under a temp name renamed into
-place; a snapshot folder is built under a temp name and renamed whole, so a reader never sees
-a half-built one.
+``<rid>`` is the URL's scheme plus 16 hex of its sha256 (credentials are stripped from the
+URL first). Blobs enter the cache only after their sha256 matched (hash computed while
+copying, one pass), under a temp name renamed into place; a snapshot folder is built under a
+temp name and renamed whole, so a reader never sees a half-built one.
+
+What a warm load guarantees (git's index works the same way): each blob and snapshot file
+has a stat record (size, mtime_ns, ctime_ns, inode, device) taken when its bytes were last
+hashed. A warm load compares the file's stat with its record and re-hashes on any difference;
+a corrupt file is dropped and downloaded again. Any write through the filesystem changes
+mtime or ctime (``os.utime`` can restore mtime, never ctime), so it is caught; corruption
+below the filesystem (bit rot, raw device writes) or a clock set back is not: for that,
+``SCOPE_HUB_VERIFY=always`` re-hashes every file on every load, and ``scope-hub verify --cache``
+re-hashes the whole cache.
 
 Example:
     >>> import tempfile
@@ -24,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -34,10 +45,14 @@ from typing import BinaryIO
 from scope_hub.errors import IntegrityError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
+from scope_hub.redaction import redact_url
 from scope_hub.registry.content import copy_hashing, sha256_file
 from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
 from scope_hub.registry.models import VerifyReport
 from scope_hub.registry.progress import Progress
+from scope_hub.registry.settings import verify_mode
+
+STAT_RECORDS = "verified"
 
 
 def registry_id(url: str) -> str:
@@ -51,8 +66,8 @@ class LocalCache:
 
     def __init__(self, root: Path, url: str):
         self.root = Path(root)
-        self.url = url
-        self.rid = registry_id(url)
+        self.url = redact_url(url)  # recorded in registries/<rid>/url: never a credential
+        self.rid = registry_id(self.url)
         self.base = self.root / "registries" / self.rid
 
     # -- small atomic writes ---------------------------------------------------------------
@@ -132,14 +147,44 @@ class LocalCache:
         """Remember what a release's ``latest`` resolved to (for offline mode)."""
         self._write(self._release_file(name, "latest"), str(version).encode())
 
-    # -- blobs ---------------------------------------------------------------------------------
-    def blob(self, entry: FileEntry) -> Path | None:
-        """Cached blob of ``entry`` if present with the right size."""
-        path = self.root / blob_path(entry.sha256)
+    # -- stat records: when a cached file must be hashed again ---------------------------------
+    def _record_file(self, path: Path) -> Path:
+        return self.root / STAT_RECORDS / path.relative_to(self.root)
+
+    def record_stat(self, path: Path) -> None:
+        """Record ``path``'s stat now that its bytes are known to be right."""
+        with contextlib.suppress(FileNotFoundError):  # removed meanwhile: the next load re-fetches it
+            self._write(self._record_file(path), _stat_line(path).encode())
+
+    def _unchanged(self, path: Path) -> bool:
         try:
-            return path if path.stat().st_size == entry.size else None
-        except FileNotFoundError:
-            return None
+            return self._record_file(path).read_text() == _stat_line(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def trusted(self, path: Path, entry: FileEntry, rehash: bool = False) -> bool:
+        """Whether cached ``path`` holds ``entry``'s bytes, re-hashing unless its stat record still matches."""
+        try:
+            if path.stat().st_size != entry.size:
+                return False
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if not rehash and verify_mode() == "stat" and self._unchanged(path):
+            return True
+        if sha256_file(path)[0] != entry.sha256:
+            return False
+        self.record_stat(path)
+        return True
+
+    # -- blobs ---------------------------------------------------------------------------------
+    def blob(self, entry: FileEntry, rehash: bool = False) -> Path | None:
+        """Cached blob of ``entry`` if present and intact (a corrupt one is removed)."""
+        path = self.root / blob_path(entry.sha256)
+        if self.trusted(path, entry, rehash):
+            return path
+        if path.exists():
+            path.unlink()  # wrong bytes under a content address: never serve them again
+        return None
 
     def ingest(self, stream: BinaryIO, entry: FileEntry, label: str, progress: Progress) -> Path:
         """Copy ``stream`` into the cache, hashing on the way; IntegrityError if it is not ``entry``."""
@@ -156,6 +201,7 @@ class LocalCache:
             final = self.root / blob_path(entry.sha256)
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
+            self.record_stat(final)
             return final
         finally:
             tmp.unlink(missing_ok=True)
@@ -166,18 +212,9 @@ class LocalCache:
         return self.base / "snapshots" / key_path(key) / f"v{int(version)}"
 
     def snapshot_ready(self, key: DictionaryKey, manifest: Manifest, rehash: bool = False) -> bool:
-        """True when the snapshot exists with every file at the right size (and hash, if asked)."""
+        """True when the snapshot holds every file intact (see the module docstring for how that is known)."""
         folder = self.snapshot_dir(key, manifest.version)
-        for entry in manifest.files:
-            path = folder / check_file_name(entry.path)
-            try:
-                if path.stat().st_size != entry.size:
-                    return False
-            except FileNotFoundError:
-                return False
-            if rehash and sha256_file(path)[0] != entry.sha256:
-                return False
-        return True
+        return all(self.trusted(folder / check_file_name(e.path), e, rehash) for e in manifest.files)
 
     def build_snapshot(self, key: DictionaryKey, manifest: Manifest) -> Path:
         """Link every (already cached) blob into a fresh folder and rename it into place."""
@@ -198,6 +235,9 @@ class LocalCache:
             os.replace(staging, final)
         except OSError:  # a concurrent puller renamed its identical folder first
             shutil.rmtree(staging, ignore_errors=True)
+        for entry in manifest.files:  # linking changed the blobs' ctime: record the bytes just checked
+            self.record_stat(self.root / blob_path(entry.sha256))
+            self.record_stat(final / check_file_name(entry.path))
         return final
 
     def verify(self, progress: Progress) -> VerifyReport:
@@ -209,7 +249,9 @@ class LocalCache:
         with progress.bar(len(names), "verify cache", unit="blob") as update:
             for name in names:
                 report.blobs_checked += 1
-                if sha256_file(folder / name)[0] != name:
+                if sha256_file(folder / name)[0] == name:
+                    self.record_stat(folder / name)
+                else:
                     st = (folder / name).stat()
                     bad_inodes.add((st.st_dev, st.st_ino))
                     report.problems.append(f"cached blob {name[:16]} was corrupt and has been removed")
@@ -227,6 +269,11 @@ class LocalCache:
                 st = path.stat()
                 if (st.st_dev, st.st_ino) in inodes:
                     path.unlink()
+
+
+def _stat_line(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} {st.st_dev}"
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
+from scope_hub.config_io import parse_json_object
 from scope_hub.errors import CardError, ConfigError, DictionaryNotFoundError, IntegrityError, RegistryError
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig, FileEntry, Manifest
@@ -184,12 +185,7 @@ def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[d
             f"no {CONFIG_NAME} in the folder pushed as {str(key)!r}; a folder in another format "
             f"(SAELens cfg.json, sparsify, Gemma Scope .npz, ...) must be converted: {_CONVERT_HINT}"
         )
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{str(path)!r} is not valid JSON ({exc}); fix or re-export it") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{str(path)!r} must hold a JSON object")
+    raw = parse_json_object(path.read_bytes(), repr(str(path)), what="fix or re-export it")
     if "schema_version" not in raw:
         what = "a Gemma Scope 2 config.json" if looks_like_gemma_scope_2(raw) else "not a scope-hub config.json"
         raise ConfigError(

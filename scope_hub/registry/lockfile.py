@@ -27,11 +27,12 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scope_hub.atomic_files import atomic_write_text
 from scope_hub.errors import KeyParseError, LockfileError
 from scope_hub.keys import DictionaryKey, parse_key, version_number
+from scope_hub.redaction import redact_url
 
 DEFAULT_LOCKFILE = "scope.lock"
 
@@ -44,7 +45,7 @@ class LockEntry(_Strict):
     """One pinned dictionary."""
 
     registry: str
-    """Registry URL the version lives in."""
+    """Registry URL the version lives in (credentials stripped: they come from the environment)."""
     key: str
     """Canonical key, no ref."""
     version: int = Field(ge=1)
@@ -53,6 +54,11 @@ class LockEntry(_Strict):
     """sha256 of the manifest bytes: pins every file through their sha256."""
     content_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Content hash (informational; the ``@sha256:`` ref of the version)."""
+
+    @field_validator("registry")
+    @classmethod
+    def _no_secret(cls, url: str) -> str:
+        return redact_url(url)
 
 
 class Lockfile(_Strict):

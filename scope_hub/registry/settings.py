@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from scope_hub.errors import ConfigError
+
 REGISTRY_ENV = "SCOPE_HUB_REGISTRY"
 CACHE_ENV = "SCOPE_HUB_CACHE"
 OFFLINE_ENVS = ("SCOPE_HUB_OFFLINE", "HF_HUB_OFFLINE")
@@ -46,6 +48,27 @@ def cache_root() -> Path:
     """``$SCOPE_HUB_CACHE``, else ``~/.cache/scope_hub``."""
     root = os.environ.get(CACHE_ENV, "").strip()
     return Path(root).expanduser() if root else Path.home() / ".cache" / "scope_hub"
+
+
+VERIFY_ENV = "SCOPE_HUB_VERIFY"
+VERIFY_MODES = ("stat", "always")
+
+
+def verify_mode() -> str:
+    """How a warm load trusts cached files: ``stat`` (default) or ``always`` (``$SCOPE_HUB_VERIFY``).
+
+    ``stat`` re-hashes a cached file only when its size, mtime, ctime or inode differ from
+    those recorded when it was last hashed; ``always`` re-hashes every file on every load.
+
+    Example:
+        >>> os.environ.pop(VERIFY_ENV, None) and None
+        >>> verify_mode()
+        'stat'
+    """
+    mode = os.environ.get(VERIFY_ENV, "").strip().lower() or "stat"
+    if mode not in VERIFY_MODES:
+        raise ConfigError(f"{VERIFY_ENV}={mode!r} is not one of {', '.join(VERIFY_MODES)}; unset it or pick one")
+    return mode
 
 
 def is_offline() -> bool:

@@ -11,15 +11,18 @@ Format (confirmed against circuit-tracer 0.5.0: ``frontend/graph_models.py`` and
                 "influence", "activation"}, ...],
      "links": [{"source": node_id, "target": node_id, "weight": float}, ...]}
 
-Node ids: feature ``{layer}_{index}_{pos}``, error ``0_{layer}_{pos}``, token
+Node ids: feature ``{layer}_{index}_{pos}``, error ``{layer}_-1_{pos}``, token
 ``E_{token id}_{pos}``, logit ``{n_layers + 1}_{token id}_{last pos}``; a feature's
 ``feature`` field is the Cantor pairing of (layer, index); ``feature_type`` is
 ``cross layer transcoder`` | ``mlp reconstruction error`` | ``embedding`` | ``logit``
 (circuit-tracer writes ``cross layer transcoder`` for per-layer transcoders too);
 ``influence`` is the node's cumulative influence rank. Like circuit-tracer, only
-nodes touched by a kept link are written, plus every token and logit node. One
-deviation: for several dictionaries ``scan`` is ``custom-`` + a sha256 prefix
-(circuit-tracer uses Python's per-process salted ``hash()``, not reproducible).
+nodes touched by a kept link are written, plus every token and logit node. Two
+deviations: error node ids (circuit-tracer's ``0_{layer}_{pos}`` collides with the layer-0
+feature of index ``layer``; see :func:`error_node_id`; ``jsNodeId`` likewise
+``{layer}_-1-{pos}`` instead of ``{layer}_{pos}-0``), and for several dictionaries ``scan`` is
+``custom-`` + a sha256 prefix (circuit-tracer uses Python's per-process salted ``hash()``, not
+reproducible).
 ``graph-metadata.json`` (the viewer's index of graphs) is updated next to the file.
 
 Example:
@@ -70,6 +73,29 @@ def scan_id(names: list[str]) -> tuple[str, list[str]]:
     return "custom-" + hashlib.sha256("-".join(names).encode()).hexdigest()[:16], list(names)
 
 
+ERROR_FEATURE = -1
+"""The ``feature`` field of an error node (circuit-tracer's and the viewer's value)."""
+
+
+def error_node_id(layer: int, pos: int) -> str:
+    """``{layer}_-1_{pos}``: the viewer's own key for an error node (``{layer}_{feature}_{ctx_idx}``).
+
+    circuit-tracer writes ``0_{layer}_{pos}``, which is also the id of the layer-0 feature whose
+    index equals ``layer`` at ``pos``; feature indices are never negative, so this form is unique.
+
+    Example:
+        >>> error_node_id(1, 2), circuit_tracer_error_id(error_node_id(1, 2))
+        ('1_-1_2', '0_1_2')
+    """
+    return f"{layer}_{ERROR_FEATURE}_{pos}"
+
+
+def circuit_tracer_error_id(node_id: str) -> str:
+    """The id circuit-tracer's ``create_graph_files`` gives the error node ``node_id`` (for cross-checks)."""
+    layer, _, pos = node_id.split("_")
+    return f"0_{layer}_{pos}"
+
+
 def node_record(graph: Graph, node: int, cumulative: float) -> dict[str, Any]:
     """The viewer's record of one node."""
     kind = graph.node_kind(node)
@@ -88,12 +114,12 @@ def node_record(graph: Graph, node: int, cumulative: float) -> dict[str, Any]:
     if kind == "error":
         layer, pos = divmod(node - graph.error_offset, graph.n_pos)
         return _node(
-            f"0_{layer}_{pos}",
-            -1,
+            error_node_id(layer, pos),
+            ERROR_FEATURE,
             str(layer),
             pos,
             "mlp reconstruction error",
-            f"{layer}_{pos}-0",
+            f"{layer}_{ERROR_FEATURE}-{pos}",
             influence=cumulative,
         )
     if kind == "token":

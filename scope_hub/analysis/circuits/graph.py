@@ -37,11 +37,15 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import pickle
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from scope_hub.errors import GraphFileError
 
 NODE_KINDS = ("feature", "error", "token", "logit")
 
@@ -206,5 +210,31 @@ class Graph:
 
     @classmethod
     def load(cls, path: str | Path) -> Graph:
-        """Read a graph written by :meth:`save` (``torch.load(weights_only=True)``: no pickled code)."""
-        return cls(**torch.load(Path(path), weights_only=True))
+        """Read a graph written by :meth:`save` (``torch.load(weights_only=True)``: no pickled code).
+
+        GraphFileError for anything else: a pickle of arbitrary objects (refused, never run), a
+        truncated or foreign file, or a dict that is not a graph's.
+        """
+        path = Path(path)
+        try:
+            with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files
+                warnings.simplefilter("ignore")
+                data = torch.load(path, weights_only=True)
+        except (FileNotFoundError, IsADirectoryError):
+            raise GraphFileError(
+                f"{path}: no such graph file; write one with Graph.save or `scope-hub trace`"
+            ) from None
+        except pickle.UnpicklingError:
+            raise GraphFileError(
+                f"{path}: not a graph written by Graph.save (only tensors and plain values are read; "
+                "a pickle of other objects is refused, never run)"
+            ) from None
+        except Exception as exc:  # torch raises RuntimeError / EOFError / zipfile errors for foreign bytes
+            raise GraphFileError(f"{path}: not a graph written by Graph.save ({type(exc).__name__})") from None
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not set(data) <= names:
+            raise GraphFileError(f"{path}: not a graph written by Graph.save (unexpected contents)")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise GraphFileError(f"{path}: not a graph written by Graph.save ({exc})") from None

@@ -25,20 +25,40 @@ from urllib.parse import unquote, urlparse
 
 from fsspec.implementations.local import LocalFileSystem
 
-from scope_hub.errors import RegistryError
+from scope_hub.errors import RegistryError, RegistryURLError
 from scope_hub.registry.backends.base import FsspecStore
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import TMP_DIR
 
 
 def path_of_url(url: str) -> Path:
-    """Local folder of a ``file://`` URL (or a plain path)."""
+    """Local folder of a ``file://`` URL (or a plain path); RegistryURLError if it cannot be one."""
     if url.startswith("file://"):
         parsed = urlparse(url)
         if parsed.netloc not in ("", "localhost"):
-            raise RegistryError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
-        return Path(unquote(parsed.path))
-    return Path(url).expanduser().resolve()
+            raise RegistryURLError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
+        path = Path(unquote(parsed.path))
+        if not path.is_absolute():
+            raise RegistryURLError(f"file URL {url!r} has no absolute path; use file:///absolute/path")
+    else:
+        path = Path(url).expanduser().absolute()
+    _check_path_length(path, url)
+    return path.resolve()
+
+
+def _check_path_length(path: Path, url: str) -> None:
+    """Refuse paths the OS would reject with ENAMETOOLONG, before any file is touched."""
+    longest = max((len(os.fsencode(part)) for part in path.parts), default=0)
+    if longest > _NAME_MAX or len(os.fsencode(str(path))) > _PATH_MAX:
+        shown = url if len(url) <= 80 else f"{url[:60]}...({len(url)} characters)"
+        raise RegistryURLError(
+            f"registry path {shown!r} is too long for the filesystem (a name over {_NAME_MAX} bytes or "
+            f"a path over {_PATH_MAX}); use a shorter folder"
+        )
+
+
+_NAME_MAX = 255
+_PATH_MAX = 4096
 
 
 class FileStore(FsspecStore):

@@ -13,17 +13,54 @@ Example (needs an endpoint, so not run here)::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
-from scope_hub.errors import RegistryError
+from scope_hub.errors import RegistryConnectionError, RegistryError, RegistryURLError
+from scope_hub.redaction import redact_text
+from scope_hub.registry.backends import check_s3_url
 from scope_hub.registry.backends.base import FsspecStore, _Forward
 
 
 def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@contextlib.contextmanager
+def s3_errors(url: str) -> Iterator[None]:
+    """Turn botocore's exceptions (which are not OSErrors) into scope-hub errors that say what to do.
+
+    s3fs already maps S3's answers (404, 403, 412) to FileNotFoundError, PermissionError and
+    FileExistsError, which the store protocol relies on; those pass through untouched.
+    """
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        module = type(exc).__module__ or ""
+        if not module.startswith(("botocore", "aiobotocore")):
+            raise
+        name = type(exc).__name__
+        endpoint = _endpoint() or "AWS's default endpoint"
+        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyConnectionError"):
+            raise RegistryConnectionError(
+                f"cannot reach the S3 endpoint {endpoint} for {url} ({name}); set AWS_ENDPOINT_URL "
+                "(or AWS_ENDPOINT_URL_S3) to your S3-compatible server, or unset it for AWS"
+            ) from None
+        if name in ("NoCredentialsError", "PartialCredentialsError"):
+            raise RegistryConnectionError(
+                f"no AWS credentials for {url} at {endpoint}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE)"
+            ) from None
+        if name == "ParamValidationError":
+            raise RegistryURLError(f"S3 refused {url}: {redact_text(' '.join(str(exc).split()))}") from None
+        raise RegistryError(f"S3 request for {url} at {endpoint} failed ({name}: {redact_text(str(exc))})") from None
 
 
 class S3Store(FsspecStore):
@@ -34,9 +71,8 @@ class S3Store(FsspecStore):
             import s3fs
         except ImportError:  # optional dependency: say exactly what to install
             raise RegistryError("s3:// registries need s3fs: pip install 'scope-hub[s3]'") from None
+        check_s3_url(url)
         root = url.removeprefix("s3://").strip("/")
-        if not root:
-            raise RegistryError(f"s3 URL {url!r} has no bucket; use s3://bucket[/prefix]")
         # No listing cache: versions and index segments must be seen as soon as they exist.
         # The instance cache stays on: Registry objects with the same endpoint share one client.
         fs = s3fs.S3FileSystem(
@@ -71,3 +107,29 @@ class S3Store(FsspecStore):
     def put_file(self, path: str, local: Path, on_bytes: Callable[[int], None] | None = None) -> None:
         self._count("put")
         self.fs.put_file(str(local), self.full(path), callback=_Forward(on_bytes))
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: S3Store, *args: Any, **kwargs: Any) -> Any:
+        with s3_errors(self.url):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
+# Every store operation may be the first to touch the network: each gets the same translation.
+for _name in (
+    "read_bytes",
+    "read_many",
+    "open_read",
+    "stat",
+    "list_names",
+    "walk",
+    "create_bytes",
+    "put_bytes",
+    "put_file",
+    "delete",
+    "touch",
+):
+    setattr(S3Store, _name, _guarded(getattr(S3Store, _name)))

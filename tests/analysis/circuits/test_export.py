@@ -8,9 +8,19 @@ import shutil
 import subprocess
 
 import pytest
+import torch
 
 from scope_hub.analysis.circuits.attribution import attribute
-from scope_hub.analysis.circuits.export import METADATA_FILE, cantor, graph_json, node_record, scan_id, write_graph_json
+from scope_hub.analysis.circuits.export import (
+    METADATA_FILE,
+    cantor,
+    circuit_tracer_error_id,
+    graph_json,
+    node_record,
+    scan_id,
+    write_graph_json,
+)
+from scope_hub.analysis.circuits.graph import Graph
 from scope_hub.analysis.circuits.html import render_html, write_html
 from scope_hub.analysis.circuits.pruning import prune
 from tests.analysis.circuits.helpers import dictionaries
@@ -71,13 +81,42 @@ def test_json_schema_and_node_ids(graph):
             assert node["layer"] == str(graph.n_layers + 1) and node["ctx_idx"] == graph.n_pos - 1
             assert re.fullmatch(r'Output ".*" \(p=\d\.\d{3}\)', node["clerp"])
         else:
-            assert re.fullmatch(r"0_\d+_\d+", node["node_id"]) and node["feature"] == -1
+            assert re.fullmatch(r"\d+_-1_\d+", node["node_id"]) and node["feature"] == -1
     kinds = [n["feature_type"] for n in data["nodes"]]
     assert kinds.count("embedding") == graph.n_pos and kinds.count("logit") == graph.n_logits
     assert sum(n["is_target_logit"] for n in data["nodes"]) == 1
     for link in data["links"]:
         assert link["source"] in ids and link["target"] in ids and isinstance(link["weight"], float)
     assert len(data["links"]) == result.n_edges() > 0
+
+
+def test_node_ids_are_unique_where_circuit_tracers_collide():
+    """Layer-0 feature #1 at position 2 and the layer-1 error at position 2: circuit-tracer names both 0_1_2."""
+    n_layers, n_pos = 3, 4
+    features = torch.tensor([[0, 2, 1], [0, 3, 2], [1, 2, 0], [2, 1, 3]])  # (layer, pos, index)
+    n_nodes = len(features) + n_layers * n_pos + n_pos + 1
+    g = Graph(
+        prompt="abcd",
+        input_ids=torch.tensor([5, 6, 7, 8]),
+        tokens=list("abcd"),
+        n_layers=n_layers,
+        features=features,
+        activations=torch.ones(len(features)),
+        logit_ids=torch.tensor([9]),
+        logit_probs=torch.tensor([1.0]),
+        logit_labels=["x"],
+        row_nodes=torch.tensor([n_nodes - 1]),
+        rows=torch.zeros(1, n_nodes),
+        values=torch.zeros(1),
+        bias=torch.zeros(1),
+    )
+    records = [node_record(g, node, 0.0) for node in range(g.n_nodes)]
+    for field in ("node_id", "jsNodeId"):
+        ids = [r[field] for r in records]
+        assert len(set(ids)) == len(ids), sorted(i for i in ids if ids.count(i) > 1)
+    errors = {(int(r["layer"]), r["ctx_idx"]): r["node_id"] for r in records if r["feature"] == -1}
+    assert errors[(1, 2)] == "1_-1_2" and circuit_tracer_error_id(errors[(1, 2)]) == "0_1_2"
+    assert any(r["node_id"] == "0_1_2" and r["feature_type"] == "cross layer transcoder" for r in records)
 
 
 def test_links_carry_the_graph_weights(graph):
