@@ -3,8 +3,9 @@
 ``scoped_model.json`` records the base model (id + revision) and every attached
 dictionary pinned so that :meth:`ScopedModel.from_pretrained` rebuilds exactly
 the same scoped model: registry keys with their version and content sha256,
-local folders with their path and content sha256, in-memory dictionaries saved
-next to the config.
+Hub folders (``hf://``, ``saelens://``) at the commit they resolved to with their
+content sha256, local folders with their path and content sha256, in-memory
+dictionaries saved next to the config.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import SCHEMA_VERSION
+from scope_hub.sources import is_remote_source, load_folder, load_remote
 
 if TYPE_CHECKING:
     from scope_hub.scoped_model import ScopedModel
@@ -40,8 +42,10 @@ class DictionaryEntry(BaseModel):
     """URL of that registry."""
     path: str | None = None
     """Folder it was loaded from (relative paths are relative to the saved config)."""
+    source: str | None = None
+    """Hub folder it was downloaded from, pinned to a commit (``hf://ORG/REPO/FOLDER@<sha>``)."""
     sha256: str | None = None
-    """Content hash: the manifest's content_sha256 for keys, :func:`folder_sha256` for folders."""
+    """Content hash: the manifest's content_sha256 for keys, :func:`folder_sha256` for folders and Hub folders."""
 
 
 class ScopedModelConfig(BaseModel):
@@ -122,9 +126,11 @@ def load_dictionary_source(
         return _from_entry(source, base, registry, lazy)
     if isinstance(source, Dictionary):
         return source, {"name": _default_name(source), "inline": True}
+    if is_remote_source(source):
+        return _from_hub(str(source), lazy, expected_sha=None)
     folder = Path(source)
     if folder.is_dir():
-        return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
+        return load_folder(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
     if not isinstance(source, DictionaryKey):
         reject_missing_folder(str(source))
     try:
@@ -154,7 +160,22 @@ def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: 
     return Dictionary.from_pretrained(folder, lazy=lazy), record
 
 
+def _from_hub(source: str, lazy: bool, expected_sha: str | None):
+    loaded = load_remote(source, lazy=lazy)
+    sha = folder_sha256(loaded.local)
+    if expected_sha is not None and sha != expected_sha:
+        raise IntegrityError(
+            f"{loaded.folder}: the files in the Hugging Face cache hash to {sha[:12]} but the saved scoped "
+            f"model pinned {expected_sha[:12]}; delete that folder from the cache and load again"
+        )
+    name = loaded.folder.path.rsplit("/", 1)[-1]
+    return loaded.dictionary, {"name": name, "source": str(loaded.folder), "sha256": sha}
+
+
 def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: bool):
+    if entry.source is not None:
+        dictionary, record = _from_hub(entry.source, lazy, entry.sha256)
+        return dictionary, {**record, "name": entry.name}
     if entry.key is not None:
         dictionary, record = _from_registry(parse_key(entry.key), registry or entry.registry, lazy, entry.sha256)
         return dictionary, {**record, "name": entry.name}
@@ -179,6 +200,9 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
                     name=name, key=record["key"], registry=record.get("registry"), sha256=record.get("sha256")
                 )
             )
+            continue
+        if record.get("source"):
+            entries.append(DictionaryEntry(name=name, source=record["source"], sha256=record["sha256"]))
             continue
         if record.get("inline"):
             relative = Path("dictionaries") / name.replace("/", "__")

@@ -1,0 +1,174 @@
+"""Hub folders and SAELens names as dictionary sources, against the fake Hub: only the named folder
+is fetched, every form equals the folder read locally, and saved configs / lockfiles stay pinned."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from scope_hub import load_dictionary
+from scope_hub.dictionaries import SAE, Dictionary
+from scope_hub.errors import DictionaryNotFoundError, IntegrityError, OfflineError
+from scope_hub.interop import saelens
+from scope_hub.interop.saelens import save as save_saelens
+from scope_hub.metadata import DictionaryConfig
+from scope_hub.scoped_model import ScopedModel
+from tests.interop.release_fixtures import gs2_config, gs2_tensors
+from tests.tiny_models import D_MODEL, tiny_gemma3
+
+REPO = "google/gemma-scope-2-270m-pt"
+SMALL = "resid_post_all/layer_2_width_16k_l0_small"  # SAELens: gemma-scope-2-270m-pt-res-all / layer_2_...
+BIG = "resid_post_all/layer_2_width_16k_l0_big"
+TRANSCODER = "transcoder_all/layer_1_width_16k_l0_small"
+FOREIGN = "exports/saelens_layer_1"
+
+
+def _gs2_files(folder: str, config: dict, tensors: dict, tmp: Path) -> dict[str, bytes]:
+    path = tmp / folder.replace("/", "__")
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "params.safetensors"))
+    return {
+        f"{folder}/config.json": json.dumps(config).encode(),
+        f"{folder}/params.safetensors": (path / "params.safetensors").read_bytes(),
+    }
+
+
+def _saelens_files(tmp: Path) -> dict[str, bytes]:
+    cfg = DictionaryConfig(type="sae", architecture="relu", d_in=D_MODEL, d_sae=32, site="resid_post", layer=1)
+    sae = SAE(cfg)
+    torch.manual_seed(5)
+    for p in sae.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    out = save_saelens(sae, tmp / "saelens_export")
+    return {f"{FOREIGN}/{p.name}": p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def gs_repo(fake_hub, monkeypatch, tmp_path):
+    """A Gemma Scope 2 style repo (three GS2 folders of two kinds, a SAELens export) in two revisions:
+    tag ``v1`` (first) and ``main`` (the small SAE retrained). Returns {"v1": sha, "main": sha}."""
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    fake_hub.repos.pop(REPO, None)  # the server outlives a test: start from an empty repo
+    resid = gs2_config("model.layers.2.output")
+    pre, post = "model.layers.1.pre_feedforward_layernorm.output", "model.layers.1.post_feedforward_layernorm.output"
+    files = {"README.md": b"# tiny Gemma Scope 2\n"}
+    files |= _gs2_files(SMALL, resid, gs2_tensors(1, d_in=D_MODEL, d_out=D_MODEL), tmp_path / "v1")
+    files |= _gs2_files(BIG, resid, gs2_tensors(2, d_in=D_MODEL, d_out=D_MODEL), tmp_path / "v1")
+    files |= _gs2_files(
+        TRANSCODER, gs2_config(pre, post, "transcoder"), gs2_tensors(3, d_in=D_MODEL, d_out=D_MODEL), tmp_path / "v1"
+    )
+    files |= _saelens_files(tmp_path)
+    v1 = fake_hub.commit_files(REPO, files, "first release")
+    fake_hub.repos[REPO].tags["v1"] = v1
+    main = fake_hub.commit_files(
+        REPO, _gs2_files(SMALL, resid, gs2_tensors(11, d_in=D_MODEL, d_out=D_MODEL), tmp_path / "main"), "retrain"
+    )
+    fake_hub.requests.clear()
+    return {"v1": v1, "main": main}
+
+
+def _local_copy(fake_hub, commit: str, folder: str, dest: Path) -> Path:
+    """The folder's files at ``commit``, written straight from the server's state (the local reference)."""
+    files = fake_hub.repos[REPO].commits[commit].files
+    dest.mkdir(parents=True)
+    for path, data in files.items():
+        if path.startswith(folder + "/"):
+            (dest / path.rsplit("/", 1)[1]).write_bytes(data)
+    return dest
+
+
+def _tensors(d: Dictionary) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in d.state_dict().items()}
+
+
+def _splice_logits(source, ids: torch.Tensor) -> torch.Tensor:
+    scoped = ScopedModel(tiny_gemma3(), base_model_id="tiny")
+    (name,) = scoped.attach(source)
+    with scoped.splice(name):
+        return scoped(ids).logits
+
+
+FORMS = {
+    "sha": lambda shas: (f"hf://{REPO}/{SMALL}@{shas['v1']}", "v1"),
+    "tag": lambda shas: (f"hf://{REPO}/{SMALL}@v1", "v1"),
+    "saelens-installed": lambda shas: ("saelens://gemma-scope-2-270m-pt-res-all/layer_2_width_16k_l0_small", "main"),
+    "saelens-bundled": lambda shas: ("saelens://gemma-scope-2-270m-pt-res-all/layer_2_width_16k_l0_small", "main"),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_each_source_form_fetches_only_its_folder_and_equals_the_local_folder(
+    form, gs_repo, fake_hub, tmp_path, monkeypatch
+):
+    if form == "saelens-bundled":
+        monkeypatch.setattr(saelens, "installed_yaml", lambda: None)
+    elif form == "saelens-installed" and saelens.installed_yaml() is None:
+        pytest.skip("sae-lens is not installed")
+    source, revision = FORMS[form](gs_repo)
+    fake_hub.requests.clear()
+    loaded = load_dictionary(source)
+    assert fake_hub.downloaded(REPO) == {f"{SMALL}/config.json", f"{SMALL}/params.safetensors"}
+    local = load_dictionary(_local_copy(fake_hub, gs_repo[revision], SMALL, tmp_path / "local"))
+    reference, got = _tensors(local), _tensors(loaded)
+    assert reference.keys() == got.keys() and all(torch.equal(reference[k], got[k]) for k in reference)
+    ids = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(_splice_logits(source, ids), _splice_logits(local, ids))
+    assert not torch.equal(_splice_logits(source, ids), tiny_gemma3()(ids).logits)  # the splice did something
+
+
+def test_foreign_layouts_transcoders_datasets_and_dictionary_from_pretrained(gs_repo, fake_hub, tmp_path):
+    foreign = load_dictionary(f"hf://{REPO}/{FOREIGN}")  # a SAELens folder, detected and converted
+    reference = saelens.load(_local_copy(fake_hub, gs_repo["main"], FOREIGN, tmp_path / "sl"))
+    assert all(torch.equal(a, b) for a, b in zip(_tensors(foreign).values(), _tensors(reference).values()))
+    transcoder = Dictionary.from_pretrained(f"hf://{REPO}/{TRANSCODER}@v1")
+    assert transcoder.config.type == "transcoder"
+    files = fake_hub.repos[REPO].commits[gs_repo["main"]].files
+    assert fake_hub.downloaded(REPO) == {p for p in files if p.startswith((f"{FOREIGN}/", f"{TRANSCODER}/"))}
+    data_repo = "org/dicts-dataset"
+    fake_hub.commit_files(data_repo, {p: b for p, b in files.items() if p.startswith(BIG)}, "copy")
+    from_dataset = load_dictionary(f"hf://datasets/{data_repo}/{BIG}")
+    assert torch.equal(from_dataset.w_enc, load_dictionary(f"hf://{REPO}/{BIG}").w_enc)
+    with pytest.raises(DictionaryNotFoundError):
+        load_dictionary(f"hf://{REPO}/resid_post_all/layer_2_width_16k_l0_none")
+
+
+def test_saved_scoped_model_reloads_the_pinned_bytes_after_main_moves(gs_repo, fake_hub, tmp_path):
+    base = tmp_path / "base"
+    tiny_gemma3().save_pretrained(base)
+    scoped = ScopedModel.from_pretrained(str(base), {"small": f"hf://{REPO}/{SMALL}"})
+    before = scoped.dictionaries["small"].w_enc.detach().clone()
+    saved = json.loads((scoped.save_pretrained(tmp_path / "scoped") / "scoped_model.json").read_text())
+    (entry,) = saved["dictionaries"]
+    assert entry["source"] == f"hf://{REPO}/{SMALL}@{gs_repo['main']}"
+    moved = fake_hub.commit_files(
+        REPO, _gs2_files(SMALL, gs2_config("model.layers.2.output"), gs2_tensors(99, D_MODEL, D_MODEL), tmp_path), "x"
+    )
+    assert moved != gs_repo["main"]
+    assert not torch.equal(load_dictionary(f"hf://{REPO}/{SMALL}").w_enc, before)  # main now differs
+    reloaded = ScopedModel.from_pretrained(str(tmp_path / "scoped"))
+    assert torch.equal(reloaded.dictionaries["small"].w_enc.detach(), before)
+
+
+def test_offline_reads_the_hf_cache_and_names_what_is_missing(gs_repo, fake_hub, monkeypatch):
+    online = load_dictionary(f"hf://{REPO}/{SMALL}@v1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail
+    assert torch.equal(load_dictionary(f"hf://{REPO}/{SMALL}@v1").w_enc, online.w_enc)
+    with pytest.raises(OfflineError, match="HF_HUB_OFFLINE"):
+        load_dictionary(f"hf://{REPO}/{BIG}@v1")
+
+
+def test_a_tampered_cache_is_caught_on_reload(gs_repo, fake_hub, tmp_path):
+    base = tmp_path / "base"
+    tiny_gemma3().save_pretrained(base)
+    scoped = ScopedModel.from_pretrained(str(base), [f"hf://{REPO}/{SMALL}@v1"])
+    scoped.save_pretrained(tmp_path / "scoped")
+    snapshot = next((tmp_path / "hf-cache").rglob(f"snapshots/{gs_repo['v1']}/{SMALL}/config.json"))
+    blob = snapshot.resolve()
+    blob.write_text(blob.read_text().replace('"l0": 17', '"l0": 18'))
+    with pytest.raises(IntegrityError, match="pinned"):
+        ScopedModel.from_pretrained(str(tmp_path / "scoped"))
