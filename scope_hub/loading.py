@@ -18,7 +18,7 @@ from typing import Any
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
-from scope_hub.sources import is_remote_source, load_folder, load_remote, saelens_source
+from scope_hub.sources import is_remote_source, load_folder, load_locked, load_remote, saelens_source
 
 
 def load_dictionary(
@@ -27,6 +27,7 @@ def load_dictionary(
     release: str | None = None,
     sae_id: str | None = None,
     registry: Any = None,
+    lock: str | Path | None = None,
     **kwargs: Any,
 ) -> Dictionary:
     """Load a dictionary from any source scope-hub knows.
@@ -39,7 +40,8 @@ def load_dictionary(
     Only the named Hub folder is downloaded, into the Hugging Face cache.
 
     ``registry`` is a :class:`scope_hub.registry.Registry` or its URL (default: the
-    local registry, or ``$SCOPE_HUB_REGISTRY``). Keyword arguments go to
+    local registry, or ``$SCOPE_HUB_REGISTRY``). ``lock``: a lockfile (``scope-hub lock``) that
+    pins the key or Hub source; the bytes loaded are then exactly the locked ones. Keyword arguments go to
     :meth:`Dictionary.from_pretrained` (``device``, ``dtype``, ``lazy``,
     ``matryoshka_groups``, ``allow_nonfinite``).
     """
@@ -50,6 +52,8 @@ def load_dictionary(
     if source is None:
         raise ConfigError("load_dictionary needs a source (folder, key, hf:// folder) or release= and sae_id=")
     if is_remote_source(source):
+        if lock is not None:
+            return load_locked(str(source), lock, **kwargs).dictionary
         return load_remote(str(source), **kwargs).dictionary
     if isinstance(source, Path) or (isinstance(source, str) and Path(source).is_dir()):
         return load_folder(Path(source), **kwargs) if Path(source).is_dir() else Dictionary.from_pretrained(source)
@@ -62,5 +66,9 @@ def load_dictionary(
         ) from None
     from scope_hub.registry import Registry
 
+    if lock is not None:
+        from scope_hub.registry.api import pull_locked
+
+        return Dictionary.from_pretrained(pull_locked(key, lock), **kwargs)
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     return Dictionary.from_pretrained(reg.pull(key), **kwargs)

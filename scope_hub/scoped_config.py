@@ -10,7 +10,6 @@ dictionaries saved next to the config.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import SCHEMA_VERSION
+from scope_hub.registry.content import folder_digest
 from scope_hub.sources import is_remote_source, load_folder, load_remote
 
 if TYPE_CHECKING:
@@ -77,14 +77,7 @@ class ScopedModelConfig(BaseModel):
 
 def folder_sha256(folder: Path) -> str:
     """sha256 over the sorted (file name, file sha256) pairs of a dictionary folder."""
-    outer = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
+    return folder_digest(folder)
 
 
 def _default_name(dictionary: Dictionary) -> str:
@@ -161,15 +154,9 @@ def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: 
 
 
 def _from_hub(source: str, lazy: bool, expected_sha: str | None):
-    loaded = load_remote(source, lazy=lazy)
-    sha = folder_sha256(loaded.local)
-    if expected_sha is not None and sha != expected_sha:
-        raise IntegrityError(
-            f"{loaded.folder}: the files in the Hugging Face cache hash to {sha[:12]} but the saved scoped "
-            f"model pinned {expected_sha[:12]}; delete that folder from the cache and load again"
-        )
+    loaded = load_remote(source, lazy=lazy, expected_sha256=expected_sha)
     name = loaded.folder.path.rsplit("/", 1)[-1]
-    return loaded.dictionary, {"name": name, "source": str(loaded.folder), "sha256": sha}
+    return loaded.dictionary, {"name": name, "source": str(loaded.folder), "sha256": loaded.sha256}
 
 
 def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: bool):

@@ -30,9 +30,11 @@ from typing import Any
 import torch
 
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError
+from scope_hub.errors import ConfigError, IntegrityError
 from scope_hub.interop.formats import detect_format, get_format
 from scope_hub.registry.backends.hf_folders import HubFolder, fetch_hub_folder, is_hub_folder, parse_hub_folder
+from scope_hub.registry.content import folder_digest
+from scope_hub.registry.lockfile import LockEntry, Lockfile, unpinned_source
 
 SAELENS_PREFIX = "saelens://"
 NATIVE_FORMATS = ("scope-hub",)
@@ -50,6 +52,8 @@ class LoadedSource:
     """The folder in the Hugging Face cache."""
     format: str
     """Layout detected on the downloaded folder (a :data:`~scope_hub.interop.formats.FORMATS` name)."""
+    sha256: str
+    """Digest of the folder's files (:func:`scope_hub.registry.content.folder_digest`)."""
 
 
 def saelens_source(release: str, sae_id: str) -> str:
@@ -96,15 +100,49 @@ def hub_folder_of(source: str | HubFolder, *, yaml_path: str | None = None) -> H
     return HubFolder("model", entry["repo_id"], path.strip("/"))
 
 
-def load_remote(source: str | HubFolder, **kwargs: Any) -> LoadedSource:
-    """Download one Hub folder (or SAELens name) and load the dictionary in it, whatever its layout.
+def fetch_source(source: str | HubFolder, *, expected_sha256: str | None = None) -> tuple[Path, HubFolder, str]:
+    """Download only the folder ``source`` names: (local folder, folder pinned to its commit, files' digest).
 
-    ``kwargs`` as :func:`load_folder`.
+    ``expected_sha256``: the digest a saved config or lockfile pinned (IntegrityError when the
+    files differ).
     """
     local, pinned = fetch_hub_folder(hub_folder_of(source))
+    digest = folder_digest(local)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise IntegrityError(
+            f"{pinned}: the files in the Hugging Face cache hash to {digest[:12]} but {expected_sha256[:12]} was "
+            "pinned; delete that folder from the cache (`hf cache delete`) and load again"
+        )
+    return local, pinned, digest
+
+
+def load_remote(source: str | HubFolder, *, expected_sha256: str | None = None, **kwargs: Any) -> LoadedSource:
+    """Download one Hub folder (or SAELens name) and load the dictionary in it, whatever its layout.
+
+    ``expected_sha256`` as :func:`fetch_source` (checked before anything is loaded);
+    ``kwargs`` as :func:`load_folder`.
+    """
+    local, pinned, digest = fetch_source(source, expected_sha256=expected_sha256)
     fmt = folder_format(local)
     dictionary = load_folder(local, fmt=fmt, origin=pinned, **kwargs)
-    return LoadedSource(dictionary=dictionary, folder=pinned, local=local, format=fmt)
+    return LoadedSource(dictionary=dictionary, folder=pinned, local=local, format=fmt, sha256=digest)
+
+
+def lock_source(source: str) -> LockEntry:
+    """A lockfile entry pinning a Hub source to the commit it resolves to now, with its files' digest."""
+    _, pinned, digest = fetch_source(source)
+    return LockEntry(source=unpinned_source(source), resolved=str(pinned), content_sha256=digest)
+
+
+def locked_entry(source: str, lock: str | Path | Lockfile) -> LockEntry:
+    """The entry of ``lock`` (a lockfile or its path) pinning Hub source ``source``."""
+    return (lock if isinstance(lock, Lockfile) else Lockfile.load(lock)).find_source(source)
+
+
+def load_locked(source: str, lock: str | Path | Lockfile, **kwargs: Any) -> LoadedSource:
+    """Load Hub source ``source`` exactly as ``lock`` pinned it."""
+    entry = locked_entry(source, lock)
+    return load_remote(str(entry.resolved), expected_sha256=entry.content_sha256, **kwargs)
 
 
 def folder_format(folder: Path) -> str:

@@ -84,17 +84,50 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
 
 
 def setup_pull(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("key", metavar="KEY", help="key, optionally @vN, @latest or @sha256:<prefix>")
+    parser.add_argument(
+        "key",
+        metavar="KEY",
+        help="key, optionally @vN, @latest or @sha256:<prefix>; or a Hub folder hf://ORG/REPO/FOLDER[@REV] "
+        "or a SAELens name saelens://RELEASE/SAE_ID (only that folder is downloaded)",
+    )
     parser.add_argument("--to", metavar="DIR", help="copy the files into DIR instead of printing the cache folder")
     parser.add_argument("--lock", metavar="FILE", help="resolve through this lockfile (exact locked bytes)")
     parser.add_argument("--verify", action="store_true", help="re-hash cached files instead of trusting sizes")
     _revision_option(parser)
 
     def run(args: argparse.Namespace) -> int:
+        if _is_hub_source(args.key):
+            print(_pull_hub_source(args))
+            return 0
         print(_registry(args).pull(args.key, to=args.to, lock=args.lock, verify=args.verify))
         return 0
 
     return run
+
+
+def _is_hub_source(text: str) -> bool:
+    """A Hub folder or SAELens name (``hf://ORG/REPO`` alone is a registry)."""
+    from scope_hub.registry.backends.hf_folders import is_hub_folder
+
+    return text.startswith("saelens://") or is_hub_folder(text)
+
+
+def _pull_hub_source(args: argparse.Namespace):
+    """A Hub folder or SAELens name: only that folder, into the Hugging Face cache (or copied to --to)."""
+    import shutil
+    from pathlib import Path
+
+    from scope_hub.sources import fetch_source, locked_entry
+
+    if args.lock:
+        entry = locked_entry(args.key, args.lock)
+        local, _, _ = fetch_source(str(entry.resolved), expected_sha256=entry.content_sha256)
+    else:
+        local, _, _ = fetch_source(args.key)
+    if args.to is None:
+        return local
+    shutil.copytree(local, Path(args.to), dirs_exist_ok=True)
+    return Path(args.to)
 
 
 def setup_card(parser: argparse.ArgumentParser) -> Runner:
@@ -300,15 +333,32 @@ def setup_verify(parser: argparse.ArgumentParser) -> Runner:
 
 
 def setup_lock(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("keys", metavar="KEY", nargs="+", help="keys to pin (each at its ref, default latest)")
+    parser.add_argument(
+        "keys",
+        metavar="KEY",
+        nargs="+",
+        help="keys to pin (each at its ref, default latest), Hub folders hf://ORG/REPO/FOLDER[@REV] "
+        "or SAELens names saelens://RELEASE/SAE_ID (pinned to the commit they resolve to)",
+    )
     parser.add_argument(
         "--out", metavar="FILE", default=DEFAULT_LOCKFILE, help=f"lockfile to write (default {DEFAULT_LOCKFILE})"
     )
 
     def run(args: argparse.Namespace) -> int:
-        lock = _registry(args).lock(args.keys, args.out)
+        from scope_hub.registry.lockfile import Lockfile
+
+        hub = [k for k in args.keys if _is_hub_source(k)]
+        keys = [k for k in args.keys if k not in hub]
+        lock = _registry(args).lock(keys) if keys else Lockfile()
         for entry in lock.entries:
             print(f"locked {entry.key}@v{entry.version} manifest sha256:{entry.manifest_sha256[:12]}")
+        if hub:
+            from scope_hub.sources import lock_source
+
+            lock = lock.merged([lock_source(source) for source in hub])
+            for entry in lock.entries[len(keys) :]:
+                print(f"locked {entry.source} at {entry.resolved} sha256:{entry.content_sha256[:12]}")
+        lock.save(args.out)
         print(f"wrote {args.out}")
         return 0
 

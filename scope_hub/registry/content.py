@@ -89,6 +89,12 @@ def content_digest(pairs: list[tuple[str, str]]) -> str:
     return sha256_bytes(lines.encode())
 
 
+def folder_digest(folder: Path) -> str:
+    """:func:`content_digest` of a folder's files (dotfiles skipped; subfolders are not looked into)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    return content_digest([(p.name, sha) for p, (sha, _) in zip(files, map_threads(sha256_file, files))])
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """One local file ready to upload."""

@@ -172,3 +172,29 @@ def test_a_tampered_cache_is_caught_on_reload(gs_repo, fake_hub, tmp_path):
     blob.write_text(blob.read_text().replace('"l0": 17', '"l0": 18'))
     with pytest.raises(IntegrityError, match="pinned"):
         ScopedModel.from_pretrained(str(tmp_path / "scoped"))
+
+
+def test_a_lockfile_pins_hub_sources_in_python_and_on_the_cli(gs_repo, fake_hub, tmp_path, capsys):
+    from scope_hub.cli import main
+
+    lock = tmp_path / "scope.lock"
+    name = "saelens://gemma-scope-2-270m-pt-res-all/layer_2_width_16k_l0_small"
+    assert main(["lock", f"hf://{REPO}/{BIG}@main", name, "--out", str(lock)]) == 0
+    entries = {e["source"]: e for e in json.loads(lock.read_text())["entries"]}
+    assert entries[name]["resolved"] == f"hf://{REPO}/{SMALL}@{gs_repo['main']}"
+    before = load_dictionary(name).w_enc
+    fake_hub.commit_files(
+        REPO, _gs2_files(SMALL, gs2_config("model.layers.2.output"), gs2_tensors(77, D_MODEL, D_MODEL), tmp_path), "x"
+    )
+    assert not torch.equal(load_dictionary(name).w_enc, before)  # unlocked: main moved
+    assert torch.equal(load_dictionary(name, lock=lock).w_enc, before)
+    assert main(["pull", f"hf://{REPO}/{SMALL}", "--lock", str(lock)]) == 1  # locked only under its SAELens name
+    assert main(["pull", name, "--lock", str(lock), "--to", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out.strip().endswith("out")
+    assert torch.equal(load_dictionary(tmp_path / "out").w_enc, before)
+    cached = next((tmp_path / "hf-cache").rglob(f"snapshots/{gs_repo['main']}/{SMALL}/params.safetensors")).resolve()
+    data = bytearray(cached.read_bytes())
+    data[-1] ^= 1  # one flipped bit in the cached weights
+    cached.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="pinned"):
+        load_dictionary(name, lock=lock)
