@@ -89,6 +89,9 @@ class Provenance(_Strict):
     """Package versions at creation time."""
     created_at: str | None = None
     """ISO 8601 UTC timestamp."""
+    model_weights: dict[str, str] | None = None
+    """When the base model's weights were not its Hub release but a converted or dequantized local
+    copy: what they were (e.g. ``{"format": "gguf", "quantization": "Q4_K_M", "gguf_sha256": ...}``)."""
 
 
 class DictionaryConfig(_Strict):

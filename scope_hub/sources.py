@@ -29,11 +29,12 @@ from typing import Any
 
 import torch
 
+from scope_hub.cards import card_problems
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, IntegrityError
 from scope_hub.interop.formats import detect_format, get_format
 from scope_hub.registry.backends.hf_folders import HubFolder, fetch_hub_folder, is_hub_folder, parse_hub_folder
-from scope_hub.registry.content import folder_digest
+from scope_hub.registry.content import folder_digest, folder_hashes
 from scope_hub.registry.lockfile import LockEntry, Lockfile, unpinned_source
 
 SAELENS_PREFIX = "saelens://"
@@ -107,7 +108,11 @@ def fetch_source(source: str | HubFolder, *, expected_sha256: str | None = None)
     files differ).
     """
     local, pinned = fetch_hub_folder(hub_folder_of(source))
-    digest = folder_digest(local)
+    hashes = folder_hashes(local)
+    digest = folder_digest(local, hashes)
+    problems = card_problems(local, hashes)
+    if problems:  # a folder scope-hub published: its card records every file's sha256
+        raise IntegrityError(f"{pinned}: {'; '.join(problems)}")
     if expected_sha256 is not None and digest != expected_sha256:
         raise IntegrityError(
             f"{pinned}: the files in the Hugging Face cache hash to {digest[:12]} but {expected_sha256[:12]} was "

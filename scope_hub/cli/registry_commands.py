@@ -310,15 +310,47 @@ def setup_info(parser: argparse.ArgumentParser) -> Runner:
     return run
 
 
+def _verify_folders(folders: list[str]):
+    """Each folder's files re-hashed against the sha256 its card records."""
+    from pathlib import Path
+
+    from scope_hub.cards import card_problems
+    from scope_hub.errors import DictionaryNotFoundError
+    from scope_hub.registry.content import folder_hashes
+    from scope_hub.registry.models import VerifyReport
+
+    report = VerifyReport()
+    for name in folders:
+        folder = Path(name)
+        if not folder.is_dir():
+            raise DictionaryNotFoundError(f"{name}: no such folder")
+        hashes = folder_hashes(folder)
+        problems = card_problems(folder, hashes)
+        if problems is None:
+            problems = [f"{name}: no README.md card recording file hashes (pull the version from its registry)"]
+        report.blobs_checked += len(hashes)
+        report.manifests_checked += 1
+        report.problems += problems
+    return report
+
+
 def setup_verify(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument(
+        "folders",
+        metavar="FOLDER",
+        nargs="*",
+        help="check these dictionary folders (a pull, a Hub download) against the sha256 their card "
+        "records, instead of the registry",
+    )
     parser.add_argument("--cache", action="store_true", help="also re-hash the local download cache")
 
     def run(args: argparse.Namespace) -> int:
-        report = _registry(args).verify(cache=args.cache)
+        report = _verify_folders(args.folders) if args.folders else _registry(args).verify(cache=args.cache)
         for problem in report.problems:
             print(problem)
         print(
-            f"checked {report.blobs_checked} blob(s), {report.manifests_checked} manifest(s): "
+            f"checked {report.blobs_checked} {'file' if args.folders else 'blob'}(s), {report.manifests_checked} "
+            f"{'card' if args.folders else 'manifest'}(s): "
             f"{len(report.problems)} problem(s)"
         )
         if not report.ok:
