@@ -22,6 +22,7 @@ from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import SCHEMA_VERSION
+from scope_hub.model_resolution import converted_weights
 from scope_hub.registry.content import folder_digest
 from scope_hub.sources import is_remote_source, load_folder, load_remote
 
@@ -60,6 +61,9 @@ class ScopedModelConfig(BaseModel):
     """Hub id or local folder of the base causal LM."""
     base_model_revision: str | None = None
     """Revision of the base model, if pinned."""
+    base_model_weights: dict[str, str] | None = None
+    """Set when the base model is a converted local copy (e.g. GGUF Q4_K_M, dequantized): what its
+    weights are (:func:`scope_hub.model_resolution.converted_weights`)."""
     dictionaries: list[DictionaryEntry]
     """Attached dictionaries, in attach order."""
 
@@ -204,7 +208,10 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
             "with model.save_pretrained(dir) and build the ScopedModel from that dir"
         )
     config = ScopedModelConfig(
-        base_model=scoped.base_model_id, base_model_revision=scoped.base_model_revision, dictionaries=entries
+        base_model=scoped.base_model_id,
+        base_model_revision=scoped.base_model_revision,
+        base_model_weights=converted_weights(scoped.base_model_id, scoped.base_model_revision),
+        dictionaries=entries,
     )
     atomic_write_text(folder / ScopedModelConfig.FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     return folder

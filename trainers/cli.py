@@ -96,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         metrics = outcome.dictionary.config.metrics.model_dump(exclude_none=True, exclude={"per_layer"})
         print(f"{outcome.folder}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     if outcome.push is not None:
-        print(f"pushed {outcome.push.key}@v{outcome.push.version}")
+        push = outcome.push
+        print(
+            f"pushed {push.ref}" if push.created else f"unchanged, v{push.version}: {push.ref} holds identical content"
+        )
     return 0
 
 

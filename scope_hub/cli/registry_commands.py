@@ -76,8 +76,10 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
 
     def run(args: argparse.Namespace) -> int:
         result = _registry(args).push(args.folder, args.key, card=args.card, license=args.license, private=args.private)
-        verb = "pushed" if result.created else "unchanged (identical content):"
-        print(f"{verb} {result.ref} sha256:{result.content_sha256[:12]}")
+        if result.created:
+            print(f"pushed {result.ref} sha256:{result.content_sha256[:12]}")
+        else:
+            print(f"unchanged, v{result.version}: {result.ref} already holds sha256:{result.content_sha256[:12]}")
         return 0
 
     return run
