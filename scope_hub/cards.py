@@ -296,6 +296,7 @@ def scope_hub_fields(
         "training_config": prov.training_config,
         "source_format": prov.source if prov.source not in ("unknown", "trained") else None,
         "source_uri": prov.source_uri,
+        "source_files": prov.source_files,
         "base_model_weights": prov.model_weights,
         "files": dict(sorted(files.items())) if files else None,
     }

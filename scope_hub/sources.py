@@ -150,6 +150,40 @@ def load_locked(source: str, lock: str | Path | Lockfile, **kwargs: Any) -> Load
     return load_remote(str(entry.resolved), expected_sha256=entry.content_sha256, **kwargs)
 
 
+GEMMA_SCOPE_FORMATS = ("gemma-scope-2", "gemma-scope-1")
+
+
+def publishable_folder(source: str | Path, scratch: Path) -> tuple[Path, str]:
+    """``(folder to push, source format)`` for anything :func:`scope_hub.load_dictionary` accepts.
+
+    A local folder in scope-hub's layout is returned as it is. Any other layout, and any Hub
+    folder or SAELens name, is converted into ``scratch`` (created) with its provenance saying
+    where it came from: the format, the Hub folder pinned to its commit (a local folder by its
+    name only), and the sha256 of every source file. A card source (README.md) is carried over.
+    """
+    if is_remote_source(str(source)):
+        folder, origin, _ = fetch_source(str(source))
+        uri = str(origin)
+    else:
+        folder, origin = Path(source), None
+        uri = folder.resolve().name
+    fmt = folder_format(folder)
+    if fmt in NATIVE_FORMATS and origin is None:
+        return folder, fmt
+    dictionary = load_folder(folder, fmt=fmt, origin=origin)
+    provenance = dictionary.config.provenance
+    dictionary.config.provenance = provenance.model_copy(
+        update={
+            "source": fmt if provenance.source in ("unknown", "") else provenance.source,
+            "source_uri": uri,
+            "source_files": folder_hashes(folder),
+        }
+    )
+    card = folder / "README.md"
+    out = dictionary.save_pretrained(scratch, card=card.read_text(encoding="utf-8") if card.is_file() else None)
+    return out, fmt
+
+
 def folder_format(folder: Path) -> str:
     """The layout of a dictionary folder; an unrecognised one counts as scope-hub's own, whose
     loader then says what is wrong with it."""

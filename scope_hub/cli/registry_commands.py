@@ -52,7 +52,14 @@ def human_size(n: int) -> str:
 
 
 def setup_push(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("folder", metavar="FOLDER", help="dictionary folder (config.json + params*.safetensors)")
+    parser.add_argument(
+        "folder",
+        metavar="FOLDER",
+        help="dictionary folder in any layout scope-hub reads (scope-hub, Gemma Scope 2/1, SAELens, sparsify, "
+        "dictionary_learning, circuit-tracer), a Hub folder hf://ORG/REPO/FOLDER[@REV] or a SAELens name "
+        "saelens://RELEASE/SAE_ID; other layouts are converted to scope-hub's, the card naming the source "
+        "format and its files' sha256",
+    )
     parser.add_argument(
         "key", metavar="KEY", help="key without @ref, e.g. google/gemma-3-270m:resid_post/layer_6/width_16k/sae"
     )
@@ -65,7 +72,8 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument(
         "--license",
         metavar="ID",
-        help="license of the weights (e.g. apache-2.0), when the card source does not state one",
+        help="license of the weights (e.g. apache-2.0), when the card source does not state one; required "
+        "then, except for Gemma Scope folders, which default to their published cc-by-4.0",
     )
     parser.add_argument(
         "--private",
@@ -75,7 +83,21 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
     )
 
     def run(args: argparse.Namespace) -> int:
-        result = _registry(args).push(args.folder, args.key, card=args.card, license=args.license, private=args.private)
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="scope-hub-push-") as scratch:
+            folder, license = args.folder, args.license
+            if _is_hub_source(folder) or not _is_native(Path(folder)):
+                from scope_hub.sources import GEMMA_SCOPE_FORMATS, publishable_folder
+
+                folder, fmt = publishable_folder(folder, Path(scratch) / "dictionary")
+                print(f"converted a {fmt} folder to scope-hub's layout for publishing", file=sys.stderr)
+                if license is None and args.card is None and fmt in GEMMA_SCOPE_FORMATS:
+                    from scope_hub.interop.release import GEMMA_SCOPE_LICENSE
+
+                    license = GEMMA_SCOPE_LICENSE
+            result = _registry(args).push(folder, args.key, card=args.card, license=license, private=args.private)
         if result.created:
             print(f"pushed {result.ref} sha256:{result.content_sha256[:12]}")
         else:
@@ -105,6 +127,13 @@ def setup_pull(parser: argparse.ArgumentParser) -> Runner:
         return 0
 
     return run
+
+
+def _is_native(folder) -> bool:
+    """A folder in scope-hub's own layout (pushed as it is); a missing folder counts, for push's error."""
+    from scope_hub.registry.content import is_native_folder
+
+    return not folder.is_dir() or is_native_folder(folder)
 
 
 def _is_hub_source(text: str) -> bool:

@@ -184,9 +184,21 @@ def _folder_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def is_native_folder(folder: Path) -> bool:
+    """A folder in scope-hub's own layout: config.json carrying ``schema_version`` next to our weight files."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    has_weights = (folder / "params.safetensors").is_file() or (folder / "params_layer_0.safetensors").is_file()
+    return isinstance(raw, dict) and "schema_version" in raw and has_weights
+
+
 _CONVERT_HINT = (
-    "convert it first with `scope-hub convert FOLDER OUT --to scope-hub`, or publish a whole "
-    "Gemma Scope release with `scope-hub import gemma-scope-2 SOURCE`"
+    "`scope-hub push` converts it on the fly (or convert it first with `scope_hub.sources.publishable_folder` "
+    "or `scope-hub convert FOLDER OUT --to scope-hub`); a whole Gemma Scope release publishes with "
+    "`scope-hub import gemma-scope-2 SOURCE`"
 )
 
 

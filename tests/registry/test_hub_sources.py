@@ -198,3 +198,36 @@ def test_a_lockfile_pins_hub_sources_in_python_and_on_the_cli(gs_repo, fake_hub,
     cached.write_bytes(bytes(data))
     with pytest.raises(IntegrityError, match="pinned"):
         load_dictionary(name, lock=lock)
+
+
+def test_push_takes_any_folder_load_dictionary_accepts(gs_repo, fake_hub, tmp_path, capsys):
+    import hashlib
+
+    from scope_hub.cards import parse_card
+    from scope_hub.cli import main
+    from scope_hub.registry import Registry
+
+    registry = (tmp_path / "reg").as_uri()
+    key = "google/gemma-3-270m:resid_post/layer_2/width_32/sae/l0_small"
+    source = f"hf://{REPO}/{SMALL}@v1"
+    assert main(["--registry", registry, "push", source, key]) == 0  # Gemma Scope: cc-by-4.0 by default
+    assert capsys.readouterr().out.startswith(f"pushed {key}@v1")
+    pulled = Registry(registry).pull(key)
+    front = parse_card((pulled / "README.md").read_text())[0]
+    served = fake_hub.repos[REPO].commits[gs_repo["v1"]].files
+    assert front["license"] == "cc-by-4.0" and front["base_model"] == "google/gemma-3-270m"
+    assert front["scope_hub"]["source_format"] == "gemma-scope-2"
+    assert front["scope_hub"]["source_uri"] == f"hf://{REPO}/{SMALL}@{gs_repo['v1']}"
+    assert front["scope_hub"]["source_files"] == {
+        p.rsplit("/", 1)[1]: hashlib.sha256(b).hexdigest() for p, b in served.items() if p.startswith(SMALL + "/")
+    }
+    assert torch.equal(load_dictionary(pulled).w_enc, load_dictionary(source).w_enc)
+    assert main(["--registry", registry, "push", source, key]) == 0
+    assert capsys.readouterr().out.startswith(f"unchanged, v1: {key}@v1")
+    foreign = _local_copy(fake_hub, gs_repo["main"], FOREIGN, tmp_path / "saelens_layer_1")
+    other = "tiny:resid_post/layer_1/width_32/sae"
+    assert main(["--registry", registry, "push", str(foreign), other]) == 1  # no license stated anywhere
+    assert "--license" in capsys.readouterr().err
+    assert main(["--registry", registry, "push", str(foreign), other, "--license", "mit"]) == 0
+    front = parse_card((Registry(registry).pull(other) / "README.md").read_text())[0]
+    assert front["scope_hub"]["source_format"] == "saelens" and front["scope_hub"]["source_uri"] == "saelens_layer_1"
