@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -39,6 +40,7 @@ from scope_hub.metadata import SCHEMA_VERSION, DictionaryConfig
 from scope_hub.redaction import redact_url
 
 LIBRARY_NAME = "scope-hub"
+CARD_FILE = "README.md"
 REQUIRED_FIELDS = ("base_model", "license")
 TEXT_BEGIN = "<!-- scope-hub:card-text -->"
 TEXT_END = "<!-- /scope-hub:card-text -->"
@@ -89,9 +91,56 @@ def auto_tags(config: DictionaryConfig) -> set[str]:
     return {"sparse-autoencoder", "interpretability", config.type, config.architecture}
 
 
-def default_base_model(config: DictionaryConfig, key: DictionaryKey) -> str:
-    """``base_model`` of a card whose source does not say: ``config.model``, else the key's model."""
-    return config.model or key.model
+def is_local_path(name: str | None) -> bool:
+    """True when a model name is a machine's path rather than a Hub id (a card must not publish it).
+
+    Example:
+        >>> is_local_path("/home/me/models/gemma"), is_local_path("./gemma"), is_local_path("google/gemma-3-270m")
+        (True, True, False)
+    """
+    if not name:
+        return False
+    return name.startswith(("/", ".", "~", "\\")) or ":" in name[:3] or name.count("/") > 1 or Path(name).is_dir()
+
+
+def default_base_model(config: DictionaryConfig, key: DictionaryKey) -> str | None:
+    """``base_model`` of a card whose source does not say: ``config.model``, else the key's model,
+    skipping local paths (None when both are: the card source must then state it)."""
+    return next((m for m in (config.model, key.model) if m and not is_local_path(m)), None)
+
+
+def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | None:
+    """Differences between a folder's files and the sha256 its card (README.md) records.
+
+    ``hashes``: ``{file name: sha256}`` of the folder's files
+    (:func:`scope_hub.registry.content.folder_hashes`); the card itself is not counted. None when
+    the folder has no card or its card records no hashes (not a scope-hub card, or rendered
+    before cards recorded them).
+
+    Example:
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> card = compose_card({"scope_hub": {"files": {"a.bin": "0" * 64}}}, "")
+        >>> _ = (folder / "README.md").write_text(card)
+        >>> card_problems(folder, {"a.bin": "1" * 64, "README.md": "2" * 64})[0].endswith("card records 0000000000000000")
+        True
+    """
+    card = Path(folder) / CARD_FILE
+    if not card.is_file():
+        return None
+    recorded = (parse_card(card.read_text(encoding="utf-8"))[0].get("scope_hub") or {}).get("files")
+    if not isinstance(recorded, dict):
+        return None
+    folder = Path(folder)
+    actual = {name: sha for name, sha in hashes.items() if name != CARD_FILE}
+    problems = [
+        f"{folder / name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
+        for name, sha in sorted(recorded.items())
+        if name in actual and actual[name] != sha
+    ]
+    problems += [f"{folder / name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
+    problems += [f"{folder / name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
+    return problems
 
 
 def public_url(url: str | None) -> str | None:
@@ -211,8 +260,11 @@ def _snippet(pinned: str, registry_url: str | None, model_revision: str | None =
     )
 
 
-def scope_hub_fields(config: DictionaryConfig, key: DictionaryKey, version: int | None) -> dict[str, Any]:
-    """The ``scope_hub`` block of a dictionary card's front matter."""
+def scope_hub_fields(
+    config: DictionaryConfig, key: DictionaryKey, version: int | None, files: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The ``scope_hub`` block of a dictionary card's front matter (``files``: name -> sha256 of the
+    version's other files, which :func:`card_problems` checks)."""
     prov = config.provenance
     return {
         "schema_version": SCHEMA_VERSION,
@@ -238,6 +290,11 @@ def scope_hub_fields(config: DictionaryConfig, key: DictionaryKey, version: int 
         "seed": prov.seed,
         "software": prov.software,
         "training_config": prov.training_config,
+        "source_format": prov.source if prov.source not in ("unknown", "trained") else None,
+        "source_uri": prov.source_uri,
+        "source_files": prov.source_files,
+        "base_model_weights": prov.model_weights,
+        "files": dict(sorted(files.items())) if files else None,
     }
 
 
@@ -249,18 +306,20 @@ def render_dictionary_card(
     text: str | CardSource | None = None,
     license: str | None = None,
     registry_url: str | None = None,
+    files: dict[str, str] | None = None,
 ) -> str:
     """A dictionary version's card; the author's ``text`` (front matter and/or body) is kept.
 
     ``text`` is a card source (plain markdown, markdown with front matter, or a card rendered
     earlier) or a parsed :class:`CardSource`; ``license`` applies when the source states none.
+    ``files``: sha256 of each published file (recorded in the front matter).
     """
     key = parse_key(key) if isinstance(key, str) else key
     source = text if isinstance(text, CardSource) else CardSource.parse(text, config, key, license=license)
     registry_url = public_url(registry_url)
     front: dict[str, Any] = {"license": license, "base_model": default_base_model(config, key), **source.front}
     tags = sorted(set(_tag_list(source.front.get("tags"))) | auto_tags(config))
-    front.update(library_name=LIBRARY_NAME, tags=tags, scope_hub=scope_hub_fields(config, key, version))
+    front.update(library_name=LIBRARY_NAME, tags=tags, scope_hub=scope_hub_fields(config, key, version, files))
     pinned = str(key.with_ref(f"v{version}") if version else key.unpinned())
     title = f"# {key.unpinned()}" + (f" (v{version})" if version else "")
     layer = config.layer if config.layer is not None else key.layer
@@ -274,6 +333,14 @@ def render_dictionary_card(
         "## Metrics\n\n" + _metrics_table(config.metrics.model_dump()).rstrip(),
         "## Load it\n\n" + _snippet(pinned, registry_url, config.model_revision).rstrip(),
     ]
+    weights = config.provenance.model_weights
+    if weights:
+        parts.append(
+            "## Base model weights\n\nTrained on a converted local copy of `"
+            + str(front["base_model"])
+            + "`, not its Hub release: "
+            + ", ".join(f"{k} `{v}`" for k, v in sorted(weights.items()))
+        )
     if config.provenance.dataset:
         parts.append(f"## Training data\n\n`{config.provenance.dataset}` (sha256 `{config.provenance.dataset_sha256}`)")
     return compose_card({k: v for k, v in front.items() if v is not None}, "\n" + "\n\n".join(parts) + "\n")

@@ -1,4 +1,4 @@
-"""``load_dictionary``: one call for a local folder or a registry key.
+"""``load_dictionary``: one call for a local folder, a registry key, a Hub folder or a SAELens name.
 
 Example:
     >>> import tempfile
@@ -16,30 +16,59 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import DictionaryNotFoundError, KeyParseError
+from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
+from scope_hub.sources import is_remote_source, load_folder, load_locked, load_remote, saelens_source
 
 
 def load_dictionary(
-    source: str | Path | DictionaryKey,
+    source: str | Path | DictionaryKey | None = None,
     *,
+    release: str | None = None,
+    sae_id: str | None = None,
     registry: Any = None,
+    lock: str | Path | None = None,
     **kwargs: Any,
 ) -> Dictionary:
-    """Load a dictionary from a folder path or a registry key (``model:site/layer_L/width_W/type[@ref]``).
+    """Load a dictionary from any source scope-hub knows.
+
+    ``source`` is a folder (any layout :func:`scope_hub.interop.detect_format` knows), a
+    registry key (``model:site/layer_L/width_W/type[@ref]``), a Hub folder
+    (``hf://ORG/REPO/FOLDER[@revision]``) or a SAELens name (``saelens://RELEASE/SAE_ID``);
+    or give SAELens's ``release`` and ``sae_id`` instead, as ``SAE.from_pretrained`` takes them:
+    ``load_dictionary(release="gemma-scope-2-270m-pt-res", sae_id="layer_12_width_16k_l0_small")``.
+    Only the named Hub folder is downloaded, into the Hugging Face cache.
 
     ``registry`` is a :class:`scope_hub.registry.Registry` or its URL (default: the
-    local registry, or ``$SCOPE_HUB_REGISTRY``). Keyword arguments go to
+    local registry, or ``$SCOPE_HUB_REGISTRY``). ``lock``: a lockfile (``scope-hub lock``) that
+    pins the key or Hub source; the bytes loaded are then exactly the locked ones. Keyword arguments go to
     :meth:`Dictionary.from_pretrained` (``device``, ``dtype``, ``lazy``,
     ``matryoshka_groups``, ``allow_nonfinite``).
     """
+    if release is not None or sae_id is not None:
+        if source is not None or not (release and sae_id):
+            raise ConfigError("give either a source, or both release= and sae_id= (SAELens names)")
+        source = saelens_source(release, sae_id)
+    if source is None:
+        raise ConfigError("load_dictionary needs a source (folder, key, hf:// folder) or release= and sae_id=")
+    if is_remote_source(source):
+        if lock is not None:
+            return load_locked(str(source), lock, **kwargs).dictionary
+        return load_remote(str(source), **kwargs).dictionary
     if isinstance(source, Path) or (isinstance(source, str) and Path(source).is_dir()):
-        return Dictionary.from_pretrained(source, **kwargs)
+        return load_folder(Path(source), **kwargs) if Path(source).is_dir() else Dictionary.from_pretrained(source)
     try:
         key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
     except KeyParseError as exc:
-        raise DictionaryNotFoundError(f"{source!r} is neither a dictionary folder nor a registry key ({exc})") from None
+        raise DictionaryNotFoundError(
+            f"{source!r} is neither a dictionary folder, a registry key, an hf://ORG/REPO/FOLDER "
+            f"nor a saelens://RELEASE/SAE_ID ({exc})"
+        ) from None
     from scope_hub.registry import Registry
 
+    if lock is not None:
+        from scope_hub.registry.api import pull_locked
+
+        return Dictionary.from_pretrained(pull_locked(key, lock), **kwargs)
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     return Dictionary.from_pretrained(reg.pull(key), **kwargs)

@@ -89,6 +89,11 @@ class Provenance(_Strict):
     """Package versions at creation time."""
     created_at: str | None = None
     """ISO 8601 UTC timestamp."""
+    source_files: dict[str, str] | None = None
+    """sha256 of each file of the folder a converted dictionary was read from (file name -> hex)."""
+    model_weights: dict[str, str] | None = None
+    """When the base model's weights were not its Hub release but a converted or dequantized local
+    copy: what they were (e.g. ``{"format": "gguf", "quantization": "Q4_K_M", "gguf_sha256": ...}``)."""
 
 
 class DictionaryConfig(_Strict):

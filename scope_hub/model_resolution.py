@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ HUB_IDS: dict[str, str] = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct",
 }
 """Hub ids whose converted copy stands in when the Hugging Face cache lacks them."""
+QUANTIZATION: dict[str, str] = {"gemma-3-270m": "Q4_K_M", "smollm2-135m-instruct": "Q4_1"}
+"""GGUF quantization of each converted model's source file (the weights are these, dequantized)."""
+_WARNED: set[str] = set()
 
 
 def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
@@ -67,6 +71,16 @@ def resolve_model(spec: str | Path, revision: str | None = None, progress: bool 
     name = text if text in NAMED_MODELS else None
     if name is None and text in HUB_IDS and not _in_hf_cache(text, revision):
         name, revision = HUB_IDS[text], None  # a Hub revision says nothing about the GGUF copy
+        if text not in _WARNED:
+            _WARNED.add(text)
+            warnings.warn(
+                f"{text} is not in the Hugging Face cache: loading scope-hub's copy converted from a "
+                f"{QUANTIZATION[name]} GGUF instead. Its weights are {QUANTIZATION[name]}-quantized, then "
+                "dequantized to float32, so results differ slightly from the original release; a saved "
+                "scoped model records this (base_model_weights).",
+                ConvertedWeightsWarning,
+                stacklevel=2,
+            )
     if name is None:
         return text
     folder = CONVERTERS[name](progress=progress)
@@ -91,6 +105,56 @@ def converted_sha256(folder: str | Path) -> str | None:
     """sha256 of the GGUF a converted folder came from, or None for any other folder."""
     sha = _marker(folder).get("source_sha256")
     return str(sha) if sha else None
+
+
+class ConvertedWeightsWarning(UserWarning):
+    """A Hub model id was served by a converted (quantized, then dequantized) local copy."""
+
+
+def converted_weights(spec: str | None, revision: str | None = None) -> dict[str, str] | None:
+    """What a model spec's weights are when it is a converted GGUF copy (None for anything else).
+
+    ``spec``: a converted model's name or folder (``revision``: its GGUF sha256, as
+    :func:`describe_base` gives). Reads the conversion marker when the folder exists; never
+    converts anything.
+
+    Example:
+        >>> converted_weights("gemma-3-270m", "ab" * 32)["quantization"]
+        'Q4_K_M'
+        >>> converted_weights("gpt2") is None
+        True
+    """
+    if not spec:
+        return None
+    marker = _marker(spec) if Path(spec).expanduser().is_dir() else {}
+    name = marker.get("name") or spec
+    if name not in NAMED_MODELS:
+        return None
+    if not marker:
+        from scope_hub.models import models_cache_dir
+
+        marker = _marker(models_cache_dir() / name)
+        if revision and marker.get("source_sha256") != revision:
+            marker = {}  # the cached copy is another package version: only the pinned hash is known
+    hub_id = next(h for h, n in HUB_IDS.items() if n == name)
+    info = {
+        "hub_id": hub_id,
+        "format": "gguf",
+        "quantization": QUANTIZATION[name],
+        "gguf_sha256": str(revision or marker.get("source_sha256") or ""),
+        "gguf_file": str(marker.get("source_file") or ""),
+        "package": str(marker.get("source_package") or ""),
+        "dequantized_to": str(marker.get("dtype") or "float32"),
+    }
+    return {k: v for k, v in info.items() if v}
+
+
+def served_weights(spec: str | None, revision: str | None = None) -> dict[str, str] | None:
+    """:func:`converted_weights` of what :func:`resolve_model` loads for ``spec`` (a Hub id the
+    Hugging Face cache lacks is served by its converted copy), without converting anything."""
+    if spec in HUB_IDS and not _in_hf_cache(spec, revision):
+        return converted_weights(HUB_IDS[spec])
+    return converted_weights(spec, revision)
 
 
 def describe_base(source: str | None, revision: str | None) -> tuple[str | None, str | None]:

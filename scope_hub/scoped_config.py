@@ -3,13 +3,13 @@
 ``scoped_model.json`` records the base model (id + revision) and every attached
 dictionary pinned so that :meth:`ScopedModel.from_pretrained` rebuilds exactly
 the same scoped model: registry keys with their version and content sha256,
-local folders with their path and content sha256, in-memory dictionaries saved
-next to the config.
+Hub folders (``hf://``, ``saelens://``) at the commit they resolved to with their
+content sha256, local folders with their path and content sha256, in-memory
+dictionaries saved next to the config.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +22,9 @@ from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, IntegrityError, KeyParseError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import SCHEMA_VERSION
+from scope_hub.model_resolution import converted_weights
+from scope_hub.registry.content import folder_digest
+from scope_hub.sources import is_remote_source, load_folder, load_remote
 
 if TYPE_CHECKING:
     from scope_hub.scoped_model import ScopedModel
@@ -40,8 +43,10 @@ class DictionaryEntry(BaseModel):
     """URL of that registry."""
     path: str | None = None
     """Folder it was loaded from (relative paths are relative to the saved config)."""
+    source: str | None = None
+    """Hub folder it was downloaded from, pinned to a commit (``hf://ORG/REPO/FOLDER@<sha>``)."""
     sha256: str | None = None
-    """Content hash: the manifest's content_sha256 for keys, :func:`folder_sha256` for folders."""
+    """Content hash: the manifest's content_sha256 for keys, :func:`folder_sha256` for folders and Hub folders."""
 
 
 class ScopedModelConfig(BaseModel):
@@ -56,6 +61,9 @@ class ScopedModelConfig(BaseModel):
     """Hub id or local folder of the base causal LM."""
     base_model_revision: str | None = None
     """Revision of the base model, if pinned."""
+    base_model_weights: dict[str, str] | None = None
+    """Set when the base model is a converted local copy (e.g. GGUF Q4_K_M, dequantized): what its
+    weights are (:func:`scope_hub.model_resolution.converted_weights`)."""
     dictionaries: list[DictionaryEntry]
     """Attached dictionaries, in attach order."""
 
@@ -73,14 +81,7 @@ class ScopedModelConfig(BaseModel):
 
 def folder_sha256(folder: Path) -> str:
     """sha256 over the sorted (file name, file sha256) pairs of a dictionary folder."""
-    outer = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                inner.update(block)
-        outer.update(f"{path.name}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
+    return folder_digest(folder)
 
 
 def _default_name(dictionary: Dictionary) -> str:
@@ -122,9 +123,11 @@ def load_dictionary_source(
         return _from_entry(source, base, registry, lazy)
     if isinstance(source, Dictionary):
         return source, {"name": _default_name(source), "inline": True}
+    if is_remote_source(source):
+        return _from_hub(str(source), lazy, expected_sha=None)
     folder = Path(source)
     if folder.is_dir():
-        return Dictionary.from_pretrained(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
+        return load_folder(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
     if not isinstance(source, DictionaryKey):
         reject_missing_folder(str(source))
     try:
@@ -154,7 +157,16 @@ def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: 
     return Dictionary.from_pretrained(folder, lazy=lazy), record
 
 
+def _from_hub(source: str, lazy: bool, expected_sha: str | None):
+    loaded = load_remote(source, lazy=lazy, expected_sha256=expected_sha)
+    name = loaded.folder.path.rsplit("/", 1)[-1]
+    return loaded.dictionary, {"name": name, "source": str(loaded.folder), "sha256": loaded.sha256}
+
+
 def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: bool):
+    if entry.source is not None:
+        dictionary, record = _from_hub(entry.source, lazy, entry.sha256)
+        return dictionary, {**record, "name": entry.name}
     if entry.key is not None:
         dictionary, record = _from_registry(parse_key(entry.key), registry or entry.registry, lazy, entry.sha256)
         return dictionary, {**record, "name": entry.name}
@@ -180,6 +192,9 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
                 )
             )
             continue
+        if record.get("source"):
+            entries.append(DictionaryEntry(name=name, source=record["source"], sha256=record["sha256"]))
+            continue
         if record.get("inline"):
             relative = Path("dictionaries") / name.replace("/", "__")
             scoped.dictionaries[name].save_pretrained(folder / relative)
@@ -193,7 +208,10 @@ def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:
             "with model.save_pretrained(dir) and build the ScopedModel from that dir"
         )
     config = ScopedModelConfig(
-        base_model=scoped.base_model_id, base_model_revision=scoped.base_model_revision, dictionaries=entries
+        base_model=scoped.base_model_id,
+        base_model_revision=scoped.base_model_revision,
+        base_model_weights=converted_weights(scoped.base_model_id, scoped.base_model_revision),
+        dictionaries=entries,
     )
     atomic_write_text(folder / ScopedModelConfig.FILE, json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
     return folder

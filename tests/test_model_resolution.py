@@ -48,3 +48,56 @@ def test_an_unreachable_hub_id_is_a_typed_error_that_says_what_to_do(monkeypatch
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OfflineError, match="not in the Hugging Face cache.*gemma-3-270m"):
         ScopedModel.from_pretrained("no-such-org/no-such-model")
+
+
+def test_a_converted_copy_standing_in_for_a_hub_id_warns_once_and_is_recorded(converted, tmp_path, monkeypatch):
+    import warnings
+
+    from scope_hub.model_resolution import ConvertedWeightsWarning
+    from scope_hub.scoped_config import ScopedModelConfig, save_scoped_config
+    from tests.tiny_models import tiny_gemma3
+
+    monkeypatch.setattr(model_resolution, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            resolve_model("google/gemma-3-270m")
+        resolve_model("gemma-3-270m")  # asked for the converted copy by name: nothing to warn about
+    (warning,) = [w for w in caught if issubclass(w.category, ConvertedWeightsWarning)]
+    assert "Q4_K_M" in str(warning.message) and "dequantized" in str(warning.message)
+    model = tiny_gemma3()
+    model.config._name_or_path = str(converted)  # what transformers records when loading the folder
+    saved = save_scoped_config(ScopedModel(model), tmp_path / "scoped")
+    config = ScopedModelConfig.read(saved)
+    assert (config.base_model, config.base_model_revision) == ("gemma-3-270m", SHA)
+    assert config.base_model_weights == {
+        "hub_id": "google/gemma-3-270m",
+        "format": "gguf",
+        "quantization": "Q4_K_M",
+        "gguf_sha256": SHA,
+        "dequantized_to": "float32",
+    }
+    plain = tiny_gemma3()
+    plain.config._name_or_path = "org/some-model"
+    assert ScopedModelConfig.read(save_scoped_config(ScopedModel(plain), tmp_path / "p")).base_model_weights is None
+
+
+def test_a_dictionary_trained_on_the_converted_copy_names_the_hub_model_and_the_gguf(converted, monkeypatch):
+    from scope_hub.cards import parse_card, render_dictionary_card
+    from scope_hub.dictionaries import SAE
+    from scope_hub.metadata import DictionaryConfig
+    from trainers.config import load_config
+    from trainers.publish import export_dictionary
+    from trainers.trainer import TrainResult
+
+    monkeypatch.setenv("SCOPE_HUB_MODELS", str(converted.parent))  # where the converted copy lives
+    cfg = load_config(None, ["model.id=google/gemma-3-270m", "harvest.layer=6", "dictionary.d_sae=8"])
+    sae = SAE(DictionaryConfig(type="sae", architecture="jumprelu", d_in=4, d_sae=8, model=cfg.model.id, layer=6))
+    exported = export_dictionary(TrainResult(sae, [1.0], [1.0], 1, False), cfg, {"model_revision": None})
+    assert exported.config.model == "google/gemma-3-270m" and exported.config.model_revision is None
+    weights = exported.config.provenance.model_weights
+    assert (weights["quantization"], weights["gguf_sha256"], weights["format"]) == ("Q4_K_M", SHA, "gguf")
+    card = render_dictionary_card(exported.config, "google/gemma-3-270m:resid_post/layer_6/width_8/sae", 1)
+    front, body = parse_card(card)
+    assert front["base_model"] == "google/gemma-3-270m" and front["scope_hub"]["base_model_weights"] == weights
+    assert "converted local copy" in body and SHA in body

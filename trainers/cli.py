@@ -97,7 +97,12 @@ def run(args: argparse.Namespace) -> int:
             metrics = part.dictionary.config.metrics.model_dump(exclude_none=True, exclude={"per_layer"})
             print(f"{part.folder}  " + "  ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         if part.push is not None:
-            print(f"pushed {part.push.key}@v{part.push.version}")
+            push = part.push
+            print(
+                f"pushed {push.ref}"
+                if push.created
+                else f"unchanged, v{push.version}: {push.ref} holds identical content"
+            )
     return 0
 
 

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import tempfile
 from importlib import metadata
@@ -30,6 +31,7 @@ from scope_hub.cards import render_dictionary_card
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.keys import width_label
 from scope_hub.metadata import Provenance
+from scope_hub.model_resolution import served_weights
 from trainers.config import TrainConfig
 from trainers.harvest import SiteSpec
 from trainers.normalization import fold_normalization, normalization_metadata
@@ -99,6 +101,9 @@ def export_dictionary(
     c = out.config
     c.width_label = width_label(c.d_sae)
     c.model_revision = c.model_revision or data.get("model_revision")
+    weights = served_weights(cfg.model.id, cfg.model.revision)
+    if weights is not None:  # a converted local copy: name the Hub model, say what the weights were
+        c.model, c.model_revision = weights["hub_id"], None
     c.variant = default_variant(cfg)
     if spec is not None:
         c.hook_point_in = _template(spec.inputs, spec.layers)
@@ -112,6 +117,7 @@ def export_dictionary(
         training_config=cfg.model_dump(mode="json"),
         software=software_versions(),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        model_weights=weights,
     )
     return out
 
@@ -119,6 +125,32 @@ def export_dictionary(
 def is_url(location: str) -> bool:
     """True for an fsspec URL other than ``file://`` (those are written through a store)."""
     return "://" in location and not location.startswith("file://")
+
+
+def _same_as_latest(dictionary: Dictionary, folder: Path, registry: Any, key: str) -> None:
+    """If the key's latest version holds these very weights and config (the creation time aside),
+    rewrite ``folder`` with that version's creation time, so an identical rerun publishes nothing."""
+    from scope_hub.errors import ScopeHubError
+    from scope_hub.registry.content import folder_hashes
+
+    try:
+        manifest = registry.resolve(key)
+    except (ScopeHubError, KeyError):
+        return  # nothing published yet (or unreadable: the push reports it)
+    published = {e.path: e.sha256 for e in manifest.files}
+    ours = folder_hashes(folder)
+    if any(published.get(name) != sha for name, sha in ours.items() if name.endswith(".safetensors")):
+        return
+
+    def timeless(config: dict) -> dict:
+        return {**config, "provenance": {**(config.get("provenance") or {}), "created_at": None}}
+
+    stored = json.loads((folder / "config.json").read_text())
+    created_at = (manifest.config.get("provenance") or {}).get("created_at")
+    if created_at and timeless(stored) == timeless(manifest.config):
+        dictionary.config.provenance.created_at = created_at
+        readme = folder / "README.md"
+        dictionary.save_pretrained(folder, card=readme.read_text() if readme.is_file() else None)
 
 
 def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]) -> tuple[Path | str, Any]:
@@ -142,7 +174,7 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
     )
     if not is_url(cfg.output.dir):
         folder = dictionary.save_pretrained(cfg.output.dir, card=card)
-        return folder, _push(folder, cfg, key)
+        return folder, _push(dictionary, folder, cfg, key)
     from trainers.harvest_shards import open_store
 
     store = open_store(cfg.output.dir)
@@ -152,15 +184,17 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
             if path.name != "config.json":
                 store.put_file(path.name, path)
         store.put_file("config.json", folder / "config.json")
-        return cfg.output.dir, _push(folder, cfg, key)
+        return cfg.output.dir, _push(dictionary, folder, cfg, key)
 
 
-def _push(folder: Path, cfg: TrainConfig, key: str | None) -> Any:
+def _push(dictionary: Dictionary, folder: Path, cfg: TrainConfig, key: str | None) -> Any:
     if not cfg.output.registry:
         return None
     from scope_hub.registry import Registry
 
-    return Registry(cfg.output.registry).push(folder, key)
+    registry = Registry(cfg.output.registry)
+    _same_as_latest(dictionary, folder, registry, key)
+    return registry.push(folder, key)
 
 
 def write_metrics_log(output_dir: str, text: str) -> None:

@@ -45,7 +45,10 @@ def check_dictionary_source(source: str, registry: str | None) -> str:
         /tmp/x/nosuch: no such folder (a di
     """
     from scope_hub.scoped_config import reject_missing_folder
+    from scope_hub.sources import is_remote_source
 
+    if is_remote_source(source):
+        return source  # a Hub folder or SAELens name: checked when it is downloaded
     folder = Path(source).expanduser()
     if folder.is_dir():
         return str(folder)

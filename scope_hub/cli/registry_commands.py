@@ -52,7 +52,14 @@ def human_size(n: int) -> str:
 
 
 def setup_push(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("folder", metavar="FOLDER", help="dictionary folder (config.json + params*.safetensors)")
+    parser.add_argument(
+        "folder",
+        metavar="FOLDER",
+        help="dictionary folder in any layout scope-hub reads (scope-hub, Gemma Scope 2/1, SAELens, sparsify, "
+        "dictionary_learning, circuit-tracer), a Hub folder hf://ORG/REPO/FOLDER[@REV] or a SAELens name "
+        "saelens://RELEASE/SAE_ID; other layouts are converted to scope-hub's, the card naming the source "
+        "format and its files' sha256",
+    )
     parser.add_argument(
         "key", metavar="KEY", help="key without @ref, e.g. google/gemma-3-270m:resid_post/layer_6/width_16k/sae"
     )
@@ -65,7 +72,8 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument(
         "--license",
         metavar="ID",
-        help="license of the weights (e.g. apache-2.0), when the card source does not state one",
+        help="license of the weights (e.g. apache-2.0), when the card source does not state one; required "
+        "then, except for Gemma Scope folders, which default to their published cc-by-4.0",
     )
     parser.add_argument(
         "--private",
@@ -75,26 +83,82 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
     )
 
     def run(args: argparse.Namespace) -> int:
-        result = _registry(args).push(args.folder, args.key, card=args.card, license=args.license, private=args.private)
-        verb = "pushed" if result.created else "unchanged (identical content):"
-        print(f"{verb} {result.ref} sha256:{result.content_sha256[:12]}")
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory(prefix="scope-hub-push-") as scratch:
+            folder, license = args.folder, args.license
+            if _is_hub_source(folder) or not _is_native(Path(folder)):
+                from scope_hub.sources import GEMMA_SCOPE_FORMATS, publishable_folder
+
+                folder, fmt = publishable_folder(folder, Path(scratch) / "dictionary")
+                print(f"converted a {fmt} folder to scope-hub's layout for publishing", file=sys.stderr)
+                if license is None and args.card is None and fmt in GEMMA_SCOPE_FORMATS:
+                    from scope_hub.interop.release import GEMMA_SCOPE_LICENSE
+
+                    license = GEMMA_SCOPE_LICENSE
+            result = _registry(args).push(folder, args.key, card=args.card, license=license, private=args.private)
+        if result.created:
+            print(f"pushed {result.ref} sha256:{result.content_sha256[:12]}")
+        else:
+            print(f"unchanged, v{result.version}: {result.ref} already holds sha256:{result.content_sha256[:12]}")
         return 0
 
     return run
 
 
 def setup_pull(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("key", metavar="KEY", help="key, optionally @vN, @latest or @sha256:<prefix>")
+    parser.add_argument(
+        "key",
+        metavar="KEY",
+        help="key, optionally @vN, @latest or @sha256:<prefix>; or a Hub folder hf://ORG/REPO/FOLDER[@REV] "
+        "or a SAELens name saelens://RELEASE/SAE_ID (only that folder is downloaded)",
+    )
     parser.add_argument("--to", metavar="DIR", help="copy the files into DIR instead of printing the cache folder")
     parser.add_argument("--lock", metavar="FILE", help="resolve through this lockfile (exact locked bytes)")
     parser.add_argument("--verify", action="store_true", help="re-hash cached files instead of trusting sizes")
     _revision_option(parser)
 
     def run(args: argparse.Namespace) -> int:
+        if _is_hub_source(args.key):
+            print(_pull_hub_source(args))
+            return 0
         print(_registry(args).pull(args.key, to=args.to, lock=args.lock, verify=args.verify))
         return 0
 
     return run
+
+
+def _is_native(folder) -> bool:
+    """A folder in scope-hub's own layout (pushed as it is); a missing folder counts, for push's error."""
+    from scope_hub.registry.content import is_native_folder
+
+    return not folder.is_dir() or is_native_folder(folder)
+
+
+def _is_hub_source(text: str) -> bool:
+    """A Hub folder or SAELens name (``hf://ORG/REPO`` alone is a registry)."""
+    from scope_hub.registry.backends.hf_folders import is_hub_folder
+
+    return text.startswith("saelens://") or is_hub_folder(text)
+
+
+def _pull_hub_source(args: argparse.Namespace):
+    """A Hub folder or SAELens name: only that folder, into the Hugging Face cache (or copied to --to)."""
+    import shutil
+    from pathlib import Path
+
+    from scope_hub.sources import fetch_source, locked_entry
+
+    if args.lock:
+        entry = locked_entry(args.key, args.lock)
+        local, _, _ = fetch_source(str(entry.resolved), expected_sha256=entry.content_sha256)
+    else:
+        local, _, _ = fetch_source(args.key)
+    if args.to is None:
+        return local
+    shutil.copytree(local, Path(args.to), dirs_exist_ok=True)
+    return Path(args.to)
 
 
 def setup_card(parser: argparse.ArgumentParser) -> Runner:
@@ -277,15 +341,47 @@ def setup_info(parser: argparse.ArgumentParser) -> Runner:
     return run
 
 
+def _verify_folders(folders: list[str]):
+    """Each folder's files re-hashed against the sha256 its card records."""
+    from pathlib import Path
+
+    from scope_hub.cards import card_problems
+    from scope_hub.errors import DictionaryNotFoundError
+    from scope_hub.registry.content import folder_hashes
+    from scope_hub.registry.models import VerifyReport
+
+    report = VerifyReport()
+    for name in folders:
+        folder = Path(name)
+        if not folder.is_dir():
+            raise DictionaryNotFoundError(f"{name}: no such folder")
+        hashes = folder_hashes(folder)
+        problems = card_problems(folder, hashes)
+        if problems is None:
+            problems = [f"{name}: no README.md card recording file hashes (pull the version from its registry)"]
+        report.blobs_checked += len(hashes)
+        report.manifests_checked += 1
+        report.problems += problems
+    return report
+
+
 def setup_verify(parser: argparse.ArgumentParser) -> Runner:
+    parser.add_argument(
+        "folders",
+        metavar="FOLDER",
+        nargs="*",
+        help="check these dictionary folders (a pull, a Hub download) against the sha256 their card "
+        "records, instead of the registry",
+    )
     parser.add_argument("--cache", action="store_true", help="also re-hash the local download cache")
 
     def run(args: argparse.Namespace) -> int:
-        report = _registry(args).verify(cache=args.cache)
+        report = _verify_folders(args.folders) if args.folders else _registry(args).verify(cache=args.cache)
         for problem in report.problems:
             print(problem)
         print(
-            f"checked {report.blobs_checked} blob(s), {report.manifests_checked} manifest(s): "
+            f"checked {report.blobs_checked} {'file' if args.folders else 'blob'}(s), {report.manifests_checked} "
+            f"{'card' if args.folders else 'manifest'}(s): "
             f"{len(report.problems)} problem(s)"
         )
         if not report.ok:
@@ -300,15 +396,32 @@ def setup_verify(parser: argparse.ArgumentParser) -> Runner:
 
 
 def setup_lock(parser: argparse.ArgumentParser) -> Runner:
-    parser.add_argument("keys", metavar="KEY", nargs="+", help="keys to pin (each at its ref, default latest)")
+    parser.add_argument(
+        "keys",
+        metavar="KEY",
+        nargs="+",
+        help="keys to pin (each at its ref, default latest), Hub folders hf://ORG/REPO/FOLDER[@REV] "
+        "or SAELens names saelens://RELEASE/SAE_ID (pinned to the commit they resolve to)",
+    )
     parser.add_argument(
         "--out", metavar="FILE", default=DEFAULT_LOCKFILE, help=f"lockfile to write (default {DEFAULT_LOCKFILE})"
     )
 
     def run(args: argparse.Namespace) -> int:
-        lock = _registry(args).lock(args.keys, args.out)
+        from scope_hub.registry.lockfile import Lockfile
+
+        hub = [k for k in args.keys if _is_hub_source(k)]
+        keys = [k for k in args.keys if k not in hub]
+        lock = _registry(args).lock(keys) if keys else Lockfile()
         for entry in lock.entries:
             print(f"locked {entry.key}@v{entry.version} manifest sha256:{entry.manifest_sha256[:12]}")
+        if hub:
+            from scope_hub.sources import lock_source
+
+            lock = lock.merged([lock_source(source) for source in hub])
+            for entry in lock.entries[len(keys) :]:
+                print(f"locked {entry.source} at {entry.resolved} sha256:{entry.content_sha256[:12]}")
+        lock.save(args.out)
         print(f"wrote {args.out}")
         return 0
 

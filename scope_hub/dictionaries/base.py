@@ -226,7 +226,8 @@ class Dictionary(nn.Module):
         matryoshka_groups: int | None = None,
         allow_nonfinite: bool = False,
     ) -> Dictionary:
-        """Load a dictionary folder (ours or Gemma Scope 2's as published).
+        """Load a dictionary folder (ours or Gemma Scope 2's as published), local or on the Hub
+        (``hf://ORG/REPO/FOLDER[@revision]``; other layouts: :func:`scope_hub.load_dictionary`).
 
         ``lazy=True`` checks the files now but reads tensor data only on first use.
         ``matryoshka_groups=n`` keeps only the first ``n`` nested latent groups.
@@ -234,7 +235,10 @@ class Dictionary(nn.Module):
         ``allow_nonfinite`` (then a warning is issued).
         """
         from scope_hub.dictionaries.kinds import KINDS
+        from scope_hub.registry.backends.hf_folders import fetch_hub_folder, is_hub_folder
 
+        if is_hub_folder(folder):  # hf://ORG/REPO/FOLDER[@rev]: only that folder is downloaded
+            folder = fetch_hub_folder(str(folder))[0]
         folder = Path(folder)
         if not folder.is_dir():
             raise DictionaryNotFoundError(f"{folder}: no such dictionary folder")

@@ -17,10 +17,10 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.registry.content import is_native_folder
 
 NAME = "scope-hub"
 FILES = "config.json (with schema_version) + params.safetensors | params_layer_{i}.safetensors"
@@ -28,16 +28,7 @@ FILES = "config.json (with schema_version) + params.safetensors | params_layer_{
 
 def detect(folder: Path) -> bool:
     """A ``config.json`` carrying ``schema_version`` next to our weight files."""
-    folder = Path(folder)
-    path = folder / "config.json"
-    if not path.is_file():
-        return False
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    has_weights = (folder / "params.safetensors").is_file() or (folder / "params_layer_0.safetensors").is_file()
-    return isinstance(raw, dict) and "schema_version" in raw and has_weights
+    return is_native_folder(folder)
 
 
 def load(folder: Path) -> Dictionary:

@@ -288,7 +288,8 @@ def release_table(yaml_path: str | None = None) -> dict[str, dict[str, Any]]:
     """``{release: {"repo_id": ..., "saes": {sae_id: path}}}`` for every Gemma Scope release.
 
     Read from ``yaml_path``, else the installed sae_lens's YAML, else the trimmed copy shipped
-    with scope-hub (:data:`VENDORED`, made by :func:`vendor_table` from sae_lens 6.54.12).
+    with scope-hub (:data:`VENDORED`, made by :func:`vendor_table`; its SAELens version is
+    :func:`vendored_version`).
     Parsed once per file.
     """
     path = yaml_path or installed_yaml()
@@ -317,13 +318,29 @@ def _table(path: str | None) -> dict[str, dict[str, Any]]:
     }
 
 
-def vendor_table(yaml_path: Path | str, out: Path | str = VENDORED) -> Path:
-    """Write the trimmed, gzipped Gemma Scope release table from a ``pretrained_saes.yaml``."""
+def vendored_version() -> str:
+    """The SAELens version whose ``pretrained_saes.yaml`` the bundled table was made from."""
+    return str(json.loads(gzip.decompress(VENDORED.read_bytes()))["sae_lens_version"])
+
+
+def vendor_table(yaml_path: Path | str, out: Path | str = VENDORED, *, sae_lens_version: str | None = None) -> Path:
+    """Write the trimmed, gzipped Gemma Scope release table from a ``pretrained_saes.yaml``.
+
+    ``sae_lens_version``: the SAELens release the YAML belongs to (default: the installed one).
+    """
+    if sae_lens_version is None:
+        from importlib.metadata import version
+
+        sae_lens_version = version("sae-lens")
     releases = {
         r: {"repo_id": v["repo_id"], "saes": [p if i == p else [i, p] for i, p in v["saes"].items()]}
         for r, v in sorted(release_table(str(yaml_path)).items())
     }
-    payload = {"source": f"sae_lens pretrained_saes.yaml ({Path(yaml_path).name})", "releases": releases}
+    payload = {
+        "source": f"sae_lens {sae_lens_version} pretrained_saes.yaml",
+        "sae_lens_version": sae_lens_version,
+        "releases": releases,
+    }
     Path(out).write_bytes(
         gzip.compress(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode(), 9, mtime=0)
     )

@@ -29,6 +29,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from scope_hub.errors import (
+    IntegrityError,
     KeyParseError,
     LockfileError,
     OfflineError,
@@ -238,7 +239,21 @@ class Registry:
         else:
             manifest = self._manifest(k, self.resolve_version(k))[0]
         snapshot = self._materialize(k, manifest, verify)
+        self._check_card(k, manifest, snapshot)
         return export_snapshot(snapshot, manifest, Path(to)) if to is not None else snapshot
+
+    def _check_card(self, key: DictionaryKey, manifest: Manifest, snapshot: Path) -> None:
+        """The card's recorded file hashes must be the manifest's (whose bytes the cache verified)."""
+        if not manifest.card:
+            return
+        from scope_hub.cards import card_problems
+
+        problems = card_problems(snapshot, {e.path: e.sha256 for e in manifest.files})
+        if problems:
+            raise IntegrityError(
+                f"{key.unpinned()}@v{manifest.version} in {self.url}: its card disagrees with its files "
+                f"({'; '.join(problems)}); run `scope-hub verify` and re-push the version"
+            )
 
     def _locked_manifest(self, key: DictionaryKey, entry: LockEntry) -> Manifest:
         manifest, data = self._manifest(key, entry.version)

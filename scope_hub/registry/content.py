@@ -90,6 +90,17 @@ def content_digest(pairs: list[tuple[str, str]]) -> str:
     return sha256_bytes(lines.encode())
 
 
+def folder_hashes(folder: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of a folder's files (dotfiles skipped; subfolders are not looked into)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
+    return {p.name: sha for p, (sha, _) in zip(files, map_threads(sha256_file, files))}
+
+
+def folder_digest(folder: Path, hashes: dict[str, str] | None = None) -> str:
+    """:func:`content_digest` of a folder's files (``hashes``: their :func:`folder_hashes`, if known)."""
+    return content_digest(sorted((hashes if hashes is not None else folder_hashes(folder)).items()))
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """One local file ready to upload."""
@@ -150,7 +161,12 @@ class Staged:
         from scope_hub.cards import render_dictionary_card
 
         text = render_dictionary_card(
-            self.dictionary, self.key, version, text=self.card_source, registry_url=self.registry_url
+            self.dictionary,
+            self.key,
+            version,
+            text=self.card_source,
+            registry_url=self.registry_url,
+            files={f.name: f.sha256 for f in self.files},
         )
         data = text.encode("utf-8")
         return StagedCard(name=CARD_NAME, data=data, sha256=sha256_bytes(data), size=len(data))
@@ -169,9 +185,21 @@ def _folder_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def is_native_folder(folder: Path) -> bool:
+    """A folder in scope-hub's own layout: config.json carrying ``schema_version`` next to our weight files."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    has_weights = (folder / "params.safetensors").is_file() or (folder / "params_layer_0.safetensors").is_file()
+    return isinstance(raw, dict) and "schema_version" in raw and has_weights
+
+
 _CONVERT_HINT = (
-    "convert it first with `scope-hub convert FOLDER OUT --to scope-hub`, or publish a whole "
-    "Gemma Scope release with `scope-hub import gemma-scope-2 SOURCE`"
+    "`scope-hub push` converts it on the fly (or convert it first with `scope_hub.sources.publishable_folder` "
+    "or `scope-hub convert FOLDER OUT --to scope-hub`); a whole Gemma Scope release publishes with "
+    "`scope-hub import gemma-scope-2 SOURCE`"
 )
 
 
@@ -201,7 +229,7 @@ def _load_config(folder: Path, path: Path | None, key: DictionaryKey) -> tuple[d
 
 
 def _card_source(path: Path | None, config: DictionaryConfig, key: DictionaryKey, license: str | None) -> CardSource:
-    from scope_hub.cards import CardSource, default_base_model, validate_card
+    from scope_hub.cards import CardSource, default_base_model, is_local_path, validate_card
 
     where = (
         f"card source {str(path)!r}"
@@ -213,6 +241,11 @@ def _card_source(path: Path | None, config: DictionaryConfig, key: DictionaryKey
     except UnicodeDecodeError:
         raise CardError(f"{where} is not UTF-8 text") from None
     source = CardSource.parse(text, config, key, license=license, strict=True, where=where)
+    if is_local_path(source.front.get("base_model")):
+        raise CardError(
+            f"{where}: base_model {source.front['base_model']!r} is a local path; state the Hub id of the "
+            "model (e.g. 'base_model: google/gemma-3-270m') and describe a converted copy in the card text"
+        )
     validate_card(
         {
             "license": source.front.get("license"),

@@ -66,6 +66,9 @@ def test_vendored_table_matches_the_installed_yaml(monkeypatch):
     vendored = release_table(None)
     assert vendored is not installed and vendored == installed
     assert sum(len(v["saes"]) for v in vendored.values()) > 10_000
+    from importlib.metadata import version
+
+    assert saelens.vendored_version() == version("sae-lens")  # the table states the release it came from
 
 
 def test_unknown_names_say_what_exists(table_source):

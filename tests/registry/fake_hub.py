@@ -1,12 +1,22 @@
 """A tiny in-process Hugging Face Hub for offline tests of the hf:// backend.
 
 It implements exactly the endpoints huggingface_hub 2.x uses for what scope-hub does
-(read from the installed huggingface_hub source): repo create / info, preupload (always
-"regular": files travel base64 inside the commit), NDJSON commits with ``parentCommit``
-optimistic concurrency (412 when the branch moved), tags, refs, tree and commit listings, and
-``resolve`` HEAD/GET with the headers ``hf_hub_download`` needs (ETag, X-Repo-Commit,
-Content-Length; X-Error-Code on 404s). State lives in memory; every request is recorded in
-``hub.requests`` so tests can count them.
+(read from the installed huggingface_hub source): repo create / info, preupload, NDJSON commits
+with ``parentCommit`` optimistic concurrency (412 when the branch moved), tags, refs, tree and
+commit listings, and ``resolve`` HEAD/GET with the headers ``hf_hub_download`` needs (ETag,
+X-Repo-Commit, Content-Length; X-Linked-Etag / X-Linked-Size for LFS files; X-Error-Code on
+404s). State lives in memory; every request is recorded in ``hub.requests`` so tests can count
+them.
+
+Uploads follow the Hub's two paths. Files under :attr:`FakeHub.lfs_threshold` (10 MiB, the
+Hub's) are "regular": they travel base64 inside the commit. Larger ones take the LFS batch
+path: preupload answers ``lfs``, the client POSTs ``{repo}.git/info/lfs/objects/batch``, PUTs
+the object to the href it was given (the server checks its sha256), and the commit then names
+it by ``lfsFile`` oid; a commit naming an object never uploaded is refused, as on the Hub.
+huggingface_hub sends LFS files through Xet instead whenever ``hf_xet`` is installed; the Xet
+protocol (a content-addressed chunk store behind a token service) is not reproduced here, so
+tests that push LFS-sized files set ``huggingface_hub.constants.HF_HUB_DISABLE_XET`` (the
+client's documented switch, ``HF_HUB_DISABLE_XET=1``), which makes it use the LFS path.
 """
 
 from __future__ import annotations
@@ -29,6 +39,12 @@ class Commit:
     files: dict[str, bytes]
     title: str
     date: str
+    lfs: set[str] = field(default_factory=set)
+    """Paths whose bytes were committed as LFS objects."""
+
+
+LFS_THRESHOLD = 10 * 1024 * 1024
+"""Files at least this big are uploaded through LFS (the Hub's threshold for regular files)."""
 
 
 @dataclass
@@ -53,6 +69,9 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []
         self.counter = 0
         self.server: ThreadingHTTPServer | None = None
+        self.lfs_threshold = LFS_THRESHOLD
+        self.lfs_objects: dict[str, bytes] = {}
+        """sha256 hex -> bytes uploaded through the LFS path."""
 
     @property
     def url(self) -> str:
@@ -83,6 +102,33 @@ class FakeHub:
         commit = Commit(oid, parent, files, title, date)
         repo.commits[oid] = commit
         return commit
+
+    def commit_files(self, repo_id: str, files: dict[str, bytes | None], title: str, branch: str = "main") -> str:
+        """Commit ``files`` (None deletes a path) on top of ``branch``, creating the repo if needed;
+        returns the new commit id (for seeding repos the way a publisher would)."""
+        with self.lock:
+            repo = self.repos.get(repo_id) or self.create_repo(repo_id)
+            head = repo.branches.get(branch) or repo.branches["main"]
+            merged = dict(repo.commits[head].files)
+            for path, data in files.items():
+                if data is None:
+                    merged.pop(path, None)
+                else:
+                    merged[path] = data
+            commit = self.new_commit(repo, head, merged, title)
+            repo.branches[branch] = commit.oid
+            return commit.oid
+
+    def downloaded(self, repo_id: str) -> set[str]:
+        """Paths of ``repo_id`` whose bytes were requested (``resolve`` GET or HEAD), any revision."""
+        out = set()
+        for _, path in self.requests:
+            parts = [unquote(p) for p in path.strip("/").split("/")]
+            if parts[0] == "datasets":
+                parts = parts[1:]
+            if len(parts) >= 4 and parts[2] == "resolve" and f"{parts[0]}/{parts[1]}" == repo_id:
+                out.add("/".join(parts[4:]))
+        return out
 
     def create_repo(self, repo_id: str, private: bool | None = None) -> Repo:
         repo = Repo(repo_id, private=private)
@@ -128,6 +174,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps({"error": message}).encode(), headers, head=head)
 
     def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # a streamed PUT
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(chunks)
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _route(self, method: str) -> None:
@@ -136,6 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [unquote(p) for p in split.path.strip("/").split("/")]
         query = parse_qs(split.query)
         with self.hub.lock:
+            if parts[0] == "lfs-upload" and method == "PUT":
+                return self._lfs_put(parts[1])
+            if len(parts) >= 6 and parts[-4:] == ["info", "lfs", "objects", "batch"]:
+                return self._lfs_batch(json.loads(self._body()))
             if parts[:3] == ["api", "repos", "create"]:
                 return self._create(json.loads(self._body()))
             if parts[0] == "api" and len(parts) >= 4 and parts[1] in ("models", "datasets"):
@@ -154,6 +212,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
 
     # -- endpoints ------------------------------------------------------------------------
     def _create(self, payload: dict) -> None:
@@ -193,8 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if action == "preupload":
             files = json.loads(self._body())["files"]
+            mode = lambda f: "lfs" if f["size"] >= self.hub.lfs_threshold else "regular"  # noqa: E731
             return self._json(
-                200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+                200, {"files": [{"path": f["path"], "uploadMode": mode(f), "shouldIgnore": False} for f in files]}
             )
         if action == "commit":
             return self._commit(repo, revision, self._body())
@@ -216,10 +278,18 @@ class _Handler(BaseHTTPRequestHandler):
         if parent is not None and parent != head:
             return self._error(412, None, "A commit has happened since. Please refresh and try again.")
         files = dict(repo.commits[head].files)
+        lfs = set(repo.commits[head].lfs)
         for line in lines[1:]:
             value = line["value"]
             if line["key"] == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
+                lfs.discard(value["path"])
+            elif line["key"] == "lfsFile":
+                data = self.hub.lfs_objects.get(value["oid"])
+                if data is None or len(data) != value["size"]:
+                    return self._error(400, None, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                files[value["path"]] = data
+                lfs.add(value["path"])
             elif line["key"] == "deletedFile":
                 files.pop(value["path"], None)
             elif line["key"] == "deletedFolder":
@@ -228,7 +298,24 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(400, None, f"unsupported operation {line['key']} (this fake hub has no LFS)")
         commit = self.hub.new_commit(repo, head, files, header["summary"])
         repo.branches[branch] = commit.oid
+        commit.lfs = lfs & set(files)
         self._json(200, {"commitUrl": f"{self.hub.url}/{repo.repo_id}/commit/{commit.oid}", "commitOid": commit.oid})
+
+    def _lfs_batch(self, payload: dict) -> None:
+        objects = []
+        for obj in payload["objects"]:
+            entry = {"oid": obj["oid"], "size": obj["size"]}
+            if obj["oid"] not in self.hub.lfs_objects:  # already stored: no actions, nothing to send
+                entry["actions"] = {"upload": {"href": f"{self.hub.url}/lfs-upload/{obj['oid']}"}}
+            objects.append(entry)
+        self._json(200, {"transfer": "basic", "objects": objects})
+
+    def _lfs_put(self, oid: str) -> None:
+        data = self._body()
+        if hashlib.sha256(data).hexdigest() != oid:
+            return self._error(400, None, "uploaded bytes do not match the LFS oid")
+        self.hub.lfs_objects[oid] = data
+        self._send(200)
 
     def _tag(self, repo: Repo, commit: Commit, payload: dict) -> None:
         if payload["tag"] in repo.tags:
@@ -282,9 +369,8 @@ class _Handler(BaseHTTPRequestHandler):
         etag = hashlib.sha1(
             b"blob %d\0" % len(data) + data
         ).hexdigest()  # git blob id, as the Hub sends for regular files
-        self._send(
-            200,
-            data,
-            {"ETag": f'"{etag}"', "X-Repo-Commit": commit.oid, "Content-Type": "application/octet-stream"},
-            head=head,
-        )
+        headers = {"ETag": f'"{etag}"', "X-Repo-Commit": commit.oid, "Content-Type": "application/octet-stream"}
+        if path in commit.lfs:
+            sha = hashlib.sha256(data).hexdigest()  # LFS files are named by their sha256, as on the Hub
+            headers.update({"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data))})
+        self._send(200, data, headers, head=head)

@@ -190,3 +190,60 @@ def test_private_repos_are_created_private(tmp_path, hf_repo, fake_hub):
     assert fake_hub.repos[other].private is None  # huggingface_hub's default: the account decides
     with pytest.raises(RegistryError, match="hf://"):
         Registry((tmp_path / "reg").as_uri(), progress=False).push(tmp_path / "v1", KEY, private=True)
+
+
+def test_an_lfs_sized_push_round_trips_byte_exact_and_re_pushing_it_changes_nothing(
+    tmp_path, hf_repo, fake_hub, monkeypatch
+):
+    from huggingface_hub import constants
+
+    from scope_hub.registry.backends.hf_folders import fetch_hub_folder
+
+    from .fake_hub import LFS_THRESHOLD
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # see fake_hub.py: the fake speaks LFS, not Xet
+    big = make_dictionary(tmp_path / "big", seed=3, d_in=128, d_sae=12_000)  # params.safetensors ~12 MB
+    assert (big / "params.safetensors").stat().st_size > LFS_THRESHOLD
+    url = f"hf://{hf_repo}"
+    fake_hub.requests.clear()
+    assert main(["--registry", url, "push", str(big), KEY.replace("width_8", "width_12000")]) == 0
+    assert any(p.endswith("/info/lfs/objects/batch") for _, p in fake_hub.requests)
+    assert [m for m, p in fake_hub.requests if p.startswith("/lfs-upload/")] == ["PUT"]  # the object, once
+    head = _head(fake_hub, hf_repo)
+    folder = parse_key(KEY.replace("width_8", "width_12000")).path
+    assert f"{folder}/params.safetensors" in head.lfs and f"{folder}/config.json" not in head.lfs
+    pulled = Registry(url, cache_dir=tmp_path / "c", progress=False).pull(KEY.replace("width_8", "width_12000"))
+    assert folder_bytes(pulled) == folder_bytes(big)
+    local, _ = fetch_hub_folder(f"{url}/{folder}")  # the browsable folder, read as a plain Hub folder
+    assert (local / "params.safetensors").read_bytes() == (big / "params.safetensors").read_bytes()
+    commits = len(fake_hub.repos[hf_repo].commits)
+    result = Registry(url, progress=False).push(pulled, KEY.replace("width_8", "width_12000"))  # a pulled copy
+    assert (result.created, result.version) == (False, 1)
+    assert len(fake_hub.repos[hf_repo].commits) == commits  # no new commit, no new version
+
+
+def test_the_card_records_every_file_hash_and_verify_catches_one_flipped_byte(tmp_path, hf_repo, fake_hub, capsys):
+    import hashlib
+
+    from scope_hub import load_dictionary
+    from scope_hub.cards import parse_card
+    from scope_hub.errors import IntegrityError
+
+    url = f"hf://{hf_repo}"
+    src = make_dictionary(tmp_path / "v1", seed=1)
+    Registry(url, progress=False).push(src, KEY)
+    pulled = Registry(url, cache_dir=tmp_path / "c", progress=False).pull(KEY)
+    recorded = parse_card((pulled / "README.md").read_text())[0]["scope_hub"]["files"]
+    assert recorded == {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in src.iterdir() if p.suffix != ".md"}
+    copy = shutil.copytree(pulled, tmp_path / "copy")
+    assert main(["verify", str(copy)]) == 0
+    data = bytearray((copy / "params.safetensors").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "params.safetensors").write_bytes(bytes(data))
+    assert main(["verify", str(copy)]) == 1
+    assert "params.safetensors: sha256" in capsys.readouterr().out
+    # someone edits the browsable folder on the Hub: the card no longer vouches for the bytes
+    fake_hub.commit_files(hf_repo, {f"{FOLDER}/params.safetensors": bytes(data)}, "edit weights by hand")
+    with pytest.raises(IntegrityError, match="card records"):
+        load_dictionary(f"{url}/{FOLDER}")
+    assert not Registry(url, progress=False).verify().ok

@@ -89,10 +89,13 @@ def test_train_from_text_to_registry(model_dir: Path, tmp_path: Path) -> None:
     pulled = Registry(registry).pull(key)
     front, _body = parse_card((pulled / "README.md").read_text())
     fields = front["scope_hub"]
-    assert front["base_model"] == str(model_dir) and fields["training_data"]["sha256"] == p.dataset_sha256
+    # the card names the model by its Hub-style key model, never this machine's folder
+    assert front["base_model"] == "tiny-gemma3" and fields["training_data"]["sha256"] == p.dataset_sha256
     assert fields["seed"] == 7 and fields["metrics"]["fvu"] == pytest.approx(m.fvu)
     assert fields["training_config"]["dictionary"]["k"] == 8 and "torch" in fields["software"]
     assert torch.equal(Dictionary.from_pretrained(pulled).w_dec, loaded.w_dec)
+    again = train(cfg)  # an identical rerun publishes nothing new
+    assert (again.push.created, again.push.version) == (False, 1)
 
 
 def test_streaming_transcoder(model_dir: Path, tmp_path: Path) -> None:
