@@ -30,7 +30,7 @@ import torch
 
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
-from trainers.checkpoint import latest_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from trainers.checkpoint import Checkpoint, latest_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
 from trainers.forward import SparsitySpec, Workspace, forward, layer_params
@@ -162,8 +162,11 @@ class Trainer:
 
     def _maybe_resume(self, root: Path) -> None:
         ckpt = latest_checkpoint(root)
-        if ckpt is None:
-            return
+        if ckpt is not None:
+            self.load_state(ckpt)
+
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt`` (written by a run of the same configuration)."""
         if ckpt.state["fingerprint"] != self.cfg.fingerprint():
             raise ConfigError(
                 f"{ckpt.path} was written by a different configuration; give this run its own "
@@ -192,12 +195,7 @@ class Trainer:
         try:
             tick, tick_tokens = time.perf_counter(), 0
             while self.step < self.steps:
-                x, t = self._normalized(
-                    *self.source.batch(self.step, cfg.train.batch_size, self.ctx.rank, self.ctx.world)
-                )
-                stats = self._train_step(x, t)
-                self.step += 1
-                self.tokens_seen += cfg.train.batch_size
+                stats = self.advance()
                 tick_tokens += cfg.train.batch_size
                 if self.step % cfg.train.log_every == 0 or self.step == self.steps:
                     now = time.perf_counter()
@@ -217,6 +215,14 @@ class Trainer:
         return TrainResult(
             self.dictionary, self.scale_in, self.scale_out, self.step, self.step < self.steps, self.history
         )
+
+    def advance(self) -> dict[str, float]:
+        """One optimizer step on global batch ``self.step`` (this rank's slice); logged stats when due."""
+        x, t = self._normalized(*self.source.batch(self.step, self.cfg.train.batch_size, self.ctx.rank, self.ctx.world))
+        stats = self._train_step(x, t)
+        self.step += 1
+        self.tokens_seen += self.cfg.train.batch_size
+        return stats
 
     def _install_sigterm(self) -> Any:
         if threading.current_thread() is not threading.main_thread():

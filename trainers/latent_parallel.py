@@ -20,7 +20,7 @@ and for the ``[B, S]`` pre-activations; communication is O(B·(d + k·R)) per st
 independent of S. Combine with data parallelism by giving each latent-parallel
 group its own data slice and averaging gradients within same-shard ranks.
 
-This module is the tested building block (``tests/trainers/test_sharding.py``:
+This module is the tested building block (``tests/trainers/test_latent_parallel.py``:
 2 gloo ranks match one process); the :class:`~trainers.trainer.Trainer` does not
 use it yet (see docs/training.md).
 

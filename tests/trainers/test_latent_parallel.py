@@ -1,4 +1,4 @@
-"""Latent sharding over 2 gloo ranks trains the same dictionary as one process (trainers/sharding.py)."""
+"""Latent sharding over 2 gloo ranks trains the same dictionary as one process (trainers/latent_parallel.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.dictionaries.factory import make_config, make_dictionary
 from trainers.forward import LayerParams, SparsitySpec, forward, layer_params
-from trainers.sharding import global_grad_norm, shard_range, sharded_forward
+from trainers.latent_parallel import global_grad_norm, shard_range, sharded_forward
 
 STEPS, BATCH, D, S = 8, 256, 16, 64
 ARCHS = ("topk", "jumprelu")
