@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,11 +18,14 @@ import torch.multiprocessing as mp
 import yaml
 from safetensors.torch import load_file, save_file
 
+from scope_hub.errors import ConfigError
 from tests.dictionaries.factory import make_config, make_dictionary
-from trainers.checkpoint import Checkpoint, list_checkpoints, load_whole_checkpoint
+from trainers.checkpoint import Checkpoint, commit_checkpoint, list_checkpoints, load_whole_checkpoint, save_shard
 from trainers.distributed import DistContext
 from trainers.forward import LayerParams, SparsitySpec, forward, layer_params
 from trainers.latent_parallel import global_grad_norm, shard_range, sharded_forward
+from trainers.sources import SyntheticSource
+from trainers.synthetic import PlantedDictionary
 
 STEPS, BATCH, D, S = 8, 256, 16, 64
 ARCHS = ("topk", "jumprelu")
@@ -255,3 +259,43 @@ def test_dp_by_tp_mesh_matches_one_process(tmp_path: Path) -> None:
     final = _replay_every_step(config, tmp_path / "mesh_ckpt")
     _same_export(config, tmp_path / "mesh", _single_export(config, tmp_path), final)
     assert (final.state["world"], json.loads((final.path / "state.json").read_text())["latent_parallel"]) == (2, 2)
+
+
+def test_resume_on_the_mesh_ignores_uncommitted_shards(tmp_path: Path) -> None:
+    config = _run_config(tmp_path, "jumprelu", latent_parallel=2)
+    _torchrun(config, 2, f"train.checkpoint_dir={tmp_path / 'full'}", f"output.dir={tmp_path / 'out_full'}")
+    # A job killed after step 6's shards were written but before its commit marker: steps 1-5 committed.
+    cut = tmp_path / "cut"
+    shutil.copytree(tmp_path / "full", cut)
+    (cut / "step_000000006" / "state.json").unlink()
+    for later in range(7, RUN_STEPS + 1):
+        shutil.rmtree(cut / f"step_{later:09d}")
+    with torch.no_grad():  # shard files of the uncommitted step are garbage: resuming from them would show
+        shard = cut / "step_000000006" / "tensors-00000-of-00002.safetensors"
+        save_file({k: torch.full_like(v, 7.0) for k, v in load_file(str(shard)).items()}, str(shard))
+    assert list_checkpoints(cut)[-1].name == "step_000000005"
+    _torchrun(config, 2, f"train.checkpoint_dir={cut}", f"output.dir={tmp_path / 'out_cut'}")
+    for shard_index in range(2):
+        name = f"tensors-{shard_index:05d}-of-00002.safetensors"
+        expected = load_file(str(tmp_path / "full" / f"step_{RUN_STEPS:09d}" / name))
+        got = load_file(str(cut / f"step_{RUN_STEPS:09d}" / name))
+        different = [k for k in expected if not torch.equal(expected[k], got[k])]
+        assert not different, different  # the same mesh replays the same arithmetic: bitwise equal
+    for name in ("params.safetensors", "config.json"):
+        assert (tmp_path / "out_cut" / name).is_file()
+
+
+def test_a_sharded_checkpoint_resumes_only_on_its_mesh(tmp_path: Path) -> None:
+    from trainers.config import load_config
+    from trainers.trainer import Trainer
+
+    config = _run_config(tmp_path, "topk", latent_parallel=2)
+    cfg = load_config(config, [f"train.checkpoint_dir={tmp_path / 'ckpt'}", "train.latent_parallel=1"])
+    source = SyntheticSource(PlantedDictionary.create(n_atoms=128, d_in=32, active_per_token=6), seed=0)
+    trainer = Trainer(cfg, source)
+    hashes = [save_shard(tmp_path / "ckpt", 1, trainer.state_tensors(), r, 2) for r in range(2)]
+    commit_checkpoint(tmp_path / "ckpt", 1, {**trainer.state_json(), "latent_parallel": 2}, hashes)
+    with pytest.raises(ConfigError, match="same process count and train.latent_parallel"):
+        Trainer(cfg, source)
+    with pytest.raises(ConfigError, match="latent_parallel=2 needs a multiple of 2 processes"):
+        Trainer(load_config(config, ["train.checkpoint_dir=null"]), source)
