@@ -225,6 +225,9 @@ class TrainSection(_Section):
     """Show a progress bar (default: only on a terminal and not under CI)."""
     threads: int | None = Field(default=None, gt=0)
     """torch intra-op threads (default: torch's choice)."""
+    latent_parallel: int = Field(default=1, gt=0)
+    """Ranks that split every dictionary's latents (tensor parallelism); the job's processes form
+    (processes / latent_parallel) data-parallel groups of this many. 1: plain data parallelism."""
 
 
 class EvalSection(_Section):
@@ -308,6 +311,8 @@ class TrainConfig(_Section):
             raise ValueError(f"dictionary.matryoshka_groups must sum to d_sae={d.d_sae}")
         if self.synthetic is None and self.model.id is None and not self.harvest.cache_dir:
             raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
+        if self.train.latent_parallel > 1:
+            self._check_latent_parallel()
         if d.type == "clt" and not (self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)):
             raise ValueError("a clt needs harvest.layers (or synthetic.n_layers > 1)")
         self._check_targets()
@@ -344,6 +349,20 @@ class TrainConfig(_Section):
         transcoders)."""
         h = self.harvest
         return self.dictionary.type != "clt" and (h.layers is not None or (h.sites is not None and len(h.sites) > 1))
+
+    def _check_latent_parallel(self) -> None:
+        d, r = self.dictionary, self.train.latent_parallel
+        if d.d_sae % r:
+            raise ValueError(f"dictionary.d_sae={d.d_sae} must be divisible by train.latent_parallel={r}")
+        if d.architecture == "batchtopk":
+            raise ValueError(
+                "train.latent_parallel supports topk, jumprelu and relu; BatchTopK's batch-wide cut is not "
+                "sharded: use dictionary.architecture=topk or train.latent_parallel=1"
+            )
+        if d.matryoshka_groups is not None:
+            raise ValueError("train.latent_parallel does not split Matryoshka groups: set train.latent_parallel=1")
+        if self.loss.resample_every is not None:
+            raise ValueError("train.latent_parallel does not resample dead latents: unset loss.resample_every")
 
     @property
     def steps(self) -> int:
@@ -392,6 +411,7 @@ _NON_NUMERIC_FIELDS = [
     ("train", "decode"),
     ("output", "log_every"),
     ("output", "wandb"),
+    ("train", "latent_parallel"),  # the math is the same; a resume checks the mesh itself
 ]
 
 _ADDED_FIELDS = [("data", "corpus"), ("harvest", "sites")]

@@ -19,18 +19,33 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
+from scope_hub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainers.latent_parallel import LatentGroup
+
 
 @dataclass
 class DistContext:
-    """This process's place in the job and the collectives the trainer needs."""
+    """This process's place among the data-parallel ranks and the collectives the trainer needs.
+
+    ``rank``/``world`` count data-parallel ranks (the data slices); under latent parallelism
+    (:meth:`mesh`) that is one mesh dimension, ``group`` its process group, and ``job_rank``
+    the rank in the whole job (rank 0 of the job is the one that writes).
+    """
 
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    group: Any = None
+    """Process group of the data-parallel ranks (None: every rank of the job)."""
+    job_rank: int | None = None
+    """Rank in the whole job (None: the same as ``rank``)."""
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> DistContext:
@@ -48,14 +63,44 @@ class DistContext:
 
     @property
     def is_main(self) -> bool:
-        return self.rank == 0
+        """The job's rank 0 (writes checkpoints' state, exports, prints)."""
+        return (self.rank if self.job_rank is None else self.job_rank) == 0
+
+    @property
+    def job_world(self) -> int:
+        """Processes in the whole job."""
+        return dist.get_world_size() if self.world > 1 or self.job_rank is not None else 1
+
+    def mesh(self, latent_parallel: int) -> tuple[DistContext, LatentGroup | None]:
+        """Split the job into a data-parallel x latent-parallel mesh (``torch.distributed.device_mesh``).
+
+        Ranks ``[d*R, (d+1)*R)`` form latent group d (they share a data slice and split the
+        latents); ranks with the same position in their groups average gradients. Returns the
+        data-parallel context and this rank's latent group (None when ``latent_parallel`` is 1).
+        """
+        if latent_parallel == 1:
+            return self, None
+        if self.world % latent_parallel:
+            raise ConfigError(
+                f"train.latent_parallel={latent_parallel} needs a multiple of {latent_parallel} processes, "
+                f"got {self.world}: launch with torchrun --nproc-per-node {latent_parallel} (or a multiple)"
+            )
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from trainers.latent_parallel import LatentGroup
+
+        dp = self.world // latent_parallel
+        grid = init_device_mesh(self.device.type, (dp, latent_parallel), mesh_dim_names=("dp", "tp"))
+        dp_rank, tp_rank = grid.get_coordinate()
+        data = DistContext(dp_rank, dp, self.device, grid.get_group("dp") if dp > 1 else None, self.rank)
+        return data, LatentGroup(tp_rank, latent_parallel, grid.get_group("tp"))
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """Average of a tensor over ranks (a copy; the input is untouched)."""
         if self.world == 1:
             return value
         out = value.detach().clone().to(self.device)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.group)
         return out / self.world
 
     def minimum(self, value: float) -> float:
@@ -63,12 +108,12 @@ class DistContext:
         if self.world == 1:
             return value
         out = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(out, op=dist.ReduceOp.MIN)
+        dist.all_reduce(out, op=dist.ReduceOp.MIN, group=self.group)
         return float(out.item())
 
     def any(self, flag: bool) -> bool:
-        """True when ``flag`` is true on some rank (e.g. a SIGTERM seen by one of them)."""
-        if self.world == 1:
+        """True when ``flag`` is true on some rank of the job (e.g. a SIGTERM seen by one of them)."""
+        if self.job_world == 1:
             return flag
         out = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.all_reduce(out, op=dist.ReduceOp.MAX)
@@ -79,7 +124,7 @@ class DistContext:
         if self.world == 1:
             return mask
         out = mask.to(torch.float32)
-        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=self.group)
         return out > 0
 
     def gather_cat(self, values: torch.Tensor) -> torch.Tensor:
@@ -87,7 +132,7 @@ class DistContext:
         if self.world == 1:
             return values
         parts = [torch.empty_like(values) for _ in range(self.world)]
-        dist.all_gather(parts, values.contiguous())
+        dist.all_gather(parts, values.contiguous(), group=self.group)
         return torch.cat(parts)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
@@ -96,7 +141,7 @@ class DistContext:
             return
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
         flat /= self.world
         offset = 0
         for p, g in zip(params, grads):
@@ -109,7 +154,8 @@ class DistContext:
             offset += n
 
     def barrier(self) -> None:
-        if self.world > 1:
+        """Wait for every rank of the job."""
+        if self.job_world > 1:
             dist.barrier()
 
     def close(self) -> None:
@@ -120,7 +166,7 @@ class DistContext:
         ("terminate called without an active exception", SIGABRT) after a run that
         otherwise succeeded.
         """
-        if self.world > 1 and dist.is_initialized():
+        if self.job_world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
     def __enter__(self) -> DistContext:

@@ -104,7 +104,7 @@ def aux_k_loss(
     """Reconstruct the detached ``residual`` [batch, L, d_out] with the top-``k_aux`` dead latents.
 
     Returns None when no latent is dead. ``dead`` is bool ``[L, d_sae]``. The
-    residual's variance (the normaliser) is averaged over ranks by ``global_mean``.
+    normaliser is the residual's variance over the global batch (:func:`residual_variance`).
     """
     if not bool(dead.any()):
         return None
@@ -123,7 +123,23 @@ def aux_k_loss(
         block = sparse_decode(activation, sel, lp.w_dec_flat()).view(batch, n_layers - i, d_out)
         estimate = estimate + torch.nn.functional.pad(block, (0, 0, i, 0))
     error = (estimate - residual).pow(2).sum()
-    variance = (residual - residual.mean(0, keepdim=True)).pow(2).sum()
-    if global_mean is not None:
-        variance = global_mean(variance)
-    return error / variance.clamp_min(1e-12)
+    return error / residual_variance(residual, global_mean).clamp_min(1e-12)
+
+
+def residual_variance(
+    residual: torch.Tensor, global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``sum ||r - mean(r)||^2`` over the batch; with ``global_mean`` (data parallelism) the global
+    batch's value divided by the ranks, taken about the *global* mean (local means would miss the
+    spread between the ranks' slices).
+
+    Example:
+        >>> r = torch.tensor([[[1.0]], [[3.0]]])
+        >>> float(residual_variance(r))
+        2.0
+    """
+    if global_mean is None:
+        return (residual - residual.mean(0, keepdim=True)).pow(2).sum()
+    flat = residual.reshape(residual.shape[0], -1).double()
+    sums = global_mean(torch.cat([flat.sum(0), flat.pow(2).sum().view(1)]))
+    return (sums[-1] - sums[:-1].pow(2).sum() / residual.shape[0]).to(residual.dtype)

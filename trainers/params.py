@@ -50,32 +50,86 @@ def dictionary_config(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int)
 
 
 def build_dictionary(
-    cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int, device: str | torch.device = "cpu"
+    cfg: TrainConfig,
+    *,
+    d_in: int,
+    d_out: int,
+    n_layers: int,
+    device: str | torch.device = "cpu",
+    latents: tuple[int, int] | None = None,
 ) -> Dictionary:
     """An uninitialised dictionary of the configured kind (:func:`init_dictionary` fills every parameter).
 
+    ``latents=(lo, hi)`` builds only that slice of the latents (a latent-parallel shard).
     ``skip_init`` skips the core's default initialisation: it neither costs time nor draws from
     the global RNG the run seeded.
     """
     config = dictionary_config(cfg, d_in=d_in, d_out=d_out, n_layers=n_layers)
+    if latents is not None:
+        config = config.model_copy(update={"d_sae": latents[1] - latents[0]})
     return torch.nn.utils.skip_init(KINDS[config.type], config, device=device, dtype=torch.float32)
+
+
+RANDN_BLOCK = 16
+"""torch's CPU normal sampler fills blocks of 16 values (the last 16 redrawn): streams split into pieces
+of whole blocks, the last piece holding at least one block, draw the same numbers as one call."""
+
+
+def randn_rows(
+    shape: tuple[int, ...], gen: torch.Generator, rows: tuple[int, int] | None, chunk: int = 1 << 14
+) -> torch.Tensor:
+    """Rows ``[lo, hi)`` of ``torch.randn(shape, generator=gen)`` without materialising the other rows.
+
+    The whole stream is drawn (the generator ends where one call would leave it), one chunk
+    of rows at a time.
+
+    Example:
+        >>> full = torch.randn(100, 3, generator=torch.Generator().manual_seed(0))
+        >>> part = randn_rows((100, 3), torch.Generator().manual_seed(0), (40, 60), chunk=16)
+        >>> torch.equal(part, full[40:60])
+        True
+    """
+    if rows is None:
+        return torch.randn(shape, generator=gen)
+    n, row_numel = shape[0], int(torch.Size(shape[1:]).numel())
+    lo, hi = rows
+    step = max(RANDN_BLOCK, chunk // RANDN_BLOCK * RANDN_BLOCK)  # whole blocks whatever the row width
+    out, start = torch.empty((hi - lo, *shape[1:])), 0
+    while start < n:
+        stop = min(n, start + step)
+        if (n - stop) * row_numel < RANDN_BLOCK:  # a short tail joins this piece
+            stop = n
+        piece = torch.randn((stop - start, *shape[1:]), generator=gen)
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            out[a - lo : b - lo] = piece[a - start : b - start]
+        start = stop
+    return out
 
 
 @torch.no_grad()
 def init_dictionary(
-    dictionary: Dictionary, cfg: TrainConfig, gen: torch.Generator, b_dec: torch.Tensor | None = None
+    dictionary: Dictionary,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    b_dec: torch.Tensor | None = None,
+    latents: tuple[int, int] | None = None,
 ) -> None:
-    """Initialise every parameter (``b_dec`` [L, d_out]: e.g. the mean target; zeros when None)."""
-    arch = cfg.dictionary.architecture
+    """Initialise every parameter (``b_dec`` [L, d_out]: e.g. the mean target; zeros when None).
+
+    ``latents=(lo, hi)``: ``dictionary`` is that slice of a ``cfg.dictionary.d_sae`` dictionary
+    (:func:`build_dictionary`) and gets exactly the values the full one would.
+    """
+    arch, d_sae = cfg.dictionary.architecture, cfg.dictionary.d_sae
     for i, lp in enumerate(layer_params(dictionary)):
-        w_dec = torch.randn(lp.w_dec.shape, generator=gen)
+        w_dec = randn_rows((d_sae, *lp.w_dec.shape[1:]), gen, latents)
         flat = w_dec.view(w_dec.shape[0], -1)
         flat /= flat.norm(dim=1, keepdim=True)
         lp.w_dec.copy_(w_dec)
         if lp.w_dec.dim() == 2 and lp.w_dec.shape[1] == lp.w_enc.shape[0]:
             lp.w_enc.copy_(lp.w_dec.T)
         else:
-            w_enc = torch.randn(lp.w_enc.shape[1], lp.w_enc.shape[0], generator=gen)
+            w_enc = randn_rows((d_sae, lp.w_enc.shape[0]), gen, latents)
             lp.w_enc.copy_((w_enc / w_enc.norm(dim=1, keepdim=True)).T)
         lp.b_enc.zero_()
         lp.b_dec.copy_(b_dec[i] if b_dec is not None else torch.zeros_like(lp.b_dec))

@@ -1,6 +1,10 @@
 """The training loop: steps, constraints, dead-latent bookkeeping, checkpoints, SIGTERM.
 
-One :class:`Trainer` trains one dictionary on one :class:`~trainers.sources.ActivationSource`.
+One :class:`Trainer` trains one dictionary on one :class:`~trainers.sources.ActivationSource`,
+data-parallel over the job's ranks and, with ``train.latent_parallel`` = R, with every
+dictionary's latents split over groups of R ranks (:mod:`trainers.latent_parallel`; each
+group reads one data slice). Checkpoints then hold one tensor file per latent shard and
+resume on the same mesh; the finished dictionary is gathered whole onto rank 0.
 Everything a step depends on (parameters, Adam state, dead-latent counters,
 BatchTopK threshold, decode-path choice, the RNG) is saved in checkpoints, and
 batches are pure functions of (seed, step), so a run killed at any point and
@@ -31,10 +35,24 @@ import torch
 
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
-from trainers.checkpoint import latest_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
+from trainers.checkpoint import (
+    Checkpoint,
+    commit_checkpoint,
+    latest_checkpoint,
+    optimizer_tensors,
+    restore_optimizer,
+    save_shard,
+)
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
 from trainers.forward import SparsitySpec, Workspace, forward, layer_params
+from trainers.latent_parallel import (
+    clip_sharded_gradients,
+    forward_sharded,
+    is_sharded,
+    latent_dim,
+    sharded_aux_k_loss,
+)
 from trainers.losses import aux_k_loss, fvu, l0_penalty, l1_penalty, reconstruction_loss
 from trainers.normalization import estimate_scales
 from trainers.optim import clip_gradients, lr_at, make_optimizer, set_lr, warmup
@@ -66,10 +84,11 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains ``cfg.dictionary`` on ``source``; data-parallel when ``ctx`` spans several ranks."""
+    """Trains ``cfg.dictionary`` on ``source``; data- and latent-parallel when ``ctx`` spans several ranks."""
 
     def __init__(self, cfg: TrainConfig, source: ActivationSource, ctx: DistContext | None = None) -> None:
-        self.cfg, self.source, self.ctx = cfg, source, ctx or DistContext()
+        self.cfg, self.source = cfg, source
+        self.ctx, self.latents = (ctx or DistContext()).mesh(cfg.train.latent_parallel)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.steps = cfg.steps
@@ -90,16 +109,18 @@ class Trainer:
             )
         else:
             self.scale_in, self.scale_out = [1.0] * src.n_layers, [1.0] * src.n_layers
+        n_layers, d_sae = src.n_layers, cfg.dictionary.d_sae
+        shard = self.latents.range(d_sae) if self.latents else None
         self.dictionary = build_dictionary(
-            cfg, d_in=src.d_in, d_out=src.d_out, n_layers=src.n_layers, device=self.ctx.device
+            cfg, d_in=src.d_in, d_out=src.d_out, n_layers=n_layers, device=self.ctx.device, latents=shard
         )
         _x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
-        init_dictionary(self.dictionary, cfg, torch.Generator().manual_seed(cfg.train.seed), b_dec=t.mean(0))
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        init_dictionary(self.dictionary, cfg, gen, b_dec=t.mean(0), latents=shard)
         self.params = layer_params(self.dictionary)
         self.named = trainable_parameters(self.dictionary)
         self.optimizer = make_optimizer(self.named, cfg.optim)
-        n_layers, d_sae = src.n_layers, cfg.dictionary.d_sae
-        self.tokens_since_fired = torch.zeros(n_layers, d_sae, dtype=torch.int64)
+        self.tokens_since_fired = torch.zeros(n_layers, self.dictionary.config.d_sae, dtype=torch.int64)
         self.step, self.tokens_seen, self.threshold_ready = 0, 0, False
         arch, k = cfg.dictionary.architecture, cfg.dictionary.k
         self.density = [(k / d_sae) if k else 0.5] * n_layers
@@ -112,7 +133,7 @@ class Trainer:
             any_rank=self.ctx.any if self.ctx.world > 1 else None,
         )
         if cfg.train.checkpoint_dir and cfg.train.resume:
-            self._maybe_resume(Path(cfg.train.checkpoint_dir))
+            self._maybe_resume(cfg.train.checkpoint_dir)
 
     def _normalized(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.ctx.device
@@ -142,34 +163,51 @@ class Trainer:
             "density": self.density,
             "threshold_ready": self.threshold_ready,
             "world": self.ctx.world,
+            "latent_parallel": self.latents.size if self.latents else 1,
             "fingerprint": self.cfg.fingerprint(),
             "config": self.cfg.model_dump(mode="json"),
             "dictionary_config": self.dictionary.config.model_dump(mode="json"),
         }
 
-    def save(self) -> Path | None:
-        """Write a checkpoint of the current state (rank 0 writes; every rank waits)."""
-        path = None
-        if self.cfg.train.checkpoint_dir and self.ctx.is_main:
-            path = save_checkpoint(
-                self.cfg.train.checkpoint_dir,
-                self.step,
-                self.state_tensors(),
-                self.state_json(),
-                keep=self.cfg.train.keep_checkpoints,
-            )
+    def save(self) -> Path | str | None:
+        """Write a checkpoint of the current state; every rank waits until it is committed.
+
+        The first data-parallel replica writes one tensor file per latent shard (the other
+        replicas hold the same values); once all are in, rank 0 writes the commit marker.
+        """
+        path, root = None, self.cfg.train.checkpoint_dir
+        if root and self.ctx.rank == 0:
+            shard, shards = (self.latents.rank, self.latents.size) if self.latents else (0, 1)
+            digest = save_shard(root, self.step, self.state_tensors(), shard, shards)
+            if self.latents:  # every shard's sha256, which also means every shard is written
+                raw = torch.frombuffer(bytearray.fromhex(digest), dtype=torch.uint8).to(self.ctx.device)
+                hashes = [bytes(h.cpu().tolist()).hex() for h in self.latents.cat(raw.view(1, -1), 0)]
+            else:
+                hashes = [digest]
+            if self.ctx.is_main:
+                path = commit_checkpoint(root, self.step, self.state_json(), hashes, self.cfg.train.keep_checkpoints)
         self.ctx.barrier()
         return path
 
-    def _maybe_resume(self, root: Path) -> None:
-        ckpt = latest_checkpoint(root)
-        if ckpt is None:
-            return
+    def _maybe_resume(self, root: str) -> None:
+        ckpt = latest_checkpoint(root, self.latents.rank if self.latents else 0)
+        if ckpt is not None:
+            self.load_state(ckpt)
+
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Continue from ``ckpt`` (written by a run of the same configuration)."""
         if ckpt.state["fingerprint"] != self.cfg.fingerprint():
             raise ConfigError(
                 f"{ckpt.path} was written by a different configuration; give this run its own "
                 "train.checkpoint_dir (each training on a shared harvest needs one) or set "
                 "train.resume=false to start over there"
+            )
+        mesh = (ckpt.state.get("world", 1), ckpt.state.get("latent_parallel", 1))
+        here = (self.ctx.world, self.latents.size if self.latents else 1)
+        if mesh != here and (mesh[1] > 1 or here[1] > 1):
+            raise ConfigError(
+                f"{ckpt.path} holds latent shards of a {mesh[0]} (data) x {mesh[1]} (latent) mesh, but this run "
+                f"is {here[0]} x {here[1]}: resume with the same process count and train.latent_parallel"
             )
         with torch.no_grad():
             for name, param in self.dictionary.named_parameters():
@@ -200,12 +238,7 @@ class Trainer:
         try:
             tick, tick_tokens = time.perf_counter(), 0
             while self.step < self.steps:
-                x, t = self._normalized(
-                    *self.source.batch(self.step, cfg.train.batch_size, self.ctx.rank, self.ctx.world)
-                )
-                stats = self._train_step(x, t)
-                self.step += 1
-                self.tokens_seen += cfg.train.batch_size
+                stats = self.advance()
                 tick_tokens += cfg.train.batch_size
                 if self.step % cfg.train.log_every == 0 or self.step == self.steps:
                     now = time.perf_counter()
@@ -227,12 +260,37 @@ class Trainer:
     def result(self) -> TrainResult:
         """The run's outcome so far (``interrupted`` while short of ``cfg.steps``)."""
         return TrainResult(
-            self.dictionary, self.scale_in, self.scale_out, self.step, self.step < self.steps, self.history
+            self.whole_dictionary(), self.scale_in, self.scale_out, self.step, self.step < self.steps, self.history
         )
 
     def request_stop(self) -> None:
         """Finish the current step, checkpoint and stop, as on SIGTERM."""
         self._stop = True
+
+    @torch.no_grad()
+    def whole_dictionary(self) -> Dictionary:
+        """The trained dictionary; latent shards are gathered onto rank 0 (other ranks get their shard)."""
+        if self.latents is None or self.ctx.rank != 0:
+            return self.dictionary
+        src = self.source
+        whole = None
+        if self.ctx.is_main:
+            whole = build_dictionary(
+                self.cfg, d_in=src.d_in, d_out=src.d_out, n_layers=src.n_layers, device=self.ctx.device
+            )
+        for name, param in self.dictionary.named_parameters():
+            value = self.latents.gather_to_first(param, latent_dim(name, param)) if is_sharded(name) else param
+            if whole is not None:
+                whole.get_parameter(name).copy_(value)
+        return whole if whole is not None else self.dictionary
+
+    def advance(self) -> dict[str, float]:
+        """One optimizer step on global batch ``self.step`` (this rank's slice); logged stats when due."""
+        x, t = self._normalized(*self.source.batch(self.step, self.cfg.train.batch_size, self.ctx.rank, self.ctx.world))
+        stats = self._train_step(x, t)
+        self.step += 1
+        self.tokens_seen += self.cfg.train.batch_size
+        return stats
 
     def _install_sigterm(self) -> Any:
         if threading.current_thread() is not threading.main_thread():
@@ -258,9 +316,11 @@ class Trainer:
         cfg, arch = self.cfg, self.cfg.dictionary.architecture
         for _, p in self.named:
             p.grad = None
-        out = forward(
-            self.params, x, self.spec, sparse=self._modes(), groups=cfg.dictionary.matryoshka_groups, ws=self.ws
-        )
+        if self.latents is None:
+            groups = cfg.dictionary.matryoshka_groups
+            out = forward(self.params, x, self.spec, sparse=self._modes(), groups=groups, ws=self.ws)
+        else:
+            out = forward_sharded(self.params, x, self.spec, self.latents, sparse=self._modes(), ws=self.ws)
         y = out.outputs[-1]
         recon = reconstruction_loss(out.outputs, t)
         loss, penalty, aux = recon, None, None
@@ -275,19 +335,17 @@ class Trainer:
             )
         elif arch == "relu":
             penalty = l1_penalty(out.codes, self.params, cfg.loss.l1_coefficient * ramp)
+            if self.latents:  # each shard's share; summing keeps every shard's gradient its own
+                penalty = self.latents.sum(penalty)
         if penalty is not None:
             loss = loss + penalty
         if arch in ("topk", "batchtopk") and cfg.loss.aux_coefficient > 0:
             dead = self.tokens_since_fired >= cfg.loss.dead_tokens
-            aux = aux_k_loss(
-                out.codes,
-                self.params,
-                x,
-                (t - y).detach(),
-                dead,
-                cfg.loss.aux_k or max(1, self.source.d_in // 2),
-                self.ctx.mean if self.ctx.world > 1 else None,
-            )
+            k_aux, mean = cfg.loss.aux_k or max(1, self.source.d_in // 2), self.ctx.mean if self.ctx.world > 1 else None
+            if self.latents is None:
+                aux = aux_k_loss(out.codes, self.params, x, (t - y).detach(), dead, k_aux, mean)
+            else:
+                aux = sharded_aux_k_loss(out.codes, self.params, x, (t - y).detach(), dead, k_aux, self.latents, mean)
             if aux is not None:
                 loss = loss + cfg.loss.aux_coefficient * aux
         loss.backward()
@@ -295,7 +353,10 @@ class Trainer:
         self.ctx.average_gradients(trainable)
         if cfg.train.decoder_unit_norm:
             remove_parallel_grads(self.params)
-        grad_norm = clip_gradients(trainable, cfg.optim.grad_clip)
+        if self.latents is None:
+            grad_norm = clip_gradients(trainable, cfg.optim.grad_clip)
+        else:
+            grad_norm = clip_sharded_gradients(self.named, cfg.optim.grad_clip, self.latents)
         set_lr(self.optimizer, lr_at(self.step, self.steps, cfg.optim))
         self.optimizer.step()
         apply_constraints(self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=arch == "jumprelu")
@@ -331,7 +392,9 @@ class Trainer:
     def _stats(self, loss, recon, penalty, aux, y, t, codes, grad_norm) -> dict[str, float]:
         if (self.step + 1) % self.cfg.train.log_every and self.step + 1 != self.steps:
             return {}
-        dead = self.tokens_since_fired >= self.cfg.loss.dead_tokens
+        dead = (self.tokens_since_fired >= self.cfg.loss.dead_tokens).float().mean()
+        if self.latents:  # equal shards: the mean of the shards' fractions
+            dead = self.latents.sum_(dead.to(self.ctx.device)) / self.latents.size
         return {
             "loss": float(self.ctx.mean(loss.detach())),
             "recon": float(self.ctx.mean(recon.detach())),
@@ -339,7 +402,7 @@ class Trainer:
             "aux": float(aux.detach()) if aux is not None else 0.0,
             "l0": sum(self.density) / len(self.density) * self.cfg.dictionary.d_sae,
             "fvu": float(self.ctx.mean(fvu(y, t))),
-            "dead": float(dead.float().mean()),
+            "dead": float(dead),
             "lr": self.optimizer.param_groups[0]["lr"],
             "grad_norm": grad_norm,
         }
