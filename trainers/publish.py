@@ -167,7 +167,7 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
         else None
     )
     folder = dictionary.save_pretrained(cfg.output.dir, card=card)
-    if not cfg.output.registry:
+    if not cfg.output.registry or key is None:  # a registry without a key raised above
         return folder, None
     from scope_hub.registry import Registry
 

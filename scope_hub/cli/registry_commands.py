@@ -414,7 +414,7 @@ def setup_lock(parser: argparse.ArgumentParser) -> Runner:
         keys = [k for k in args.keys if k not in hub]
         lock = _registry(args).lock(keys) if keys else Lockfile()
         for entry in lock.entries:
-            print(f"locked {entry.key}@v{entry.version} manifest sha256:{entry.manifest_sha256[:12]}")
+            print(f"locked {entry.key}@v{entry.version} manifest sha256:{(entry.manifest_sha256 or '')[:12]}")
         if hub:
             from scope_hub.sources import lock_source
 

@@ -256,11 +256,16 @@ class Registry:
             )
 
     def _locked_manifest(self, key: DictionaryKey, entry: LockEntry) -> Manifest:
-        manifest, data = self._manifest(key, entry.version)
-        if sha256_bytes(data) != entry.manifest_sha256:
+        version, locked = entry.version, entry.manifest_sha256
+        if version is None or locked is None:  # a Hub source entry: find() never returns one for a key
             raise LockfileError(
-                f"{entry.key}@v{entry.version} in {self.url} no longer matches the lockfile (manifest sha256 "
-                f"{sha256_bytes(data)[:12]} != locked {entry.manifest_sha256[:12]}); re-lock only if the change is intended"
+                f"{entry.source} is locked as a Hub source; load it with load_dictionary(source, lock=)"
+            )
+        manifest, data = self._manifest(key, version)
+        if sha256_bytes(data) != locked:
+            raise LockfileError(
+                f"{entry.key}@v{version} in {self.url} no longer matches the lockfile (manifest sha256 "
+                f"{sha256_bytes(data)[:12]} != locked {locked[:12]}); re-lock only if the change is intended"
             )
         return manifest
 
