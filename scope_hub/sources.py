@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from scope_hub.cards import card_problems
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, IntegrityError
 from scope_hub.interop.formats import detect_format, get_format
 from scope_hub.registry.backends.hf_folders import HubFolder, fetch_hub_folder, is_hub_folder, parse_hub_folder
-from scope_hub.registry.content import folder_digest, folder_hashes, is_native_folder
+from scope_hub.registry.content import card_problems, folder_digest, folder_hashes, is_native_folder
 from scope_hub.registry.lockfile import LockEntry, Lockfile, unpinned_source
 
 SAELENS_PREFIX = "saelens://"

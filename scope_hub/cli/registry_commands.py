@@ -345,9 +345,8 @@ def _verify_folders(folders: list[str]):
     """Each folder's files re-hashed against the sha256 its card records."""
     from pathlib import Path
 
-    from scope_hub.cards import card_problems
     from scope_hub.errors import DictionaryNotFoundError
-    from scope_hub.registry.content import folder_hashes
+    from scope_hub.registry.content import card_problems, folder_hashes
     from scope_hub.registry.models import VerifyReport
 
     report = VerifyReport()

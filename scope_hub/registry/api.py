@@ -41,7 +41,14 @@ from scope_hub.keys import DictionaryKey, parse_key, version_number
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends import normalize_url, open_backend
 from scope_hub.registry.cache import LocalCache, export_snapshot
-from scope_hub.registry.content import map_threads, parse_manifest, sha256_bytes, sha256_file, stage_folder
+from scope_hub.registry.content import (
+    card_problems,
+    map_threads,
+    parse_manifest,
+    sha256_bytes,
+    sha256_file,
+    stage_folder,
+)
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
@@ -246,8 +253,6 @@ class Registry:
         """The card's recorded file hashes must be the manifest's (whose bytes the cache verified)."""
         if not manifest.card:
             return
-        from scope_hub.cards import card_problems
-
         problems = card_problems(snapshot, {e.path: e.sha256 for e in manifest.files})
         if problems:
             raise IntegrityError(
