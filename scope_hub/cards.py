@@ -40,7 +40,6 @@ from scope_hub.metadata import SCHEMA_VERSION, DictionaryConfig
 from scope_hub.redaction import redact_url
 
 LIBRARY_NAME = "scope-hub"
-CARD_FILE = "README.md"
 REQUIRED_FIELDS = ("base_model", "license")
 TEXT_BEGIN = "<!-- scope-hub:card-text -->"
 TEXT_END = "<!-- /scope-hub:card-text -->"
@@ -107,40 +106,6 @@ def default_base_model(config: DictionaryConfig, key: DictionaryKey) -> str | No
     """``base_model`` of a card whose source does not say: ``config.model``, else the key's model,
     skipping local paths (None when both are: the card source must then state it)."""
     return next((m for m in (config.model, key.model) if m and not is_local_path(m)), None)
-
-
-def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | None:
-    """Differences between a folder's files and the sha256 its card (README.md) records.
-
-    ``hashes``: ``{file name: sha256}`` of the folder's files
-    (:func:`scope_hub.registry.content.folder_hashes`); the card itself is not counted. None when
-    the folder has no card or its card records no hashes (not a scope-hub card, or rendered
-    before cards recorded them).
-
-    Example:
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> card = compose_card({"scope_hub": {"files": {"a.bin": "0" * 64}}}, "")
-        >>> _ = (folder / "README.md").write_text(card)
-        >>> card_problems(folder, {"a.bin": "1" * 64, "README.md": "2" * 64})[0].endswith("card records 0000000000000000")
-        True
-    """
-    card = Path(folder) / CARD_FILE
-    if not card.is_file():
-        return None
-    recorded = (parse_card(card.read_text(encoding="utf-8"))[0].get("scope_hub") or {}).get("files")
-    if not isinstance(recorded, dict):
-        return None
-    folder = Path(folder)
-    actual = {name: sha for name, sha in hashes.items() if name != CARD_FILE}
-    problems = [
-        f"{folder / name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
-        for name, sha in sorted(recorded.items())
-        if name in actual and actual[name] != sha
-    ]
-    problems += [f"{folder / name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
-    problems += [f"{folder / name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
-    return problems
 
 
 def public_url(url: str | None) -> str | None:
@@ -264,7 +229,7 @@ def scope_hub_fields(
     config: DictionaryConfig, key: DictionaryKey, version: int | None, files: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """The ``scope_hub`` block of a dictionary card's front matter (``files``: name -> sha256 of the
-    version's other files, which :func:`card_problems` checks)."""
+    version's other files, which :func:`scope_hub.registry.content.card_problems` checks)."""
     prov = config.provenance
     return {
         "schema_version": SCHEMA_VERSION,

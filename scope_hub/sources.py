@@ -29,12 +29,11 @@ from typing import Any
 
 import torch
 
-from scope_hub.cards import card_problems
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, IntegrityError
 from scope_hub.interop.formats import detect_format, get_format
 from scope_hub.registry.backends.hf_folders import HubFolder, fetch_hub_folder, is_hub_folder, parse_hub_folder
-from scope_hub.registry.content import folder_digest, folder_hashes
+from scope_hub.registry.content import card_problems, folder_digest, folder_hashes, is_native_folder
 from scope_hub.registry.lockfile import LockEntry, Lockfile, unpinned_source
 
 SAELENS_PREFIX = "saelens://"
@@ -209,7 +208,7 @@ def load_folder(
     ``kwargs`` (``matryoshka_groups``, ``allow_nonfinite``) as :meth:`Dictionary.from_pretrained`;
     ``lazy`` applies to scope-hub's own layout (the others are converted in memory).
     """
-    fmt = fmt or folder_format(folder)
+    fmt = fmt or ("scope-hub" if is_native_folder(folder) else folder_format(folder))  # the common case first
     if fmt in NATIVE_FORMATS or (fmt == "gemma-scope-2" and origin is None):
         return Dictionary.from_pretrained(folder, lazy=lazy, device=device, dtype=dtype, **kwargs)
     dictionary = _load_foreign(fmt, folder, origin)

@@ -180,15 +180,16 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
     store = open_store(cfg.output.dir)
     with tempfile.TemporaryDirectory() as staging:
         folder = dictionary.save_pretrained(Path(staging) / "dictionary", card=card)
+        pushed = _push(dictionary, folder, cfg, key)  # first: an unchanged rerun rewrites the folder's created_at
         for path in sorted(folder.iterdir()):  # config.json last: a reader sees it only after the weights
             if path.name != "config.json":
                 store.put_file(path.name, path)
         store.put_file("config.json", folder / "config.json")
-        return cfg.output.dir, _push(dictionary, folder, cfg, key)
+        return cfg.output.dir, pushed
 
 
 def _push(dictionary: Dictionary, folder: Path, cfg: TrainConfig, key: str | None) -> Any:
-    if not cfg.output.registry:
+    if not cfg.output.registry or key is None:  # a registry without a key raised above
         return None
     from scope_hub.registry import Registry
 

@@ -345,9 +345,8 @@ def _verify_folders(folders: list[str]):
     """Each folder's files re-hashed against the sha256 its card records."""
     from pathlib import Path
 
-    from scope_hub.cards import card_problems
     from scope_hub.errors import DictionaryNotFoundError
-    from scope_hub.registry.content import folder_hashes
+    from scope_hub.registry.content import card_problems, folder_hashes
     from scope_hub.registry.models import VerifyReport
 
     report = VerifyReport()
@@ -414,7 +413,7 @@ def setup_lock(parser: argparse.ArgumentParser) -> Runner:
         keys = [k for k in args.keys if k not in hub]
         lock = _registry(args).lock(keys) if keys else Lockfile()
         for entry in lock.entries:
-            print(f"locked {entry.key}@v{entry.version} manifest sha256:{entry.manifest_sha256[:12]}")
+            print(f"locked {entry.key}@v{entry.version} manifest sha256:{(entry.manifest_sha256 or '')[:12]}")
         if hub:
             from scope_hub.sources import lock_source
 

@@ -41,7 +41,14 @@ from scope_hub.keys import DictionaryKey, parse_key, version_number
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends import normalize_url, open_backend
 from scope_hub.registry.cache import LocalCache, export_snapshot
-from scope_hub.registry.content import map_threads, parse_manifest, sha256_bytes, sha256_file, stage_folder
+from scope_hub.registry.content import (
+    card_problems,
+    map_threads,
+    parse_manifest,
+    sha256_bytes,
+    sha256_file,
+    stage_folder,
+)
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
@@ -246,8 +253,6 @@ class Registry:
         """The card's recorded file hashes must be the manifest's (whose bytes the cache verified)."""
         if not manifest.card:
             return
-        from scope_hub.cards import card_problems
-
         problems = card_problems(snapshot, {e.path: e.sha256 for e in manifest.files})
         if problems:
             raise IntegrityError(
@@ -256,11 +261,16 @@ class Registry:
             )
 
     def _locked_manifest(self, key: DictionaryKey, entry: LockEntry) -> Manifest:
-        manifest, data = self._manifest(key, entry.version)
-        if sha256_bytes(data) != entry.manifest_sha256:
+        version, locked = entry.version, entry.manifest_sha256
+        if version is None or locked is None:  # a Hub source entry: find() never returns one for a key
             raise LockfileError(
-                f"{entry.key}@v{entry.version} in {self.url} no longer matches the lockfile (manifest sha256 "
-                f"{sha256_bytes(data)[:12]} != locked {entry.manifest_sha256[:12]}); re-lock only if the change is intended"
+                f"{entry.source} is locked as a Hub source; load it with load_dictionary(source, lock=)"
+            )
+        manifest, data = self._manifest(key, version)
+        if sha256_bytes(data) != locked:
+            raise LockfileError(
+                f"{entry.key}@v{version} in {self.url} no longer matches the lockfile (manifest sha256 "
+                f"{sha256_bytes(data)[:12]} != locked {locked[:12]}); re-lock only if the change is intended"
             )
         return manifest
 

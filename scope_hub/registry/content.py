@@ -101,6 +101,42 @@ def folder_digest(folder: Path, hashes: dict[str, str] | None = None) -> str:
     return content_digest(sorted((hashes if hashes is not None else folder_hashes(folder)).items()))
 
 
+def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | None:
+    """Differences between a folder's files and the sha256 its card (README.md) records.
+
+    ``hashes``: ``{file name: sha256}`` of the folder's files (:func:`folder_hashes`); the card
+    itself is not counted. None when the folder has no card or its card records no hashes (not
+    a scope-hub card, or rendered before cards recorded them).
+
+    Example:
+        >>> import tempfile
+        >>> from scope_hub.cards import compose_card
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> card = compose_card({"scope_hub": {"files": {"a.bin": "0" * 64}}}, "")
+        >>> _ = (folder / "README.md").write_text(card)
+        >>> card_problems(folder, {"a.bin": "1" * 64, "README.md": "2" * 64})[0].endswith("card records 0000000000000000")
+        True
+    """
+    card = Path(folder) / CARD_NAME
+    if not card.is_file():
+        return None
+    from scope_hub.cards import parse_card
+
+    recorded = (parse_card(card.read_text(encoding="utf-8"))[0].get("scope_hub") or {}).get("files")
+    if not isinstance(recorded, dict):
+        return None
+    folder = Path(folder)
+    actual = {name: sha for name, sha in hashes.items() if name != CARD_NAME}
+    problems = [
+        f"{folder / name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
+        for name, sha in sorted(recorded.items())
+        if name in actual and actual[name] != sha
+    ]
+    problems += [f"{folder / name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
+    problems += [f"{folder / name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
+    return problems
+
+
 @dataclass(frozen=True)
 class StagedFile:
     """One local file ready to upload."""

@@ -235,3 +235,16 @@ def test_foreign_folders_are_refused_with_a_hint(store_harness, tmp_path):
     with pytest.raises(ConfigError, match="no config.json.*scope-hub convert"):
         reg.push(saelens, KEY)
     assert reg.backend.store.walk("") == []
+
+
+def test_base_model_is_a_hub_id_never_a_local_path(tmp_path):
+    reg = Registry("memory://base-model-paths", cache_dir=tmp_path / "c")
+    folder = make_dictionary(tmp_path / "d", seed=1)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model": str(tmp_path / "my-models" / "gemma")}))
+    reg.push(folder, KEY)  # config.json names this machine's folder: the card names the key's Hub id
+    front = parse_card(reg.card(KEY))[0]
+    assert front["base_model"] == "google/gemma-3-270m" and str(tmp_path) not in json.dumps(front["scope_hub"])
+    (folder / CARD).write_text(f"---\nlicense: mit\nbase_model: {tmp_path}/my-models/gemma\n---\nMine.\n")
+    with pytest.raises(CardError, match="is a local path; state the Hub id"):
+        reg.push(folder, KEY)
