@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import DictionaryNotFoundError
 from scope_hub.interop.common import (
@@ -140,17 +141,20 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         raise FormatError(f"{path}: unexpected tensors {sorted(t)}")
     if "threshold" in params:
         params["threshold"] = _clean_threshold(params["threshold"], str(path))
-    config = DictionaryConfig(
-        type="skip_transcoder" if "affine_skip_connection" in params else "transcoder",
-        architecture="jumprelu" if "threshold" in params else "relu",
-        d_in=params["w_enc"].shape[0],
-        d_sae=params["w_enc"].shape[1],
-        d_out=params["w_dec"].shape[-1],
-        layer=i,
-        model=cfg.get("model_name"),
-        site=SITES.get(str(cfg.get("feature_input_hook"))),
-        site_out=SITES.get(str(cfg.get("feature_output_hook"))),
-        provenance={"source": "circuit-tracer", "source_uri": str(path)},
+    config = validate_config(  # config.yaml values are foreign input: a ConfigError names the bad one
+        dict(
+            type="skip_transcoder" if "affine_skip_connection" in params else "transcoder",
+            architecture="jumprelu" if "threshold" in params else "relu",
+            d_in=params["w_enc"].shape[0],
+            d_sae=params["w_enc"].shape[1],
+            d_out=params["w_dec"].shape[-1],
+            layer=i,
+            model=cfg.get("model_name"),
+            site=SITES.get(str(cfg.get("feature_input_hook"))),
+            site_out=SITES.get(str(cfg.get("feature_output_hook"))),
+            provenance={"source": "circuit-tracer", "source_uri": str(path)},
+        ),
+        str(folder / "config.yaml"),
     )
     return build_dictionary(config, {"params.safetensors": params}, where=str(path))
 
@@ -159,7 +163,9 @@ def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
     if isinstance(cfg.get("transcoders"), list):
         paths = []
         for i, entry in enumerate(cfg["transcoders"]):
-            if str(entry).startswith("hf://"):
+            if not isinstance(entry, str) or not entry.strip() or "\x00" in entry:
+                raise FormatError(f"{folder / 'config.yaml'}: transcoders[{i}] is {entry!r}; list file paths")
+            if entry.startswith("hf://"):
                 raise UnsupportedError(f"{folder}: layer {i} is {entry}; download it and list the local file")
             local = folder / entry if (folder / entry).exists() else Path(entry)
             paths.append((i, local))
@@ -203,18 +209,21 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
             raise FormatError(f"{path}: unexpected tensors {sorted(t)}")
         files[f"params_layer_{i}.safetensors"] = params
     first = files["params_layer_0.safetensors"]
-    config = DictionaryConfig(
-        type="clt",
-        architecture="jumprelu" if "threshold" in first else "relu",
-        d_in=first["w_enc"].shape[0],
-        d_sae=first["w_enc"].shape[1],
-        d_out=first["w_dec"].shape[-1],
-        layers=list(range(n)),
-        affine_skip="affine_skip_connection" in first,
-        model=cfg.get("model_name"),
-        site=SITES.get(str(cfg.get("feature_input_hook"))),
-        site_out=SITES.get(str(cfg.get("feature_output_hook"))),
-        provenance={"source": "circuit-tracer", "source_uri": str(folder)},
+    config = validate_config(
+        dict(
+            type="clt",
+            architecture="jumprelu" if "threshold" in first else "relu",
+            d_in=first["w_enc"].shape[0],
+            d_sae=first["w_enc"].shape[1],
+            d_out=first["w_dec"].shape[-1],
+            layers=list(range(n)),
+            affine_skip="affine_skip_connection" in first,
+            model=cfg.get("model_name"),
+            site=SITES.get(str(cfg.get("feature_input_hook"))),
+            site_out=SITES.get(str(cfg.get("feature_output_hook"))),
+            provenance={"source": "circuit-tracer", "source_uri": str(folder)},
+        ),
+        str(folder / "config.yaml"),
     )
     module = build_dictionary(config, files, where=str(folder))
     final = reconcile(module.config, cfg.get(EMBED_KEY), where=str(folder / "config.yaml"))

@@ -235,11 +235,19 @@ def _clt(folder: Path, raw: dict[str, Any]) -> tuple[DictionaryConfig, dict]:
 
 
 def _crosscoder_layers(raw: dict[str, Any], spec: FolderSpec | None, model: str | None) -> list[int]:
-    if isinstance(raw.get("layers"), list):
-        return [int(x) for x in raw["layers"]]
+    layers = raw.get("layers")
+    if isinstance(layers, list):
+        if not layers or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10_000 for x in layers):
+            raise FormatError(f"config.json: 'layers' must be a non-empty list of layer numbers, got {layers!r}")
+        return list(layers)
     hooks = raw.get("hf_hook_point_in")
     if isinstance(hooks, list):
-        return [int(re.search(r"layers\.(\d+)\.", h)[1]) for h in hooks]
+        found = [re.search(r"layers\.(\d{1,4})\.", h) if isinstance(h, str) else None for h in hooks]
+        if not found or None in found:
+            raise FormatError(
+                f"config.json: 'hf_hook_point_in' must list hook points like model.layers.3.output, got {hooks!r}"
+            )
+        return [int(m[1]) for m in found if m]
     if spec is not None and spec.layers:
         return list(spec.layers)
     size = re.search(r"gemma-(?:v)?3-(\w+?)(?:-(?:pt|it))?$", str(raw.get("model_name") or model or ""))
