@@ -24,6 +24,8 @@ Example:
     >>> m = evaluate(sae, [(x, x)])
     >>> round(m.fvu, 6), m.l0, m.dead_fraction
     (0.0, 4.0, 0.0)
+    >>> torch.equal(sae.feature_stats.max, x.amax((0, 1)))  # per-feature statistics, for steering units
+    True
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Iterable
 import torch
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.feature_stats import FeatureStatsAccumulator
 from scope_hub.metadata import Metrics
 
 DENSE_FRACTION = 0.1
@@ -90,10 +93,18 @@ def _features_and_outputs(dictionary: Dictionary, x: torch.Tensor) -> tuple[torc
 def evaluate(
     dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int = 1024
 ) -> Metrics:
-    """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches."""
+    """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches.
+
+    The same pass measures each feature's activation statistics (max, mean when active,
+    frequency, and the output site's mean norm) and keeps them on ``dictionary.feature_stats``;
+    :func:`trainers.publish.save_and_publish` stores them beside the weights, where
+    ``ScopedModel.steer(..., unit="max")`` finds them.
+    """
     was_training = dictionary.training
     dictionary.eval()
     accs: list[_Accumulator] | None = None
+    clt = dictionary.config.type == "clt"
+    stats: FeatureStatsAccumulator | None = None
     try:
         for x, t in batches:
             for lo in range(0, x.shape[0], chunk):
@@ -102,10 +113,13 @@ def evaluate(
                 accs = accs or [_Accumulator(dictionary.d_sae) for _ in range(f.shape[1])]
                 for i, acc in enumerate(accs):
                     acc.add(f[:, i], y[:, i], ts[:, i])
+                stats = stats or FeatureStatsAccumulator(dictionary.d_sae, f.shape[1] if clt else None)
+                stats.add(f if clt else f[:, 0], site=None if clt else ts[:, 0])
     finally:
         dictionary.train(was_training)
-    if accs is None:
+    if accs is None or stats is None:
         raise ValueError("evaluate() got no batches")
+    dictionary.feature_stats = stats.result()
     per_layer = [acc.metrics() for acc in accs]
     total_error = sum(a.sq_error for a in accs)
     total_var = sum(a.variance() for a in accs)

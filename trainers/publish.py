@@ -27,6 +27,7 @@ import torch
 
 from scope_hub.cards import render_dictionary_card
 from scope_hub.dictionaries import KINDS, Dictionary
+from scope_hub.feature_stats import FeatureStats
 from scope_hub.keys import width_label
 from scope_hub.metadata import Provenance
 from trainers.config import TrainConfig
@@ -117,7 +118,8 @@ def export_dictionary(
 
 
 def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]) -> tuple[Path, Any]:
-    """Write ``output.dir`` (config.json, safetensors, README.md card); push when ``output.registry`` is set.
+    """Write ``output.dir`` (config.json, safetensors, README.md card, and ``feature_stats.safetensors``
+    when evaluation measured them); push when ``output.registry`` is set.
 
     Returns ``(folder, PushResult or None)``.
     """
@@ -135,6 +137,9 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
         else None
     )
     folder = dictionary.save_pretrained(cfg.output.dir, card=card)
+    stats = getattr(dictionary, "feature_stats", None)  # measured by trainers.evals.evaluate
+    if isinstance(stats, FeatureStats):
+        stats.save(folder)
     if not cfg.output.registry:
         return folder, None
     from scope_hub.registry import Registry
