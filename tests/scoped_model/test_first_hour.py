@@ -99,12 +99,17 @@ def test_keys_in_a_list_are_attached_under_short_names(model_folder, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(model_folder)
     registry = Registry((tmp_path / "registry").as_uri(), cache_dir=tmp_path / "cache")
     keys = [f"tiny:resid_post/layer_{LAYER}/width_24/sae/{v}" for v in ("a", "b")]
+    stats = FeatureStats(torch.ones(24), torch.ones(24), torch.full((24,), 0.5), tokens=2)
     for seed, key in enumerate(keys):
         _sae(model, seed=seed, model_name="tiny").save_pretrained(tmp_path / key[-1])
+        if seed == 0:
+            stats.save(tmp_path / key[-1])  # published with the weights, pulled with them
         registry.push(tmp_path / key[-1], key, license="mit")
     sm = ScopedModel.from_pretrained(model, dictionaries=keys, registry=registry)
     # the second would take the same short name: it keeps its full key
     assert list(sm.dictionaries) == [f"resid_post_{LAYER}", keys[1]]
+    assert list(sm.feature_stats) == [f"resid_post_{LAYER}"]
+    assert torch.equal(sm.feature_stats[f"resid_post_{LAYER}"].frequency, stats.frequency)
     saved = sm.save_pretrained(tmp_path / "scoped")
     assert list(ScopedModel.from_pretrained(saved, registry=registry).dictionaries) == list(sm.dictionaries)
 
