@@ -105,8 +105,7 @@ class ScopedModel(TokenizerMixin, nn.Module):
         folder or id as the model; see :attr:`tokenizer`). ``hf_kwargs`` go to
         ``AutoModelForCausalLM.from_pretrained``.
         """
-        saved = Path(model) / ScopedModelConfig.FILE if isinstance(model, (str, Path)) else None
-        if saved is not None and saved.is_file():
+        if isinstance(model, (str, Path)) and (Path(model) / ScopedModelConfig.FILE).is_file():
             return cls._from_saved(Path(model), registry=registry, lazy=lazy, tokenizer=tokenizer, **hf_kwargs)
         loaded = load_sources(dictionaries, registry, lazy=lazy)
         base_id = None
@@ -310,8 +309,16 @@ class ScopedModel(TokenizerMixin, nn.Module):
         with dictionaries that came without them. Returns them; ``stats.save(folder)`` stores them."""
         attachment = self._attachments[self._names([name])[0]]
         site: dict[str, torch.Tensor] = {}
-        grab = (attachment.hook_out[0], lambda act: site.__setitem__("act", act) or act)
-        with torch.no_grad(), replace(self.model, *grab) if len(attachment.hook_out) == 1 else contextlib.nullcontext():
+
+        def grab(act: torch.Tensor) -> torch.Tensor:
+            site["act"] = act
+            return act
+
+        one_site = len(attachment.hook_out) == 1  # a CLT writes several: no single site norm
+        with (
+            torch.no_grad(),
+            replace(self.model, attachment.hook_out[0], grab) if one_site else contextlib.nullcontext(),
+        ):
             _, cache = self.run_with_cache(input_ids, names=[name], **kwargs)
         self.feature_stats[name] = stats_of(
             attachment.dictionary, cache[name], site.get("act"), kwargs.get("attention_mask")

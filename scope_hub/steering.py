@@ -111,15 +111,16 @@ def feature_edits(
                 f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}"
             )
         layer, feature = feature
+    feats: tuple[int, ...]
     try:
         feats = (operator.index(feature),)
     except TypeError:  # several features; each counts once
         feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
     bad = [f for f in feats if not 0 <= f < config.d_sae]
     if bad or (layer is not None and not 0 <= layer < len(config.layers or ())):
-        where = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
+        missing = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
         raise IndexError(
-            f"{name} has no {where}: features are 0..{config.d_sae - 1}"
+            f"{name} has no {missing}: features are 0..{config.d_sae - 1}"
             + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}")
         )
     where = normalize_positions(positions)
