@@ -45,6 +45,10 @@ class DictionaryNotFoundError(ScopeHubError, FileNotFoundError):
     """A local dictionary folder or one of its files does not exist."""
 
 
+class ModelNotFoundError(ScopeHubError, FileNotFoundError):
+    """A model folder does not exist, or the Hub has no model under this id."""
+
+
 class KeyParseError(ScopeHubError, ValueError):
     """A registry key or ref does not follow the key grammar."""
 

@@ -8,7 +8,7 @@ Grammar (DESIGN.md section 2)::
 * ``site``    one of :data:`SITES`;
 * ``layer``   an integer, ``all``, or a dash-joined list of integers for
   dictionaries that read several chosen layers (``5-9-12-15`` for a crosscoder);
-* ``width``   ``16k``, ``65k``, ``262k``, ``1m`` or a plain integer;
+* ``width``   ``16k``, ``65k``, ``262k``, ``1m`` or a plain integer (``16K`` is read as ``16k``);
 * ``type``    one of :data:`TYPES`;
 * ``variant`` optional label (``l0_small``, ``l0_big_affine``, ``seed_1`` ...);
 * ``ref``     ``vN`` (immutable), ``latest`` (moves), ``sha256:<12+ hex>`` (content pin).
@@ -28,7 +28,9 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from scope_hub.errors import KeyParseError
@@ -120,6 +122,8 @@ class DictionaryKey:
             raise _fail(text, "layer", f"{self.layer!r} must be an integer, 'all', or integers joined by '-'")
         if isinstance(self.layer, str) and self.layer.isdigit():
             object.__setattr__(self, "layer", int(self.layer))
+        if _WIDTH_RE.match(self.width.lower()):  # 16K and 1M mean 16k and 1m
+            object.__setattr__(self, "width", self.width.lower())
         if not _WIDTH_RE.match(self.width):
             raise _fail(text, "width", f"{self.width!r} must be like 16k, 65k, 262k, 1m or an integer")
         if self.type not in TYPES:
@@ -167,6 +171,26 @@ class DictionaryKey:
         model = parts[0].replace("--", "/")
         variant = parts[5] if len(parts) == 6 else None
         return parse_key(f"{model}:{parts[1]}/{parts[2]}/{parts[3]}/{parts[4]}" + (f"/{variant}" if variant else ""))
+
+
+def close_keys(wanted: str | DictionaryKey, known: Iterable[str], n: int = 5) -> list[str]:
+    """Up to ``n`` of the ``known`` keys a user asking for ``wanted`` probably meant.
+
+    First the keys that only add a variant (``.../sae`` when just ``.../sae/l0_small`` exists),
+    then the most similar spellings.
+
+    Example:
+        >>> known = ["m:resid_post/layer_12/width_16k/sae/l0_small", "m:resid_post/layer_6/width_16k/sae/mine"]
+        >>> close_keys("m:resid_post/layer_12/width_16k/sae", known)
+        ['m:resid_post/layer_12/width_16k/sae/l0_small']
+        >>> close_keys("m:resid_post/layer_6/width_16k/sae/mien", known)
+        ['m:resid_post/layer_6/width_16k/sae/mine']
+    """
+    text = str(wanted.unpinned() if isinstance(wanted, DictionaryKey) else wanted)
+    known = list(known)
+    extended = sorted(k for k in known if k.startswith(text + "/"))
+    similar = difflib.get_close_matches(text, known, n=n, cutoff=0.9)
+    return list(dict.fromkeys(extended + similar))[:n]
 
 
 def parse_key(text: str) -> DictionaryKey:

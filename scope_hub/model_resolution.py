@@ -9,7 +9,14 @@ A model spec is one of:
 * a Hub id: the Hugging Face cache when it holds the model; for the Hub ids of
   the converted models (``google/gemma-3-270m``,
   ``HuggingFaceTB/SmolLM2-135M-Instruct``) the converted folder when the cache
-  does not; otherwise the id itself (transformers downloads it).
+  does not; otherwise the id itself (transformers downloads it), after one
+  request has found the Hub reachable and the model there: an unreachable Hub is
+  an :class:`OfflineError` at once (not half a minute of transformers' retries),
+  an unknown id a :class:`ModelNotFoundError`.
+
+Text that can only be a path (it starts with ``/``, ``.`` or ``~``, or has more
+than one ``/``) and names no folder is a :class:`ModelNotFoundError` ("no such
+folder"), never a Hub request.
 
 A converted folder is identified by its name and the sha256 of the GGUF it came
 from, so a :class:`~scope_hub.scoped_model.ScopedModel` saved on one machine pins
@@ -18,8 +25,10 @@ the same weights on another (:func:`describe_base`).
 Example:
     >>> describe_base("gpt2", None)
     ('gpt2', None)
-    >>> resolve_model("/no/such/folder/but/a/path")  # not a folder, not a name: passed on as a Hub id
-    '/no/such/folder/but/a/path'
+    >>> resolve_model("/no/such/folder")
+    Traceback (most recent call last):
+    ...
+    scope_hub.errors.ModelNotFoundError: /no/such/folder: no such folder (a model folder holds config.json and the weights; or pass a Hub id such as google/gemma-3-270m, or one of the models scope-hub converts offline: gemma-3-270m, smollm2-135m-instruct)
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from scope_hub.errors import IntegrityError, OfflineError
+from scope_hub.errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
 from scope_hub.models import MARKER, gemma3_270m_path, smollm2_135m_instruct_path
 
 CONVERTERS: dict[str, Callable[..., Path]] = {
@@ -68,6 +77,7 @@ def resolve_model(spec: str | Path, revision: str | None = None, progress: bool 
     text = str(spec)
     if Path(text).expanduser().is_dir():
         return str(Path(text).expanduser())
+    check_model_spec(text, revision)
     name = text if text in NAMED_MODELS else None
     if name is None and text in HUB_IDS and not _in_hf_cache(text, revision):
         name, revision = HUB_IDS[text], None  # a Hub revision says nothing about the GGUF copy
@@ -91,6 +101,75 @@ def resolve_model(spec: str | Path, revision: str | None = None, progress: bool 
             "pinned package version, or save the scoped model again"
         )
     return str(folder)
+
+
+def check_model_spec(spec: str | Path, revision: str | None = None) -> None:
+    """Fail fast on a model spec that cannot load, without loading or converting anything.
+
+    A path that names no folder is a :class:`ModelNotFoundError`; a Hub id that is neither
+    cached nor converted offline is asked about once (:func:`check_on_hub`).
+
+    Example:
+        >>> check_model_spec("gemma-3-270m")  # a converted model: nothing to check
+        >>> check_model_spec("./no/such/model")
+        Traceback (most recent call last):
+        ...
+        scope_hub.errors.ModelNotFoundError: ./no/such/model: no such folder (a model folder holds config.json and the weights; or pass a Hub id such as google/gemma-3-270m, or one of the models scope-hub converts offline: gemma-3-270m, smollm2-135m-instruct)
+    """
+    text = str(spec)
+    if Path(text).expanduser().is_dir() or text in NAMED_MODELS or text in HUB_IDS:
+        return
+    if _is_path(text):
+        raise ModelNotFoundError(
+            f"{text}: no such folder (a model folder holds config.json and the weights; or pass a Hub id "
+            f"such as google/gemma-3-270m, or one of the models scope-hub converts offline: {', '.join(NAMED_MODELS)})"
+        )
+    if not _in_hf_cache(text, revision):
+        check_on_hub(text, revision)
+
+
+def _is_path(text: str) -> bool:
+    """True for text no Hub id can be: ``/x``, ``./x``, ``~/x``, ``a/b/c`` (ids are ``name`` or ``org/name``)."""
+    return text.startswith(("/", ".", "~", "\\")) or text.count("/") > 1 or Path(text).drive != ""
+
+
+def _offline_error(spec: str) -> OfflineError:
+    return OfflineError(
+        f"cannot load model {spec!r}: it is not a local folder, not in the Hugging Face cache, "
+        "and the Hub is offline or unreachable. Pass a local transformers folder or a loaded "
+        f"model, or one of the models scope-hub converts offline: {', '.join(NAMED_MODELS)} "
+        f"(Hub ids {', '.join(HUB_IDS)} fall back to them)"
+    )
+
+
+def check_on_hub(repo_id: str, revision: str | None = None, timeout: float = 10.0) -> None:
+    """One request (no retries) asking the Hub whether ``repo_id`` exists, before any download starts.
+
+    Raises :class:`OfflineError` when offline mode is on or the Hub cannot be reached (transformers
+    would otherwise retry for about half a minute), :class:`ModelNotFoundError` when the Hub has no
+    such model (or it is private or gated). Other answers let the download proceed and report.
+    """
+    import huggingface_hub.constants
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hf
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        raise _offline_error(repo_id)
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=timeout)
+    except hf.RevisionNotFoundError:
+        raise ModelNotFoundError(f"model {repo_id!r} has no revision {revision!r} on the Hub") from None
+    except hf.RepositoryNotFoundError:  # also gated and private repos without a token
+        raise ModelNotFoundError(
+            f"no model {repo_id!r} on the Hub (check the spelling; private or gated: log in with "
+            f"`hf auth login`); offline copies scope-hub converts: {', '.join(NAMED_MODELS)}"
+        ) from None
+    except hf.HfHubHTTPError:
+        return  # e.g. rate limits: the download itself will say what is wrong
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0].startswith("httpx"):  # DNS failure, refused, timeout
+            raise _offline_error(repo_id) from None
+        raise
 
 
 def _marker(folder: str | Path) -> dict[str, Any]:
@@ -175,11 +254,32 @@ def load_error(spec: str, error: OSError) -> Exception:
     cause: Any = error.__cause__ or error.__context__
     if not isinstance(cause, LocalEntryNotFoundError):
         return error
-    return OfflineError(
-        f"cannot load model {spec!r}: it is not a local folder, not in the Hugging Face cache, "
-        "and the Hub is offline or unreachable. Pass a local transformers folder or a loaded "
-        f"model, or one of the models scope-hub converts offline: {', '.join(NAMED_MODELS)} "
-        f"(Hub ids {', '.join(HUB_IDS)} fall back to them)"
+    return _offline_error(spec)
+
+
+def load_tokenizer(
+    source: str | Path | None, revision: str | None = None, *, required: bool = True, local_only: bool = False
+) -> Any:
+    """The tokenizer stored with a model: ``AutoTokenizer.from_pretrained`` on its resolved folder or Hub id.
+
+    ``local_only``: a Hub id is read from the Hugging Face cache only (never a download).
+    ``required=False`` returns None instead of raising when there is none (a weights-only folder).
+    """
+    from transformers import AutoTokenizer
+
+    reason = "the model has no folder or Hub id (config._name_or_path is empty)"
+    if source:
+        local = Path(source).is_dir()
+        try:
+            return AutoTokenizer.from_pretrained(
+                str(source), revision=None if local else revision, local_files_only=local_only and not local
+            )
+        except (OSError, ValueError) as error:
+            reason = f"{source} has no loadable tokenizer ({str(error).splitlines()[0]})"
+    if not required:
+        return None
+    raise ConfigError(
+        f"no tokenizer: {reason}; pass one with ScopedModel.from_pretrained(..., tokenizer=tok) or set sm.tokenizer = tok"
     )
 
 

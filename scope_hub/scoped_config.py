@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -90,6 +91,20 @@ def _default_name(dictionary: Dictionary) -> str:
     return f"{c.site or 'site'}/{where}/{c.type}"
 
 
+def key_name(key: DictionaryKey) -> str:
+    """The name a registry key is attached under when no name is given: ``{site}_{layer}``.
+
+    The full key (without its ref) is used instead when that short name is already taken.
+
+    Example:
+        >>> key_name(parse_key("google/gemma-3-270m:resid_post/layer_12/width_16k/sae/l0_small@v2"))
+        'resid_post_12'
+        >>> key_name(parse_key("google/gemma-3-270m:mlp/layer_all/width_262k/clt"))
+        'mlp_all'
+    """
+    return f"{key.site}_{key.layer}"
+
+
 def looks_like_path(source: str) -> bool:
     """True when ``source`` is meant as a folder rather than a registry key.
 
@@ -127,7 +142,8 @@ def load_dictionary_source(
         return _from_hub(str(source), lazy, expected_sha=None)
     folder = Path(source)
     if folder.is_dir():
-        return load_folder(folder, lazy=lazy), {"name": folder.name, "path": os.path.abspath(folder)}
+        record = {"name": folder.name, "path": os.path.abspath(folder), "folder": os.path.abspath(folder)}
+        return load_folder(folder, lazy=lazy), record
     if not isinstance(source, DictionaryKey):
         reject_missing_folder(str(source))
     try:
@@ -135,6 +151,22 @@ def load_dictionary_source(
     except KeyParseError as exc:
         raise DictionaryNotFoundError(f"{source!r} is neither a dictionary folder nor a registry key ({exc})") from None
     return _from_registry(key, registry, lazy, expected_sha=None)
+
+
+def load_sources(sources: Any, registry: Any, *, lazy: bool) -> list[tuple[str, Dictionary, dict[str, Any]]]:
+    """``(name, dictionary, record)`` for each source of a list, a ``{name: source}`` mapping or one source.
+
+    Every source is found and checked here (folders exist and hold a dictionary, keys parse and
+    resolve in the registry), so a caller can do this before any slow model load.
+    """
+    if isinstance(sources, (str, os.PathLike, Dictionary, DictionaryKey)):
+        sources = [sources]
+    items = sources.items() if isinstance(sources, Mapping) else ((None, source) for source in sources)
+    loaded = []
+    for given, source in items:
+        dictionary, record = load_dictionary_source(source, None, registry, lazy=lazy)
+        loaded.append((given or record["name"], dictionary, {**record, "given": given is not None}))
+    return loaded
 
 
 def _registry(registry: Any) -> Any:
@@ -153,7 +185,14 @@ def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: 
         )
     pinned = key.with_ref(f"v{manifest.version}")
     folder = reg.pull(pinned)
-    record = {"name": str(key.unpinned()), "key": str(pinned), "registry": reg.url, "sha256": manifest.content_sha256}
+    record = {
+        "name": key_name(key),
+        "full_name": str(key.unpinned()),
+        "key": str(pinned),
+        "registry": reg.url,
+        "sha256": manifest.content_sha256,
+        "folder": str(folder),
+    }
     return Dictionary.from_pretrained(folder, lazy=lazy), record
 
 
@@ -177,7 +216,11 @@ def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: 
             f"{folder}: files changed since the scoped model was saved (sha256 mismatch); "
             "restore them or re-save the scoped model"
         )
-    return Dictionary.from_pretrained(folder, lazy=lazy), {**entry.model_dump(), "path": str(folder)}
+    return Dictionary.from_pretrained(folder, lazy=lazy), {
+        **entry.model_dump(),
+        "path": str(folder),
+        "folder": str(folder),
+    }
 
 
 def save_scoped_config(scoped: ScopedModel, folder: Path) -> Path:

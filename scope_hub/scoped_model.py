@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import operator
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,34 +39,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from scope_hub.attachment import (
-    Attachment,
-    FeatureEdit,
-    Mode,
-    attachment_for,
-    cache_length,
-    normalize_positions,
-    resolve_hookpoints,
-)
+from scope_hub.attachment import Attachment, Mode, attachment_for, cache_length, resolve_hookpoints
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
+from scope_hub.feature_stats import FeatureStats
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import replace, stop_after
-from scope_hub.model_resolution import describe_base, load_error, resolve_model
-from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, save_scoped_config
+from scope_hub.model_resolution import describe_base, load_error, load_tokenizer, resolve_model
+from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, load_sources, save_scoped_config
+from scope_hub.scoped_tokens import TokenizerMixin
+from scope_hub.steering import feature_edits, stats_of
 
 DictionarySource = str | Path | Dictionary
 Positions = slice | Iterable[int] | int | None
 
 
-class ScopedModel(nn.Module):
+class ScopedModel(TokenizerMixin, nn.Module):
     """A transformers causal LM plus named dictionaries, with observe/splice/steer modes."""
 
-    def __init__(self, model: nn.Module, *, base_model_id: str | None = None, revision: str | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        base_model_id: str | None = None,
+        revision: str | None = None,
+        tokenizer: Any = None,
+    ) -> None:
         super().__init__()
         self.model = model
         source = base_model_id or getattr(model.config, "_name_or_path", None) or None
         self.base_model_id, self.base_model_revision = describe_base(source, revision)
+        self._tokenizer_source = (source, revision)
+        self._tokenizer = tokenizer
+        self.feature_stats: dict[str, FeatureStats] = {}
+        """Per-feature activation statistics by dictionary name (read from ``feature_stats.safetensors``
+        beside a dictionary's weights when it has one); ``steer(..., unit="max"|"mean")`` uses them."""
         self._attachments: dict[str, Attachment] = {}
         self._sources: dict[str, dict[str, Any]] = {}
         self._dict_modules = nn.ModuleList()
@@ -84,19 +90,24 @@ class ScopedModel(nn.Module):
         revision: str | None = None,
         registry: Any = None,
         lazy: bool = True,
+        tokenizer: Any = None,
         **hf_kwargs: Any,
     ) -> ScopedModel:
-        """Load (or wrap) a causal LM and attach dictionaries.
+        """Load (or wrap) a causal LM and its tokenizer, and attach dictionaries.
 
         ``model``: a Hub id, a local folder (also one written by :meth:`save_pretrained`),
         a loaded ``PreTrainedModel``, or a model scope-hub converts offline (``gemma-3-270m``;
-        ``google/gemma-3-270m`` falls back to it when the Hugging Face cache lacks it). Each dictionary: a registry key (``@ref``
-        allowed), a folder, or a :class:`Dictionary`; pass a mapping to choose names.
-        ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
+        ``google/gemma-3-270m`` falls back to it when the Hugging Face cache lacks it). Each
+        dictionary: a registry key (``@ref`` allowed), a folder, or a :class:`Dictionary`; pass a
+        mapping to choose names (a key in a list is named ``{site}_{layer}``, e.g. ``resid_post_12``,
+        a folder by its name). Every dictionary is found and checked before the model loads, so a
+        typo fails in a second, not after the load. ``tokenizer`` (default: loaded from the same
+        folder or id as the model; see :attr:`tokenizer`). ``hf_kwargs`` go to
+        ``AutoModelForCausalLM.from_pretrained``.
         """
-        saved = Path(model) / ScopedModelConfig.FILE if isinstance(model, (str, Path)) else None
-        if saved is not None and saved.is_file():
-            return cls._from_saved(Path(model), registry=registry, lazy=lazy, **hf_kwargs)
+        if isinstance(model, (str, Path)) and (Path(model) / ScopedModelConfig.FILE).is_file():
+            return cls._from_saved(Path(model), registry=registry, lazy=lazy, tokenizer=tokenizer, **hf_kwargs)
+        loaded = load_sources(dictionaries, registry, lazy=lazy)
         base_id = None
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForCausalLM
@@ -108,15 +119,20 @@ class ScopedModel(nn.Module):
                 model = AutoModelForCausalLM.from_pretrained(base_id, revision=revision, **hf_kwargs)
             except OSError as error:
                 raise load_error(str(model), error) from error
-        scoped = cls(model, base_model_id=base_id, revision=revision)
-        scoped.attach(dictionaries, registry=registry, lazy=lazy)
+            if tokenizer is None:
+                tokenizer = load_tokenizer(base_id, revision, required=False)
+        scoped = cls(model, base_model_id=base_id, revision=revision, tokenizer=tokenizer)
+        for name, dictionary, record in loaded:
+            scoped._attach_one(scoped._free_name(name, record), dictionary, source_record=record)
         return scoped
 
     @classmethod
-    def _from_saved(cls, folder: Path, *, registry: Any, lazy: bool, **hf_kwargs: Any) -> ScopedModel:
+    def _from_saved(cls, folder: Path, *, registry: Any, lazy: bool, tokenizer: Any, **hf_kwargs: Any) -> ScopedModel:
         config = ScopedModelConfig.read(folder)
         loaded = [load_dictionary_source(entry, folder, registry, lazy=lazy) for entry in config.dictionaries]
-        scoped = cls.from_pretrained(config.base_model, revision=config.base_model_revision, lazy=lazy, **hf_kwargs)
+        scoped = cls.from_pretrained(
+            config.base_model, revision=config.base_model_revision, lazy=lazy, tokenizer=tokenizer, **hf_kwargs
+        )
         for entry, (dictionary, record) in zip(config.dictionaries, loaded):
             scoped._attach_one(entry.name, dictionary, source_record=record)
         return scoped
@@ -136,25 +152,33 @@ class ScopedModel(nn.Module):
         registry: Any = None,
         lazy: bool = True,
     ) -> list[str]:
-        """Attach dictionaries; returns their names (key without ref, folder name, or given name)."""
+        """Attach dictionaries; returns their names (the given name; for a key in a list ``{site}_{layer}``,
+        or the key without its ref when that name is taken; for a folder its name)."""
         if isinstance(dictionaries, (str, Path, Dictionary)):
             dictionaries = {name: dictionaries} if name else [dictionaries]
-        items = dictionaries.items() if isinstance(dictionaries, Mapping) else ((None, d) for d in dictionaries)
-        names = []
-        for given, source in items:
-            dictionary, record = load_dictionary_source(source, None, registry, lazy=lazy)
-            names.append(self._attach_one(given or record["name"], dictionary, source_record=record))
-        return names
+        loaded = load_sources(dictionaries, registry, lazy=lazy)
+        return [self._attach_one(self._free_name(n, record), d, source_record=record) for n, d, record in loaded]
+
+    def _free_name(self, name: str, record: dict[str, Any]) -> str:
+        """``name``, or the source's full name when a derived short name is already attached."""
+        if name in self._attachments and not record.get("given") and record.get("full_name"):
+            return str(record["full_name"])
+        return name
 
     def _attach_one(self, name: str, dictionary: Dictionary, source_record: dict[str, Any]) -> str:
         if name in self._attachments:
             raise ConfigError(f"a dictionary named {name!r} is already attached; detach it or pass another name")
         hook_in, hook_out = self._hookpoints_for(dictionary)
+        stats = FeatureStats.load(source_record["folder"]) if source_record.get("folder") else None
+        if stats is not None:
+            stats.check_width(dictionary.config.d_sae, str(source_record["folder"]))
         param = next(self.model.parameters())
         dictionary.move_keeping_lazy(param.device, param.dtype)
         self._attachments[name] = attachment_for(name, dictionary, hook_in, hook_out)
         self._sources[name] = {**source_record, "name": name}
         self._dict_modules.append(dictionary)
+        if stats is not None:
+            self.feature_stats[name] = stats
         self._refresh_hooks()
         return name
 
@@ -163,6 +187,7 @@ class ScopedModel(nn.Module):
         for name in names or list(self._attachments):
             attachment = self._attachments.pop(name)
             self._sources.pop(name)
+            self.feature_stats.pop(name, None)
             for i, module in enumerate(self._dict_modules):
                 if module is attachment.dictionary:
                     del self._dict_modules[i]
@@ -195,9 +220,21 @@ class ScopedModel(nn.Module):
         return ModeContext(self, splice=chosen, error_term=chosen if error_term else frozenset())
 
     def steer(
-        self, name: str, feature: int | tuple[int, int], alpha: float, *, positions: Positions = None
+        self,
+        name: str,
+        feature: int | tuple[int, int],
+        alpha: float,
+        *,
+        unit: str = "activation",
+        positions: Positions = None,
     ) -> ModeContext:
-        """Add ``alpha`` x the feature's decoder direction at the dictionary's output site.
+        """Add ``alpha`` (in ``unit``) to the feature's activation: that times its decoder direction at the output site.
+
+        ``unit="activation"`` (default): ``alpha`` is in the feature's own activation units;
+        ``"max"``: multiples of its largest recorded activation (``alpha=2``: twice anything seen);
+        ``"mean"``: multiples of its mean activation when it fires; ``"norm"``: a vector of ``alpha``
+        x the output site's mean norm. All but the default need :attr:`feature_stats`
+        (:mod:`scope_hub.steering`).
 
         ``positions`` (every edit takes it) limits the edit to some sequence positions: ints >= 0
         and slices with non-negative bounds are absolute positions (``[3, 4]``: those prompt tokens
@@ -207,7 +244,7 @@ class ScopedModel(nn.Module):
         token of ``generate``). Positions count padding: with left-padded batches an absolute
         position lands on different tokens per row.
         """
-        return self._edit(name, feature, "add", alpha, positions)
+        return self._edit(name, feature, "add", alpha, positions, unit=unit)
 
     def clamp(
         self, name: str, feature: int | tuple[int, int], value: float, *, positions: Positions = None
@@ -257,32 +294,36 @@ class ScopedModel(nn.Module):
             self._modes.pop()
             self._refresh_hooks()
 
-    def _edit(self, name: str, feature: Any, op: str, value: float, positions: Positions = None) -> ModeContext:
-        self._names([name])
-        layer = None
-        if self._attachments[name].dictionary.config.type == "clt":
-            if not (isinstance(feature, tuple) and len(feature) == 2):
-                raise ValueError(
-                    f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "
-                    f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}"
-                )
-            layer, feature = feature
-        try:
-            feats = (operator.index(feature),)
-        except TypeError:  # several features; each counts once
-            feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
-        config = self._attachments[name].dictionary.config
-        bad = [f for f in feats if not 0 <= f < config.d_sae]
-        if bad or (layer is not None and not 0 <= layer < len(config.layers or ())):
-            where = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
-            raise IndexError(
-                f"{name} has no {where}: features are 0..{config.d_sae - 1}"
-                + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}")
-            )
-        edit = FeatureEdit(
-            features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions)
+    def _edit(
+        self, name: str, feature: Any, op: str, value: float, positions: Positions = None, unit: str = "activation"
+    ) -> ModeContext:
+        dictionary = self._attachments[self._names([name])[0]].dictionary
+        stats = self.feature_stats.get(name)
+        return ModeContext(
+            self, edits={name: feature_edits(name, dictionary, stats, feature, op, value, positions, unit)}
         )
-        return ModeContext(self, edits={name: (edit,)})
+
+    def measure_feature_stats(self, name: str, input_ids: torch.Tensor, **kwargs: Any) -> FeatureStats:
+        """Measure (and keep in :attr:`feature_stats`) a dictionary's per-feature activation statistics
+        on ``input_ids`` (``attention_mask`` in ``kwargs`` excludes padding), for ``steer(..., unit=...)``
+        with dictionaries that came without them. Returns them; ``stats.save(folder)`` stores them."""
+        attachment = self._attachments[self._names([name])[0]]
+        site: dict[str, torch.Tensor] = {}
+
+        def grab(act: torch.Tensor) -> torch.Tensor:
+            site["act"] = act
+            return act
+
+        one_site = len(attachment.hook_out) == 1  # a CLT writes several: no single site norm
+        with (
+            torch.no_grad(),
+            replace(self.model, attachment.hook_out[0], grab) if one_site else contextlib.nullcontext(),
+        ):
+            _, cache = self.run_with_cache(input_ids, names=[name], **kwargs)
+        self.feature_stats[name] = stats_of(
+            attachment.dictionary, cache[name], site.get("act"), kwargs.get("attention_mask")
+        )
+        return self.feature_stats[name]
 
     def _names(self, names: Iterable[str]) -> list[str]:
         names = list(names) or list(self._attachments)

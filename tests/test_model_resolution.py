@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 
 import huggingface_hub.constants
 import pytest
 
 from scope_hub import model_resolution
-from scope_hub.errors import IntegrityError, OfflineError
+from scope_hub.errors import IntegrityError, ModelNotFoundError, OfflineError
 from scope_hub.model_resolution import MARKER, describe_base, resolve_model
 from scope_hub.scoped_model import ScopedModel
 
@@ -33,7 +34,7 @@ def test_names_and_uncached_hub_ids_resolve_to_the_converted_folder(converted, t
         resolve_model("gemma-3-270m", revision="0" * 64)
     plain = tmp_path / "plain"
     plain.mkdir()
-    assert resolve_model(plain) == str(plain) and resolve_model("org/other-model") == "org/other-model"
+    assert resolve_model(plain) == str(plain)
     # portable identity: a converted folder is its name + GGUF hash, any other folder its path
     assert describe_base(str(converted), None) == ("gemma-3-270m", SHA)
     assert describe_base(str(plain), "r1") == (str(plain), "r1")
@@ -101,3 +102,56 @@ def test_a_dictionary_trained_on_the_converted_copy_names_the_hub_model_and_the_
     front, body = parse_card(card)
     assert front["base_model"] == "google/gemma-3-270m" and front["scope_hub"]["base_model_weights"] == weights
     assert "converted local copy" in body and SHA in body
+
+
+@pytest.mark.parametrize("spec", ["/no/such/folder", "./no/such", "~/no-such-model-dir", "a/b/c"])
+def test_a_path_that_names_no_folder_says_so_without_asking_the_hub(spec, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # any request would fail
+    with pytest.raises(ModelNotFoundError, match="no such folder"):
+        ScopedModel.from_pretrained(spec)
+
+
+def test_an_unreachable_hub_fails_after_one_attempt_without_retry_noise(monkeypatch, capfd):
+    # Port 9 refuses connections: transformers alone would retry for ~25 s with a line per retry.
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
+    with pytest.raises(OfflineError, match="Hub is offline or unreachable.*gemma-3-270m"):
+        ScopedModel.from_pretrained("google/gemma-3-27")
+    assert time.monotonic() - started < 5
+    assert "Retrying" not in "".join(capfd.readouterr())
+
+
+def test_a_misspelt_hub_id_is_reported_by_the_hub_before_any_download(monkeypatch):
+    from tests.registry.fake_hub import FakeHub
+
+    hub = FakeHub().start()
+    try:
+        hub.create_repo("org/real-model")
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        assert resolve_model("org/real-model") == "org/real-model"
+        with pytest.raises(ModelNotFoundError, match="no model 'org/real-modle' on the Hub"):
+            resolve_model("org/real-modle")
+        assert [path for _, path in hub.requests] == ["/api/models/org/real-model", "/api/models/org/real-modle"]
+    finally:
+        hub.stop()
+
+
+@pytest.mark.parametrize("command", ["dashboard", "trace"])
+def test_analysis_commands_say_a_model_folder_does_not_exist(command, tmp_path, capsys):
+    from scope_hub.cli import main
+    from tests.dictionaries.factory import make_config, make_dictionary
+
+    sae = tmp_path / "sae"
+    make_dictionary(make_config("sae", "relu", d_in=8, d_sae=16, site="resid_post", layer=0)).save_pretrained(sae)
+    out = str(tmp_path / "out")
+    args = {
+        "dashboard": ["dashboard", str(sae), "--model", "/no/such/folder", "--out", out],
+        "trace": ["trace", "The capital", "--model", "/no/such/folder", "--transcoders", str(sae), "--out", out],
+    }[command]
+    started = time.monotonic()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "/no/such/folder: no such folder" in err and "Repo id" not in err, err
+    assert time.monotonic() - started < 10

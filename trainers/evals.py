@@ -24,6 +24,8 @@ Example:
     >>> m = evaluate(sae, [(x, x)])
     >>> round(m.fvu, 6), m.l0, m.dead_fraction
     (0.0, 4.0, 0.0)
+    >>> torch.equal(sae.feature_stats.max, x.amax((0, 1)))  # per-feature statistics, for steering units
+    True
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Iterable
 import torch
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.feature_stats import FeatureStatsAccumulator
 from scope_hub.metadata import Metrics
 
 DENSE_FRACTION = 0.1
@@ -93,6 +96,7 @@ class Evaluation:
     def __init__(self, dictionary: Dictionary, chunk: int = 1024) -> None:
         self.dictionary, self.chunk = dictionary, chunk
         self.accs: list[_Accumulator] | None = None
+        self.stats: FeatureStatsAccumulator | None = None
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, t: torch.Tensor) -> None:
@@ -106,14 +110,18 @@ class Evaluation:
                 self.accs = self.accs or [_Accumulator(self.dictionary.d_sae) for _ in range(f.shape[1])]
                 for i, acc in enumerate(self.accs):
                     acc.add(f[:, i], y[:, i], ts[:, i])
+                clt = self.dictionary.config.type == "clt"
+                self.stats = self.stats or FeatureStatsAccumulator(self.dictionary.d_sae, f.shape[1] if clt else None)
+                self.stats.add(f if clt else f[:, 0], site=None if clt else ts[:, 0])
         finally:
             self.dictionary.train(was_training)
 
     def metrics(self) -> Metrics:
-        """The metrics of everything added."""
+        """The metrics of everything added; the per-feature statistics go to ``dictionary.feature_stats``."""
         accs = self.accs
-        if accs is None:
+        if accs is None or self.stats is None:
             raise ValueError("evaluate() got no batches")
+        self.dictionary.feature_stats = self.stats.result()
         per_layer = [acc.metrics() for acc in accs]
         total_error = sum(a.sq_error for a in accs)
         total_var = sum(a.variance() for a in accs)
@@ -133,7 +141,13 @@ class Evaluation:
 def evaluate(
     dictionary: Dictionary, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int = 1024
 ) -> Metrics:
-    """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches."""
+    """L0, FVU, dead and dense fractions over raw ``(x [b, L, d_in], target [b, L, d_out])`` batches.
+
+    The same pass measures each feature's activation statistics (max, mean when active,
+    frequency, and the output site's mean norm) and keeps them on ``dictionary.feature_stats``;
+    :func:`trainers.publish.save_and_publish` stores them beside the weights, where
+    ``ScopedModel.steer(..., unit="max")`` finds them.
+    """
     evaluation = Evaluation(dictionary, chunk)
     for x, t in batches:
         evaluation.add(x, t)

@@ -29,6 +29,7 @@ import torch
 
 from scope_hub.cards import render_dictionary_card
 from scope_hub.dictionaries import KINDS, Dictionary
+from scope_hub.feature_stats import FeatureStats
 from scope_hub.keys import width_label
 from scope_hub.metadata import Provenance
 from scope_hub.model_resolution import served_weights
@@ -150,11 +151,21 @@ def _same_as_latest(dictionary: Dictionary, folder: Path, registry: Any, key: st
     if created_at and timeless(stored) == timeless(manifest.config):
         dictionary.config.provenance.created_at = created_at
         readme = folder / "README.md"
-        dictionary.save_pretrained(folder, card=readme.read_text() if readme.is_file() else None)
+        _save(dictionary, folder, readme.read_text() if readme.is_file() else None)
+
+
+def _save(dictionary: Dictionary, folder: str | Path, card: str | None) -> Path:
+    """The dictionary's folder, with ``feature_stats.safetensors`` when evaluation measured them."""
+    saved = dictionary.save_pretrained(folder, card=card)
+    stats = getattr(dictionary, "feature_stats", None)  # measured by trainers.evals.evaluate
+    if isinstance(stats, FeatureStats):
+        stats.save(saved)
+    return saved
 
 
 def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]) -> tuple[Path | str, Any]:
-    """Write ``output.dir`` (config.json, safetensors, README.md card); push when ``output.registry`` is set.
+    """Write ``output.dir`` (config.json, safetensors, README.md card, and ``feature_stats.safetensors``
+    when evaluation measured them); push when ``output.registry`` is set.
 
     A URL ``output.dir`` (``s3://...``) gets the folder's files as one atomic put each. Returns
     ``(folder, PushResult or None)``.
@@ -173,13 +184,13 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
         else None
     )
     if not is_url(cfg.output.dir):
-        folder = dictionary.save_pretrained(cfg.output.dir, card=card)
+        folder = _save(dictionary, cfg.output.dir, card)
         return folder, _push(dictionary, folder, cfg, key)
     from trainers.harvest_shards import open_store
 
     store = open_store(cfg.output.dir)
     with tempfile.TemporaryDirectory() as staging:
-        folder = dictionary.save_pretrained(Path(staging) / "dictionary", card=card)
+        folder = _save(dictionary, Path(staging) / "dictionary", card)
         pushed = _push(dictionary, folder, cfg, key)  # first: an unchanged rerun rewrites the folder's created_at
         for path in sorted(folder.iterdir()):  # config.json last: a reader sees it only after the weights
             if path.name != "config.json":

@@ -5,8 +5,9 @@ Registered in :mod:`scope_hub.cli` as ``"scope_hub.analysis.cli:setup_dashboard"
 
 ``--model`` takes a transformers folder, a Hub id, or one of the real models scope-hub
 converts offline: ``smollm2-135m-instruct``, ``gemma-3-270m`` (their Hub ids fall back to them).
-Every input that can be checked without the model (dictionary folder or key, prompt files,
-harvest folder) is checked before the model loads, so a typo fails in well under a second.
+Every input that can be checked without the model (model folder or Hub id, dictionary folder
+or key, prompt files, harvest folder) is checked before the model loads, so a typo fails in well
+under a second.
 
 Example:
     >>> import argparse
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
-from scope_hub.model_resolution import NAMED_MODELS, load_model
+from scope_hub.model_resolution import NAMED_MODELS, check_model_spec, load_model
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -131,6 +132,7 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
             texts = checked_prompts(args.texts or "corpus", "--texts")[: args.max_texts]
             if not texts:
                 raise ConfigError(f"--max-texts {args.max_texts} leaves no texts; give at least 1")
+        check_model_spec(args.model)
         scoped, tokenizer, name = _scoped(args, dictionary)
         extra = {"include_dead": not args.live_only, "title": f"{args.dictionary} on {args.model}"}
         if args.harvest:
@@ -206,6 +208,7 @@ def setup_refusal(parser: argparse.ArgumentParser) -> Runner:
         except ValueError:
             raise ConfigError(f"--layers {args.layers}: give comma-separated integers, e.g. --layers 10,14") from None
         dictionary = check_dictionary_source(args.dictionary, args.registry) if args.dictionary else None
+        check_model_spec(args.model)
         scoped, tokenizer, name = _scoped(args, dictionary)
         report = analyze_refusal(
             scoped,

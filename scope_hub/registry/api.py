@@ -34,10 +34,11 @@ from scope_hub.errors import (
     LockfileError,
     OfflineError,
     RegistryError,
+    ScopeHubError,
     UnknownKeyError,
     VersionNotFoundError,
 )
-from scope_hub.keys import DictionaryKey, parse_key, version_number
+from scope_hub.keys import DictionaryKey, close_keys, parse_key, version_number
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends import normalize_url, open_backend
 from scope_hub.registry.cache import LocalCache, export_snapshot
@@ -183,7 +184,7 @@ class Registry:
         if not states and self.offline:  # a backend's own cache (hf) may just predate the key
             raise OfflineError(f"offline: {key.unpinned()} is not in the cached index of {self.url}")
         if not states:
-            raise UnknownKeyError(f"{key.unpinned()} is not published in {self.url}; see `scope-hub ls`")
+            raise self._not_published(key)
         version = latest_live(states)
         if version is None:
             raise VersionNotFoundError(
@@ -191,6 +192,16 @@ class Registry:
             )
         self.cache.save_latest(key, version)
         return version
+
+    def _not_published(self, key: DictionaryKey) -> UnknownKeyError:
+        """The error for a key with no version, naming the published keys it is closest to."""
+        try:
+            known = [s.key for s in self.backend.load_index().summaries() if s.latest is not None]
+        except (ScopeHubError, OSError):  # the error is about the key: a failing listing must not hide it
+            known = []
+        close = close_keys(key, known)
+        hint = f"close keys that exist: {', '.join(close)}" if close else "see `scope-hub ls`"
+        return UnknownKeyError(f"{key.unpinned()} is not published in {self.url}; {hint}")
 
     def _by_content(self, key: DictionaryKey, prefix: str) -> int:
         if self._can_read_remote():
@@ -310,7 +321,7 @@ class Registry:
             raise OfflineError(f"cannot read {self.url} in offline mode")
         states = self.backend.versions(k)
         if not states:
-            raise UnknownKeyError(f"{k.unpinned()} is not published in {self.url}; see `scope-hub ls`")
+            raise self._not_published(k)
         details, manifests = [], {}
         for state in states:
             manifest, data = self._manifest(k, state.version)

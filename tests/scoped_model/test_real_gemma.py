@@ -102,3 +102,18 @@ def test_saved_scoped_model_pins_the_converted_base_portably(gemma, tmp_path):
     batch = _batch(tokenizer)
     with torch.no_grad(), sm.splice(), rebuilt.splice():
         torch.testing.assert_close(rebuilt(**batch).logits, sm(**batch).logits, rtol=0, atol=0)
+
+
+def test_the_hub_id_loads_model_and_tokenizer_offline_without_retries(gemma, monkeypatch, capfd):
+    import huggingface_hub.constants
+
+    from scope_hub import model_resolution
+
+    _, tokenizer = gemma
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(model_resolution, "_in_hf_cache", lambda repo, revision: False)
+    sm = ScopedModel.from_pretrained("google/gemma-3-270m")
+    expected = tokenizer(TEXTS, return_tensors="pt", padding=True).input_ids
+    assert torch.equal(sm.to_tokens(TEXTS), expected)
+    assert sm.to_str_tokens("Hello world") == ["<bos>", "Hello", " world"]
+    assert sm.base_model_id == "gemma-3-270m" and "Retrying" not in "".join(capfd.readouterr())

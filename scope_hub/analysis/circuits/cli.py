@@ -118,11 +118,15 @@ def _run(args: argparse.Namespace) -> int:
     from scope_hub.analysis.circuits.export import write_graph_json
     from scope_hub.analysis.circuits.html import write_html
     from scope_hub.analysis.circuits.pruning import prune
-    from scope_hub.model_resolution import load_model
+    from scope_hub.analysis.cli import check_dictionary_source
+    from scope_hub.model_resolution import check_model_spec, load_model
 
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     sources = resolve_sources(args.transcoders, args.registry)
+    for source in sources:  # typos fail here, not after the model load
+        check_dictionary_source(source, args.registry)
+    check_model_spec(args.model)
+    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
     graph = attribute(
         args.prompt,
         model,
