@@ -15,10 +15,33 @@ from __future__ import annotations
 
 
 class ScopeHubError(Exception):
-    """Base class of every error scope-hub raises on purpose."""
+    """Base class of every error scope-hub raises on purpose.
+
+    Keyword arguments become attributes a program can act on without parsing the message
+    (``key``, ``path``, ``expected``, ``actual``, ``choices`` ...); the message stays for people.
+
+    Example:
+        >>> err = ConfigError("unknown type 'x'; use one of: sae, clt", field="type", choices=("sae", "clt"))
+        >>> err.field, err.choices, str(err)
+        ('type', ('sae', 'clt'), "unknown type 'x'; use one of: sae, clt")
+    """
+
+    def __init__(self, *args: object, **data: object) -> None:
+        super().__init__(*args)
+        self.data: dict[str, object] = data
+        """Everything given as keyword arguments (also set as attributes)."""
+        for name, value in data.items():
+            setattr(self, name, value)
 
     def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
         return str(self.args[0]) if self.args else self.__class__.__name__
+
+    def __reduce__(self):  # keep the data through pickling (multiprocessing workers re-raise errors)
+        return _rebuild, (type(self), self.args, self.data)
+
+
+def _rebuild(cls: type[ScopeHubError], args: tuple[object, ...], data: dict[str, object]) -> ScopeHubError:
+    return cls(*args, **data)
 
 
 class ConfigError(ScopeHubError, ValueError):

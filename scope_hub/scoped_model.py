@@ -53,6 +53,7 @@ from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import replace, stop_after
+from scope_hub.kinds import kind
 from scope_hub.model_resolution import describe_base, load_error, resolve_model
 from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, save_scoped_config
 
@@ -243,7 +244,7 @@ class ScopedModel(nn.Module):
         """
         chosen = frozenset(self._names(names))
         # A crosscoder reads later layers, so it cannot be spliced; it is recorded as observed.
-        spliced = frozenset(n for n in chosen if self._attachments[n].dictionary.config.type != "crosscoder")
+        spliced = frozenset(n for n in chosen if kind(self._attachments[n].dictionary.config.type).spliced)
         return ModeContext(self, splice=spliced, error_term=spliced, captures={n: ((into, True),) for n in chosen})
 
     @contextlib.contextmanager
@@ -260,7 +261,7 @@ class ScopedModel(nn.Module):
     def _edit(self, name: str, feature: Any, op: str, value: float, positions: Positions = None) -> ModeContext:
         self._names([name])
         layer = None
-        if self._attachments[name].dictionary.config.type == "clt":
+        if kind(self._attachments[name].dictionary.config.type).per_layer_decoders:
             if not (isinstance(feature, tuple) and len(feature) == 2):
                 raise ValueError(
                     f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from scope_hub.kinds import SAE
+
 LAYER = 6
 BASE_MODEL = "google/gemma-3-270m"
 
@@ -93,13 +95,13 @@ def demo_key(kind: str, plan: Plan) -> str:
     """Registry key of the demo's SAE or transcoder."""
     from scope_hub.keys import width_label
 
-    site = "resid_post" if kind == "sae" else "mlp"
+    site = "resid_post" if kind == SAE else "mlp"
     return f"{BASE_MODEL}:{site}/layer_{LAYER}/width_{width_label(plan.d_sae)}/{kind}/demo_topk"
 
 
 def train_overrides(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: Path, registry: str) -> list[str]:
     """The trainer config of one demo dictionary, as ``key=value`` overrides (also valid for ``scope-hub train``)."""
-    site = "resid_post" if kind == "sae" else "mlp_in"
+    site = "resid_post" if kind == SAE else "mlp_in"
     return [
         f"model.id={model_dir}",
         f"data.paths=[{corpus}]",

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import capture, stop_after
+from scope_hub.kinds import kind
 from trainers.config import TrainConfig
 from trainers.data import TokenSequences, kept_positions
 from trainers.progress import show_progress_by_default
@@ -67,7 +68,7 @@ class SiteSpec:
 def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
     """Hookpoints for the configured site(s) and layer(s) of ``model``."""
     adapter = adapter_for(model)
-    if cfg.dictionary.type == "clt":
+    if kind(cfg.dictionary.type).per_layer_decoders:
         layers = list(cfg.harvest.layers or [])
     else:
         if cfg.harvest.layer is None:
@@ -75,7 +76,7 @@ def site_spec(model: Any, cfg: TrainConfig) -> SiteSpec:
         layers = [cfg.harvest.layer]
     inputs = [adapter.hookpoint(cfg.harvest.site, layer) for layer in layers]
     outputs = None
-    if cfg.dictionary.type != "sae":
+    if not kind(cfg.dictionary.type).reconstructs_input:
         outputs = [adapter.hookpoint(cfg.site_out, layer) for layer in layers]
     return SiteSpec(layers, inputs, outputs, adapter.stop_hookpoint(inputs + (outputs or [])))
 

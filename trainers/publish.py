@@ -28,6 +28,7 @@ import torch
 from scope_hub.cards import render_dictionary_card
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.keys import width_label
+from scope_hub.kinds import JUMPRELU, RELU, kind
 from scope_hub.metadata import Provenance
 from trainers.config import TrainConfig
 from trainers.harvest import SiteSpec
@@ -53,13 +54,13 @@ def default_variant(cfg: TrainConfig) -> str:
     d = cfg.dictionary
     if d.variant:
         return d.variant
-    if d.architecture == "jumprelu":
+    if d.architecture == JUMPRELU:
         name = f"jumprelu_l0_{d.l0_target:g}"
     else:
-        name = "relu" if d.architecture == "relu" else f"{d.architecture}_k{d.k}"
+        name = RELU if d.architecture == RELU else f"{d.architecture}_k{d.k}"
     if d.matryoshka_groups:
         name += "_matryoshka"
-    if d.type == "clt" and d.affine_skip:
+    if kind(d.type).per_layer_decoders and d.affine_skip:
         name += "_affine"
     return name
 
@@ -71,7 +72,11 @@ def registry_key(cfg: TrainConfig, layers: list[int]) -> str:
     if not cfg.model.id or Path(cfg.model.id).exists():
         raise ValueError("output.key is required when model.id is not a Hub-style id (e.g. a local path)")
     d = cfg.dictionary
-    site = "mlp" if d.type != "sae" and cfg.harvest.site == "mlp_in" and cfg.site_out == "mlp_out" else cfg.harvest.site
+    site = (
+        "mlp"
+        if not kind(d.type).reconstructs_input and cfg.harvest.site == "mlp_in" and cfg.site_out == "mlp_out"
+        else cfg.harvest.site
+    )
     layer = str(layers[0]) if len(layers) == 1 else "-".join(str(x) for x in layers)
     return f"{cfg.model.id}:{site}/layer_{layer}/width_{width_label(d.d_sae)}/{d.type}/{default_variant(cfg)}"
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from scope_hub.kinds import JUMPRELU, RELU, TOPK
 from trainers.forward import LayerParams, SparsitySpec
 from trainers.kernels import JumpReLUSTE, gather_pre, select_above, sparse_decode
 
@@ -67,16 +68,16 @@ def sharded_forward(lp: LayerParams, x: torch.Tensor, spec: SparsitySpec) -> tup
     """``(y [B, d_out], l0_tokens [B])`` of a latent-sharded single-layer dictionary (sparse path)."""
     with torch.no_grad():
         pre = torch.addmm(lp.b_enc, x, lp.w_enc)
-        if spec.architecture == "topk":
+        if spec.architecture == TOPK:
             values = pre.topk(min(spec.k, pre.shape[1]), dim=-1).values
             parts = [torch.empty_like(values) for _ in range(dist.get_world_size())]
             dist.all_gather(parts, values.contiguous())
             kth = torch.cat(parts, dim=1).topk(spec.k, dim=-1).values[:, -1:]  # the token's global k-th value
             # keep >= k-th (strict > on the next float down); entries <= 0 are dropped: relu zeroes them anyway
             sel = select_above(pre, torch.nextafter(kth, torch.full_like(kth, -float("inf"))).clamp_min(0.0))
-        elif spec.architecture == "jumprelu":
+        elif spec.architecture == JUMPRELU:
             sel = select_above(pre, lp.threshold.detach() - spec.bandwidth / 2)
-        elif spec.architecture == "relu":
+        elif spec.architecture == RELU:
             sel = select_above(pre, torch.tensor(0.0))
         else:
             raise NotImplementedError(
@@ -84,7 +85,7 @@ def sharded_forward(lp: LayerParams, x: torch.Tensor, spec: SparsitySpec) -> tup
                 "global batch threshold: gather the per-shard pools as in kernels.select_batch_topk)"
             )
     values = gather_pre(sel, x, lp.w_enc, lp.b_enc)
-    if spec.architecture == "jumprelu":
+    if spec.architecture == JUMPRELU:
         f, step = JumpReLUSTE.apply(values, lp.threshold.index_select(0, sel.cols), spec.bandwidth)
     else:
         f = torch.relu(values)

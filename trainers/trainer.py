@@ -30,6 +30,7 @@ import torch
 
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
+from scope_hub.kinds import JUMPRELU, RELU, architecture
 from trainers.checkpoint import latest_checkpoint, optimizer_tensors, restore_optimizer, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
@@ -249,7 +250,7 @@ class Trainer:
         recon = reconstruction_loss(out.outputs, t)
         loss, penalty, aux = recon, None, None
         ramp = warmup(self.step, cfg.loss.l0_warmup_steps)
-        if arch == "jumprelu":
+        if arch == JUMPRELU:
             penalty = l0_penalty(
                 out.codes,
                 cfg.dictionary.l0_target,
@@ -257,11 +258,11 @@ class Trainer:
                 cfg.loss.l0_penalty,
                 self.ctx.mean if self.ctx.world > 1 else None,
             )
-        elif arch == "relu":
+        elif arch == RELU:
             penalty = l1_penalty(out.codes, self.params, cfg.loss.l1_coefficient * ramp)
         if penalty is not None:
             loss = loss + penalty
-        if arch in ("topk", "batchtopk") and cfg.loss.aux_coefficient > 0:
+        if architecture(arch).needs_k and cfg.loss.aux_coefficient > 0:
             dead = self.tokens_since_fired >= cfg.loss.dead_tokens
             aux = aux_k_loss(
                 out.codes,
@@ -282,9 +283,11 @@ class Trainer:
         grad_norm = clip_gradients(trainable, cfg.optim.grad_clip)
         set_lr(self.optimizer, lr_at(self.step, self.steps, cfg.optim))
         self.optimizer.step()
-        apply_constraints(self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=arch == "jumprelu")
+        apply_constraints(
+            self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=architecture(arch).trains_threshold
+        )
         self._bookkeeping(out.codes)
-        if cfg.loss.resample_every and arch in ("relu", "jumprelu") and (self.step + 1) % cfg.loss.resample_every == 0:
+        if cfg.loss.resample_every and arch in (RELU, JUMPRELU) and (self.step + 1) % cfg.loss.resample_every == 0:
             self._resample()
         return self._stats(loss, recon, penalty, aux, y, t, out.codes, grad_norm)
 

@@ -6,17 +6,22 @@ from typing import ClassVar
 
 import torch
 
+from scope_hub.kinds import architecture
+
 
 class Activation:
     """Maps pre-activations ``[..., d_sae]`` to sparse features.
 
     Subclasses live one per file and are listed in
-    :data:`scope_hub.dictionaries.kinds.ACTIVATIONS`.
+    :data:`scope_hub.kinds.ARCHITECTURES`.
     """
 
     name: ClassVar[str]
-    uses_threshold: ClassVar[bool] = False
-    """True when the dictionary stores a per-latent ``threshold`` tensor for it."""
+
+    @property
+    def uses_threshold(self) -> bool:
+        """True when the dictionary stores a per-latent ``threshold`` tensor for it (from :mod:`scope_hub.kinds`)."""
+        return architecture(self.name).stores_threshold
 
     def __init__(self, k: int | None = None) -> None:
         self.k = k

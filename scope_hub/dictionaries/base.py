@@ -21,6 +21,7 @@ from torch import nn
 from scope_hub.config_io import read_config
 from scope_hub.dictionaries.activation import Activation
 from scope_hub.errors import ConfigError, DictionaryNotFoundError
+from scope_hub.kinds import kind
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.serialization import load_tensors, write_folder
 from scope_hub.tensor_layout import TensorSpec, check_tensors
@@ -112,8 +113,8 @@ class Dictionary(nn.Module):
     def error(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``target - forward(x)``; ``target`` defaults to ``x`` for kinds that reconstruct their input."""
         if target is None:
-            if self.config.type not in ("sae", "crosscoder"):
-                raise ValueError(f"a {self.type} predicts another site than it reads: pass target=")
+            if not kind(self.config.type).reconstructs_input:
+                raise ConfigError(f"a {self.type} predicts another site than it reads: pass target=")
             target = x
         return target - self.forward(x)
 

@@ -16,7 +16,6 @@ class BatchTopK(Activation):
     """
 
     name = "batchtopk"
-    uses_threshold = True
 
     def __call__(self, pre: torch.Tensor, threshold: torch.Tensor | None, training: bool) -> torch.Tensor:
         if not training:

@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from scope_hub import kinds
 from scope_hub.errors import HookpointError, UnsupportedModelError
 
-SITES: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")
-"""Sites every adapter resolves, in forward order within a layer."""
+SITES: tuple[str, ...] = kinds.SITES
+"""Sites every adapter resolves, in forward order within a layer (the table of kinds lists them)."""
 
 IO = Literal["input", "output"]
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")

@@ -44,11 +44,12 @@ from scope_hub.interop.common import (
     require,
     save_safetensors,
 )
+from scope_hub.kinds import CLT, JUMPRELU, RELU, SKIP_TRANSCODER, TRANSCODER, kind
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "circuit-tracer"
 FILES = "config.yaml + layer_{i}.safetensors | W_enc_{i}.safetensors + W_dec_{i}.safetensors"
-SUPPORTED = {"transcoder": ("jumprelu", "relu"), "skip_transcoder": ("jumprelu", "relu"), "clt": ("jumprelu", "relu")}
+SUPPORTED = {TRANSCODER: (JUMPRELU, RELU), SKIP_TRANSCODER: (JUMPRELU, RELU), CLT: (JUMPRELU, RELU)}
 HOOKS = {
     "mlp_in": "mlp.hook_in",
     "mlp_out": "hook_mlp_out",
@@ -132,8 +133,8 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
     if "threshold" in params:
         params["threshold"] = _clean_threshold(params["threshold"], str(path))
     config = DictionaryConfig(
-        type="skip_transcoder" if "affine_skip_connection" in params else "transcoder",
-        architecture="jumprelu" if "threshold" in params else "relu",
+        type=SKIP_TRANSCODER if "affine_skip_connection" in params else TRANSCODER,
+        architecture=JUMPRELU if "threshold" in params else RELU,
         d_in=params["w_enc"].shape[0],
         d_sae=params["w_enc"].shape[1],
         d_out=params["w_dec"].shape[-1],
@@ -196,7 +197,7 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
     first = files["params_layer_0.safetensors"]
     config = DictionaryConfig(
         type="clt",
-        architecture="jumprelu" if "threshold" in first else "relu",
+        architecture=JUMPRELU if "threshold" in first else RELU,
         d_in=first["w_enc"].shape[0],
         d_sae=first["w_enc"].shape[1],
         d_out=first["w_dec"].shape[-1],
@@ -259,7 +260,7 @@ def save_all(dictionaries: dict[str, Dictionary], out: Path) -> list[Path]:
     modules = list(dictionaries.values())
     for module in modules:
         require(module, NAME, SUPPORTED, same_width=True)  # one d_model for inputs and outputs
-    if any(m.config.type == "clt" for m in modules):
+    if any(kind(m.config.type).per_layer_decoders for m in modules):
         if len(modules) != 1:
             raise UnsupportedError("a circuit-tracer folder holds one CLT, or transcoders only")
         return [_save_clt(modules[0], Path(out))]

@@ -29,6 +29,7 @@ from scope_hub.atomic_files import atomic_folder  # noqa: F401  (re-exported for
 from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
+from scope_hub.kinds import JUMPRELU, architecture, kind
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.serialization import is_finite
 
@@ -61,8 +62,8 @@ def build_dictionary(
     Missing, unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``where``;
     NaN/inf raise :class:`NonFiniteWeightsError`.
     """
-    kind = KINDS[config.type]
-    specs = kind.tensor_specs(config)
+    cls = KINDS[config.type]
+    specs = cls.tensor_specs(config)
     expected = {(s.file, s.name) for s in specs}
     found = {(f, n) for f, tensors in files.items() for n in tensors}
     if found - expected:
@@ -88,7 +89,7 @@ def build_dictionary(
         raise ShapeMismatchError(f"{where}: tensors mix dtypes {sorted(map(str, dtypes))}; convert them to one dtype")
     dtype = str(dtypes.pop()).removeprefix("torch.")
     config = validate_config({**config.model_dump(mode="json"), "dtype": dtype}, where)
-    module = kind(config, device="meta")
+    module = cls(config, device="meta")
     module.load_state_dict(state, strict=True, assign=True)
     module.requires_grad_(False)
     return module
@@ -163,10 +164,20 @@ def embed(config: DictionaryConfig) -> dict[str, Any]:
 
 
 def _family(config: DictionaryConfig) -> tuple:
-    arch = "jumprelu" if config.architecture == "batchtopk" else config.architecture
-    kind = "single" if config.type in ("sae", "transcoder") else config.type
-    k = config.k if config.architecture == "topk" else None
-    return kind, arch, k, config.d_in, config.d_sae, config.d_out, config.n_layers, config.affine_skip
+    info = architecture(config.architecture)
+    # Formats store every threshold architecture as JumpReLU; its k then no longer changes the math.
+    arch = JUMPRELU if info.stores_threshold else config.architecture
+    k = config.k if info.k_at_inference else None
+    return (
+        kind(config.type).layout,
+        arch,
+        k,
+        config.d_in,
+        config.d_sae,
+        config.d_out,
+        config.n_layers,
+        config.affine_skip,
+    )
 
 
 def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> DictionaryConfig:

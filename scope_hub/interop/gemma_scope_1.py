@@ -52,11 +52,12 @@ from scope_hub.interop.release import (
     publish,
 )
 from scope_hub.keys import DictionaryKey
+from scope_hub.kinds import JUMPRELU, SAE, TRANSCODER
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "gemma-scope-1"
 FILES = "params.npz (W_enc, W_dec, b_enc, b_dec, threshold)"
-SUPPORTED = {"sae": ("jumprelu",), "transcoder": ("jumprelu",)}
+SUPPORTED = {SAE: (JUMPRELU,), TRANSCODER: (JUMPRELU,)}
 _SITES = {
     "res": ("resid_post", "sae"),
     "mlp": ("mlp_out", "sae"),

@@ -43,11 +43,12 @@ from scope_hub.interop.common import (
     unfold_b_dec_in,
     write_json,
 )
+from scope_hub.kinds import SAE, SKIP_TRANSCODER, TOPK, TRANSCODER, kind
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "sparsify"
 FILES = "cfg.json + sae.safetensors"
-SUPPORTED = {"sae": ("topk",), "transcoder": ("topk",), "skip_transcoder": ("topk",)}
+SUPPORTED = {SAE: (TOPK,), TRANSCODER: (TOPK,), SKIP_TRANSCODER: (TOPK,)}
 
 
 def detect(folder: Path) -> bool:
@@ -58,7 +59,7 @@ def load(folder: Path) -> Dictionary:
     """A sparsify folder as a dictionary."""
     folder = Path(folder)
     cfg = read_json(folder / "cfg.json", "cfg.json")
-    if cfg.get("activation", "topk") != "topk":
+    if cfg.get("activation", TOPK) != TOPK:
         raise UnsupportedError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported (topk only)")
     if "d_in" not in cfg or "k" not in cfg:
         raise FormatError(f"{folder / 'cfg.json'}: needs d_in and k")
@@ -81,14 +82,15 @@ def load(folder: Path) -> Dictionary:
         params["affine_skip_connection"] = t.pop("W_skip").T.contiguous()
     if t:
         raise FormatError(f"{folder / 'sae.safetensors'}: unexpected tensors {sorted(t)}")
-    type_ = "skip_transcoder" if "affine_skip_connection" in params else "transcoder" if transcode else "sae"
+    type_ = SKIP_TRANSCODER if "affine_skip_connection" in params else TRANSCODER if transcode else SAE
     hookpoint = f"model.{folder.name}"
-    hook_in = f"{hookpoint}.input" if type_ != "sae" else f"{hookpoint}.output"
-    hook_out = f"{hookpoint}.output" if type_ != "sae" else None
+    predicts = not kind(type_).reconstructs_input
+    hook_in = f"{hookpoint}.input" if predicts else f"{hookpoint}.output"
+    hook_out = f"{hookpoint}.output" if predicts else None
     site, layer = site_of_hook_point(hook_in)
     config = DictionaryConfig(
         type=type_,
-        architecture="topk",
+        architecture=TOPK,
         k=int(cfg["k"]),
         d_in=d_in,
         d_sae=d_sae,
@@ -117,7 +119,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     require(dictionary, NAME, SUPPORTED, same_width=True)
     config, files = folded_files(dictionary)
     t = files["params.safetensors"]
-    transcode = config.type != "sae"
+    transcode = not kind(config.type).reconstructs_input
     cfg: dict[str, Any] = {
         "activation": "topk",
         "expansion_factor": max(1, config.d_sae // config.d_in),
@@ -125,7 +127,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         "num_latents": config.d_sae,
         "k": config.k,
         "multi_topk": False,
-        "skip_connection": config.type == "skip_transcoder",
+        "skip_connection": config.affine_skip,
         "transcode": transcode,
         "d_in": config.d_in,
     }

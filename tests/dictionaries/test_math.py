@@ -122,6 +122,8 @@ def test_matryoshka_truncation_keeps_prefix_groups(type_, tmp_path):
 
 def test_torch_free_layout_agrees_with_the_activation_table():
     from scope_hub.dictionaries import ACTIVATIONS
-    from scope_hub.tensor_layout import THRESHOLD_ARCHITECTURES
+    from scope_hub.kinds import architectures_where
 
-    assert {name for name, cls in ACTIVATIONS.items() if cls.uses_threshold} == THRESHOLD_ARCHITECTURES
+    assert {name for name, cls in ACTIVATIONS.items() if cls(k=1).uses_threshold} == set(
+        architectures_where(stores_threshold=True)
+    )
