@@ -50,7 +50,10 @@ _SHA_REF_RE = re.compile(r"^sha256:([0-9a-f]{12,64})$")
 
 def _fail(text: str, part: str, why: str) -> KeyParseError:
     return KeyParseError(
-        f"bad key {text!r}: {part} {why}; a good key looks like {GOOD_EXAMPLE!r}", key=text, part=part, example=GOOD_EXAMPLE
+        f"bad key {text!r}: {part} {why}; a good key looks like {GOOD_EXAMPLE!r}",
+        key=text,
+        part=part,
+        example=GOOD_EXAMPLE,
     )
 
 
