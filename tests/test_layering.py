@@ -17,6 +17,7 @@ RANKS: dict[str, float] = {
     "scope_hub": 0,  # the package __init__ only re-exports lazily
     "scope_hub.errors": 0,
     "scope_hub.atomic_files": 0,
+    "scope_hub.settings": 0.5,
     "scope_hub.kinds": 0.5,
     "scope_hub.metadata": 1,
     "scope_hub.keys": 1,
@@ -41,6 +42,7 @@ RANKS: dict[str, float] = {
 TORCH_FREE = [
     "scope_hub",
     "scope_hub.atomic_files",
+    "scope_hub.settings",
     "scope_hub.kinds",
     "scope_hub.keys",
     "scope_hub.metadata",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from scope_hub.kinds import SAE
+from scope_hub.settings import settings
 
 LAYER = 6
 BASE_MODEL = "google/gemma-3-270m"
@@ -240,9 +240,7 @@ def _dashboard(pinned_key: str, model_dir: Path, texts: list[str], work: Path, r
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute run with small sizes")
-    parser.add_argument(
-        "--work-dir", default=os.environ.get("SCOPE_HUB_DEMO_DIR", str(Path.home() / ".cache" / "scope_hub" / "demo"))
-    )
+    parser.add_argument("--work-dir", default=str(settings().demo_dir or Path.home() / ".cache" / "scope_hub" / "demo"))
     parser.add_argument("--registry", default=None, help="registry URL (default: the local embedded registry)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

@@ -8,15 +8,16 @@ Example:
 
 from __future__ import annotations
 
-import os
 import sys
 
 from tqdm import tqdm
 
+from scope_hub.settings import progress_enabled
+
 
 def show_progress_by_default() -> bool:
-    """True on an interactive terminal outside CI."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """True on an interactive terminal outside CI (and without SCOPE_HUB_QUIET)."""
+    return progress_enabled()
 
 
 class Progress:

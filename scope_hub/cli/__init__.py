@@ -39,13 +39,13 @@ import argparse
 import difflib
 import importlib
 import importlib.metadata
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
 from scope_hub.errors import KeyParseError, ScopeHubError, UnsafePathError
+from scope_hub.settings import settings
 
 PROG = "scope-hub"
 PLUGIN_GROUP = "scope_hub.commands"
@@ -213,7 +213,7 @@ def _unknown_command(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scope-hub`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("SCOPE_HUB_DEBUG", "") not in ("", "0")
+    debug = settings().debug
     try:
         return _run(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 
@@ -222,7 +221,7 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
     (a typo in its path must not pass for an empty registry). The built-in default one exists only
     once something is pushed to it, like any registry (``push`` creates it)."""
     from scope_hub.errors import RegistryError
-    from scope_hub.registry.settings import REGISTRY_ENV
+    from scope_hub.settings import settings
 
     url = registry.url
     if args.pattern != "*" and (count := len(registry.list())):
@@ -230,7 +229,7 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
             f"no key in {url} matches {args.pattern!r} ({count} key(s) published; `scope-hub ls` lists them all)\n"
         )
         return
-    configured = bool(args.registry or os.environ.get(REGISTRY_ENV, "").strip())
+    configured = bool(args.registry or (settings().registry or "").strip())
     if url.startswith("file://"):
         from scope_hub.registry.backends.file import path_of_url
 
@@ -239,7 +238,7 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
             if configured:
                 raise RegistryError(
                     f"registry {url} does not exist (no folder {root}); check --registry / "
-                    f"${REGISTRY_ENV} (`scope-hub push` creates a registry on first use)"
+                    f"$SCOPE_HUB_REGISTRY (`scope-hub push` creates a registry on first use)"
                 )
             sys.stderr.write(
                 f"registry {url} does not exist yet: nothing was pushed to it "

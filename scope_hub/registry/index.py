@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterable
@@ -39,6 +38,7 @@ from scope_hub.errors import RegistryError
 from scope_hub.registry.backends.base import Store
 from scope_hub.registry.layout import INDEX_LOG, INDEX_SNAPSHOTS
 from scope_hub.registry.models import KeySummary, VersionRecord
+from scope_hub.settings import settings
 
 COMPACT_AFTER = 32
 """Pending segments that trigger a compaction by the next pusher (env ``SCOPE_HUB_INDEX_COMPACT_AFTER``)."""
@@ -201,7 +201,7 @@ class StoreIndex:
     def compact_if_needed(self, threshold: int | None = None) -> bool:
         """Fold pending segments into a new snapshot when there are more than ``threshold``."""
         if threshold is None:
-            threshold = int(os.environ.get("SCOPE_HUB_INDEX_COMPACT_AFTER", COMPACT_AFTER))
+            threshold = settings().index_compact_after or COMPACT_AFTER
         if len(self.store.list_names(INDEX_LOG)) <= threshold:
             return False  # cheap check first: merged segments are deleted, so the log is what is pending
         index, snapshot, pending = self.load_full()

@@ -13,17 +13,17 @@ Example (needs an endpoint, so not run here)::
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from scope_hub.errors import RegistryError
 from scope_hub.registry.backends.base import FsspecStore, _Forward
+from scope_hub.settings import settings
 
 
 def _endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return settings().s3_endpoint
 
 
 class S3Store(FsspecStore):
