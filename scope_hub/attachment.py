@@ -26,7 +26,13 @@ import torch
 
 from scope_hub.dictionaries import Crosscoder, CrossLayerTranscoder, Dictionary, SkipTranscoder, SparseFeatures
 from scope_hub.dictionaries.sae import decode_linear
-from scope_hub.errors import ConfigError, ScopeHubError, ShapeMismatchError
+from scope_hub.errors import (
+    ArgumentError,
+    ConfigError,
+    ScopeHubError,
+    ShapeMismatchError,
+    UnsupportedOperationError,
+)
 from scope_hub.hookpoints import Hookpoint, linear_width
 
 HookFn = Callable[[torch.Tensor], torch.Tensor]
@@ -154,12 +160,20 @@ def normalize_positions(positions: Any) -> slice | tuple[int, ...] | None:
         return None
     if isinstance(positions, slice):
         if positions.step is not None and positions.step <= 0:
-            raise ValueError(f"positions={positions}: the step must be positive")
+            raise ArgumentError(
+                f"positions={positions}: the step must be positive", argument="positions", value=positions
+            )
         return positions
     try:
         return (operator.index(positions),)
     except TypeError:
+        pass
+    try:
         return tuple(operator.index(p) for p in positions)
+    except TypeError:
+        raise ArgumentError(
+            f"positions={positions!r}: give an int, ints, or a slice", argument="positions", value=positions
+        ) from None
 
 
 def cache_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -300,7 +314,7 @@ class CrosscoderAttachment(Attachment):
 
     def _hooks(self, mode: Mode, spliced: bool, edits: tuple, capturing: bool) -> list[tuple[str, HookFn]]:
         if spliced or edits:
-            raise NotImplementedError(
+            raise UnsupportedOperationError(
                 f"{self.name}: a crosscoder's features depend on later layers, so it cannot be spliced or "
                 "edited during a forward; use run_with_cache to read its features"
             )
@@ -370,7 +384,11 @@ def resolve_hookpoints(model: Any, config: Any, adapter: Callable[[], Any]) -> t
             raise ShapeMismatchError(
                 f"the dictionary's {field_name}={width} does not fit {hookpoint} of this {type(model).__name__}, "
                 f"which is {expected} wide; it was made for {config.model or 'another model'} ({where}): attach "
-                "it to that model, or pick a dictionary of this one"
+                "it to that model, or pick a dictionary of this one",
+                field=field_name,
+                hookpoint=hookpoint,
+                expected=expected,
+                actual=width,
             )
     return hook_in, hook_out
 

@@ -45,11 +45,13 @@ def _rebuild(cls: type[ScopeHubError], args: tuple[object, ...], data: dict[str,
 
 
 class ConfigError(ScopeHubError, ValueError):
-    """A config.json (or other metadata) is missing fields, has unknown ones, or bad values."""
+    """A config.json (or other metadata) is missing fields, has unknown ones, or bad values (``field``,
+    ``choices`` where known)."""
 
 
 class ShapeMismatchError(ScopeHubError, ValueError):
-    """A tensor's name, shape or dtype does not match what its config promises."""
+    """A tensor's name, shape or dtype does not match what its config promises (``path``, ``tensor``,
+    ``expected``, ``actual`` where known)."""
 
 
 class WeightsFileError(ScopeHubError, ValueError):
@@ -64,8 +66,8 @@ class UnsafeFormatError(ScopeHubError, ValueError):
     """Only a pickle-based file is available; scope-hub never unpickles."""
 
 
-class DictionaryNotFoundError(ScopeHubError, FileNotFoundError):
-    """A local dictionary folder or one of its files does not exist."""
+class DictionaryNotFoundError(ScopeHubError, FileNotFoundError, LookupError):
+    """A local dictionary folder or one of its files does not exist (``path`` when known)."""
 
 
 class KeyParseError(ScopeHubError, ValueError):
@@ -77,11 +79,11 @@ class UnsafePathError(ScopeHubError, ValueError):
 
 
 class UnknownKeyError(ScopeHubError, KeyError):
-    """No dictionary is published under this key in the registry."""
+    """No dictionary is published under this key in the registry (``key``, ``registry``)."""
 
 
 class VersionNotFoundError(ScopeHubError, KeyError):
-    """The key exists but the requested version or ref does not."""
+    """The key exists but the requested version or ref does not (``key``, ``ref``, ``registry``)."""
 
 
 class IntegrityError(ScopeHubError, ValueError):
@@ -110,3 +112,31 @@ class HookpointError(ScopeHubError, LookupError):
 
 class CardError(ScopeHubError, ValueError):
     """A card lacks required fields (base model, license) or does not parse."""
+
+
+class ArgumentError(ScopeHubError, ValueError):
+    """A function argument has a value the function cannot use (``argument``, ``value``, ``choices``)."""
+
+
+class NotAttachedError(ScopeHubError, KeyError):
+    """No dictionary of that name is attached to the model (``name``; ``choices``: the attached names)."""
+
+
+class FeatureIndexError(ScopeHubError, IndexError):
+    """A feature or layer index is out of range (``name``, ``index``, ``size``)."""
+
+
+class UnsupportedOperationError(ScopeHubError, NotImplementedError):
+    """The operation cannot be done on this kind of dictionary (e.g. splicing a crosscoder)."""
+
+
+class UnsupportedError(ScopeHubError, ValueError):
+    """The dictionary (or folder) uses something the target (or source) format cannot express."""
+
+
+class FormatError(ScopeHubError, ValueError):
+    """A folder does not follow the format it was read as (missing file, unknown layout, ...)."""
+
+
+class UnknownReleaseError(ScopeHubError, KeyError):
+    """A SAELens release or sae_id that the release table does not list."""

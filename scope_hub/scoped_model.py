@@ -50,7 +50,7 @@ from scope_hub.attachment import (
     resolve_hookpoints,
 )
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError
+from scope_hub.errors import ArgumentError, ConfigError, FeatureIndexError, NotAttachedError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import replace, stop_after
 from scope_hub.kinds import kind
@@ -263,22 +263,34 @@ class ScopedModel(nn.Module):
         layer = None
         if kind(self._attachments[name].dictionary.config.type).per_layer_decoders:
             if not (isinstance(feature, tuple) and len(feature) == 2):
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "
-                    f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}"
+                    f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}",
+                    argument="feature",
+                    value=feature,
                 )
             layer, feature = feature
         try:
             feats = (operator.index(feature),)
         except TypeError:  # several features; each counts once
-            feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
+            try:
+                feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
+            except TypeError:
+                raise ArgumentError(
+                    f"{name}: features are integers (or a list of them), got {feature!r}",
+                    argument="feature",
+                    value=feature,
+                ) from None
         config = self._attachments[name].dictionary.config
         bad = [f for f in feats if not 0 <= f < config.d_sae]
         if bad or (layer is not None and not 0 <= layer < len(config.layers or ())):
             where = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
-            raise IndexError(
+            raise FeatureIndexError(
                 f"{name} has no {where}: features are 0..{config.d_sae - 1}"
-                + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}")
+                + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}"),
+                name=name,
+                index=bad[0] if bad else layer,
+                size=config.d_sae if bad else len(config.layers or ()),
             )
         edit = FeatureEdit(
             features=feats, op=op, value=float(value), layer=layer, positions=normalize_positions(positions)
@@ -289,7 +301,11 @@ class ScopedModel(nn.Module):
         names = list(names) or list(self._attachments)
         unknown = [n for n in names if n not in self._attachments]
         if unknown:
-            raise KeyError(f"no attached dictionary named {unknown[0]!r}; attached: {sorted(self._attachments)}")
+            raise NotAttachedError(
+                f"no attached dictionary named {unknown[0]!r}; attached: {sorted(self._attachments)}",
+                name=unknown[0],
+                choices=tuple(sorted(self._attachments)),
+            )
         return names
 
     # --- hooks ----------------------------------------------------------------------------

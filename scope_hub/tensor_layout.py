@@ -148,12 +148,18 @@ def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
 
 def _check_one(path: Path, spec: TensorSpec, info: TensorInfo | None, dtype: str) -> None:
     if info is None:
-        raise ShapeMismatchError(f"{path}: tensor '{spec.name}' is missing; re-export the dictionary")
+        raise ShapeMismatchError(
+            f"{path}: tensor '{spec.name}' is missing; re-export the dictionary", path=path, tensor=spec.name
+        )
     if info.shape not in (spec.shape, spec.stored_shape):
         implied = list(spec.stored_shape or spec.shape)
         raise ShapeMismatchError(
             f"{path}: tensor '{spec.name}' has shape {list(info.shape)} but config.json implies "
-            f"{implied}; fix d_in/d_sae/d_out in config.json or re-export"
+            f"{implied}; fix d_in/d_sae/d_out in config.json or re-export",
+            path=path,
+            tensor=spec.name,
+            expected=tuple(implied),
+            actual=info.shape,
         )
     if info.dtype != dtype:
         raise ShapeMismatchError(

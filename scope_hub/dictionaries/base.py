@@ -238,7 +238,7 @@ class Dictionary(nn.Module):
 
         folder = Path(folder)
         if not folder.is_dir():
-            raise DictionaryNotFoundError(f"{folder}: no such dictionary folder")
+            raise DictionaryNotFoundError(f"{folder}: no such dictionary folder", path=folder)
         config = read_config(folder)
         kind = KINDS[config.type]
         if cls is not Dictionary and not issubclass(kind, cls):

@@ -28,7 +28,13 @@ import torch
 from scope_hub.atomic_files import atomic_folder  # noqa: F401  (re-exported for the converters)
 from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
-from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError
+from scope_hub.errors import (
+    ConfigError,
+    FormatError,
+    NonFiniteWeightsError,
+    ShapeMismatchError,
+    UnsupportedError,
+)
 from scope_hub.kinds import JUMPRELU, architecture, kind
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.serialization import is_finite
@@ -41,14 +47,6 @@ reader complains about unknown fields (sparsify prints every dropped field)."""
 
 Files = dict[str, dict[str, torch.Tensor]]
 """Tensors grouped as stored: ``{file name: {tensor name: tensor}}`` (our native names)."""
-
-
-class UnsupportedError(ScopeHubError, ValueError):
-    """The dictionary (or folder) uses something the target (or source) format cannot express."""
-
-
-class FormatError(ScopeHubError, ValueError):
-    """A folder does not follow the format it was read as (missing file, unknown layout, ...)."""
 
 
 # --- building and reading dictionaries -------------------------------------------------------

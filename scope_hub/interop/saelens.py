@@ -36,7 +36,7 @@ import torch
 
 from scope_hub.config_io import gemma_model_id, site_of_hook_point
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ScopeHubError
+from scope_hub.errors import UnknownReleaseError
 from scope_hub.interop import gemma_scope_1, gemma_scope_2
 from scope_hub.interop.common import (
     EMBED_KEY,
@@ -105,10 +105,6 @@ TL_HOOKS = {
 ``hook_resid_mid`` and ``ln2.hook_normalized`` have no site of ours and import with site None."""
 VENDORED = Path(__file__).parent / "data" / "saelens_gemma_scope.json.gz"
 _LLM_KEYS = ("model_name", "hook_name", "hook_name_out", "hook_head_index", "hf_hook_name", "hf_hook_name_out")
-
-
-class UnknownReleaseError(ScopeHubError, KeyError):
-    """A SAELens release or sae_id that the release table does not list."""
 
 
 def detect(folder: Path) -> bool:

@@ -175,11 +175,18 @@ class Registry:
         if not states and self.offline:  # a backend's own cache (hf) may just predate the key
             raise OfflineError(f"offline: {key.unpinned()} is not in the cached index of {self.url}")
         if not states:
-            raise UnknownKeyError(f"{key.unpinned()} is not published in {self.url}; see `scope-hub ls`")
+            raise UnknownKeyError(
+                f"{key.unpinned()} is not published in {self.url}; see `scope-hub ls`",
+                key=str(key.unpinned()),
+                registry=self.url,
+            )
         version = latest_live(states)
         if version is None:
             raise VersionNotFoundError(
-                f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}"
+                f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}",
+                key=str(key.unpinned()),
+                ref="latest",
+                registry=self.url,
             )
         self.cache.save_latest(key, version)
         return version
@@ -195,7 +202,12 @@ class Registry:
         for version in reversed(candidates):
             if self._manifest(key, version)[0].content_sha256.startswith(prefix):
                 return version
-        raise VersionNotFoundError(f"no version of {key.unpinned()} has content sha256:{prefix}… in {self.url}")
+        raise VersionNotFoundError(
+            f"no version of {key.unpinned()} has content sha256:{prefix}… in {self.url}",
+            key=str(key.unpinned()),
+            ref=f"sha256:{prefix}",
+            registry=self.url,
+        )
 
     def resolve_version(self, key: str | DictionaryKey) -> int:
         """The N a key's ref (``latest`` by default) points to now."""

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from scope_hub.interop.common import UnsupportedError
+from scope_hub.errors import UnsupportedError
 from scope_hub.interop.formats import FORMATS, convert, detect_format, get_format, load_all
 from scope_hub.metadata import Normalization
 from tests.dictionaries.factory import make_config, make_dictionary

@@ -33,12 +33,23 @@ from scope_hub.registry.layout import TMP_DIR
 
 def path_of_url(url: str) -> Path:
     """Local folder of a ``file://`` URL (or a plain path)."""
+    if "\x00" in url:
+        raise RegistryError(f"registry URL {url!r} contains a NUL character")
     if url.startswith("file://"):
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket in the host part
+            raise RegistryError(f"file URL {url!r} does not parse ({exc}); use file:///absolute/path") from None
         if parsed.netloc not in ("", "localhost"):
             raise RegistryError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
-        return Path(unquote(parsed.path))
-    return Path(url).expanduser().resolve()
+        path = Path(unquote(parsed.path))
+        if not path.is_absolute():
+            raise RegistryError(f"file URL {url!r} has no absolute path; use file:///absolute/path")
+        return path
+    try:
+        return Path(url).expanduser().resolve()
+    except RuntimeError as exc:  # "~user" naming no user: expanduser cannot find a home folder
+        raise RegistryError(f"registry path {url!r}: {exc}; give an absolute path") from None
 
 
 class FileStore(FsspecStore):
