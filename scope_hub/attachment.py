@@ -20,7 +20,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -116,7 +116,7 @@ def steering_delta(
     dictionary: Dictionary, edits: tuple[FeatureEdit, ...], act: torch.Tensor, offset: int
 ) -> torch.Tensor:
     """What adding ``value`` to features adds at the output site: value x their decoder rows (masked to positions)."""
-    total: torch.Tensor | float = 0.0
+    total = torch.zeros((), dtype=dictionary.w_dec.dtype, device=dictionary.w_dec.device)
     for edit in edits:
         direction = edit.value * dictionary.w_dec[list(edit.features)].sum(0)
         if edit.positions is not None:
@@ -210,7 +210,7 @@ class Attachment:
         raise NotImplementedError
 
     def _record(self, mode: Mode, features: torch.Tensor) -> None:
-        observed = None
+        observed: torch.Tensor | SparseFeatures | None = None
         for target, live in mode.captures[self.name]:
             if live:
                 target[self.name] = features
@@ -259,7 +259,12 @@ class SingleSiteAttachment(Attachment):
 
         hooks: list[tuple[str, HookFn]] = []
         if not same_site and not only_steering:
-            hooks.append((self.hook_in[0], lambda act: stash.__setitem__("x", act) or act))
+
+            def keep_input(act: torch.Tensor) -> torch.Tensor:
+                stash["x"] = act
+                return act
+
+            hooks.append((self.hook_in[0], keep_input))
         hooks.append((self.hook_out[0], write))
         return hooks
 
@@ -268,7 +273,7 @@ class CLTAttachment(Attachment):
     """Cross-layer transcoders: encode at every layer's input, write every layer's output."""
 
     def _hooks(self, mode: Mode, spliced: bool, edits: tuple, capturing: bool) -> list[tuple[str, HookFn]]:
-        clt: CrossLayerTranscoder = self.dictionary
+        clt = cast(CrossLayerTranscoder, self.dictionary)
         n = clt.n_layers
         feats: list[torch.Tensor] = []
         edited: list[torch.Tensor] = []
@@ -277,7 +282,9 @@ class CLTAttachment(Attachment):
         def read(i: int) -> HookFn:
             def fn(act: torch.Tensor) -> torch.Tensor:
                 if i == 0:
-                    feats.clear(), edited.clear(), inputs.clear()
+                    feats.clear()
+                    edited.clear()
+                    inputs.clear()
                 f = clt.encode_layer(i, act)
                 feats.append(f)
                 edited.append(apply_edits(f, edits, layer=i, offset=mode.clock.offset) if edits else f)
@@ -318,7 +325,7 @@ class CrosscoderAttachment(Attachment):
                 f"{self.name}: a crosscoder's features depend on later layers, so it cannot be spliced or "
                 "edited during a forward; use run_with_cache to read its features"
             )
-        crosscoder: Crosscoder = self.dictionary
+        crosscoder = cast(Crosscoder, self.dictionary)
         seen: list[torch.Tensor] = []
 
         def read(i: int) -> HookFn:

@@ -36,7 +36,9 @@ class ScopeHubError(Exception):
     def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
         return str(self.args[0]) if self.args else self.__class__.__name__
 
-    def __reduce__(self):  # keep the data through pickling (multiprocessing workers re-raise errors)
+    def __reduce__(
+        self,
+    ) -> tuple[object, ...]:  # keep the data through pickling (multiprocessing workers re-raise errors)
         return _rebuild, (type(self), self.args, self.data)
 
 

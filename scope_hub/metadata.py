@@ -110,7 +110,7 @@ class DictionaryConfig(_Strict):
     """Input width (per layer for multi-layer dictionaries)."""
     d_sae: int = Field(gt=0)
     """Number of latents."""
-    d_out: int | None = Field(default=None, gt=0)
+    d_out: int = Field(default_factory=lambda data: data.get("d_in"), gt=0)
     """Output width; defaults to d_in."""
     k: int | None = Field(default=None, gt=0)
     """Active latents per token for topk / batchtopk."""
@@ -154,8 +154,6 @@ class DictionaryConfig(_Strict):
     @model_validator(mode="after")
     def _check_consistency(self) -> DictionaryConfig:
         info = kind(self.type)
-        if self.d_out is None:
-            self.d_out = self.d_in
         if info.affine_skip == "always":
             self.affine_skip = True
         if self.affine_skip and info.affine_skip == "never":

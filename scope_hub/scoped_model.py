@@ -35,7 +35,7 @@ import dataclasses
 import operator
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -63,6 +63,9 @@ Positions = slice | Iterable[int] | int | None
 
 class ScopedModel(nn.Module):
     """A transformers causal LM plus named dictionaries, with observe/splice/steer modes."""
+
+    model: Any
+    """The wrapped transformers model (a submodule; typed loosely as transformers' classes are)."""
 
     def __init__(self, model: nn.Module, *, base_model_id: str | None = None, revision: str | None = None) -> None:
         super().__init__()
@@ -95,8 +98,7 @@ class ScopedModel(nn.Module):
         allowed), a folder, or a :class:`Dictionary`; pass a mapping to choose names.
         ``hf_kwargs`` go to ``AutoModelForCausalLM.from_pretrained``.
         """
-        saved = Path(model) / ScopedModelConfig.FILE if isinstance(model, (str, Path)) else None
-        if saved is not None and saved.is_file():
+        if isinstance(model, (str, Path)) and (Path(model) / ScopedModelConfig.FILE).is_file():
             return cls._from_saved(Path(model), registry=registry, lazy=lazy, **hf_kwargs)
         base_id = None
         if isinstance(model, (str, Path)):
@@ -138,9 +140,12 @@ class ScopedModel(nn.Module):
         lazy: bool = True,
     ) -> list[str]:
         """Attach dictionaries; returns their names (key without ref, folder name, or given name)."""
+        sources: Iterable[DictionarySource] | Mapping[str, DictionarySource]
         if isinstance(dictionaries, (str, Path, Dictionary)):
-            dictionaries = {name: dictionaries} if name else [dictionaries]
-        items = dictionaries.items() if isinstance(dictionaries, Mapping) else ((None, d) for d in dictionaries)
+            sources = {name: dictionaries} if name else [dictionaries]
+        else:
+            sources = cast("Iterable[DictionarySource] | Mapping[str, DictionarySource]", dictionaries)
+        items = sources.items() if isinstance(sources, Mapping) else ((None, d) for d in sources)
         names = []
         for given, source in items:
             dictionary, record = load_dictionary_source(source, None, registry, lazy=lazy)
@@ -270,6 +275,7 @@ class ScopedModel(nn.Module):
                     value=feature,
                 )
             layer, feature = feature
+        feats: tuple[int, ...]
         try:
             feats = (operator.index(feature),)
         except TypeError:  # several features; each counts once

@@ -36,7 +36,7 @@ class Dictionary(nn.Module):
     computation happens in the parameters' dtype and device.
     """
 
-    type: ClassVar[str]
+    type: ClassVar[str]  # type: ignore[assignment]  # the kind's name; shadows nn.Module.type(dtype), unused here
 
     def __init__(
         self,
@@ -179,7 +179,7 @@ class Dictionary(nn.Module):
         self._ensure_loaded()
         return super()._apply(fn, recurse)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]  # same overloads, passed through
         self._ensure_loaded()
         return super().state_dict(*args, **kwargs)
 

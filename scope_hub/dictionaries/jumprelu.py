@@ -13,4 +13,4 @@ class JumpReLU(Activation):
     name = "jumprelu"
 
     def __call__(self, pre: torch.Tensor, threshold: torch.Tensor | None, training: bool) -> torch.Tensor:
-        return torch.relu(pre) * (pre > threshold)
+        return torch.relu(pre) * (pre > self.required(threshold))

@@ -264,8 +264,9 @@ def save_all(dictionaries: dict[str, Dictionary], out: Path) -> list[Path]:
         if len(modules) != 1:
             raise UnsupportedError("a circuit-tracer folder holds one CLT, or transcoders only")
         return [_save_clt(modules[0], Path(out))]
-    layers = [m.config.layer for m in modules]
-    if None in layers:
+    found = [m.config.layer for m in modules]
+    layers = [layer for layer in found if layer is not None]
+    if len(layers) != len(found):
         layers = list(range(len(modules)))
     if len(set(layers)) != len(layers):
         raise UnsupportedError(f"a transcoder set needs one transcoder per layer, got layers {layers}")

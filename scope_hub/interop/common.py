@@ -101,7 +101,7 @@ def require(
     same_width: bool = False,
 ) -> DictionaryConfig:
     """Raise :class:`UnsupportedError` unless ``(type, architecture)`` is in ``supported``."""
-    config = getattr(dictionary_or_config, "config", dictionary_or_config)
+    config = dictionary_or_config.config if isinstance(dictionary_or_config, Dictionary) else dictionary_or_config
     archs = supported.get(config.type)
     if not archs or config.architecture not in archs:
         listing = "; ".join(f"{t}: {', '.join(a)}" for t, a in supported.items())

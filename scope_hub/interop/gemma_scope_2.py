@@ -204,7 +204,7 @@ def load(
             raise FormatError(f"{folder}: no config.json, and the folder name does not say what it holds")
         raw = _inferred_config(spec)
     type_ = (spec.type if spec else None) or kind_from_peer(GEMMA_SCOPE_2, str(raw.get("type", "")))
-    info = kind(type_) if type_ in KINDS else None
+    info = kind(type_) if type_ is not None and type_ in KINDS else None
     if info is not None and info.stacked:
         config, files = _crosscoder(folder, raw, spec, model)
     elif (info is not None and info.per_layer_decoders) or (folder / "params_layer_0.safetensors").is_file():

@@ -149,7 +149,8 @@ def _architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
 
 def _normalization(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     mode = cfg.get("normalize_activations") or "none"
-    mode = {True: "expected_average_only_in", False: "none"}.get(mode, mode)
+    if isinstance(mode, bool):  # older SAELens wrote a flag
+        mode = "expected_average_only_in" if mode else "none"
     if mode not in ("none", "expected_average_only_in"):
         raise UnsupportedError(
             f"{folder}: normalize_activations={mode!r} is a per-token operation scope-hub does not implement"

@@ -25,8 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scope_hub.errors import (
     KeyParseError,
@@ -48,6 +50,9 @@ from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult,
 from scope_hub.registry.progress import Progress
 from scope_hub.registry.protocol import Backend, latest_live, missing_version
 from scope_hub.registry.settings import cache_root, default_registry_url, is_offline
+
+if TYPE_CHECKING:
+    from scope_hub.cards import ReleaseCard
 
 
 def as_key(key: str | DictionaryKey) -> DictionaryKey:
@@ -276,7 +281,7 @@ class Registry:
         if missing and not self._can_read_remote():
             raise OfflineError(f"offline: {missing[0].path} of {label} is not in the local cache")
 
-        def fetch(entry):
+        def fetch(entry: FileEntry) -> Path:
             with self.backend.open_file(key, manifest.version, entry) as stream:
                 return self.cache.ingest(stream, entry, label, self.progress)
 
@@ -388,7 +393,9 @@ class Registry:
         return self.backend.reindex()
 
     # -- release cards ------------------------------------------------------------------------
-    def build_release(self, name: str, keys: list[str | DictionaryKey], *, license: str, description: str = ""):
+    def build_release(
+        self, name: str, keys: builtins.list[str | DictionaryKey], *, license: str, description: str = ""
+    ) -> ReleaseCard:
         """A :class:`~scope_hub.cards.ReleaseCard` pinning each key (at its ref, default latest)
         to its version and content sha256 in this registry. Nothing is written.
 
@@ -416,7 +423,7 @@ class Registry:
             description=description.strip(),
         )
 
-    def publish_release(self, card):
+    def publish_release(self, card: ReleaseCard) -> tuple[ReleaseCard, bool]:
         """Store a release card as ``releases/<name>/vN.md`` (N: the next free number, written once).
 
         Returns ``(card with its version, created)``; a card equal to the latest published one
@@ -436,7 +443,7 @@ class Registry:
         version = self.backend.publish_release(name, lambda v: card.model_copy(update={"version": v}).render().encode())
         return card.model_copy(update={"version": version}), True
 
-    def release_versions(self, name: str) -> list[int]:
+    def release_versions(self, name: str) -> builtins.list[int]:
         """Published versions of release ``name``."""
         if not self._can_read_remote():
             raise OfflineError(f"cannot list the releases of {self.url} in offline mode")
@@ -467,7 +474,7 @@ class Registry:
             self.cache.save_release(name, version, data)
         return data.decode("utf-8")
 
-    def lock(self, keys: list[str | DictionaryKey], path: str | Path | None = None) -> Lockfile:
+    def lock(self, keys: builtins.list[str | DictionaryKey], path: str | Path | None = None) -> Lockfile:
         """Pin ``keys`` (each at its ref, default latest) into a lockfile, written to ``path`` if given."""
         entries = []
         for key in keys:
@@ -489,7 +496,7 @@ class Registry:
         return lockfile
 
 
-def pull_locked(key: str | DictionaryKey, lockfile: str | Path = "scope.lock", **kwargs) -> Path:
+def pull_locked(key: str | DictionaryKey, lockfile: str | Path = "scope.lock", **kwargs: Any) -> Path:
     """Pull ``key`` from the registry its lockfile entry names, exactly as locked.
 
     Example: ``pull_locked("google/gemma-3-270m:resid_post/layer_6/width_16k/sae", "scope.lock")``

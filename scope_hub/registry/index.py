@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -115,7 +115,7 @@ class RegistryIndex:
         """Newest record whose content_sha256 starts with ``prefix`` (non-yanked preferred)."""
         hits = [r for r in self.records(key) if r.content_sha256.startswith(prefix)]
         live = [r for r in hits if not r.yanked]
-        return (live or hits or [None])[-1]
+        return (live or hits)[-1] if (live or hits) else None
 
     def summaries(self) -> list[KeySummary]:
         """One summary per key, sorted by key (built without re-validation: 20k keys in ~0.1 s)."""
@@ -220,7 +220,7 @@ class StoreIndex:
                 self.store.delete(f"{INDEX_SNAPSHOTS}/{name}")
         return True
 
-    def rebuild(self, scanned: RegistryIndex, exists: callable) -> RegistryIndex:
+    def rebuild(self, scanned: RegistryIndex, exists: Callable[[str, VersionRecord], bool]) -> RegistryIndex:
         """Replace the index by ``scanned`` (from the manifests), keeping records written meanwhile.
 
         The scan's records win; a yank the old index logged during the scan is kept (yanks are

@@ -93,7 +93,7 @@ class FileStore(FsspecStore):
 
     def walk(self, prefix: str) -> list[str]:
         self._count("list")
-        out = []
+        out: list[str] = []
         for folder, _, names in os.walk(self._local(prefix)):
             rel = Path(folder).relative_to(self.base).as_posix()
             out.extend(f"{rel}/{name}" for name in names)
