@@ -227,7 +227,33 @@ def architecture_from_peer(fmt: str, peer_name: str) -> str | None:
     return None
 
 
-_THRESHOLD = "threshold [d_sae]"
+def kinds_table() -> str:
+    """The Markdown tables of kinds and architectures, as ``docs/architecture.md`` shows them.
+
+    Example:
+        >>> kinds_table().splitlines()[2].startswith("| `sae` |")
+        True
+    """
+    rows = [
+        "| Type | What it is | Tensors | Layout | Config | Sites (default) | Peer names |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for info in _KINDS.values():
+        peers = ", ".join(f"{fmt}: `{name}`" for fmt, name in info.peer_names.items()) or "-"
+        sites = " -> ".join(s for s in info.default_sites if s)
+        rows.append(
+            f"| `{info.name}` | {info.summary} | {'; '.join(info.tensors)} | {info.layout} | "
+            f"{', '.join(info.config_fields)} | {sites} | {peers} |"
+        )
+    rows += ["", "| Architecture | Math | Needs k | Stores threshold | Trains threshold | Peer names |"]
+    rows.append("| --- | --- | --- | --- | --- | --- |")
+    for arch in _ARCHITECTURES.values():
+        peers = ", ".join(f"{fmt}: `{name}`" for fmt, name in arch.peer_names.items()) or "-"
+        flags = ["yes" if v else "no" for v in (arch.needs_k, arch.stores_threshold, arch.trains_threshold)]
+        rows.append(f"| `{arch.name}` | {arch.summary} | {' | '.join(flags)} | {peers} |")
+    return "\n".join(rows)
+
+
 for _info in (
     KindInfo(
         SAE,

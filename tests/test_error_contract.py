@@ -100,8 +100,8 @@ def test_registry_urls(url):
 @pytest.fixture(scope="module")
 def scoped():
     from scope_hub.scoped_model import ScopedModel
-    from tests.dictionaries.factory import make_config, make_dictionary
-    from tests.tiny_models import tiny_llama
+    from scope_hub.testing.dictionaries import make_config, make_dictionary
+    from scope_hub.testing.tiny_models import tiny_llama
 
     model = tiny_llama()
     width = model.config.hidden_size

@@ -17,6 +17,7 @@ RANKS: dict[str, float] = {
     "scope_hub": 0,  # the package __init__ only re-exports lazily
     "scope_hub.errors": 0,
     "scope_hub.atomic_files": 0,
+    "scope_hub.lazy_imports": 0,
     "scope_hub.settings": 0.5,
     "scope_hub.kinds": 0.5,
     "scope_hub.metadata": 1,
@@ -37,6 +38,7 @@ RANKS: dict[str, float] = {
     "scope_hub.scoped_config": 6,
     "scope_hub.scoped_model": 7,
     "scope_hub.analysis": 8,
+    "scope_hub.testing": 8.5,
     "scope_hub.cli": 9,
 }
 TORCH_FREE = [

@@ -14,7 +14,7 @@ Two ways to feed training:
   depends on (seed, s), so resuming re-harvests at most one chunk.
 
 Example:
-    >>> from tests.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
     >>> from trainers.config import load_config
     >>> model = tiny_gemma3()
     >>> cfg = load_config(None, ["model.id=tiny", "harvest.layer=1"])

@@ -12,7 +12,7 @@ Positions excluded from training (BOS, padding) keep their original activations.
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
     >>> from scope_hub.dictionaries import SAE
     >>> from scope_hub.metadata import DictionaryConfig
     >>> model = tiny_gemma3()

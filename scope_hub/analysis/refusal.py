@@ -16,7 +16,7 @@ models is mediated by a single direction"):
    intervention: direction ablated / added, top features ablated / steered.
 
 Example:
-    >>> from tests.tiny_models import tiny_llama
+    >>> from scope_hub.testing.tiny_models import tiny_llama
     >>> from tests.analysis.helpers import chat_tokenizer
     >>> report = analyze_refusal(tiny_llama(), chat_tokenizer(), harmful=["Bomb?", "Poison?"],
     ...     harmless=["Cake?", "Tea?"], heldout_harmful=["Gun?"], heldout_harmless=["Pie?"],

@@ -28,8 +28,8 @@ from scope_hub.analysis.prompts import load_prompts
 from scope_hub.errors import ConfigError, ShapeMismatchError
 from scope_hub.hooks import capture
 from scope_hub.scoped_model import ScopedModel
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_tokenizer
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 CORPUS = load_prompts("corpus")[:12]
 

@@ -149,8 +149,8 @@ def test_mean_difference_and_errors(planted):
 
 def test_cli_refusal_command(tmp_path, capsys):
     from scope_hub.cli import main, register_command
+    from scope_hub.testing.tiny_models import tiny_llama
     from tests.analysis.helpers import chat_tokenizer, sae_with_feature, unit
-    from tests.tiny_models import tiny_llama
 
     register_command("refusal", "refusal analysis", "scope_hub.analysis.cli:setup_refusal")
     tiny_llama().save_pretrained(tmp_path / "model")

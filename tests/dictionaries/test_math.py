@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from scope_hub.dictionaries import SparseFeatures
+from scope_hub.testing.dictionaries import ARCHS, SINGLE, make_config, make_dictionary, numpy_params
 from tests import reference
-from tests.dictionaries.factory import ARCHS, SINGLE, make_config, make_dictionary, numpy_params
 
 ATOL = 1e-4  # float32 compute vs float64 reference on O(1) values
 

@@ -12,6 +12,7 @@ from scope_hub.errors import ConfigError
 from scope_hub.keys import parse_key
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.tensor_layout import check_folder
+from scope_hub.testing import check_dictionary_kind
 from tests.dictionaries import toy_kind
 
 
@@ -53,6 +54,15 @@ def test_a_registered_kind_is_found_by_config_keys_layout_and_loading(toy, tmp_p
         assert type(loaded) is type(module)
         np.testing.assert_allclose(loaded(x).detach().double().numpy(), expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(loaded.error(x), x - loaded(x))  # reconstructs_input: target defaults to x
+
+
+def test_the_toy_kind_passes_the_kind_suite(toy, tmp_path):
+    check_dictionary_kind(toy.name, tmp_path)
+
+
+@pytest.mark.parametrize("type_", list(kinds.KINDS))
+def test_every_built_in_kind_passes_the_kind_suite(type_, tmp_path):
+    check_dictionary_kind(type_, tmp_path)
 
 
 def test_an_unregistered_kind_is_refused_with_the_choices():

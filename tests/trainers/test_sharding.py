@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 from trainers.forward import LayerParams, SparsitySpec, forward, layer_params
 from trainers.sharding import global_grad_norm, shard_range, sharded_forward
 

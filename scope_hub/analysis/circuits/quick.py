@@ -22,7 +22,7 @@ pull published ones (Gemma Scope 2).
 Example (a tiny model and tokenizer; Gemma 3 270M works the same way):
     >>> import tempfile
     >>> from scope_hub.dictionaries import Dictionary
-    >>> from tests.tiny_models import tiny_gemma3, tiny_tokenizer
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
     >>> model, tok = tiny_gemma3(), tiny_tokenizer()
     >>> tcs = quick_transcoders(model, tok, d_sae=32, l0=4.0)
     >>> len(tcs), tcs[2].config.type, tcs[2].config.layer, tcs[2].config.site_out

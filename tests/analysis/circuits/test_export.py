@@ -13,8 +13,8 @@ from scope_hub.analysis.circuits.attribution import attribute
 from scope_hub.analysis.circuits.export import METADATA_FILE, cantor, graph_json, node_record, scan_id, write_graph_json
 from scope_hub.analysis.circuits.html import render_html, write_html
 from scope_hub.analysis.circuits.pruning import prune
+from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
 from tests.analysis.circuits.helpers import dictionaries
-from tests.tiny_models import tiny_model, tiny_tokenizer
 
 # circuit-tracer 0.5.0 frontend/graph_models.py: fields of Node, Metadata, QParams, and the top-level Model.
 NODE_FIELDS = {
