@@ -59,3 +59,10 @@ if site == "mlp_in" or kind(t).multi_layer: pass
 """
     lines = sorted((hit.split(":")[1] for hit in kind_literal_comparisons(source, "probe")), key=int)
     assert lines == ["2", "3", "3", "4", "6", "7"]
+
+
+def test_the_docs_show_the_table_of_kinds():
+    from scope_hub.kinds import kinds_table
+
+    docs = (ROOT / "docs" / "architecture.md").read_text()
+    assert kinds_table() in docs, "regenerate the table of kinds in docs/architecture.md with kinds_table()"
