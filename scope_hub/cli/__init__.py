@@ -82,7 +82,6 @@ for _name, _help in [
     ("verify", "re-hash every blob of the registry; exit 1 on any mismatch"),
     ("lock", "pin KEYs into a lockfile (scope.lock)"),
     ("yank", "yank KEY@vN: latest skips it, exact pins still pull it"),
-    ("rm", "alias of yank (versions are immutable; nothing is deleted)"),
     ("gc", "delete blobs no manifest references"),
     ("reindex", "rebuild the registry index from the manifests"),
 ]:

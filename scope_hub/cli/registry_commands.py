@@ -325,9 +325,6 @@ def setup_yank(parser: argparse.ArgumentParser) -> Runner:
     return run
 
 
-setup_rm = setup_yank
-
-
 def setup_gc(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument(
         "--grace",

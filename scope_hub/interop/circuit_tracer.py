@@ -36,8 +36,9 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
+    dictionary_from_tensors,
     embed,
+    finish_load,
     folded_files,
     load_safetensors,
     reconcile,
@@ -144,7 +145,7 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         site_out=SITES.get(str(cfg.get("feature_output_hook"))),
         provenance={"source": "circuit-tracer", "source_uri": str(path)},
     )
-    return build_dictionary(config, {"params.safetensors": params}, where=str(path))
+    return dictionary_from_tensors(config, {"params.safetensors": params}, where=str(path))
 
 
 def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
@@ -165,7 +166,7 @@ def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
         for (name, module), extra in zip(list(out.items()), embedded):
             final = reconcile(module.config, extra, where=str(folder / "config.yaml"))
             if final is not module.config:
-                out[name] = build_dictionary(final, module.tensors_by_file(), where=str(folder))
+                out[name] = dictionary_from_tensors(final, module.tensors_by_file(), where=str(folder))
     return out
 
 
@@ -208,9 +209,7 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
         site_out=SITES.get(str(cfg.get("feature_output_hook"))),
         provenance={"source": "circuit-tracer", "source_uri": str(folder)},
     )
-    module = build_dictionary(config, files, where=str(folder))
-    final = reconcile(module.config, cfg.get(EMBED_KEY), where=str(folder / "config.yaml"))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, cfg.get(EMBED_KEY), where=str(folder), source=str(folder / "config.yaml"))
 
 
 def load_all(folder: Path) -> dict[str, Dictionary]:

@@ -52,7 +52,7 @@ Files = dict[str, dict[str, torch.Tensor]]
 # --- building and reading dictionaries -------------------------------------------------------
 
 
-def build_dictionary(
+def dictionary_from_tensors(
     config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]], *, where: str
 ) -> Dictionary:
     """A dictionary of ``config`` holding ``files`` (native names), checked like a native load.
@@ -176,6 +176,26 @@ def _family(config: DictionaryConfig) -> tuple:
         config.n_layers,
         config.affine_skip,
     )
+
+
+def finish_load(
+    derived: DictionaryConfig,
+    files: Mapping[str, Mapping[str, torch.Tensor]],
+    embedded: Any,
+    *,
+    where: str,
+    source: str,
+) -> Dictionary:
+    """The finishing step every converter's ``load`` shares: build the dictionary from what the
+    foreign files say (``derived``), then prefer our config embedded in them (``embedded``,
+    found in ``source``) when it describes the same tensors, rebuilding with it.
+
+    Build first so a foreign folder whose tensors contradict its own config fails on the
+    foreign names, before the embedded config is trusted.
+    """
+    module = dictionary_from_tensors(derived, files, where=where)
+    final = reconcile(module.config, embedded, where=source)
+    return module if final is module.config else dictionary_from_tensors(final, files, where=where)
 
 
 def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> DictionaryConfig:

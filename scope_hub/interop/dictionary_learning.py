@@ -39,12 +39,11 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     fold_b_dec_in,
     folded_files,
     read_json,
-    reconcile,
     require,
     unfold_b_dec_in,
     write_json,
@@ -140,9 +139,7 @@ def load(folder: Path) -> Dictionary:
         **fields,
     )
     files = {"params.safetensors": params}
-    module = build_dictionary(config, files, where=str(folder))
-    final = reconcile(module.config, raw.get(EMBED_KEY), where=str(folder / "config.json"))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, raw.get(EMBED_KEY), where=str(folder), source=str(folder / "config.json"))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

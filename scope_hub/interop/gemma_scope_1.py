@@ -33,11 +33,10 @@ from scope_hub.interop.common import (
     SIDECAR,
     FormatError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     folded_files,
     read_json,
-    reconcile,
     require,
     write_json,
 )
@@ -153,12 +152,9 @@ def load(
             site="mlp_in" if site == "mlp" else site,
             site_out="mlp_out" if site == "mlp" else None,
         )
-    module = build_dictionary(DictionaryConfig(**fields), {"params.safetensors": tensors}, where=str(folder))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else None
-    config = reconcile(module.config, sidecar, where=str(folder / SIDECAR))
-    if config is module.config:
-        return module
-    return build_dictionary(config, {"params.safetensors": tensors}, where=str(folder))
+    files = {"params.safetensors": tensors}
+    return finish_load(DictionaryConfig(**fields), files, sidecar, where=str(folder), source=str(folder / SIDECAR))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

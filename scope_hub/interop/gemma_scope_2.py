@@ -44,12 +44,11 @@ from scope_hub.interop.common import (
     EMBED_KEY,
     FormatError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     folded_files,
     load_safetensors,
     read_json,
-    reconcile,
     require,
     save_safetensors,
     write_json,
@@ -215,9 +214,7 @@ def load(
         )
         files = {"params.safetensors": load_safetensors(folder / "params.safetensors")}
     config = _with_release_facts(config, spec, model, source_uri, folder)
-    module = build_dictionary(config, files, where=str(folder))
-    config = reconcile(module.config, raw.get(EMBED_KEY), where=str(folder / "config.json"))
-    return module if config is module.config else build_dictionary(config, files, where=str(folder))
+    return finish_load(config, files, raw.get(EMBED_KEY), where=str(folder), source=str(folder / "config.json"))
 
 
 def _inferred_config(spec: FolderSpec) -> dict[str, Any]:

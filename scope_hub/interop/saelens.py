@@ -43,13 +43,12 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     fold_b_dec_in,
     folded_files,
     load_safetensors,
     read_json,
-    reconcile,
     require,
     save_safetensors,
     write_json,
@@ -228,9 +227,7 @@ def load(folder: Path) -> Dictionary:
         | {"metadata": {k: v for k, v in meta.items() if k != EMBED_KEY}},
     )
     files = {"params.safetensors": params}
-    module = build_dictionary(config, files, where=str(folder))
-    final = reconcile(module.config, meta.get(EMBED_KEY), where=str(folder / "cfg.json"))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, meta.get(EMBED_KEY), where=str(folder), source=str(folder / "cfg.json"))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

@@ -30,14 +30,13 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     fold_b_dec_in,
     folded_files,
     load_safetensors,
     parent_model_name,
     read_json,
-    reconcile,
     require,
     save_safetensors,
     unfold_b_dec_in,
@@ -105,10 +104,8 @@ def load(folder: Path) -> Dictionary:
         source_config={k: v for k, v in cfg.items() if k != EMBED_KEY},
     )
     files = {"params.safetensors": params}
-    module = build_dictionary(config, files, where=str(folder))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else cfg.get(EMBED_KEY)
-    final = reconcile(module.config, sidecar, where=str(folder / SIDECAR))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, sidecar, where=str(folder), source=str(folder / SIDECAR))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

@@ -47,7 +47,7 @@ from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
 from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.protocol import Backend, latest_live, missing_version
 from scope_hub.registry.settings import cache_root, default_registry_url, is_offline
 
@@ -79,7 +79,7 @@ class Registry:
     ):
         self.url = normalize_url(url or default_registry_url())
         self.cache = LocalCache(Path(cache_dir) if cache_dir else cache_root(), self.url)
-        self.progress = Progress(progress)
+        self.progress = TransferProgress(progress)
         self._offline = offline
         self._backend: Backend | None = None
 

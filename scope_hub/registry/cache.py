@@ -37,7 +37,7 @@ from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.content import copy_hashing, sha256_file
 from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
 from scope_hub.registry.models import VerifyReport
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 
 
 def registry_id(url: str) -> str:
@@ -141,7 +141,7 @@ class LocalCache:
         except FileNotFoundError:
             return None
 
-    def ingest(self, stream: BinaryIO, entry: FileEntry, label: str, progress: Progress) -> Path:
+    def ingest(self, stream: BinaryIO, entry: FileEntry, label: str, progress: TransferProgress) -> Path:
         """Copy ``stream`` into the cache, hashing on the way; IntegrityError if it is not ``entry``."""
         tmp = self._tmp()
         try:
@@ -200,7 +200,7 @@ class LocalCache:
             shutil.rmtree(staging, ignore_errors=True)
         return final
 
-    def verify(self, progress: Progress) -> VerifyReport:
+    def verify(self, progress: TransferProgress) -> VerifyReport:
         """Re-hash every cached blob; drop corrupt ones and the snapshot files linked to them."""
         report = VerifyReport()
         folder = self.root / "blobs" / "sha256"

@@ -203,7 +203,7 @@ def test_cli_refusal_checks_inputs_before_loading_the_model(tmp_path, capsys, mo
     from scope_hub.cli import main, register_command
 
     register_command("refusal", "refusal analysis", "scope_hub.analysis.cli:setup_refusal")
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(cli, "load_model_and_tokenizer", _no_model)
     empty, empty_json = tmp_path / "empty.txt", tmp_path / "empty.json"
     empty.write_text("# only a comment\n")
     empty_json.write_text("[]")

@@ -118,10 +118,10 @@ def _run(args: argparse.Namespace) -> int:
     from scope_hub.analysis.circuits.export import write_graph_json
     from scope_hub.analysis.circuits.html import write_html
     from scope_hub.analysis.circuits.pruning import prune
-    from scope_hub.model_resolution import load_model
+    from scope_hub.model_resolution import load_model_and_tokenizer
 
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
     sources = resolve_sources(args.transcoders, args.registry)
     graph = attribute(
         args.prompt,
