@@ -39,7 +39,7 @@ def load_dictionary(
         key = source if isinstance(source, DictionaryKey) else parse_key(str(source))
     except KeyParseError as exc:
         raise DictionaryNotFoundError(f"{source!r} is neither a dictionary folder nor a registry key ({exc})") from None
-    from scope_hub.registry import Registry
+    from scope_hub.registry import as_registry
 
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    reg = as_registry(registry)
     return Dictionary.from_pretrained(reg.pull(key), **kwargs)

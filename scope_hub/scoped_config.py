@@ -142,9 +142,9 @@ def load_dictionary_source(
 
 
 def _registry(registry: Any) -> Any:
-    from scope_hub.registry import Registry
+    from scope_hub.registry import as_registry
 
-    return registry if isinstance(registry, Registry) else Registry(registry)
+    return as_registry(registry)
 
 
 def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: str | None):

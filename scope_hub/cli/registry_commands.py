@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from scope_hub.atomic_files import atomic_write_text
 from scope_hub.registry.lockfile import DEFAULT_LOCKFILE
@@ -20,8 +21,8 @@ from scope_hub.registry.lockfile import DEFAULT_LOCKFILE
 Runner = Callable[[argparse.Namespace], int]
 
 
-def _registry(args: argparse.Namespace):
-    from scope_hub.registry import Registry
+def _registry(args: argparse.Namespace) -> Any:
+    from scope_hub.registry import Registry, as_registry
 
     revision = getattr(args, "revision", None)
     if revision:
@@ -29,7 +30,7 @@ def _registry(args: argparse.Namespace):
         from scope_hub.registry.settings import default_registry_url
 
         return Registry(with_revision(args.registry or default_registry_url(), revision))
-    return Registry(args.registry)
+    return as_registry(args.registry)
 
 
 def _revision_option(parser: argparse.ArgumentParser) -> None:

@@ -283,14 +283,14 @@ def open_registry(registry: Any) -> Any:
     reading a release from the HF cache needs ``HF_HUB_OFFLINE=1``, which would otherwise also
     forbid pushing to a registry that needs no network.
     """
-    if isinstance(registry, (str, os.PathLike)):
-        from scope_hub.registry import Registry
+    from scope_hub.registry import as_registry
 
+    if isinstance(registry, (str, os.PathLike)):
         url = str(registry)
         local = url.startswith(("file://", "memory://")) or "://" not in url
-        return Registry(url, offline=False if local else None)
-    if not hasattr(registry, "push"):
-        raise TypeError(f"registry must be a Registry or its URL, got {type(registry).__name__}")
+        return as_registry(url, offline=False if local else None)
+    if not hasattr(registry, "push"):  # a Registry, or an object with its interface (tests pass fakes)
+        return as_registry(registry)
     return registry
 
 
