@@ -374,6 +374,7 @@ class ScopedModel(nn.Module):
         names: Iterable[str] | None = None,
         sparse: bool = False,
         stop_after_last: bool = False,
+        stop_at_layer: int | None = None,
         **kwargs: Any,
     ) -> tuple[Any, dict[str, Any]]:
         """Run the model and return ``(outputs, cache)``, ``cache[name]`` = that dictionary's features.
@@ -381,6 +382,8 @@ class ScopedModel(nn.Module):
         Features at padded positions (``attention_mask == 0``) are zeroed. With
         ``stop_after_last=True`` the forward stops after the last hooked layer
         (outputs are None): the fast path when only features are needed.
+        ``stop_at_layer=L`` (SAELens's spelling) runs decoder layers ``0..L-1`` only (outputs are
+        None); dictionaries at later layers then capture nothing.
         """
         cache: dict[str, Any] = {}
         chosen = frozenset(self._names(names or []))
@@ -389,6 +392,8 @@ class ScopedModel(nn.Module):
         )
         try:
             stop_at = self._stop_hookpoint(chosen) if stop_after_last else None
+            if stop_at_layer is not None:
+                stop_at = self._layer_stop(stop_at_layer)
             if stop_at is None:
                 return self.model(input_ids=input_ids, **kwargs), cache
             with stop_after(self.model, stop_at):
@@ -396,6 +401,19 @@ class ScopedModel(nn.Module):
             return None, cache
         finally:
             self._pop_mode()
+
+    def _layer_stop(self, layer: int) -> Hookpoint:
+        """Where a forward that runs decoder layers ``0..layer-1`` ends."""
+        adapter = self._adapter()
+        if not isinstance(layer, int) or not 0 <= layer <= adapter.n_layers:
+            raise ArgumentError(
+                f"stop_at_layer={layer!r}: use 0..{adapter.n_layers} (layers run before stopping)",
+                argument="stop_at_layer",
+                value=layer,
+            )
+        if layer == 0:
+            return Hookpoint(adapter.layer_module(0), "input")
+        return Hookpoint(adapter.layer_module(layer - 1), "output")
 
     def _stop_hookpoint(self, names: Iterable[str]) -> Hookpoint | None:
         hookpoints = [hp for n in names for hp in self._attachments[n].hook_in + self._attachments[n].hook_out]
