@@ -136,6 +136,10 @@ ARCHITECTURES: Mapping[str, ArchitectureInfo] = MappingProxyType(_ARCHITECTURES)
 """Every activation function, by name (read-only; add with :func:`register_architecture`)."""
 
 
+# The kind and architecture functions below come in pairs, deliberately parallel: two tables with
+# the same registration and lookup rules, kept as plain functions so each signature says its table.
+
+
 def register_kind(info: KindInfo, *, replace: bool = False) -> KindInfo:
     """Add a dictionary kind to the table (``replace=True`` to redefine one); returns it.
 
