@@ -35,10 +35,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not integration" $(PYTEST_ARGS)
 
-# The gate CI runs before the tests: ruff (lint + format check).
+# The gate CI runs before the tests: ruff (lint + format check) and mypy (types, config in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy scope_hub
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .

@@ -1,4 +1,4 @@
-"""Circuit tracing (issue #11): attribution-graph build time and peak memory vs prompt length.
+"""Circuit tracing: attribution-graph build time and peak memory vs prompt length.
 
 Real Gemma 3 270M (fp32, 2 CPU threads) with small quick-fitted JumpReLU transcoders at all 18
 layers (d_sae 256, ~12 active per token; fitted once and cached, see

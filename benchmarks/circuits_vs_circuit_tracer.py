@@ -64,8 +64,8 @@ def scope_half(work: Path) -> None:
     from scope_hub.analysis.circuits.attribution import attribute
     from scope_hub.analysis.circuits.export import graph_json
     from scope_hub.analysis.circuits.pruning import prune
+    from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
     from tests.analysis.circuits.helpers import dictionaries
-    from tests.tiny_models import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     tok.save_pretrained(work / "tokenizer")

@@ -44,7 +44,7 @@ def export_cases(work: Path) -> list[dict]:
     """First half (scope-hub venv): export dictionaries and record what scope-hub computes."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from scope_hub.interop import circuit_tracer
-    from tests.dictionaries.factory import make_config, make_dictionary
+    from scope_hub.testing.dictionaries import make_config, make_dictionary
 
     cases = []
     gen = torch.Generator().manual_seed(0)

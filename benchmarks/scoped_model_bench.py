@@ -1,4 +1,4 @@
-"""ScopedModel vs a bare HF forward, a hand-written hook, and SAELens (issue #5).
+"""ScopedModel vs a bare HF forward, a hand-written hook, and SAELens.
 
 Measures, side by side in one process on the real Gemma 3 270M (fp32, batch
 8 x 128 tokens), one JumpReLU SAE 640 -> 16384 at layer 6 ``resid_post``:
@@ -466,7 +466,7 @@ def overhead_group(rep: Report, model, tok, repeats: int) -> None:
         rep.rows.append({"overhead": label, "ours_min_s": o, "floor_min_s": f})
 
 
-# Issue #5's goals; DESIGN.md section 9: SAELens's full-logits run is only 1.37-1.41x the floor,
+# The speed goals; DESIGN.md section 9: SAELens's full-logits run is only 1.37-1.41x the floor,
 # so ">= 1.5x" is reachable only where the unembedding is skipped (last-position logits, features).
 GOALS = {
     "splice / floor (full logits)": ("<= 1.05", "vs HF forward + hand-written JumpReLU hook"),

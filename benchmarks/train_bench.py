@@ -289,7 +289,7 @@ def paired_ratio(results: dict, ours_name: str, base: str) -> float:
 
 
 def headlines(results: dict, peaks: list) -> list[Headline]:
-    """Issue #6's goals as revised by DESIGN.md section 9."""
+    """The training speed goals, as DESIGN.md section 9 sets them."""
     peak = statistics.median(peaks)
     topk = statistics.median(results["ours topk"])
     rows = [

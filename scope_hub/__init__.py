@@ -11,8 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scope_hub.lazy_imports import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -26,11 +25,5 @@ _LAZY = {
     "ScopedModel": "scope_hub.scoped_model",
 }
 
-__all__ = [*sorted(_LAZY), "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'scope_hub' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__, _names = lazy_attributes(__name__, _LAZY)
+__all__ = [*_names, "__version__"]

@@ -20,13 +20,19 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from scope_hub.dictionaries import Crosscoder, CrossLayerTranscoder, Dictionary, SkipTranscoder, SparseFeatures
 from scope_hub.dictionaries.sae import decode_linear
-from scope_hub.errors import ConfigError, ScopeHubError, ShapeMismatchError
+from scope_hub.errors import (
+    ArgumentError,
+    ConfigError,
+    ScopeHubError,
+    ShapeMismatchError,
+    UnsupportedOperationError,
+)
 from scope_hub.hookpoints import Hookpoint, linear_width
 
 HookFn = Callable[[torch.Tensor], torch.Tensor]
@@ -110,7 +116,7 @@ def steering_delta(
     dictionary: Dictionary, edits: tuple[FeatureEdit, ...], act: torch.Tensor, offset: int
 ) -> torch.Tensor:
     """What adding ``value`` to features adds at the output site: value x their decoder rows (masked to positions)."""
-    total: torch.Tensor | float = 0.0
+    total = torch.zeros((), dtype=dictionary.w_dec.dtype, device=dictionary.w_dec.device)
     for edit in edits:
         direction = edit.value * dictionary.w_dec[list(edit.features)].sum(0)
         if edit.positions is not None:
@@ -154,12 +160,20 @@ def normalize_positions(positions: Any) -> slice | tuple[int, ...] | None:
         return None
     if isinstance(positions, slice):
         if positions.step is not None and positions.step <= 0:
-            raise ValueError(f"positions={positions}: the step must be positive")
+            raise ArgumentError(
+                f"positions={positions}: the step must be positive", argument="positions", value=positions
+            )
         return positions
     try:
         return (operator.index(positions),)
     except TypeError:
+        pass
+    try:
         return tuple(operator.index(p) for p in positions)
+    except TypeError:
+        raise ArgumentError(
+            f"positions={positions!r}: give an int, ints, or a slice", argument="positions", value=positions
+        ) from None
 
 
 def cache_length(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
@@ -196,7 +210,7 @@ class Attachment:
         raise NotImplementedError
 
     def _record(self, mode: Mode, features: torch.Tensor) -> None:
-        observed = None
+        observed: torch.Tensor | SparseFeatures | None = None
         for target, live in mode.captures[self.name]:
             if live:
                 target[self.name] = features
@@ -245,7 +259,12 @@ class SingleSiteAttachment(Attachment):
 
         hooks: list[tuple[str, HookFn]] = []
         if not same_site and not only_steering:
-            hooks.append((self.hook_in[0], lambda act: stash.__setitem__("x", act) or act))
+
+            def keep_input(act: torch.Tensor) -> torch.Tensor:
+                stash["x"] = act
+                return act
+
+            hooks.append((self.hook_in[0], keep_input))
         hooks.append((self.hook_out[0], write))
         return hooks
 
@@ -254,7 +273,7 @@ class CLTAttachment(Attachment):
     """Cross-layer transcoders: encode at every layer's input, write every layer's output."""
 
     def _hooks(self, mode: Mode, spliced: bool, edits: tuple, capturing: bool) -> list[tuple[str, HookFn]]:
-        clt: CrossLayerTranscoder = self.dictionary
+        clt = cast(CrossLayerTranscoder, self.dictionary)
         n = clt.n_layers
         feats: list[torch.Tensor] = []
         edited: list[torch.Tensor] = []
@@ -263,7 +282,9 @@ class CLTAttachment(Attachment):
         def read(i: int) -> HookFn:
             def fn(act: torch.Tensor) -> torch.Tensor:
                 if i == 0:
-                    feats.clear(), edited.clear(), inputs.clear()
+                    feats.clear()
+                    edited.clear()
+                    inputs.clear()
                 f = clt.encode_layer(i, act)
                 feats.append(f)
                 edited.append(apply_edits(f, edits, layer=i, offset=mode.clock.offset) if edits else f)
@@ -300,11 +321,11 @@ class CrosscoderAttachment(Attachment):
 
     def _hooks(self, mode: Mode, spliced: bool, edits: tuple, capturing: bool) -> list[tuple[str, HookFn]]:
         if spliced or edits:
-            raise NotImplementedError(
+            raise UnsupportedOperationError(
                 f"{self.name}: a crosscoder's features depend on later layers, so it cannot be spliced or "
                 "edited during a forward; use run_with_cache to read its features"
             )
-        crosscoder: Crosscoder = self.dictionary
+        crosscoder = cast(Crosscoder, self.dictionary)
         seen: list[torch.Tensor] = []
 
         def read(i: int) -> HookFn:
@@ -370,7 +391,11 @@ def resolve_hookpoints(model: Any, config: Any, adapter: Callable[[], Any]) -> t
             raise ShapeMismatchError(
                 f"the dictionary's {field_name}={width} does not fit {hookpoint} of this {type(model).__name__}, "
                 f"which is {expected} wide; it was made for {config.model or 'another model'} ({where}): attach "
-                "it to that model, or pick a dictionary of this one"
+                "it to that model, or pick a dictionary of this one",
+                field=field_name,
+                hookpoint=hookpoint,
+                expected=expected,
+                actual=width,
             )
     return hook_in, hook_out
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from scope_hub.errors import CardError
 from scope_hub.keys import DictionaryKey, parse_key
@@ -324,7 +324,8 @@ class ReleaseEntry(BaseModel):
     @classmethod
     def _pinned(cls, value: str) -> str:
         key = parse_key(value)
-        if not (key.ref or "").startswith("v") or not key.ref[1:].isdigit():
+        ref = key.ref or ""
+        if not ref.startswith("v") or not ref[1:].isdigit():
             raise ValueError(f"release entries pin an exact version, e.g. {key.unpinned()}@v1; got {value!r}")
         return str(key)
 
@@ -409,6 +410,6 @@ class ReleaseCard(BaseModel):
         description = prose.split("\n", 2)[2].strip() if prose.lstrip().startswith("# ") else prose.strip()
         try:
             return cls.model_validate({**data, "description": description})
-        except ValueError as exc:  # pydantic's ValidationError: one line naming the fields
+        except ValidationError as exc:  # one line naming the fields
             problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
             raise CardError(f"{where}: {problems}") from None

@@ -29,6 +29,18 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, ScopeHubError, UnsafeFormatError, WeightsFileError
+from scope_hub.kinds import (
+    CLT,
+    CROSSCODER,
+    GEMMA_SCOPE_2,
+    JUMPRELU,
+    SAE,
+    SKIP_TRANSCODER,
+    TRANSCODER,
+    kind,
+    kind_from_peer,
+    peer_name,
+)
 from scope_hub.metadata import SCHEMA_VERSION, DictionaryConfig
 
 CONFIG_FILE = "config.json"
@@ -189,6 +201,7 @@ def _refuse_pickle_only(folder: Path) -> None:
 
 # --- Gemma Scope 2 -------------------------------------------------------------------
 
+_GS2_JUMPRELU = peer_name(JUMPRELU, GEMMA_SCOPE_2)
 _LAYER_IN_HOOK = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _SITE_BY_HOOK_SUFFIX = {
     "self_attn.o_proj.input": "attn_out",
@@ -201,7 +214,7 @@ _SITE_BY_HOOK_SUFFIX = {
 
 def looks_like_gemma_scope_2(raw: dict[str, Any]) -> bool:
     """Whether a config dict without ``schema_version`` is Gemma Scope 2's as published."""
-    return "hf_hook_point_in" in raw or raw.get("architecture") == "jump_relu"
+    return "hf_hook_point_in" in raw or raw.get("architecture") == _GS2_JUMPRELU
 
 
 _looks_like_gemma_scope_2 = looks_like_gemma_scope_2
@@ -258,8 +271,8 @@ def check_published_width(width: Any, d_sae: int, params: Path, where: str) -> N
 
 def from_gemma_scope_2(raw: dict[str, Any], folder: Path, where: str = CONFIG_FILE) -> dict[str, Any]:
     """Translate a published Gemma Scope 2 config dict into our schema's dict."""
-    architecture = raw.get("architecture", "jump_relu")
-    if architecture != "jump_relu":
+    architecture = raw.get("architecture", _GS2_JUMPRELU)
+    if architecture != _GS2_JUMPRELU:
         raise ConfigError(
             f"{where}: field 'architecture': Gemma Scope 2 publishes jump_relu only, got {architecture!r}"
         )
@@ -279,33 +292,34 @@ def from_gemma_scope_2(raw: dict[str, Any], folder: Path, where: str = CONFIG_FI
     d_out = shapes["w_dec"].shape[-1]
     has_skip = "affine_skip_connection" in shapes or bool(raw.get("affine_connection"))
     published_type = str(raw.get("type", "")).lower()
-    if published_type == "crosscoder":
+    if kind_from_peer(GEMMA_SCOPE_2, published_type) == CROSSCODER:
         raise ConfigError(
             f"{where}: a Gemma Scope 2 crosscoder stores its layers concatenated; load it with "
             "scope_hub.interop.gemma_scope_2.load(folder) or `scope-hub convert --from gemma-scope-2`"
         )
     if clt_files:
-        dict_type, layers = "clt", list(range(len(clt_files)))
+        dict_type, layers = CLT, list(range(len(clt_files)))
         template = lambda hp: _LAYER_IN_HOOK.sub(lambda m: m.group(0).replace(m.group(1), "{layer}"), hp)  # noqa: E731
         hook_in = template(hook_in) if isinstance(hook_in, str) else hook_in
         hook_out = template(hook_out) if isinstance(hook_out, str) else hook_out
         layer = None
     else:
         layers = None
-        is_transcoder = published_type == "transcoder" or (hook_out not in (None, hook_in)) or d_in != d_out
-        dict_type = "skip_transcoder" if has_skip else "transcoder" if is_transcoder else "sae"
+        is_transcoder = published_type == peer_name(TRANSCODER, GEMMA_SCOPE_2) or (hook_out not in (None, hook_in))
+        is_transcoder = is_transcoder or d_in != d_out
+        dict_type = SKIP_TRANSCODER if has_skip else TRANSCODER if is_transcoder else SAE
     width = raw.get("width")
     check_published_width(width, d_sae, params, where)
     return {
         "schema_version": SCHEMA_VERSION,
         "type": dict_type,
-        "architecture": "jumprelu",
+        "architecture": JUMPRELU,
         "d_in": d_in,
         "d_sae": d_sae,
         "d_out": d_out,
         "model": gemma_model_id(raw["model_name"]) if raw.get("model_name") else None,
         "site": site,
-        "site_out": site_out if dict_type != "sae" else None,
+        "site_out": site_out if not kind(dict_type).reconstructs_input else None,
         "layer": layer,
         "layers": layers,
         "hook_point_in": hook_in if isinstance(hook_in, str) else None,

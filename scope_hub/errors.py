@@ -15,18 +15,45 @@ from __future__ import annotations
 
 
 class ScopeHubError(Exception):
-    """Base class of every error scope-hub raises on purpose."""
+    """Base class of every error scope-hub raises on purpose.
+
+    Keyword arguments become attributes a program can act on without parsing the message
+    (``key``, ``path``, ``expected``, ``actual``, ``choices`` ...); the message stays for people.
+
+    Example:
+        >>> err = ConfigError("unknown type 'x'; use one of: sae, clt", field="type", choices=("sae", "clt"))
+        >>> err.field, err.choices, str(err)
+        ('type', ('sae', 'clt'), "unknown type 'x'; use one of: sae, clt")
+    """
+
+    def __init__(self, *args: object, **data: object) -> None:
+        super().__init__(*args)
+        self.data: dict[str, object] = data
+        """Everything given as keyword arguments (also set as attributes)."""
+        for name, value in data.items():
+            setattr(self, name, value)
 
     def __str__(self) -> str:  # KeyError would otherwise wrap the message in quotes
         return str(self.args[0]) if self.args else self.__class__.__name__
 
+    def __reduce__(
+        self,
+    ) -> tuple[object, ...]:  # keep the data through pickling (multiprocessing workers re-raise errors)
+        return _rebuild, (type(self), self.args, self.data)
+
+
+def _rebuild(cls: type[ScopeHubError], args: tuple[object, ...], data: dict[str, object]) -> ScopeHubError:
+    return cls(*args, **data)
+
 
 class ConfigError(ScopeHubError, ValueError):
-    """A config.json (or other metadata) is missing fields, has unknown ones, or bad values."""
+    """A config.json (or other metadata) is missing fields, has unknown ones, or bad values (``field``,
+    ``choices`` where known)."""
 
 
 class ShapeMismatchError(ScopeHubError, ValueError):
-    """A tensor's name, shape or dtype does not match what its config promises."""
+    """A tensor's name, shape or dtype does not match what its config promises (``path``, ``tensor``,
+    ``expected``, ``actual`` where known)."""
 
 
 class WeightsFileError(ScopeHubError, ValueError):
@@ -41,8 +68,8 @@ class UnsafeFormatError(ScopeHubError, ValueError):
     """Only a pickle-based file is available; scope-hub never unpickles."""
 
 
-class DictionaryNotFoundError(ScopeHubError, FileNotFoundError):
-    """A local dictionary folder or one of its files does not exist."""
+class DictionaryNotFoundError(ScopeHubError, FileNotFoundError, LookupError):
+    """A local dictionary folder or one of its files does not exist (``path`` when known)."""
 
 
 class ModelNotFoundError(ScopeHubError, FileNotFoundError):
@@ -58,11 +85,11 @@ class UnsafePathError(ScopeHubError, ValueError):
 
 
 class UnknownKeyError(ScopeHubError, KeyError):
-    """No dictionary is published under this key in the registry."""
+    """No dictionary is published under this key in the registry (``key``, ``registry``)."""
 
 
 class VersionNotFoundError(ScopeHubError, KeyError):
-    """The key exists but the requested version or ref does not."""
+    """The key exists but the requested version or ref does not (``key``, ``ref``, ``registry``)."""
 
 
 class IntegrityError(ScopeHubError, ValueError):
@@ -103,3 +130,31 @@ class RegistryConnectionError(RegistryError, ConnectionError):
 
 class GraphFileError(ScopeHubError, ValueError):
     """A saved attribution graph is truncated, not a graph, or holds pickled objects beyond tensors."""
+
+
+class ArgumentError(ScopeHubError, ValueError):
+    """A function argument has a value the function cannot use (``argument``, ``value``, ``choices``)."""
+
+
+class NotAttachedError(ScopeHubError, KeyError):
+    """No dictionary of that name is attached to the model (``name``; ``choices``: the attached names)."""
+
+
+class FeatureIndexError(ScopeHubError, IndexError):
+    """A feature or layer index is out of range (``name``, ``index``, ``size``)."""
+
+
+class UnsupportedOperationError(ScopeHubError, NotImplementedError):
+    """The operation cannot be done on this kind of dictionary (e.g. splicing a crosscoder)."""
+
+
+class UnsupportedError(ScopeHubError, ValueError):
+    """The dictionary (or folder) uses something the target (or source) format cannot express."""
+
+
+class FormatError(ScopeHubError, ValueError):
+    """A folder does not follow the format it was read as (missing file, unknown layout, ...)."""
+
+
+class UnknownReleaseError(ScopeHubError, KeyError):
+    """A SAELens release or sae_id that the release table does not list."""

@@ -9,7 +9,7 @@ Grammar (DESIGN.md section 2)::
 * ``layer``   an integer, ``all``, or a dash-joined list of integers for
   dictionaries that read several chosen layers (``5-9-12-15`` for a crosscoder);
 * ``width``   ``16k``, ``65k``, ``262k``, ``1m`` or a plain integer (``16K`` is read as ``16k``);
-* ``type``    one of :data:`TYPES`;
+* ``type``    a dictionary type of :data:`scope_hub.kinds.KINDS`;
 * ``variant`` optional label (``l0_small``, ``l0_big_affine``, ``seed_1`` ...);
 * ``ref``     ``vN`` (immutable), ``latest`` (moves), ``sha256:<12+ hex>`` (content pin).
 
@@ -34,9 +34,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from scope_hub.errors import KeyParseError
+from scope_hub.kinds import KINDS
+from scope_hub.kinds import SITES as MODEL_SITES
 
-SITES: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out", "mlp")
-TYPES: tuple[str, ...] = ("sae", "transcoder", "skip_transcoder", "clt", "crosscoder")
+SITES: tuple[str, ...] = (*MODEL_SITES, "mlp")
+"""Key sites: every model site, plus ``mlp`` for transcoders that read mlp_in and write mlp_out."""
 GOOD_EXAMPLE = "google/gemma-3-270m:resid_post/layer_12/width_16k/sae/l0_small@v2"
 
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,95}[A-Za-z0-9])?"
@@ -49,7 +51,12 @@ _SHA_REF_RE = re.compile(r"^sha256:([0-9a-f]{12,64})$")
 
 
 def _fail(text: str, part: str, why: str) -> KeyParseError:
-    return KeyParseError(f"bad key {text!r}: {part} {why}; a good key looks like {GOOD_EXAMPLE!r}")
+    return KeyParseError(
+        f"bad key {text!r}: {part} {why}; a good key looks like {GOOD_EXAMPLE!r}",
+        key=text,
+        part=part,
+        example=GOOD_EXAMPLE,
+    )
 
 
 def parse_ref(ref: str) -> str:
@@ -106,7 +113,7 @@ class DictionaryKey:
     width: str
     """Width label (``16k``) or plain integer string."""
     type: str
-    """Dictionary type, one of TYPES."""
+    """Dictionary type, a name in scope_hub.kinds.KINDS."""
     variant: str | None = None
     """Optional label separating dictionaries that share the rest of the key."""
     ref: str | None = None
@@ -126,8 +133,8 @@ class DictionaryKey:
             object.__setattr__(self, "width", self.width.lower())
         if not _WIDTH_RE.match(self.width):
             raise _fail(text, "width", f"{self.width!r} must be like 16k, 65k, 262k, 1m or an integer")
-        if self.type not in TYPES:
-            raise _fail(text, "type", f"{self.type!r} must be one of {', '.join(TYPES)}")
+        if self.type not in KINDS:
+            raise _fail(text, "type", f"{self.type!r} must be one of {', '.join(KINDS)}")
         if self.variant is not None and (not _VARIANT_RE.match(self.variant) or ".." in self.variant):
             raise _fail(text, "variant", f"{self.variant!r} must be letters, digits, '_', '.', '-' (at most 64)")
         if self.ref is not None:

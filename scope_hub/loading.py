@@ -64,11 +64,11 @@ def load_dictionary(
             f"{source!r} is neither a dictionary folder, a registry key, an hf://ORG/REPO/FOLDER "
             f"nor a saelens://RELEASE/SAE_ID ({exc})"
         ) from None
-    from scope_hub.registry import Registry
+    from scope_hub.registry import as_registry
 
     if lock is not None:
         from scope_hub.registry.api import pull_locked
 
         return Dictionary.from_pretrained(pull_locked(key, lock), **kwargs)
-    reg = registry if isinstance(registry, Registry) else Registry(registry)
+    reg = as_registry(registry)
     return Dictionary.from_pretrained(reg.pull(key), **kwargs)

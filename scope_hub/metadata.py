@@ -14,18 +14,20 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from scope_hub.kinds import KINDS, Site, architecture, kind
 
 SCHEMA_VERSION = 1
 """Current schema of config.json and manifests; older ones are migrated on read."""
 
-DictionaryType = Literal["sae", "transcoder", "skip_transcoder", "clt", "crosscoder"]
-Architecture = Literal["jumprelu", "topk", "batchtopk", "relu"]
-Site = Literal["resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out"]
+DictionaryType = Annotated[str, AfterValidator(lambda name: kind(name).name)]
+"""A name in :data:`scope_hub.kinds.KINDS` (checked against the table, so registered kinds load)."""
+Architecture = Annotated[str, AfterValidator(lambda name: architecture(name).name)]
+"""A name in :data:`scope_hub.kinds.ARCHITECTURES`."""
 DType = Literal["float32", "bfloat16", "float16", "float64"]
-MULTI_LAYER_TYPES = ("clt", "crosscoder")
 
 
 class _Strict(BaseModel):
@@ -113,7 +115,7 @@ class DictionaryConfig(_Strict):
     """Input width (per layer for multi-layer dictionaries)."""
     d_sae: int = Field(gt=0)
     """Number of latents."""
-    d_out: int | None = Field(default=None, gt=0)
+    d_out: int = Field(default_factory=lambda data: data.get("d_in"), gt=0)
     """Output width; defaults to d_in."""
     k: int | None = Field(default=None, gt=0)
     """Active latents per token for topk / batchtopk."""
@@ -156,18 +158,18 @@ class DictionaryConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> DictionaryConfig:
-        if self.d_out is None:
-            self.d_out = self.d_in
-        if self.type == "skip_transcoder":
+        info = kind(self.type)
+        if info.affine_skip == "always":
             self.affine_skip = True
-        if self.affine_skip and self.type not in ("skip_transcoder", "clt"):
-            raise ValueError(f"affine_skip is for skip_transcoder and clt, not {self.type} (use type skip_transcoder)")
-        if self.architecture in ("topk", "batchtopk") and self.k is None:
+        if self.affine_skip and info.affine_skip == "never":
+            with_skip = ", ".join(n for n, k in KINDS.items() if k.affine_skip != "never")
+            raise ValueError(f"affine_skip is for {with_skip}, not {self.type} (use a type with a skip path)")
+        if architecture(self.architecture).needs_k and self.k is None:
             raise ValueError(f"architecture {self.architecture} needs k (active latents per token)")
-        if self.type in MULTI_LAYER_TYPES and not self.layers:
+        if info.multi_layer and not self.layers:
             raise ValueError(f"type {self.type} needs layers (the list of layers it spans)")
-        if self.type == "sae" and self.d_out != self.d_in:
-            raise ValueError("an sae reconstructs its input: d_out must equal d_in (use type transcoder)")
+        if info.reconstructs_input and not info.multi_layer and self.d_out != self.d_in:
+            raise ValueError(f"a {self.type} reconstructs its input: d_out must equal d_in (use type transcoder)")
         if self.matryoshka_groups is not None and (
             any(g <= 0 for g in self.matryoshka_groups) or sum(self.matryoshka_groups) != self.d_sae
         ):

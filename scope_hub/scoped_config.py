@@ -123,10 +123,17 @@ def looks_like_path(source: str) -> bool:
 def reject_missing_folder(source: str) -> None:
     """Raise :class:`DictionaryNotFoundError` ("no such folder") when ``source`` is meant as a folder
     (:func:`looks_like_path`) that does not exist, rather than letting it fail as a malformed key."""
-    if looks_like_path(source) and not Path(source).expanduser().is_dir():
+    if not looks_like_path(source):
+        return
+    try:
+        exists = Path(source).expanduser().is_dir()
+    except RuntimeError:  # "~name" naming no user of this system
+        exists = False
+    if not exists:
         raise DictionaryNotFoundError(
             f"{source}: no such folder (a dictionary folder holds config.json and "
-            "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)"
+            "params.safetensors; a registry key looks like MODEL:SITE/layer_L/width_W/TYPE)",
+            path=source,
         )
 
 
@@ -170,9 +177,9 @@ def load_sources(sources: Any, registry: Any, *, lazy: bool) -> list[tuple[str, 
 
 
 def _registry(registry: Any) -> Any:
-    from scope_hub.registry import Registry
+    from scope_hub.registry import as_registry
 
-    return registry if isinstance(registry, Registry) else Registry(registry)
+    return as_registry(registry)
 
 
 def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: str | None):

@@ -41,10 +41,11 @@ from torch import nn
 
 from scope_hub.attachment import Attachment, Mode, attachment_for, cache_length, resolve_hookpoints
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError
+from scope_hub.errors import ArgumentError, ConfigError, NotAttachedError
 from scope_hub.feature_stats import FeatureStats
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import replace, stop_after
+from scope_hub.kinds import kind
 from scope_hub.model_resolution import describe_base, load_error, load_tokenizer, resolve_model
 from scope_hub.scoped_config import ScopedModelConfig, load_dictionary_source, load_sources, save_scoped_config
 from scope_hub.scoped_tokens import TokenizerMixin
@@ -56,6 +57,9 @@ Positions = slice | Iterable[int] | int | None
 
 class ScopedModel(TokenizerMixin, nn.Module):
     """A transformers causal LM plus named dictionaries, with observe/splice/steer modes."""
+
+    model: Any
+    """The wrapped transformers model (a submodule; typed loosely as transformers' classes are)."""
 
     def __init__(
         self,
@@ -280,7 +284,7 @@ class ScopedModel(TokenizerMixin, nn.Module):
         """
         chosen = frozenset(self._names(names))
         # A crosscoder reads later layers, so it cannot be spliced; it is recorded as observed.
-        spliced = frozenset(n for n in chosen if self._attachments[n].dictionary.config.type != "crosscoder")
+        spliced = frozenset(n for n in chosen if kind(self._attachments[n].dictionary.config.type).spliced)
         return ModeContext(self, splice=spliced, error_term=spliced, captures={n: ((into, True),) for n in chosen})
 
     @contextlib.contextmanager
@@ -329,7 +333,11 @@ class ScopedModel(TokenizerMixin, nn.Module):
         names = list(names) or list(self._attachments)
         unknown = [n for n in names if n not in self._attachments]
         if unknown:
-            raise KeyError(f"no attached dictionary named {unknown[0]!r}; attached: {sorted(self._attachments)}")
+            raise NotAttachedError(
+                f"no attached dictionary named {unknown[0]!r}; attached: {sorted(self._attachments)}",
+                name=unknown[0],
+                choices=tuple(sorted(self._attachments)),
+            )
         return names
 
     # --- hooks ----------------------------------------------------------------------------
@@ -392,6 +400,7 @@ class ScopedModel(TokenizerMixin, nn.Module):
         names: Iterable[str] | None = None,
         sparse: bool = False,
         stop_after_last: bool = False,
+        stop_at_layer: int | None = None,
         **kwargs: Any,
     ) -> tuple[Any, dict[str, Any]]:
         """Run the model and return ``(outputs, cache)``, ``cache[name]`` = that dictionary's features.
@@ -399,6 +408,8 @@ class ScopedModel(TokenizerMixin, nn.Module):
         Features at padded positions (``attention_mask == 0``) are zeroed. With
         ``stop_after_last=True`` the forward stops after the last hooked layer
         (outputs are None): the fast path when only features are needed.
+        ``stop_at_layer=L`` (SAELens's spelling) runs decoder layers ``0..L-1`` only (outputs are
+        None); dictionaries at later layers then capture nothing.
         """
         cache: dict[str, Any] = {}
         chosen = frozenset(self._names(names or []))
@@ -407,6 +418,8 @@ class ScopedModel(TokenizerMixin, nn.Module):
         )
         try:
             stop_at = self._stop_hookpoint(chosen) if stop_after_last else None
+            if stop_at_layer is not None:
+                stop_at = self._layer_stop(stop_at_layer)
             if stop_at is None:
                 return self.model(input_ids=input_ids, **kwargs), cache
             with stop_after(self.model, stop_at):
@@ -414,6 +427,19 @@ class ScopedModel(TokenizerMixin, nn.Module):
             return None, cache
         finally:
             self._pop_mode()
+
+    def _layer_stop(self, layer: int) -> Hookpoint:
+        """Where a forward that runs decoder layers ``0..layer-1`` ends."""
+        adapter = self._adapter()
+        if not isinstance(layer, int) or not 0 <= layer <= adapter.n_layers:
+            raise ArgumentError(
+                f"stop_at_layer={layer!r}: use 0..{adapter.n_layers} (layers run before stopping)",
+                argument="stop_at_layer",
+                value=layer,
+            )
+        if layer == 0:
+            return Hookpoint(adapter.layer_module(0), "input")
+        return Hookpoint(adapter.layer_module(layer - 1), "output")
 
     def _stop_hookpoint(self, names: Iterable[str]) -> Hookpoint | None:
         hookpoints = [hp for n in names for hp in self._attachments[n].hook_in + self._attachments[n].hook_out]

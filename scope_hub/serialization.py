@@ -21,6 +21,7 @@ import json
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -61,7 +62,7 @@ def load_tensors(
 ) -> dict[str, torch.Tensor]:
     """Read tensors by spec, keyed by ``spec.attr``; NaN/inf raise unless ``allow_nonfinite`` (then warn)."""
     out: dict[str, torch.Tensor] = {}
-    handles: dict[str, object] = {}
+    handles: dict[str, Any] = {}
     try:
         for spec in specs:
             if spec.file not in handles:

@@ -37,8 +37,9 @@ import torch
 
 from scope_hub.attachment import FeatureEdit, normalize_positions
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError
+from scope_hub.errors import ArgumentError, ConfigError, FeatureIndexError
 from scope_hub.feature_stats import FILE, FeatureStats, FeatureStatsAccumulator
+from scope_hub.kinds import kind
 
 UNITS: tuple[str, ...] = ("activation", "max", "mean", "norm")
 """Accepted values of ``unit=``; the default is ``"activation"``."""
@@ -104,24 +105,34 @@ def feature_edits(
     checked against the dictionary's width and layers; ``unit`` scales ``value`` per feature."""
     config = dictionary.config
     layer = None
-    if config.type == "clt":
+    if kind(config.type).per_layer_decoders:
         if not (isinstance(feature, tuple) and len(feature) == 2):
-            raise ValueError(
+            raise ArgumentError(
                 f"{name} is a cross-layer transcoder: name features as (layer_index, feature or "
-                f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}"
+                f"features), e.g. (3, 17) for feature 17 of its 4th layer; got {feature!r}",
+                argument="feature",
+                value=feature,
             )
         layer, feature = feature
     feats: tuple[int, ...]
     try:
         feats = (operator.index(feature),)
     except TypeError:  # several features; each counts once
-        feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
+        try:
+            feats = tuple(dict.fromkeys(operator.index(f) for f in feature))
+        except TypeError:
+            raise ArgumentError(
+                f"{name}: features are integers (or a list of them), got {feature!r}", argument="feature", value=feature
+            ) from None
     bad = [f for f in feats if not 0 <= f < config.d_sae]
     if bad or (layer is not None and not 0 <= layer < len(config.layers or ())):
         missing = f"layer index {layer} of {len(config.layers or ())}" if not bad else f"feature {bad[0]}"
-        raise IndexError(
+        raise FeatureIndexError(
             f"{name} has no {missing}: features are 0..{config.d_sae - 1}"
-            + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}")
+            + ("" if layer is None else f", layer indices 0..{len(config.layers or ()) - 1}"),
+            name=name,
+            index=bad[0] if bad else layer,
+            size=config.d_sae if bad else len(config.layers or ()),
         )
     where = normalize_positions(positions)
     if unit == "activation":
@@ -142,6 +153,8 @@ def stats_of(
     config = dictionary.config
     keep = torch.ones(features.shape[:2], dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     keep = keep.to(features.device)
-    accumulator = FeatureStatsAccumulator(config.d_sae, len(config.layers or ()) if config.type == "clt" else None)
+    accumulator = FeatureStatsAccumulator(
+        config.d_sae, len(config.layers or ()) if kind(config.type).per_layer_decoders else None
+    )
     accumulator.add(features[keep], site=None if site is None else site[keep.to(site.device)])
     return accumulator.result()

@@ -19,11 +19,10 @@ from pathlib import Path
 
 from scope_hub.config_io import TensorInfo, read_config, read_safetensors_header
 from scope_hub.errors import ShapeMismatchError
+from scope_hub.kinds import architecture, kind
 from scope_hub.metadata import DictionaryConfig
 
 PARAMS_FILE = "params.safetensors"
-THRESHOLD_ARCHITECTURES = frozenset({"jumprelu", "batchtopk"})
-"""Architectures that store a per-latent ``threshold`` tensor."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def single_layer_specs(
         TensorSpec(file, "w_enc", (d_in, d_sae), f"{prefix}w_enc", 1),
         TensorSpec(file, "b_enc", (d_sae,), f"{prefix}b_enc", 0),
     ]
-    if config.architecture in THRESHOLD_ARCHITECTURES:
+    if architecture(config.architecture).stores_threshold:
         specs.append(TensorSpec(file, "threshold", (d_sae,), f"{prefix}threshold", 0))
     specs += [
         TensorSpec(file, "w_dec", (d_sae, *d_dec, d_out), f"{prefix}w_dec", 0),
@@ -111,7 +110,7 @@ def crosscoder_specs(config: DictionaryConfig) -> list[TensorSpec]:
         TensorSpec(PARAMS_FILE, "w_enc", (n, d_in, d_sae), "w_enc", 2),
         TensorSpec(PARAMS_FILE, "b_enc", (d_sae,), "b_enc", 0),
     ]
-    if config.architecture in THRESHOLD_ARCHITECTURES:
+    if architecture(config.architecture).stores_threshold:
         specs.append(TensorSpec(PARAMS_FILE, "threshold", (d_sae,), "threshold", 0))
     return [
         *specs,
@@ -122,9 +121,10 @@ def crosscoder_specs(config: DictionaryConfig) -> list[TensorSpec]:
 
 def tensor_specs(config: DictionaryConfig) -> list[TensorSpec]:
     """Every tensor a dictionary with ``config`` stores."""
-    if config.type == "clt":
+    layout = kind(config.type).layout
+    if layout == "cross_layer":
         return clt_specs(config)
-    if config.type == "crosscoder":
+    if layout == "stacked":
         return crosscoder_specs(config)
     return single_layer_specs(config, PARAMS_FILE, prefix="")
 
@@ -148,12 +148,18 @@ def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
 
 def _check_one(path: Path, spec: TensorSpec, info: TensorInfo | None, dtype: str) -> None:
     if info is None:
-        raise ShapeMismatchError(f"{path}: tensor '{spec.name}' is missing; re-export the dictionary")
+        raise ShapeMismatchError(
+            f"{path}: tensor '{spec.name}' is missing; re-export the dictionary", path=path, tensor=spec.name
+        )
     if info.shape not in (spec.shape, spec.stored_shape):
         implied = list(spec.stored_shape or spec.shape)
         raise ShapeMismatchError(
             f"{path}: tensor '{spec.name}' has shape {list(info.shape)} but config.json implies "
-            f"{implied}; fix d_in/d_sae/d_out in config.json or re-export"
+            f"{implied}; fix d_in/d_sae/d_out in config.json or re-export",
+            path=path,
+            tensor=spec.name,
+            expected=tuple(implied),
+            actual=info.shape,
         )
     if info.dtype != dtype:
         raise ShapeMismatchError(

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Keep one section per concern; tiny-model factories live in tests/tiny_models.py."""
+"""Shared pytest fixtures. Keep one section per concern; tiny-model factories live in scope_hub/testing/tiny_models.py."""
 
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ from transformers import BertConfig, Gemma3TextConfig
 
 from scope_hub.errors import HookpointError, UnsupportedModelError
 from scope_hub.hookpoints import ADAPTERS, Hookpoint, adapter_for, resolve_hookpoint, supported_model_types
-from tests.adapter_suite import AdapterSuite
-from tests.tiny_models import tiny_model
+from scope_hub.testing.adapters import AdapterSuite
+from scope_hub.testing.tiny_models import tiny_model
 
 
 class TestGemma3(AdapterSuite):

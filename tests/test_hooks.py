@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from scope_hub.errors import HookpointError, ShapeMismatchError
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import attached_hookpoints, capture, hook, replace, stop_after
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
 
 FAMILIES = ["gemma3", "llama", "gpt2", "gpt_neox"]
 

@@ -18,6 +18,9 @@ RANKS: dict[str, float] = {
     "scope_hub.errors": 0,
     "scope_hub.atomic_files": 0,
     "scope_hub.redaction": 0,
+    "scope_hub.lazy_imports": 0,
+    "scope_hub.settings": 0.5,
+    "scope_hub.kinds": 0.5,
     "scope_hub.metadata": 1,
     "scope_hub.keys": 1,
     "scope_hub.config_io": 2,
@@ -40,14 +43,15 @@ RANKS: dict[str, float] = {
     "scope_hub.scoped_tokens": 6.5,
     "scope_hub.scoped_model": 7,
     "scope_hub.analysis": 8,
+    "scope_hub.testing": 8.5,
     "scope_hub.cli": 9,
-    "scope_hub.commands": 9,
-    "scope_hub.__main__": 10,
 }
 TORCH_FREE = [
     "scope_hub",
     "scope_hub.atomic_files",
     "scope_hub.redaction",
+    "scope_hub.settings",
+    "scope_hub.kinds",
     "scope_hub.keys",
     "scope_hub.metadata",
     "scope_hub.config_io",
@@ -103,6 +107,21 @@ def _violations() -> list[str]:
                 if other != own and RANKS[other] >= RANKS[own] and own != "scope_hub":
                     found.append(f"{importer} (layer {own}) imports {imported} (layer {other}): upward import")
     return found
+
+
+def _exists(module: str) -> bool:
+    path = ROOT.joinpath(*module.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def test_every_named_module_exists():
+    """A renamed or deleted module must leave the tables too, or they silently stop guarding anything."""
+    stale = sorted(name for name in {*RANKS, *TORCH_FREE} if not _exists(name))
+    assert stale == [], f"tests/test_layering.py names modules that do not exist: {stale}"
+
+
+def test_the_stale_name_check_fails_on_a_missing_module():
+    assert _exists("scope_hub.errors") and not _exists("scope_hub.no_such_module")
 
 
 def test_no_module_imports_upward_or_trainers():

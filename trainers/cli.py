@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -117,7 +116,9 @@ def run_reporting(args: argparse.Namespace, prog: str) -> int:
     try:
         return run(args)
     except ScopeHubError as exc:  # scope-hub's own errors say what to do: one line, no traceback
-        if os.environ.get("SCOPE_HUB_DEBUG", "") not in ("", "0"):
+        from scope_hub.settings import settings
+
+        if settings().debug:
             raise
         sys.stderr.write(f"{prog}: error: {' '.join(str(exc).split())}\n")
         bad_config = (ConfigError, HookpointError, KeyParseError, UnsupportedModelError)

@@ -22,11 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from scope_hub.errors import ConfigError
+from scope_hub.kinds import Site, architecture, kind
+from scope_hub.metadata import Architecture
 
-Site = Literal["resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out"]
 _FORWARD_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
 """Where each site is computed within a decoder layer."""
-Architecture = Literal["jumprelu", "topk", "batchtopk", "relu"]
 DictType = Literal["sae", "transcoder", "skip_transcoder", "clt"]
 
 
@@ -303,9 +303,9 @@ class TrainConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         d = self.dictionary
-        if d.architecture in ("topk", "batchtopk") and d.k is None:
+        if architecture(d.architecture).needs_k and d.k is None:
             raise ValueError(f"dictionary.k is required for architecture {d.architecture}")
-        if d.architecture == "jumprelu" and d.l0_target is None:
+        if architecture(d.architecture).trains_threshold and d.l0_target is None:
             raise ValueError("dictionary.l0_target is required for jumprelu (the quadratic L0 penalty's target)")
         if d.matryoshka_groups is not None and sum(d.matryoshka_groups) != d.d_sae:
             raise ValueError(f"dictionary.matryoshka_groups must sum to d_sae={d.d_sae}")
@@ -313,11 +313,13 @@ class TrainConfig(_Section):
             raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
         if self.train.latent_parallel > 1:
             self._check_latent_parallel()
-        if d.type == "clt" and not (self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)):
+        if kind(d.type).per_layer_decoders and not (
+            self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)
+        ):
             raise ValueError("a clt needs harvest.layers (or synthetic.n_layers > 1)")
         self._check_targets()
         if (
-            d.type != "sae"
+            not kind(d.type).reconstructs_input
             and self.synthetic is None
             and _FORWARD_ORDER[self.harvest.site] >= _FORWARD_ORDER[self.site_out]
         ):
@@ -374,7 +376,7 @@ class TrainConfig(_Section):
         """Output site: explicit, else mlp_out for transcoder kinds, else the input site."""
         if self.harvest.site_out:
             return self.harvest.site_out
-        return "mlp_out" if self.dictionary.type != "sae" else self.harvest.site
+        return "mlp_out" if not kind(self.dictionary.type).reconstructs_input else self.harvest.site
 
     @property
     def site_label(self) -> str:

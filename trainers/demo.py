@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -29,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from scope_hub.kinds import SAE
+from scope_hub.settings import settings
 
 LAYER = 6
 BASE_MODEL = "google/gemma-3-270m"
@@ -93,13 +95,13 @@ def demo_key(kind: str, plan: Plan) -> str:
     """Registry key of the demo's SAE or transcoder."""
     from scope_hub.keys import width_label
 
-    site = "resid_post" if kind == "sae" else "mlp"
+    site = "resid_post" if kind == SAE else "mlp"
     return f"{BASE_MODEL}:{site}/layer_{LAYER}/width_{width_label(plan.d_sae)}/{kind}/demo_topk"
 
 
 def train_overrides(kind: str, plan: Plan, model_dir: Path, corpus: Path, work: Path, registry: str) -> list[str]:
     """The trainer config of one demo dictionary, as ``key=value`` overrides (also valid for ``scope-hub train``)."""
-    site = "resid_post" if kind == "sae" else "mlp_in"
+    site = "resid_post" if kind == SAE else "mlp_in"
     return [
         f"model.id={model_dir}",
         f"data.paths=[{corpus}]",
@@ -238,9 +240,7 @@ def _dashboard(pinned_key: str, model_dir: Path, texts: list[str], work: Path, r
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainers.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a 1-2 minute run with small sizes")
-    parser.add_argument(
-        "--work-dir", default=os.environ.get("SCOPE_HUB_DEMO_DIR", str(Path.home() / ".cache" / "scope_hub" / "demo"))
-    )
+    parser.add_argument("--work-dir", default=str(settings().demo_dir or Path.home() / ".cache" / "scope_hub" / "demo"))
     parser.add_argument("--registry", default=None, help="registry URL (default: the local embedded registry)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

@@ -36,6 +36,7 @@ import torch
 
 from scope_hub.dictionaries import Dictionary
 from scope_hub.feature_stats import FeatureStatsAccumulator
+from scope_hub.kinds import kind
 from scope_hub.metadata import Metrics
 
 DENSE_FRACTION = 0.1
@@ -78,7 +79,7 @@ class _Accumulator:
 
 def _features_and_outputs(dictionary: Dictionary, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Features ``[b, L, d_sae]`` and outputs ``[b, L, d_out]`` for inputs ``[b, L, d_in]``."""
-    if dictionary.config.type == "clt":
+    if kind(dictionary.config.type).per_layer_decoders:
         f = dictionary.encode(x)
         return f, dictionary.forward(x)
     x0 = x[:, 0]

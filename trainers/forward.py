@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from scope_hub.dictionaries import Dictionary
+from scope_hub.kinds import BATCHTOPK, JUMPRELU, TOPK, kind
 from trainers.kernels import (
     JumpReLUDense,
     JumpReLUSTE,
@@ -66,9 +67,9 @@ class LayerParams:
 def layer_params(dictionary: Dictionary) -> list[LayerParams]:
     """Per-layer views of a dictionary's parameters (SAE/transcoders: one layer)."""
     uses_threshold = dictionary.activation.uses_threshold
-    if dictionary.config.type == "clt":
+    if kind(dictionary.config.type).per_layer_decoders:
         layers = [dictionary.per_layer[i] for i in range(dictionary.config.n_layers)]
-    elif dictionary.config.type in ("sae", "transcoder", "skip_transcoder"):
+    elif kind(dictionary.config.type).layout == "single":
         layers = [dictionary]
     else:
         raise NotImplementedError(f"training {dictionary.config.type} dictionaries is not supported")
@@ -175,16 +176,16 @@ def _encode_sparse(
     arch, tau = spec.architecture, None
     mask_buffer = ws.get(name + ".mask", pre.shape, pre, torch.bool) if ws is not None else None
     with torch.no_grad():
-        if arch == "topk":
+        if arch == TOPK:
             sel = select_topk(pre, spec.k)
-        elif arch == "batchtopk":
+        elif arch == BATCHTOPK:
             sel, tau = select_batch_topk(pre, spec.batch_keep or spec.k * pre.shape[0], spec.global_pool, spec.any_rank)
-        elif arch == "jumprelu":  # the band just below the threshold still gets STE gradients
+        elif arch == JUMPRELU:  # the band just below the threshold still gets STE gradients
             sel = select_above(pre, lp.threshold.detach() - spec.bandwidth / 2, mask_buffer)
         else:
             sel = select_above(pre, torch.tensor(0.0), mask_buffer)
     values = gather_pre(sel, x, lp.w_enc, lp.b_enc)
-    if arch == "jumprelu":
+    if arch == JUMPRELU:
         f, step = JumpReLUSTE.apply(values, lp.threshold.index_select(0, sel.cols), spec.bandwidth)
         l0_tokens = sel.row_sum(step)
     else:
@@ -197,13 +198,13 @@ def _encode_sparse(
 
 def _encode_dense(lp: LayerParams, pre: torch.Tensor, spec: SparsitySpec) -> LayerCode:
     arch, tau = spec.architecture, None
-    if arch == "jumprelu":
+    if arch == JUMPRELU:
         f, l0_tokens = JumpReLUDense.apply(pre, lp.threshold, spec.bandwidth)
     else:
-        if arch == "topk":
+        if arch == TOPK:
             values, idx = pre.topk(spec.k, dim=-1, sorted=False)
             f = torch.zeros_like(pre).scatter(1, idx, torch.relu(values))
-        elif arch == "batchtopk":
+        elif arch == BATCHTOPK:
             sel, tau = select_batch_topk(
                 pre.detach(), spec.batch_keep or spec.k * pre.shape[0], spec.global_pool, spec.any_rank
             )

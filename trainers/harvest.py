@@ -20,7 +20,7 @@ Two ways to feed training:
   of several dictionaries share one :class:`StreamingHarvest`.
 
 Example:
-    >>> from tests.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
     >>> from trainers.config import load_config
     >>> model = tiny_gemma3()
     >>> cfg = load_config(None, ["model.id=tiny", "harvest.layer=1"])
@@ -45,6 +45,7 @@ from tqdm import tqdm
 from scope_hub.errors import ConfigError
 from scope_hub.hookpoints import Hookpoint, adapter_for
 from scope_hub.hooks import capture, stop_after
+from scope_hub.kinds import kind
 from trainers.config import TrainConfig
 from trainers.data import TokenSequences, kept_positions
 from trainers.distributed import DistContext
@@ -93,7 +94,7 @@ class Target:
 
 
 def _single_spec(adapter: Any, cfg: TrainConfig) -> SiteSpec:
-    if cfg.dictionary.type == "clt":
+    if kind(cfg.dictionary.type).per_layer_decoders:
         layers = _layer_list(cfg.harvest.layers, adapter.n_layers)
     else:
         if cfg.harvest.layer is None:
@@ -101,7 +102,7 @@ def _single_spec(adapter: Any, cfg: TrainConfig) -> SiteSpec:
         layers = [cfg.harvest.layer]
     inputs = [adapter.hookpoint(cfg.harvest.site, layer) for layer in layers]
     outputs = None
-    if cfg.dictionary.type != "sae":
+    if not kind(cfg.dictionary.type).reconstructs_input:
         outputs = [adapter.hookpoint(cfg.site_out, layer) for layer in layers]
     return SiteSpec(layers, inputs, outputs, adapter.stop_hookpoint(inputs + (outputs or [])))
 

@@ -12,7 +12,7 @@ Positions excluded from training (BOS, padding) keep their original activations.
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
     >>> from scope_hub.dictionaries import SAE
     >>> from scope_hub.metadata import DictionaryConfig
     >>> model = tiny_gemma3()
@@ -34,6 +34,7 @@ import torch
 from scope_hub.dictionaries import Dictionary
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import hook, replace
+from scope_hub.kinds import kind
 
 
 def _lm_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -43,11 +44,15 @@ def _lm_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 def _sites(dictionary: Dictionary, adapter: Any) -> tuple[list, list]:
     c = dictionary.config
-    layers = c.layers if c.type == "clt" else [c.layer]
+    layers = c.layers if kind(c.type).per_layer_decoders else [c.layer]
     if c.site is None or any(layer is None for layer in layers):
         raise ValueError("the dictionary's config lacks site/layer(s); cannot splice it")
     inputs = [adapter.hookpoint(c.site, layer) for layer in layers]
-    outputs = inputs if c.type == "sae" else [adapter.hookpoint(c.site_out or "mlp_out", layer) for layer in layers]
+    outputs = (
+        inputs
+        if kind(c.type).reconstructs_input
+        else [adapter.hookpoint(c.site_out or "mlp_out", layer) for layer in layers]
+    )
     return inputs, outputs
 
 
@@ -62,10 +67,10 @@ def _splices(model: Any, dictionary: Dictionary, keep: torch.Tensor, error_term:
             new = new + (original - new)
         return torch.where(keep.unsqueeze(-1), new, original)
 
-    if dictionary.config.type == "sae":
+    if kind(dictionary.config.type).reconstructs_input:
         stack.enter_context(replace(model, outputs[0], lambda a: finish(a, dictionary(a))))
         return stack
-    if dictionary.config.type in ("transcoder", "skip_transcoder"):
+    if kind(dictionary.config.type).layout == "single":
         stack.enter_context(hook(model, inputs[0], lambda a: seen.__setitem__("x", a)))
         stack.enter_context(replace(model, outputs[0], lambda a: finish(a, dictionary(seen["x"]))))
         return stack

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from scope_hub.dictionaries import KINDS, Dictionary
+from scope_hub.kinds import architecture, kind
 from scope_hub.metadata import DictionaryConfig
 from trainers.config import TrainConfig
 from trainers.forward import LayerParams, layer_params
@@ -28,23 +29,23 @@ from trainers.forward import LayerParams, layer_params
 def dictionary_config(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int) -> DictionaryConfig:
     """The :class:`DictionaryConfig` the run trains (metadata filled in later)."""
     d = cfg.dictionary
-    layers = cfg.harvest.layers or (list(range(n_layers)) if d.type == "clt" else None)
+    layers = cfg.harvest.layers or (list(range(n_layers)) if kind(d.type).per_layer_decoders else None)
     return DictionaryConfig(
         type=d.type,
         architecture=d.architecture,
         d_in=d_in,
         d_sae=d.d_sae,
         d_out=d_out,
-        k=d.k if d.architecture in ("topk", "batchtopk") else None,  # e.g. a k inherited from a TopK config
-        layers=layers if d.type == "clt" else None,
-        layer=cfg.harvest.layer if d.type != "clt" else None,
-        affine_skip=d.affine_skip if d.type == "clt" else d.type == "skip_transcoder",
-        l0_target=d.l0_target if d.architecture == "jumprelu" else (float(d.k) if d.k else None),
+        k=d.k if architecture(d.architecture).needs_k else None,  # e.g. a k inherited from a TopK config
+        layers=layers if kind(d.type).per_layer_decoders else None,
+        layer=cfg.harvest.layer if not kind(d.type).per_layer_decoders else None,
+        affine_skip=d.affine_skip if kind(d.type).affine_skip == "optional" else kind(d.type).affine_skip == "always",
+        l0_target=d.l0_target if architecture(d.architecture).trains_threshold else (float(d.k) if d.k else None),
         matryoshka_groups=d.matryoshka_groups,
         model=cfg.model.id,
         model_revision=cfg.model.revision,
         site=cfg.harvest.site if cfg.model.id else None,
-        site_out=cfg.site_out if cfg.model.id and d.type != "sae" else None,
+        site_out=cfg.site_out if cfg.model.id and not kind(d.type).reconstructs_input else None,
         variant=d.variant,
     )
 
@@ -134,7 +135,7 @@ def init_dictionary(
         lp.b_enc.zero_()
         lp.b_dec.copy_(b_dec[i] if b_dec is not None else torch.zeros_like(lp.b_dec))
         if lp.threshold is not None:
-            lp.threshold.fill_(cfg.loss.threshold_init if arch == "jumprelu" else 0.0)
+            lp.threshold.fill_(cfg.loss.threshold_init if architecture(arch).trains_threshold else 0.0)
         if lp.skip is not None:
             lp.skip.zero_()
 
@@ -143,7 +144,7 @@ def trainable_parameters(dictionary: Dictionary) -> list[tuple[str, torch.nn.Par
     """Parameters the optimizer updates (BatchTopK's threshold is estimated, not learned)."""
     out = []
     for name, param in dictionary.named_parameters():
-        learned = not (name.endswith("threshold") and dictionary.config.architecture == "batchtopk")
+        learned = not name.endswith("threshold") or architecture(dictionary.config.architecture).trains_threshold
         param.requires_grad_(learned)
         if learned:
             out.append((name, param))

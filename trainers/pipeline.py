@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError
+from scope_hub.kinds import architecture
 from scope_hub.metadata import Metrics
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
@@ -313,7 +314,7 @@ def short_run_warnings(cfg: TrainConfig) -> list[str]:
         'loss.l0_warmup_steps=1000 is longer than the run (2 steps): '
     """
     found = []
-    if cfg.dictionary.architecture == "jumprelu" and cfg.loss.l0_warmup_steps >= cfg.steps:
+    if architecture(cfg.dictionary.architecture).trains_threshold and cfg.loss.l0_warmup_steps >= cfg.steps:
         found.append(
             f"loss.l0_warmup_steps={cfg.loss.l0_warmup_steps} is longer than the run ({cfg.steps} steps): "
             "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,14 +26,16 @@ from typing import Any
 
 from tqdm import tqdm
 
+from scope_hub.settings import progress_enabled
+
 METRICS_FILE = "metrics.jsonl"
 TICK_SECONDS = 30.0
 """Seconds between plain progress lines of long loops off a terminal."""
 
 
 def show_progress_by_default() -> bool:
-    """True on an interactive terminal outside CI."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
+    """True on an interactive terminal outside CI (and without SCOPE_HUB_QUIET)."""
+    return progress_enabled()
 
 
 class Progress:

@@ -31,6 +31,7 @@ from scope_hub.cards import render_dictionary_card
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.feature_stats import FeatureStats
 from scope_hub.keys import width_label
+from scope_hub.kinds import JUMPRELU, RELU, kind
 from scope_hub.metadata import Provenance
 from scope_hub.model_resolution import served_weights
 from trainers.config import TrainConfig
@@ -57,13 +58,13 @@ def default_variant(cfg: TrainConfig) -> str:
     d = cfg.dictionary
     if d.variant:
         return d.variant
-    if d.architecture == "jumprelu":
+    if d.architecture == JUMPRELU:
         name = f"jumprelu_l0_{d.l0_target:g}"
     else:
-        name = "relu" if d.architecture == "relu" else f"{d.architecture}_k{d.k}"
+        name = RELU if d.architecture == RELU else f"{d.architecture}_k{d.k}"
     if d.matryoshka_groups:
         name += "_matryoshka"
-    if d.type == "clt" and d.affine_skip:
+    if kind(d.type).per_layer_decoders and d.affine_skip:
         name += "_affine"
     return name
 

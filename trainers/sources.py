@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from scope_hub.kinds import SAE
 from trainers.synthetic import PlantedDictionary
 
 
@@ -71,7 +72,7 @@ class SyntheticSource(ActivationSource):
         self.n_layers = planted.n_layers
         self.d_in = planted.enc_atoms[0].shape[1]
         self.d_out = planted.dec_atoms[0].shape[-1]
-        self.reconstructs_input = planted.kind == "sae"
+        self.reconstructs_input = planted.kind == SAE
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": f"synthetic:{self.planted.kind}:atoms={self.planted.probabilities.numel()}"}

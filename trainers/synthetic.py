@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from scope_hub.kinds import SAE, SKIP_TRANSCODER
+
 
 def _unit_rows(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """Random directions: Gaussian rows (last axes flattened) normalised to unit norm."""
@@ -63,15 +65,15 @@ class PlantedDictionary:
         """
         gen = torch.Generator().manual_seed(seed)
         d_out = d_out or d_in
-        if kind == "sae" and (d_out != d_in or n_layers != 1):
+        if kind == SAE and (d_out != d_in or n_layers != 1):
             raise ValueError("a planted sae reconstructs its input: d_out = d_in, one layer")
         enc = [_unit_rows((n_atoms, d_in), gen) for _ in range(n_layers)]
-        if kind == "sae":
+        if kind == SAE:
             dec = [enc[0].unsqueeze(1)]
         else:
             dec = [_unit_rows((n_atoms, n_layers - i, d_out), gen) for i in range(n_layers)]
         skip = None
-        if kind == "skip_transcoder":
+        if kind == SKIP_TRANSCODER:
             skip = [torch.randn(d_in, d_out, generator=gen) * 0.3 / d_in**0.5 for _ in range(n_layers)]
         probs = torch.full((n_atoms,), min(1.0, active_per_token / n_atoms))
         return cls(enc, dec, probs, skip, kind)
@@ -104,7 +106,7 @@ class PlantedDictionary:
         if self.skip is not None:
             ys = [y + x @ m for y, x, m in zip(ys, xs, self.skip)]
         if n_layers == 1:
-            return xs[0], (xs[0] if self.kind == "sae" else ys[0])
+            return xs[0], (xs[0] if self.kind == SAE else ys[0])
         return torch.stack(xs, 1), torch.stack(ys, 1)
 
 

@@ -35,6 +35,7 @@ import torch
 
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
+from scope_hub.kinds import JUMPRELU, RELU, architecture
 from trainers.checkpoint import (
     Checkpoint,
     commit_checkpoint,
@@ -325,7 +326,7 @@ class Trainer:
         recon = reconstruction_loss(out.outputs, t)
         loss, penalty, aux = recon, None, None
         ramp = warmup(self.step, cfg.loss.l0_warmup_steps)
-        if arch == "jumprelu":
+        if arch == JUMPRELU:
             penalty = l0_penalty(
                 out.codes,
                 cfg.dictionary.l0_target,
@@ -333,13 +334,13 @@ class Trainer:
                 cfg.loss.l0_penalty,
                 self.ctx.mean if self.ctx.world > 1 else None,
             )
-        elif arch == "relu":
+        elif arch == RELU:
             penalty = l1_penalty(out.codes, self.params, cfg.loss.l1_coefficient * ramp)
             if self.latents:  # each shard's share; summing keeps every shard's gradient its own
                 penalty = self.latents.sum(penalty)
         if penalty is not None:
             loss = loss + penalty
-        if arch in ("topk", "batchtopk") and cfg.loss.aux_coefficient > 0:
+        if architecture(arch).needs_k and cfg.loss.aux_coefficient > 0:
             dead = self.tokens_since_fired >= cfg.loss.dead_tokens
             k_aux, mean = cfg.loss.aux_k or max(1, self.source.d_in // 2), self.ctx.mean if self.ctx.world > 1 else None
             if self.latents is None:
@@ -359,9 +360,11 @@ class Trainer:
             grad_norm = clip_sharded_gradients(self.named, cfg.optim.grad_clip, self.latents)
         set_lr(self.optimizer, lr_at(self.step, self.steps, cfg.optim))
         self.optimizer.step()
-        apply_constraints(self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=arch == "jumprelu")
+        apply_constraints(
+            self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=architecture(arch).trains_threshold
+        )
         self._bookkeeping(out.codes)
-        if cfg.loss.resample_every and arch in ("relu", "jumprelu") and (self.step + 1) % cfg.loss.resample_every == 0:
+        if cfg.loss.resample_every and arch in (RELU, JUMPRELU) and (self.step + 1) % cfg.loss.resample_every == 0:
             self._resample()
         return self._stats(loss, recon, penalty, aux, y, t, out.codes, grad_norm)
 

@@ -1,4 +1,4 @@
-"""Analyses of chat models through attached dictionaries (issue #10).
+"""Analyses of chat models through attached dictionaries.
 
 One concern per module:
 
@@ -22,8 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scope_hub.lazy_imports import lazy_attributes
 
 # Lazy re-exports: importing a subpackage (e.g. scope_hub.analysis.circuits) must not import every tool.
 _EXPORTS = {
@@ -43,10 +42,6 @@ _EXPORTS = {
     "refusal_rate": "scores",
     "render_chat": "chat",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'scope_hub.analysis' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"scope_hub.analysis.{_EXPORTS[name]}"), name)
+__getattr__, __dir__, __all__ = lazy_attributes(
+    __name__, {name: f"scope_hub.analysis.{module}" for name, module in _EXPORTS.items()}
+)

@@ -15,9 +15,9 @@ Example:
     >>> import torch
     >>> from scope_hub.analysis.chat import render_chat
     >>> from scope_hub.scoped_model import ScopedModel
-    >>> from tests.tiny_models import tiny_llama
+    >>> from scope_hub.testing.tiny_models import tiny_llama
     >>> from tests.analysis.helpers import chat_tokenizer
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> sae = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=32, site="resid_post", layer=1))
     >>> sm = ScopedModel.from_pretrained(tiny_llama(), dictionaries={"sae": sae})
     >>> batch = render_chat(chat_tokenizer(), ["Hi?"])

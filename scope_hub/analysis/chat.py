@@ -16,7 +16,7 @@ character offsets, and tags each position:
 
 Example:
     >>> from scope_hub.analysis.chat import render_chat
-    >>> from tests.tiny_models import tiny_tokenizer
+    >>> from scope_hub.testing.tiny_models import tiny_tokenizer
     >>> from tests.analysis.helpers import CHAT_TEMPLATE
     >>> tok = tiny_tokenizer(); tok.chat_template = CHAT_TEMPLATE
     >>> batch = render_chat(tok, ["Hi?", "Why not?"])

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
-from scope_hub.model_resolution import NAMED_MODELS, check_model_spec, load_model
+from scope_hub.model_resolution import NAMED_MODELS, check_model_spec, load_model_and_tokenizer
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -88,7 +88,7 @@ def checked_prompts(name_or_path: str, flag: str) -> list[str]:
 def _scoped(args: argparse.Namespace, source: str | None) -> tuple[Any, Any, str | None]:
     from scope_hub.scoped_model import ScopedModel
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model_and_tokenizer(args.model)
     sources = {"dictionary": source} if source else {}
     return (
         ScopedModel.from_pretrained(model, dictionaries=sources, registry=args.registry),

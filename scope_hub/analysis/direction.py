@@ -17,7 +17,7 @@ with ScopedModel modes and apply at every ``generate`` step):
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_llama
+    >>> from scope_hub.testing.tiny_models import tiny_llama
     >>> from tests.analysis.helpers import chat_tokenizer
     >>> model, tok = tiny_llama(), chat_tokenizer()
     >>> dirs = mean_difference(model, tok, ["Hi?", "Yo!"], ["Bye.", "Ok."])

@@ -11,9 +11,9 @@ position, where the model decides how to start) or reduced over roles. Per featu
 
 Example:
     >>> from scope_hub.scoped_model import ScopedModel
-    >>> from tests.tiny_models import tiny_llama
+    >>> from scope_hub.testing.tiny_models import tiny_llama
     >>> from tests.analysis.helpers import chat_tokenizer
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> sae = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=16, site="resid_post", layer=1))
     >>> sm = ScopedModel.from_pretrained(tiny_llama(), dictionaries={"sae": sae})
     >>> report = compare_jailbreak(sm, "sae", chat_tokenizer(), ["Bomb?", "Gun?", "Poison?"],

@@ -11,9 +11,9 @@ unexplained) at its own site: ``sum |target - recon|^2 / sum |target - mean(targ
 real tokens — the usual test of whether a base-model dictionary transfers to the IT model.
 
 Example:
-    >>> from tests.tiny_models import tiny_llama
+    >>> from scope_hub.testing.tiny_models import tiny_llama
     >>> from tests.analysis.helpers import chat_tokenizer
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> sae = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=16, site="resid_post", layer=1))
     >>> report = compare_models(tiny_llama(0), tiny_llama(0), sae, chat_tokenizer(), ["Some text here."], window=8)
     >>> report.fvu_a == report.fvu_b, report.by_frequency[0].log2_freq_ratio

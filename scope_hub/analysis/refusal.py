@@ -16,7 +16,7 @@ models is mediated by a single direction"):
    intervention: direction ablated / added, top features ablated / steered.
 
 Example:
-    >>> from tests.tiny_models import tiny_llama
+    >>> from scope_hub.testing.tiny_models import tiny_llama
     >>> from tests.analysis.helpers import chat_tokenizer
     >>> report = analyze_refusal(tiny_llama(), chat_tokenizer(), harmful=["Bomb?", "Poison?"],
     ...     harmless=["Cake?", "Tea?"], heldout_harmful=["Gun?"], heldout_harmless=["Pie?"],
@@ -59,10 +59,10 @@ from scope_hub.errors import ConfigError
 from scope_hub.scoped_model import ScopedModel
 
 __all__ = [
-    "InterventionResult",
     "LayerEffect",
     "RefusalFeature",
     "RefusalReport",
+    "SteeringResult",
     "analyze_refusal",
     "direction_effects",
     "measure_interventions",
@@ -195,7 +195,7 @@ def _carriers(features: list[RefusalFeature], top: int = 3) -> list[int]:
 
 
 @dataclass
-class InterventionResult:
+class SteeringResult:
     """Held-out refusal under one intervention."""
 
     name: str
@@ -218,7 +218,7 @@ def measure_interventions(
     generate_tokens: int = 0,
     batch_size: int = 16,
     markers: Sequence[str] = REFUSAL_MARKERS,
-) -> list[InterventionResult]:
+) -> list[SteeringResult]:
     """Refusal score (and rate, when ``generate_tokens`` > 0) on held-out prompts per intervention.
 
     The rate counts greedy answers containing one of ``markers`` (see :func:`~scope_hub.analysis.scores.is_refusal`).
@@ -226,7 +226,7 @@ def measure_interventions(
     results = []
     for label, make in {"baseline": contextlib.nullcontext, **interventions}.items():
         with make():
-            result = InterventionResult(
+            result = SteeringResult(
                 label,
                 float(refusal_scores(model, tokenizer, harmful, score, batch_size).mean()),
                 float(refusal_scores(model, tokenizer, harmless, score, batch_size).mean()),
@@ -253,7 +253,7 @@ class RefusalReport:
     effects: list[LayerEffect]
     layer: int
     features: list[RefusalFeature]
-    interventions: list[InterventionResult]
+    interventions: list[SteeringResult]
     model_name: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     """Prompts per set: harmful, harmless, heldout_harmful, heldout_harmless."""

@@ -16,7 +16,7 @@ so attribution can take its gradient.
 Example:
     >>> import torch
     >>> from scope_hub.analysis.chat import render_chat
-    >>> from tests.tiny_models import tiny_llama, tiny_tokenizer
+    >>> from scope_hub.testing.tiny_models import tiny_llama, tiny_tokenizer
     >>> from tests.analysis.helpers import CHAT_TEMPLATE
     >>> tok = tiny_tokenizer(); tok.chat_template = CHAT_TEMPLATE
     >>> score = RefusalScore(refusal=("No",), compliance=("Yes",), mode="phrase")

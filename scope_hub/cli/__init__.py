@@ -40,7 +40,6 @@ import argparse
 import difflib
 import importlib
 import importlib.metadata
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from scope_hub.errors import (
     UnsafePathError,
 )
 from scope_hub.redaction import redact_text
+from scope_hub.settings import settings
 
 PROG = "scope-hub"
 PLUGIN_GROUP = "scope_hub.commands"
@@ -90,7 +90,6 @@ for _name, _help in [
     ("verify", "re-hash every blob of the registry; exit 1 on any mismatch"),
     ("lock", "pin KEYs into a lockfile (scope.lock)"),
     ("yank", "yank KEY@vN: latest skips it, exact pins still pull it"),
-    ("rm", "alias of yank (versions are immutable; nothing is deleted)"),
     ("gc", "delete blobs no manifest references"),
     ("reindex", "rebuild the registry index from the manifests"),
 ]:
@@ -221,7 +220,7 @@ def _unknown_command(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scope-hub`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = os.environ.get("SCOPE_HUB_DEBUG", "") not in ("", "0")
+    debug = settings().debug
     try:
         return _run(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)

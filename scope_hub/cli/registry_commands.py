@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from scope_hub.atomic_files import atomic_write_text
 from scope_hub.registry.lockfile import DEFAULT_LOCKFILE
@@ -21,8 +21,8 @@ from scope_hub.registry.lockfile import DEFAULT_LOCKFILE
 Runner = Callable[[argparse.Namespace], int]
 
 
-def _registry(args: argparse.Namespace):
-    from scope_hub.registry import Registry
+def _registry(args: argparse.Namespace) -> Any:
+    from scope_hub.registry import Registry, as_registry
 
     revision = getattr(args, "revision", None)
     if revision:
@@ -30,7 +30,7 @@ def _registry(args: argparse.Namespace):
         from scope_hub.registry.settings import default_registry_url
 
         return Registry(with_revision(args.registry or default_registry_url(), revision))
-    return Registry(args.registry)
+    return as_registry(args.registry)
 
 
 def _revision_option(parser: argparse.ArgumentParser) -> None:
@@ -286,7 +286,7 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
     (a typo in its path must not pass for an empty registry). The built-in default one exists only
     once something is pushed to it, like any registry (``push`` creates it)."""
     from scope_hub.errors import RegistryError
-    from scope_hub.registry.settings import REGISTRY_ENV
+    from scope_hub.settings import settings
 
     url = registry.url
     if args.pattern != "*" and (count := len(registry.list())):
@@ -294,7 +294,7 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
             f"no key in {url} matches {args.pattern!r} ({count} key(s) published; `scope-hub ls` lists them all)\n"
         )
         return
-    configured = bool(args.registry or os.environ.get(REGISTRY_ENV, "").strip())
+    configured = bool(args.registry or (settings().registry or "").strip())
     if url.startswith("file://"):
         from scope_hub.registry.backends.file import path_of_url
 
@@ -303,7 +303,7 @@ def _explain_empty(registry, args: argparse.Namespace) -> None:
             if configured:
                 raise RegistryError(
                     f"registry {url} does not exist (no folder {root}); check --registry / "
-                    f"${REGISTRY_ENV} (`scope-hub push` creates a registry on first use)"
+                    f"$SCOPE_HUB_REGISTRY (`scope-hub push` creates a registry on first use)"
                 )
             sys.stderr.write(
                 f"registry {url} does not exist yet: nothing was pushed to it "
@@ -436,9 +436,6 @@ def setup_yank(parser: argparse.ArgumentParser) -> Runner:
         return 0
 
     return run
-
-
-setup_rm = setup_yank
 
 
 def setup_gc(parser: argparse.ArgumentParser) -> Runner:

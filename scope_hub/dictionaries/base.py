@@ -21,6 +21,7 @@ from torch import nn
 from scope_hub.config_io import read_config
 from scope_hub.dictionaries.activation import Activation
 from scope_hub.errors import ConfigError, DictionaryNotFoundError
+from scope_hub.kinds import kind
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.serialization import load_tensors, write_folder
 from scope_hub.tensor_layout import TensorSpec, check_tensors
@@ -35,7 +36,7 @@ class Dictionary(nn.Module):
     computation happens in the parameters' dtype and device.
     """
 
-    type: ClassVar[str]
+    type: ClassVar[str]  # type: ignore[assignment]  # the kind's name; shadows nn.Module.type(dtype), unused here
 
     def __init__(
         self,
@@ -112,8 +113,8 @@ class Dictionary(nn.Module):
     def error(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         """``target - forward(x)``; ``target`` defaults to ``x`` for kinds that reconstruct their input."""
         if target is None:
-            if self.config.type not in ("sae", "crosscoder"):
-                raise ValueError(f"a {self.type} predicts another site than it reads: pass target=")
+            if not kind(self.config.type).reconstructs_input:
+                raise ConfigError(f"a {self.type} predicts another site than it reads: pass target=")
             target = x
         return target - self.forward(x)
 
@@ -178,7 +179,7 @@ class Dictionary(nn.Module):
         self._ensure_loaded()
         return super()._apply(fn, recurse)
 
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]  # same overloads, passed through
         self._ensure_loaded()
         return super().state_dict(*args, **kwargs)
 
@@ -241,7 +242,7 @@ class Dictionary(nn.Module):
             folder = fetch_hub_folder(str(folder))[0]
         folder = Path(folder)
         if not folder.is_dir():
-            raise DictionaryNotFoundError(f"{folder}: no such dictionary folder")
+            raise DictionaryNotFoundError(f"{folder}: no such dictionary folder", path=folder)
         config = read_config(folder)
         kind = KINDS[config.type]
         if cls is not Dictionary and not issubclass(kind, cls):

@@ -16,13 +16,12 @@ class BatchTopK(Activation):
     """
 
     name = "batchtopk"
-    uses_threshold = True
 
     def __call__(self, pre: torch.Tensor, threshold: torch.Tensor | None, training: bool) -> torch.Tensor:
         if not training:
-            return torch.relu(pre) * (pre > threshold)
+            return torch.relu(pre) * (pre > self.required(threshold))
         flat = torch.relu(pre).reshape(-1)
         n_tokens = flat.numel() // pre.shape[-1]
-        keep = min(self.k * n_tokens, flat.numel())
+        keep = min(self.active * n_tokens, flat.numel())
         values, indices = flat.topk(keep, sorted=False)
         return torch.zeros_like(flat).scatter_(0, indices, values).reshape(pre.shape)

@@ -11,7 +11,6 @@ class JumpReLU(Activation):
     """Per-latent learned threshold; latents below it are exactly zero."""
 
     name = "jumprelu"
-    uses_threshold = True
 
     def __call__(self, pre: torch.Tensor, threshold: torch.Tensor | None, training: bool) -> torch.Tensor:
-        return torch.relu(pre) * (pre > threshold)
+        return torch.relu(pre) * (pre > self.required(threshold))

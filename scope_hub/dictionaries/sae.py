@@ -34,6 +34,16 @@ class SAE(Dictionary):
 
     # w_enc, b_enc, threshold, w_dec, b_dec are plain parameters (Gemma Scope 2 names).
 
+    @property
+    def W_enc(self) -> torch.Tensor:
+        """``w_enc`` [d_in, d_sae] under SAELens's name (same layout)."""
+        return self.w_enc
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        """``w_dec`` [d_sae, d_out] under SAELens's name (same layout)."""
+        return self.w_dec
+
     def _threshold(self) -> torch.Tensor | None:
         return self.threshold if self.activation.uses_threshold else None
 

@@ -18,5 +18,5 @@ class TopK(Activation):
 
     def top(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, indices) of the k largest ``relu(pre)`` per token, largest first."""
-        values, indices = pre.topk(self.k, dim=-1, sorted=True)
+        values, indices = pre.topk(self.active, dim=-1, sorted=True)
         return torch.relu(values), indices

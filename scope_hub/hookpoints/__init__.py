@@ -2,7 +2,7 @@
 
 ``ADAPTERS`` maps ``config.model_type`` to an adapter class; add a family by
 writing one small file (see docs/hookpoints.md) and one line here, then run the
-reusable suite in ``tests/adapter_suite.py`` on a tiny model of it.
+reusable suite :class:`scope_hub.testing.AdapterSuite` on a tiny model of it.
 
 Example:
     >>> from transformers import Gemma3TextConfig

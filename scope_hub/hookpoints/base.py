@@ -23,10 +23,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from scope_hub import kinds
 from scope_hub.errors import HookpointError, UnsupportedModelError
 
-SITES: tuple[str, ...] = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")
-"""Sites every adapter resolves, in forward order within a layer."""
+SITES: tuple[str, ...] = kinds.SITES
+"""Sites every adapter resolves, in forward order within a layer (the table of kinds lists them)."""
 
 IO = Literal["input", "output"]
 _MODULE_RE = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
@@ -276,10 +277,11 @@ class HookpointAdapter:
         hps = [Hookpoint.parse(h) for h in hookpoints]
         if not hps:
             raise HookpointError("stop_hookpoint needs at least one hookpoint")
-        layers = [self.layer_of(h) for h in hps]
-        if any(layer is None for layer in layers):
+        found = [self.layer_of(h) for h in hps]
+        layers = [layer for layer in found if layer is not None]
+        if len(layers) != len(found):
             return None
-        last = max(layers)  # type: ignore[type-var]
+        last = max(layers)
         layer_in = Hookpoint(self.layer_module(last), "input")
         deepest = {h for h, layer in zip(hps, layers) if layer == last}
         return layer_in if deepest == {layer_in} else Hookpoint(self.layer_module(last), "output")

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from scope_hub.hookpoints.base import HookpointAdapter
+from scope_hub.hookpoints.base import IO, HookpointAdapter
 
-GEMMA_SITES = {
+GEMMA_SITES: dict[str, tuple[str, IO]] = {
     "resid_pre": ("", "input"),
     "resid_post": ("", "output"),
     "attn_out": ("self_attn.o_proj", "input"),

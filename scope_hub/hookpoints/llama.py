@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-from scope_hub.hookpoints.base import HookpointAdapter
+from scope_hub.hookpoints.base import IO, HookpointAdapter
 
-PRE_NORM_SITES = {
+PRE_NORM_SITES: dict[str, tuple[str, IO]] = {
     "resid_pre": ("", "input"),
     "resid_post": ("", "output"),
     "attn_out": ("self_attn.o_proj", "input"),

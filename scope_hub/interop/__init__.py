@@ -14,8 +14,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scope_hub.lazy_imports import lazy_attributes
 
 _LAZY = {
     "FORMATS": "scope_hub.interop.formats",
@@ -30,11 +29,4 @@ _LAZY = {
     "key_for": "scope_hub.interop.saelens",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'scope_hub.interop' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, _LAZY)

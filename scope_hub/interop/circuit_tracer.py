@@ -38,8 +38,9 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
+    dictionary_from_tensors,
     embed,
+    finish_load,
     folded_files,
     load_safetensors,
     read_numeric_npz,
@@ -47,11 +48,12 @@ from scope_hub.interop.common import (
     require,
     save_safetensors,
 )
+from scope_hub.kinds import CLT, JUMPRELU, RELU, SKIP_TRANSCODER, TRANSCODER, kind
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "circuit-tracer"
 FILES = "config.yaml + layer_{i}.safetensors | W_enc_{i}.safetensors + W_dec_{i}.safetensors"
-SUPPORTED = {"transcoder": ("jumprelu", "relu"), "skip_transcoder": ("jumprelu", "relu"), "clt": ("jumprelu", "relu")}
+SUPPORTED = {TRANSCODER: (JUMPRELU, RELU), SKIP_TRANSCODER: (JUMPRELU, RELU), CLT: (JUMPRELU, RELU)}
 HOOKS = {
     "mlp_in": "mlp.hook_in",
     "mlp_out": "hook_mlp_out",
@@ -143,8 +145,8 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         params["threshold"] = _clean_threshold(params["threshold"], str(path))
     config = validate_config(  # config.yaml values are foreign input: a ConfigError names the bad one
         dict(
-            type="skip_transcoder" if "affine_skip_connection" in params else "transcoder",
-            architecture="jumprelu" if "threshold" in params else "relu",
+            type=SKIP_TRANSCODER if "affine_skip_connection" in params else TRANSCODER,
+            architecture=JUMPRELU if "threshold" in params else RELU,
             d_in=params["w_enc"].shape[0],
             d_sae=params["w_enc"].shape[1],
             d_out=params["w_dec"].shape[-1],
@@ -156,7 +158,7 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         ),
         str(folder / "config.yaml"),
     )
-    return build_dictionary(config, {"params.safetensors": params}, where=str(path))
+    return dictionary_from_tensors(config, {"params.safetensors": params}, where=str(path))
 
 
 def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
@@ -179,7 +181,7 @@ def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
         for (name, module), extra in zip(list(out.items()), embedded):
             final = reconcile(module.config, extra, where=str(folder / "config.yaml"))
             if final is not module.config:
-                out[name] = build_dictionary(final, module.tensors_by_file(), where=str(folder))
+                out[name] = dictionary_from_tensors(final, module.tensors_by_file(), where=str(folder))
     return out
 
 
@@ -211,8 +213,8 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
     first = files["params_layer_0.safetensors"]
     config = validate_config(
         dict(
-            type="clt",
-            architecture="jumprelu" if "threshold" in first else "relu",
+            type=CLT,
+            architecture=JUMPRELU if "threshold" in first else RELU,
             d_in=first["w_enc"].shape[0],
             d_sae=first["w_enc"].shape[1],
             d_out=first["w_dec"].shape[-1],
@@ -225,9 +227,7 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
         ),
         str(folder / "config.yaml"),
     )
-    module = build_dictionary(config, files, where=str(folder))
-    final = reconcile(module.config, cfg.get(EMBED_KEY), where=str(folder / "config.yaml"))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, cfg.get(EMBED_KEY), where=str(folder), source=str(folder / "config.yaml"))
 
 
 def load_all(folder: Path) -> dict[str, Dictionary]:
@@ -277,12 +277,13 @@ def save_all(dictionaries: dict[str, Dictionary], out: Path) -> list[Path]:
     modules = list(dictionaries.values())
     for module in modules:
         require(module, NAME, SUPPORTED, same_width=True)  # one d_model for inputs and outputs
-    if any(m.config.type == "clt" for m in modules):
+    if any(kind(m.config.type).per_layer_decoders for m in modules):
         if len(modules) != 1:
             raise UnsupportedError("a circuit-tracer folder holds one CLT, or transcoders only")
         return [_save_clt(modules[0], Path(out))]
-    layers = [m.config.layer for m in modules]
-    if None in layers:
+    found = [m.config.layer for m in modules]
+    layers = [layer for layer in found if layer is not None]
+    if len(layers) != len(found):
         layers = list(range(len(modules)))
     if len(set(layers)) != len(layers):
         raise UnsupportedError(f"a transcoder set needs one transcoder per layer, got layers {layers}")

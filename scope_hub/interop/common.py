@@ -28,7 +28,15 @@ import torch
 from scope_hub.atomic_files import atomic_folder  # noqa: F401  (re-exported for the converters)
 from scope_hub.config_io import parse_json_object, validate_config
 from scope_hub.dictionaries import KINDS, Dictionary
-from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError, ShapeMismatchError, WeightsFileError
+from scope_hub.errors import (
+    ConfigError,
+    FormatError,
+    NonFiniteWeightsError,
+    ShapeMismatchError,
+    UnsupportedError,
+    WeightsFileError,
+)
+from scope_hub.kinds import JUMPRELU, architecture, kind
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.serialization import is_finite
 
@@ -42,18 +50,10 @@ Files = dict[str, dict[str, torch.Tensor]]
 """Tensors grouped as stored: ``{file name: {tensor name: tensor}}`` (our native names)."""
 
 
-class UnsupportedError(ScopeHubError, ValueError):
-    """The dictionary (or folder) uses something the target (or source) format cannot express."""
-
-
-class FormatError(ScopeHubError, ValueError):
-    """A folder does not follow the format it was read as (missing file, unknown layout, ...)."""
-
-
 # --- building and reading dictionaries -------------------------------------------------------
 
 
-def build_dictionary(
+def dictionary_from_tensors(
     config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]], *, where: str
 ) -> Dictionary:
     """A dictionary of ``config`` holding ``files`` (native names), checked like a native load.
@@ -61,8 +61,8 @@ def build_dictionary(
     Missing, unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``where``;
     NaN/inf raise :class:`NonFiniteWeightsError`.
     """
-    kind = KINDS[config.type]
-    specs = kind.tensor_specs(config)
+    cls = KINDS[config.type]
+    specs = cls.tensor_specs(config)
     expected = {(s.file, s.name) for s in specs}
     found = {(f, n) for f, tensors in files.items() for n in tensors}
     if found - expected:
@@ -88,7 +88,7 @@ def build_dictionary(
         raise ShapeMismatchError(f"{where}: tensors mix dtypes {sorted(map(str, dtypes))}; convert them to one dtype")
     dtype = str(dtypes.pop()).removeprefix("torch.")
     config = validate_config({**config.model_dump(mode="json"), "dtype": dtype}, where)
-    module = kind(config, device="meta")
+    module = cls(config, device="meta")
     module.load_state_dict(state, strict=True, assign=True)
     module.requires_grad_(False)
     return module
@@ -102,7 +102,7 @@ def require(
     same_width: bool = False,
 ) -> DictionaryConfig:
     """Raise :class:`UnsupportedError` unless ``(type, architecture)`` is in ``supported``."""
-    config = getattr(dictionary_or_config, "config", dictionary_or_config)
+    config = dictionary_or_config.config if isinstance(dictionary_or_config, Dictionary) else dictionary_or_config
     archs = supported.get(config.type)
     if not archs or config.architecture not in archs:
         listing = "; ".join(f"{t}: {', '.join(a)}" for t, a in supported.items())
@@ -163,10 +163,40 @@ def embed(config: DictionaryConfig) -> dict[str, Any]:
 
 
 def _family(config: DictionaryConfig) -> tuple:
-    arch = "jumprelu" if config.architecture == "batchtopk" else config.architecture
-    kind = "single" if config.type in ("sae", "transcoder") else config.type
-    k = config.k if config.architecture == "topk" else None
-    return kind, arch, k, config.d_in, config.d_sae, config.d_out, config.n_layers, config.affine_skip
+    info = architecture(config.architecture)
+    # Formats store every threshold architecture as JumpReLU; its k then no longer changes the math.
+    arch = JUMPRELU if info.stores_threshold else config.architecture
+    k = config.k if info.k_at_inference else None
+    return (
+        kind(config.type).layout,
+        arch,
+        k,
+        config.d_in,
+        config.d_sae,
+        config.d_out,
+        config.n_layers,
+        config.affine_skip,
+    )
+
+
+def finish_load(
+    derived: DictionaryConfig,
+    files: Mapping[str, Mapping[str, torch.Tensor]],
+    embedded: Any,
+    *,
+    where: str,
+    source: str,
+) -> Dictionary:
+    """The finishing step every converter's ``load`` shares: build the dictionary from what the
+    foreign files say (``derived``), then prefer our config embedded in them (``embedded``,
+    found in ``source``) when it describes the same tensors, rebuilding with it.
+
+    Build first so a foreign folder whose tensors contradict its own config fails on the
+    foreign names, before the embedded config is trusted.
+    """
+    module = dictionary_from_tensors(derived, files, where=where)
+    final = reconcile(module.config, embedded, where=source)
+    return module if final is module.config else dictionary_from_tensors(final, files, where=where)
 
 
 def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> DictionaryConfig:

@@ -39,21 +39,21 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     fold_b_dec_in,
     folded_files,
     read_json,
-    reconcile,
     require,
     unfold_b_dec_in,
     write_json,
 )
+from scope_hub.kinds import BATCHTOPK, JUMPRELU, RELU, SAE, TOPK, architecture
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "dictionary-learning"
 FILES = "ae.pt (read with torch.load(weights_only=True)) + config.json"
-SUPPORTED = {"sae": ("relu", "jumprelu", "topk", "batchtopk")}
+SUPPORTED = {SAE: (RELU, JUMPRELU, TOPK, BATCHTOPK)}
 _CLASSES = {
     "AutoEncoder": {"encoder.weight", "encoder.bias", "decoder.weight", "bias"},
     "AutoEncoderNew": {"encoder.weight", "encoder.bias", "decoder.weight", "decoder.bias"},
@@ -115,11 +115,11 @@ def load(folder: Path) -> Dictionary:
     if cls not in ("AutoEncoderNew", "JumpReluAutoEncoder"):
         b_enc = fold_b_dec_in(b_enc, w_enc, b_dec)
     params = {"w_enc": w_enc, "b_enc": b_enc, "w_dec": w_dec, "b_dec": b_dec}
-    fields: dict[str, Any] = {"architecture": "relu"}
+    fields: dict[str, Any] = {"architecture": RELU}
     if cls == "JumpReluAutoEncoder":
-        params["threshold"], fields["architecture"] = state["threshold"], "jumprelu"
+        params["threshold"], fields["architecture"] = state["threshold"], JUMPRELU
     elif cls in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
-        fields.update(architecture="topk" if cls == "AutoEncoderTopK" else "batchtopk", k=int(state["k"]))
+        fields.update(architecture=TOPK if cls == "AutoEncoderTopK" else BATCHTOPK, k=int(state["k"]))
         if cls != "AutoEncoderTopK":
             params["threshold"] = torch.full_like(b_enc, float(state["threshold"]))
         if cls == "MatryoshkaBatchTopKSAE":
@@ -128,7 +128,7 @@ def load(folder: Path) -> Dictionary:
     site = next((word for word in _SITE_WORDS if word in submodule), None)
     layer = trainer.get("layer")
     config = DictionaryConfig(
-        type="sae",
+        type=SAE,
         d_in=w_enc.shape[0],
         d_sae=w_enc.shape[1],
         model=trainer.get("lm_name"),
@@ -139,9 +139,7 @@ def load(folder: Path) -> Dictionary:
         **fields,
     )
     files = {"params.safetensors": params}
-    module = build_dictionary(config, files, where=str(folder))
-    final = reconcile(module.config, raw.get(EMBED_KEY), where=str(folder / "config.json"))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, raw.get(EMBED_KEY), where=str(folder), source=str(folder / "config.json"))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
@@ -152,12 +150,11 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     arch = config.architecture
     threshold = t.get("threshold")
     constant = threshold is not None and bool((threshold == threshold[0]).all())
-    if arch == "relu":
-        cls = "AutoEncoderNew"
-    elif arch == "jumprelu" or (arch == "batchtopk" and not constant):
+    info = architecture(arch)
+    if not info.stores_threshold:
+        cls = "AutoEncoderTopK" if info.needs_k else "AutoEncoderNew"
+    elif not info.needs_k or not constant:  # a per-latent threshold is a JumpReLU's, whatever trained it
         cls = "JumpReluAutoEncoder"
-    elif arch == "topk":
-        cls = "AutoEncoderTopK"
     else:
         cls = "MatryoshkaBatchTopKSAE" if config.matryoshka_groups else "BatchTopKSAE"
     if cls in ("JumpReluAutoEncoder", "MatryoshkaBatchTopKSAE"):

@@ -33,12 +33,11 @@ from scope_hub.interop.common import (
     SIDECAR,
     FormatError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     folded_files,
     read_json,
     read_numeric_npz,
-    reconcile,
     require,
     write_json,
 )
@@ -53,11 +52,12 @@ from scope_hub.interop.release import (
     publish,
 )
 from scope_hub.keys import DictionaryKey
+from scope_hub.kinds import JUMPRELU, SAE, TRANSCODER
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "gemma-scope-1"
 FILES = "params.npz (W_enc, W_dec, b_enc, b_dec, threshold)"
-SUPPORTED = {"sae": ("jumprelu",), "transcoder": ("jumprelu",)}
+SUPPORTED = {SAE: (JUMPRELU,), TRANSCODER: (JUMPRELU,)}
 _SITES = {
     "res": ("resid_post", "sae"),
     "mlp": ("mlp_out", "sae"),
@@ -149,12 +149,9 @@ def load(
             site="mlp_in" if site == "mlp" else site,
             site_out="mlp_out" if site == "mlp" else None,
         )
-    module = build_dictionary(DictionaryConfig(**fields), {"params.safetensors": tensors}, where=str(folder))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else None
-    config = reconcile(module.config, sidecar, where=str(folder / SIDECAR))
-    if config is module.config:
-        return module
-    return build_dictionary(config, {"params.safetensors": tensors}, where=str(folder))
+    files = {"params.safetensors": tensors}
+    return finish_load(DictionaryConfig(**fields), files, sidecar, where=str(folder), source=str(folder / SIDECAR))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

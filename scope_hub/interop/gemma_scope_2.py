@@ -44,12 +44,11 @@ from scope_hub.interop.common import (
     EMBED_KEY,
     FormatError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     folded_files,
     load_safetensors,
     read_json,
-    reconcile,
     require,
     save_safetensors,
     write_json,
@@ -64,12 +63,30 @@ from scope_hub.interop.release import (
     publish,
 )
 from scope_hub.keys import DictionaryKey
+from scope_hub.kinds import (
+    CLT,
+    CROSSCODER,
+    GEMMA_SCOPE_2,
+    JUMPRELU,
+    KINDS,
+    SAE,
+    SKIP_TRANSCODER,
+    TRANSCODER,
+    kind,
+    kind_from_peer,
+    peer_name,
+)
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "gemma-scope-2"
 FILES = "config.json (hf_hook_point_in ...) + params.safetensors | params_layer_{i}.safetensors"
-SUPPORTED = {t: ("jumprelu",) for t in ("sae", "transcoder", "skip_transcoder", "clt", "crosscoder")}
-SITE_OF_TOP = {"resid_post": "resid_post", "attn_out": "attn_out", "mlp_out": "mlp_out", "transcoder": "mlp"}
+SUPPORTED = {t: (JUMPRELU,) for t in (SAE, TRANSCODER, SKIP_TRANSCODER, CLT, CROSSCODER)}
+TRANSCODER_TOP = "transcoder"
+"""The release's top folder of single-layer transcoders (skip transcoders: variants with ``affine``)."""
+SITE_OF_TOP = {"resid_post": "resid_post", "attn_out": "attn_out", "mlp_out": "mlp_out", TRANSCODER_TOP: "mlp"}
+KIND_OF_MULTI_LAYER_TOP = {"clt": CLT, "crosscoder": CROSSCODER}
+"""The release's top folders of multi-layer dictionaries, with the kind each holds."""
+_GS2_JUMPRELU = peer_name(JUMPRELU, GEMMA_SCOPE_2)
 SUBSET_LAYERS = {
     "270m": (5, 9, 12, 15),
     "1b": (7, 13, 17, 22),
@@ -118,22 +135,23 @@ def parse_folder(rel: str) -> FolderSpec:
         if not match:
             raise FormatError(f"{rel}: unexpected folder name; expected layer_<L>_width_<W>_l0_<size>[_...]")
         variant = match["variant"]
-        type_ = "sae"
-        if base == "transcoder":
-            type_ = "skip_transcoder" if "affine" in variant.split("_") else "transcoder"
+        type_ = SAE
+        if base == TRANSCODER_TOP:
+            type_ = SKIP_TRANSCODER if "affine" in variant.split("_") else TRANSCODER
         return FolderSpec(
             top, name, SITE_OF_TOP[base], type_, match["width"], variant, layer=int(match["layer"]), is_all=is_all
         )
-    if top in ("clt", "crosscoder"):
+    if top in KIND_OF_MULTI_LAYER_TOP:
         match = _MULTI_RE.match(name)
         if not match:
             raise FormatError(f"{rel}: unexpected folder name; expected [layers_<L>_..._]width_<W>_l0_<size>[_...]")
         layers = tuple(int(x) for x in match["layers"].split("_")) if match["layers"] else None
-        site = "mlp" if top == "clt" else "resid_post"
-        return FolderSpec(top, name, site, top, match["width"], match["variant"], layers=layers)
+        type_ = KIND_OF_MULTI_LAYER_TOP[top]
+        site = "mlp" if kind(type_).per_layer_decoders else "resid_post"
+        return FolderSpec(top, name, site, type_, match["width"], match["variant"], layers=layers)
     raise FormatError(
         f"{rel}: unexpected top-level folder {top!r}; expected one of "
-        f"{', '.join(sorted([*SITE_OF_TOP, *(t + '_all' for t in SITE_OF_TOP), 'clt', 'crosscoder']))}"
+        f"{', '.join(sorted([*SITE_OF_TOP, *(t + '_all' for t in SITE_OF_TOP), *KIND_OF_MULTI_LAYER_TOP]))}"
     )
 
 
@@ -166,7 +184,7 @@ def detect(folder: Path) -> bool:
         raw = read_json(folder / "config.json", "config.json")
     except FormatError:
         return False
-    return "schema_version" not in raw and ("hf_hook_point_in" in raw or raw.get("architecture") == "jump_relu")
+    return "schema_version" not in raw and ("hf_hook_point_in" in raw or raw.get("architecture") == _GS2_JUMPRELU)
 
 
 def load(
@@ -184,10 +202,11 @@ def load(
         if spec is None:
             raise FormatError(f"{folder}: no config.json, and the folder name does not say what it holds")
         raw = _inferred_config(spec)
-    kind = (spec.type if spec else None) or str(raw.get("type", ""))
-    if kind == "crosscoder":
+    type_ = (spec.type if spec else None) or kind_from_peer(GEMMA_SCOPE_2, str(raw.get("type", "")))
+    info = kind(type_) if type_ is not None and type_ in KINDS else None
+    if info is not None and info.stacked:
         config, files = _crosscoder(folder, raw, spec, model)
-    elif kind == "clt" or (folder / "params_layer_0.safetensors").is_file():
+    elif (info is not None and info.per_layer_decoders) or (folder / "params_layer_0.safetensors").is_file():
         config, files = _clt(folder, raw)
     else:
         config = parse_config(
@@ -195,18 +214,17 @@ def load(
         )
         files = {"params.safetensors": load_safetensors(folder / "params.safetensors")}
     config = _with_release_facts(config, spec, model, source_uri, folder)
-    module = build_dictionary(config, files, where=str(folder))
-    config = reconcile(module.config, raw.get(EMBED_KEY), where=str(folder / "config.json"))
-    return module if config is module.config else build_dictionary(config, files, where=str(folder))
+    return finish_load(config, files, raw.get(EMBED_KEY), where=str(folder), source=str(folder / "config.json"))
 
 
 def _inferred_config(spec: FolderSpec) -> dict[str, Any]:
     """A config for a folder published without config.json (as SAELens infers one)."""
     hook_in, hook_out = gemma_hook_points(spec.site, spec.layer if spec.layer is not None else 0)
-    raw: dict[str, Any] = {"architecture": "jump_relu", "hf_hook_point_in": hook_in, "type": spec.type}
+    gs2_type = peer_name(spec.type, GEMMA_SCOPE_2)
+    raw: dict[str, Any] = {"architecture": _GS2_JUMPRELU, "hf_hook_point_in": hook_in, "type": gs2_type}
     if hook_out:
         raw["hf_hook_point_out"] = hook_out
-        raw["affine_connection"] = spec.type == "skip_transcoder" or "affine" in spec.variant.split("_")
+        raw["affine_connection"] = kind(spec.type).affine_skip == "always" or "affine" in spec.variant.split("_")
     return raw
 
 
@@ -214,7 +232,7 @@ def _clt(folder: Path, raw: dict[str, Any]) -> tuple[DictionaryConfig, dict]:
     config = parse_config(
         {k: v for k, v in raw.items() if k != EMBED_KEY}, folder=folder, where=str(folder / "config.json")
     )
-    if config.type != "clt":
+    if not kind(config.type).per_layer_decoders:
         raise FormatError(f"{folder}: a clt folder must hold params_layer_<i>.safetensors files")
     n, files = config.n_layers, {}
     for i in range(n):
@@ -302,12 +320,12 @@ def _with_release_facts(
             raise FormatError(f"{folder}: the folder name says {spec.type} but the files hold a {config.type}")
         if spec.layer is not None and config.layer not in (None, spec.layer):
             raise FormatError(f"{folder}: the folder name says layer {spec.layer}, config.json layer {config.layer}")
-        if spec.layers and config.type == "crosscoder" and list(spec.layers) != config.layers:
+        if spec.layers and kind(config.type).stacked and list(spec.layers) != config.layers:
             raise FormatError(f"{folder}: planned layers {list(spec.layers)}, config.json says {config.layers}")
         site = spec.site if spec.site != "mlp" else "mlp_in"
         if config.site and config.site != site:
             raise FormatError(f"{folder}: under {spec.top}/ but config.json's hook point is {config.site}")
-        if config.type in ("transcoder", "skip_transcoder", "clt"):
+        if not kind(config.type).reconstructs_input:
             update.update(site=config.site or site, site_out=config.site_out or "mlp_out")
         else:
             update["site"] = config.site or site
@@ -332,19 +350,20 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     config, files = folded_files(dictionary)
     hook_in, hook_out = config.hook_points()
     raw: dict[str, Any] = {
-        "architecture": "jump_relu",
+        "architecture": _GS2_JUMPRELU,
         "width": config.d_sae,
         "l0": config.l0_target,
         "model_name": _gs2_model_name(config.model),
         "hf_hook_point_in": hook_in,
-        "type": "transcoder" if config.type == "skip_transcoder" else config.type,
+        "type": peer_name(config.type, GEMMA_SCOPE_2),
         EMBED_KEY: embed(config),
     }
-    if config.type != "sae" and hook_out:
+    info = kind(config.type)
+    if not (info.reconstructs_input and not info.multi_layer) and hook_out:
         raw["hf_hook_point_out"] = hook_out
-    if config.type in ("transcoder", "skip_transcoder", "clt"):
+    if not info.reconstructs_input:
         raw["affine_connection"] = config.affine_skip
-    if config.type == "crosscoder":
+    if info.stacked:
         raw["layers"] = list(config.layers)
         t = files["params.safetensors"]
         n = config.n_layers
@@ -356,7 +375,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
                 "b_dec": t["b_dec"].reshape(n * config.d_out),
             }
         }
-    if config.type == "clt":
+    if info.per_layer_decoders:
         n = config.n_layers
         for i in range(1, n):
             t = files[f"params_layer_{i}.safetensors"]
@@ -392,7 +411,7 @@ def plan_release(source: ReleaseSource, *, model: str | None = None, include: li
         try:
             spec = parse_folder(rel)
             folder_model = model or _local_model(source, rel)
-            if spec.type == "crosscoder" and not spec.layers:
+            if kind(spec.type).stacked and not spec.layers:
                 spec = replace(spec, layers=tuple(_crosscoder_layers(_local_raw(source, rel), spec, folder_model)))
             key = spec.key(folder_model)
         except (FormatError, ConfigError, ValueError) as exc:

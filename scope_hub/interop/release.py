@@ -32,6 +32,7 @@ from typing import Any
 
 from scope_hub.errors import DictionaryNotFoundError
 from scope_hub.keys import DictionaryKey
+from scope_hub.settings import progress_enabled, settings
 
 
 @dataclass
@@ -171,14 +172,14 @@ class ReleaseSource:
                 allow_patterns=patterns,
                 local_files_only=offline,
                 endpoint=_hub_endpoint(),
-                cache_dir=os.environ.get("HF_HUB_CACHE") or None,
+                cache_dir=settings().hf_hub_cache,
             )
         )
 
 
 def _hub_endpoint() -> str | None:
     """``HF_ENDPOINT`` read now (huggingface_hub reads it once, at import)."""
-    return (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+    return (settings().hf_endpoint or "").rstrip("/") or None
 
 
 def _hub_offline() -> bool:
@@ -189,7 +190,7 @@ def _hub_offline() -> bool:
             return True
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
         pass
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return settings().hf_hub_offline
 
 
 def guess_repo_id(path: Path) -> str | None:
@@ -275,13 +276,6 @@ def resolve_same_keys(plan: list[Planned]) -> list[FolderResult]:
 # --- publishing ----------------------------------------------------------------------------------
 
 
-def progress_enabled() -> bool:
-    """Bars only on an interactive terminal, never under ``CI`` or ``SCOPE_HUB_QUIET`` (as the registry)."""
-    if os.environ.get("CI") or os.environ.get("SCOPE_HUB_QUIET", "").strip().lower() in {"1", "true", "yes", "on"}:
-        return False
-    return sys.stderr.isatty()
-
-
 def open_registry(registry: Any) -> Any:
     """A registry object from a Registry, or from its URL (``file://``, ``memory://``, ...).
 
@@ -289,14 +283,14 @@ def open_registry(registry: Any) -> Any:
     reading a release from the HF cache needs ``HF_HUB_OFFLINE=1``, which would otherwise also
     forbid pushing to a registry that needs no network.
     """
-    if isinstance(registry, (str, os.PathLike)):
-        from scope_hub.registry import Registry
+    from scope_hub.registry import as_registry
 
+    if isinstance(registry, (str, os.PathLike)):
         url = str(registry)
         local = url.startswith(("file://", "memory://")) or "://" not in url
-        return Registry(url, offline=False if local else None)
-    if not hasattr(registry, "push"):
-        raise TypeError(f"registry must be a Registry or its URL, got {type(registry).__name__}")
+        return as_registry(url, offline=False if local else None)
+    if not hasattr(registry, "push"):  # a Registry, or an object with its interface (tests pass fakes)
+        return as_registry(registry)
     return registry
 
 

@@ -36,25 +36,37 @@ import torch
 
 from scope_hub.config_io import gemma_model_id, site_of_hook_point
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ScopeHubError
+from scope_hub.errors import UnknownReleaseError
 from scope_hub.interop import gemma_scope_1, gemma_scope_2
 from scope_hub.interop.common import (
     EMBED_KEY,
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     fold_b_dec_in,
     folded_files,
     load_safetensors,
     read_json,
-    reconcile,
     require,
     save_safetensors,
     write_json,
 )
 from scope_hub.keys import DictionaryKey
+from scope_hub.kinds import (
+    BATCHTOPK,
+    JUMPRELU,
+    RELU,
+    SAE,
+    SAELENS,
+    SKIP_TRANSCODER,
+    TOPK,
+    TRANSCODER,
+    architecture,
+    kind,
+    peer_name,
+)
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "saelens"
@@ -62,20 +74,25 @@ FILES = "cfg.json + sae_weights.safetensors"
 FORMAT_VERSION = "6.54.12"
 """SAELens version whose format exports follow (written as ``metadata.sae_lens_version``)."""
 ARCHITECTURES = {
-    "standard": ("sae", "relu"),
-    "jumprelu": ("sae", "jumprelu"),
-    "topk": ("sae", "topk"),
-    "batchtopk": ("sae", "batchtopk"),
-    "transcoder": ("transcoder", "relu"),
-    "skip_transcoder": ("skip_transcoder", "relu"),
-    "jumprelu_transcoder": ("transcoder", "jumprelu"),
-    "jumprelu_skip_transcoder": ("skip_transcoder", "jumprelu"),
+    "standard": (SAE, RELU),
+    "jumprelu": (SAE, JUMPRELU),
+    "topk": (SAE, TOPK),
+    "batchtopk": (SAE, BATCHTOPK),
+    "transcoder": (TRANSCODER, RELU),
+    "skip_transcoder": (SKIP_TRANSCODER, RELU),
+    "jumprelu_transcoder": (TRANSCODER, JUMPRELU),
+    "jumprelu_skip_transcoder": (SKIP_TRANSCODER, JUMPRELU),
 }
+"""SAELens ``architecture`` -> our (type, architecture)."""
+CLASS_SUFFIX = {SAE: "", TRANSCODER: "_transcoder", SKIP_TRANSCODER: "_skip_transcoder"}
+"""The suffix SAELens appends to an architecture name for each of our types."""
 SUPPORTED = {
-    "sae": ("relu", "jumprelu", "topk", "batchtopk"),
-    "transcoder": ("relu", "jumprelu", "batchtopk"),
-    "skip_transcoder": ("relu", "jumprelu", "batchtopk"),
+    SAE: (RELU, JUMPRELU, TOPK, BATCHTOPK),
+    TRANSCODER: (RELU, JUMPRELU, BATCHTOPK),
+    SKIP_TRANSCODER: (RELU, JUMPRELU, BATCHTOPK),
 }
+_SAELENS_TOPK = peer_name(TOPK, SAELENS)
+_SAELENS_RELU = peer_name(RELU, SAELENS)
 TL_HOOKS = {
     "resid_pre": "hook_resid_pre",
     "resid_post": "hook_resid_post",
@@ -87,10 +104,6 @@ TL_HOOKS = {
 ``hook_resid_mid`` and ``ln2.hook_normalized`` have no site of ours and import with site None."""
 VENDORED = Path(__file__).parent / "data" / "saelens_gemma_scope.json.gz"
 _LLM_KEYS = ("model_name", "hook_name", "hook_name_out", "hook_head_index", "hf_hook_name", "hf_hook_name_out")
-
-
-class UnknownReleaseError(ScopeHubError, KeyError):
-    """A SAELens release or sae_id that the release table does not list."""
 
 
 def detect(folder: Path) -> bool:
@@ -125,7 +138,7 @@ def _architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
     activation = cfg.get("activation_fn") or cfg.get("activation_fn_str")
     k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
     if arch is None:
-        arch = "topk" if activation == "topk" else "standard"
+        arch = _SAELENS_TOPK if activation == _SAELENS_TOPK else _SAELENS_RELU
     if arch not in ARCHITECTURES:
         raise UnsupportedError(
             f"SAELens architecture {arch!r} has no scope-hub equivalent; supported: {', '.join(ARCHITECTURES)}"
@@ -135,7 +148,8 @@ def _architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
 
 def _normalization(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     mode = cfg.get("normalize_activations") or "none"
-    mode = {True: "expected_average_only_in", False: "none"}.get(mode, mode)
+    if isinstance(mode, bool):  # older SAELens wrote a flag
+        mode = "expected_average_only_in" if mode else "none"
     if mode not in ("none", "expected_average_only_in"):
         raise UnsupportedError(
             f"{folder}: normalize_activations={mode!r} is a per-token operation scope-hub does not implement"
@@ -174,17 +188,18 @@ def load(folder: Path) -> Dictionary:
     if missing:
         raise FormatError(f"{folder / 'sae_weights.safetensors'}: missing tensors {missing}")
     w_enc, w_dec, b_enc, b_dec = t.pop("W_enc"), t.pop("W_dec"), t.pop("b_enc"), t.pop("b_dec")
-    if type_ == "sae" and cfg.get("apply_b_dec_to_input", True):
+    reconstructs = kind(type_).reconstructs_input
+    if reconstructs and cfg.get("apply_b_dec_to_input", True):
         b_enc = fold_b_dec_in(b_enc, w_enc, b_dec)
     threshold = t.pop("threshold", None)
-    if arch == "batchtopk" and "topk_threshold" in t:
+    if ARCHITECTURES[arch][1] == BATCHTOPK and "topk_threshold" in t:
         threshold = torch.full_like(b_enc, float(t.pop("topk_threshold")))
     if cfg.get("rescale_acts_by_decoder_norm"):
         norms = w_dec.double().norm(dim=-1)
         w_enc, b_enc = (w_enc.double() * norms).to(w_enc.dtype), (b_enc.double() * norms).to(b_enc.dtype)
         w_dec = (w_dec.double() / norms[:, None]).to(w_dec.dtype)
     params = {"w_enc": w_enc, "b_enc": b_enc, "w_dec": w_dec, "b_dec": b_dec}
-    if threshold is not None and activation in ("jumprelu", "batchtopk"):
+    if threshold is not None and architecture(activation).stores_threshold:
         params["threshold"] = threshold
     if "W_skip" in t:
         params["affine_skip_connection"] = t.pop("W_skip").T.contiguous()
@@ -199,22 +214,20 @@ def load(folder: Path) -> Dictionary:
         d_in=w_enc.shape[0],
         d_sae=w_enc.shape[1],
         d_out=w_dec.shape[-1],
-        k=k if activation in ("topk", "batchtopk") else None,
+        k=k if architecture(activation).needs_k else None,
         model=_model_id(meta.get("model_name")),
         site=site,
-        site_out=site_out if type_ != "sae" else None,
+        site_out=site_out if not reconstructs else None,
         layer=layer,
         hook_point_in=hook_in,
-        hook_point_out=hook_out if type_ != "sae" else None,
+        hook_point_out=hook_out if not reconstructs else None,
         normalization=_normalization(cfg, folder),
         provenance={"source": "saelens", "source_uri": str(folder)},
         source_config={k: v for k, v in cfg.items() if k != "metadata"}
         | {"metadata": {k: v for k, v in meta.items() if k != EMBED_KEY}},
     )
     files = {"params.safetensors": params}
-    module = build_dictionary(config, files, where=str(folder))
-    final = reconcile(module.config, meta.get(EMBED_KEY), where=str(folder / "cfg.json"))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, meta.get(EMBED_KEY), where=str(folder), source=str(folder / "cfg.json"))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
@@ -222,11 +235,14 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     require(dictionary, NAME, SUPPORTED)
     config, files = folded_files(dictionary)
     t = files["params.safetensors"]
-    suffix = {"sae": "", "transcoder": "_transcoder", "skip_transcoder": "_skip_transcoder"}[config.type]
-    if config.type == "sae":
-        arch = {"relu": "standard", "batchtopk": "jumprelu"}.get(config.architecture, config.architecture)
+    suffix = CLASS_SUFFIX[config.type]
+    info, reconstructs = architecture(config.architecture), kind(config.type).reconstructs_input
+    # SAELens runs a stored threshold as a JumpReLU, whichever activation trained it.
+    name = peer_name(JUMPRELU, SAELENS) if info.stores_threshold else peer_name(config.architecture, SAELENS)
+    if reconstructs:
+        arch = name
     else:
-        arch = ("jumprelu" + suffix) if config.architecture in ("jumprelu", "batchtopk") else suffix.lstrip("_")
+        arch = (name + suffix) if info.stores_threshold else suffix.lstrip("_")
 
     def hook(site):
         return f"blocks.{config.layer}.{TL_HOOKS[site]}" if site in TL_HOOKS and config.layer is not None else None
@@ -241,7 +257,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     hook_in, hook_out = config.hook_points()
     if hook_in:
         meta["hf_hook_name"] = hook_in
-    if config.type != "sae":
+    if not reconstructs:
         meta["hook_name_out"] = hook(config.site_out or config.site)
         if hook_out:
             meta["hf_hook_name_out"] = hook_out
@@ -256,9 +272,9 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         "reshape_activations": "hook_z" if meta["hook_name"] and meta["hook_name"].endswith("hook_z") else "none",
         "metadata": meta,
     }
-    if config.type != "sae":
+    if not reconstructs:
         cfg["d_out"] = config.d_out
-    if arch == "topk":
+    if arch == _SAELENS_TOPK:
         cfg.update(k=config.k, rescale_acts_by_decoder_norm=False)
     weights = {"W_enc": t["w_enc"], "b_enc": t["b_enc"], "W_dec": t["w_dec"], "b_dec": t["b_dec"]}
     if "threshold" in t:

@@ -30,24 +30,24 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
-    build_dictionary,
     embed,
+    finish_load,
     fold_b_dec_in,
     folded_files,
     load_safetensors,
     parent_model_name,
     read_json,
-    reconcile,
     require,
     save_safetensors,
     unfold_b_dec_in,
     write_json,
 )
+from scope_hub.kinds import SAE, SKIP_TRANSCODER, TOPK, TRANSCODER, kind
 from scope_hub.metadata import DictionaryConfig
 
 NAME = "sparsify"
 FILES = "cfg.json + sae.safetensors"
-SUPPORTED = {"sae": ("topk",), "transcoder": ("topk",), "skip_transcoder": ("topk",)}
+SUPPORTED = {SAE: (TOPK,), TRANSCODER: (TOPK,), SKIP_TRANSCODER: (TOPK,)}
 
 
 def detect(folder: Path) -> bool:
@@ -58,7 +58,7 @@ def load(folder: Path) -> Dictionary:
     """A sparsify folder as a dictionary."""
     folder = Path(folder)
     cfg = read_json(folder / "cfg.json", "cfg.json")
-    if cfg.get("activation", "topk") != "topk":
+    if cfg.get("activation", TOPK) != TOPK:
         raise UnsupportedError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported (topk only)")
     if "d_in" not in cfg or "k" not in cfg:
         raise FormatError(f"{folder / 'cfg.json'}: needs d_in and k")
@@ -81,14 +81,15 @@ def load(folder: Path) -> Dictionary:
         params["affine_skip_connection"] = t.pop("W_skip").T.contiguous()
     if t:
         raise FormatError(f"{folder / 'sae.safetensors'}: unexpected tensors {sorted(t)}")
-    type_ = "skip_transcoder" if "affine_skip_connection" in params else "transcoder" if transcode else "sae"
+    type_ = SKIP_TRANSCODER if "affine_skip_connection" in params else TRANSCODER if transcode else SAE
     hookpoint = f"model.{folder.name}"
-    hook_in = f"{hookpoint}.input" if type_ != "sae" else f"{hookpoint}.output"
-    hook_out = f"{hookpoint}.output" if type_ != "sae" else None
+    predicts = not kind(type_).reconstructs_input
+    hook_in = f"{hookpoint}.input" if predicts else f"{hookpoint}.output"
+    hook_out = f"{hookpoint}.output" if predicts else None
     site, layer = site_of_hook_point(hook_in)
     config = DictionaryConfig(
         type=type_,
-        architecture="topk",
+        architecture=TOPK,
         k=int(cfg["k"]),
         d_in=d_in,
         d_sae=d_sae,
@@ -103,10 +104,8 @@ def load(folder: Path) -> Dictionary:
         source_config={k: v for k, v in cfg.items() if k != EMBED_KEY},
     )
     files = {"params.safetensors": params}
-    module = build_dictionary(config, files, where=str(folder))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else cfg.get(EMBED_KEY)
-    final = reconcile(module.config, sidecar, where=str(folder / SIDECAR))
-    return module if final is module.config else build_dictionary(final, files, where=str(folder))
+    return finish_load(config, files, sidecar, where=str(folder), source=str(folder / SIDECAR))
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
@@ -117,7 +116,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     require(dictionary, NAME, SUPPORTED, same_width=True)
     config, files = folded_files(dictionary)
     t = files["params.safetensors"]
-    transcode = config.type != "sae"
+    transcode = not kind(config.type).reconstructs_input
     cfg: dict[str, Any] = {
         "activation": "topk",
         "expansion_factor": max(1, config.d_sae // config.d_in),
@@ -125,7 +124,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         "num_latents": config.d_sae,
         "k": config.k,
         "multi_topk": False,
-        "skip_connection": config.type == "skip_transcoder",
+        "skip_connection": config.affine_skip,
         "transcode": transcode,
         "d_in": config.d_in,
     }

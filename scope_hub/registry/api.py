@@ -25,8 +25,10 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from scope_hub.errors import (
     IntegrityError,
@@ -54,9 +56,12 @@ from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
 from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.protocol import Backend, latest_live, missing_version
 from scope_hub.registry.settings import cache_root, default_registry_url, is_offline
+
+if TYPE_CHECKING:
+    from scope_hub.cards import ReleaseCard
 
 
 def as_key(key: str | DictionaryKey) -> DictionaryKey:
@@ -83,7 +88,7 @@ class Registry:
     ):
         self.url = normalize_url(url or default_registry_url())
         self.cache = LocalCache(Path(cache_dir) if cache_dir else cache_root(), self.url)
-        self.progress = Progress(progress)
+        self.progress = TransferProgress(progress)
         self._offline = offline
         self._backend: Backend | None = None
 
@@ -188,7 +193,10 @@ class Registry:
         version = latest_live(states)
         if version is None:
             raise VersionNotFoundError(
-                f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}"
+                f"every version of {key.unpinned()} is yanked; pin one, e.g. @v{states[-1].version}",
+                key=str(key.unpinned()),
+                ref="latest",
+                registry=self.url,
             )
         self.cache.save_latest(key, version)
         return version
@@ -201,7 +209,9 @@ class Registry:
             known = []
         close = close_keys(key, known)
         hint = f"close keys that exist: {', '.join(close)}" if close else "see `scope-hub ls`"
-        return UnknownKeyError(f"{key.unpinned()} is not published in {self.url}; {hint}")
+        return UnknownKeyError(
+            f"{key.unpinned()} is not published in {self.url}; {hint}", key=str(key.unpinned()), registry=self.url
+        )
 
     def _by_content(self, key: DictionaryKey, prefix: str) -> int:
         if self._can_read_remote():
@@ -214,7 +224,12 @@ class Registry:
         for version in reversed(candidates):
             if self._manifest(key, version)[0].content_sha256.startswith(prefix):
                 return version
-        raise VersionNotFoundError(f"no version of {key.unpinned()} has content sha256:{prefix}… in {self.url}")
+        raise VersionNotFoundError(
+            f"no version of {key.unpinned()} has content sha256:{prefix}… in {self.url}",
+            key=str(key.unpinned()),
+            ref=f"sha256:{prefix}",
+            registry=self.url,
+        )
 
     def resolve_version(self, key: str | DictionaryKey) -> int:
         """The N a key's ref (``latest`` by default) points to now."""
@@ -300,7 +315,7 @@ class Registry:
         if missing and not self._can_read_remote():
             raise OfflineError(f"offline: {missing[0].path} of {label} is not in the local cache")
 
-        def fetch(entry):
+        def fetch(entry: FileEntry) -> Path:
             with self.backend.open_file(key, manifest.version, entry) as stream:
                 return self.cache.ingest(stream, entry, label, self.progress)
 
@@ -412,7 +427,9 @@ class Registry:
         return self.backend.reindex()
 
     # -- release cards ------------------------------------------------------------------------
-    def build_release(self, name: str, keys: list[str | DictionaryKey], *, license: str, description: str = ""):
+    def build_release(
+        self, name: str, keys: builtins.list[str | DictionaryKey], *, license: str, description: str = ""
+    ) -> ReleaseCard:
         """A :class:`~scope_hub.cards.ReleaseCard` pinning each key (at its ref, default latest)
         to its version and content sha256 in this registry. Nothing is written.
 
@@ -440,7 +457,7 @@ class Registry:
             description=description.strip(),
         )
 
-    def publish_release(self, card):
+    def publish_release(self, card: ReleaseCard) -> tuple[ReleaseCard, bool]:
         """Store a release card as ``releases/<name>/vN.md`` (N: the next free number, written once).
 
         Returns ``(card with its version, created)``; a card equal to the latest published one
@@ -460,7 +477,7 @@ class Registry:
         version = self.backend.publish_release(name, lambda v: card.model_copy(update={"version": v}).render().encode())
         return card.model_copy(update={"version": version}), True
 
-    def release_versions(self, name: str) -> list[int]:
+    def release_versions(self, name: str) -> builtins.list[int]:
         """Published versions of release ``name``."""
         if not self._can_read_remote():
             raise OfflineError(f"cannot list the releases of {self.url} in offline mode")
@@ -491,7 +508,7 @@ class Registry:
             self.cache.save_release(name, version, data)
         return data.decode("utf-8")
 
-    def lock(self, keys: list[str | DictionaryKey], path: str | Path | None = None) -> Lockfile:
+    def lock(self, keys: builtins.list[str | DictionaryKey], path: str | Path | None = None) -> Lockfile:
         """Pin ``keys`` (each at its ref, default latest) into a lockfile, written to ``path`` if given."""
         entries = []
         for key in keys:
@@ -513,7 +530,7 @@ class Registry:
         return lockfile
 
 
-def pull_locked(key: str | DictionaryKey, lockfile: str | Path = "scope.lock", **kwargs) -> Path:
+def pull_locked(key: str | DictionaryKey, lockfile: str | Path = "scope.lock", **kwargs: Any) -> Path:
     """Pull ``key`` from the registry its lockfile entry names, exactly as locked.
 
     Example: ``pull_locked("google/gemma-3-270m:resid_post/layer_6/width_16k/sae", "scope.lock")``

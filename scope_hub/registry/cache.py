@@ -49,7 +49,7 @@ from scope_hub.redaction import redact_url
 from scope_hub.registry.content import copy_hashing, sha256_file
 from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
 from scope_hub.registry.models import VerifyReport
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.settings import verify_mode
 
 STAT_RECORDS = "verified"
@@ -186,7 +186,7 @@ class LocalCache:
             path.unlink()  # wrong bytes under a content address: never serve them again
         return None
 
-    def ingest(self, stream: BinaryIO, entry: FileEntry, label: str, progress: Progress) -> Path:
+    def ingest(self, stream: BinaryIO, entry: FileEntry, label: str, progress: TransferProgress) -> Path:
         """Copy ``stream`` into the cache, hashing on the way; IntegrityError if it is not ``entry``."""
         tmp = self._tmp()
         try:
@@ -240,7 +240,7 @@ class LocalCache:
             self.record_stat(final / check_file_name(entry.path))
         return final
 
-    def verify(self, progress: Progress) -> VerifyReport:
+    def verify(self, progress: TransferProgress) -> VerifyReport:
         """Re-hash every cached blob; drop corrupt ones and the snapshot files linked to them."""
         report = VerifyReport()
         folder = self.root / "blobs" / "sha256"

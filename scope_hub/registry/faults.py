@@ -21,6 +21,8 @@ import signal
 import time
 from pathlib import Path
 
+from scope_hub.settings import settings
+
 FAULT_ENV = "SCOPE_HUB_FAULT"
 READY_ENV = "SCOPE_HUB_FAULT_READY"
 GO_ENV = "SCOPE_HUB_FAULT_GO"
@@ -29,7 +31,7 @@ _waited: set[str] = set()
 
 def fault_point(name: str) -> None:
     """Kill or pause this process if ``SCOPE_HUB_FAULT`` names ``name``."""
-    spec = os.environ.get(FAULT_ENV)
+    spec = settings().fault
     if not spec:
         return
     point, _, action = spec.partition(":")
@@ -38,12 +40,12 @@ def fault_point(name: str) -> None:
     if action == "wait":
         if name not in _waited:
             _waited.add(name)
-            Path(f"{os.environ[READY_ENV]}.{os.getpid()}").write_text("ready")
-            while not Path(os.environ[GO_ENV]).exists():
+            Path(f"{settings().fault_ready}.{os.getpid()}").write_text("ready")
+            while not Path(str(settings().fault_go)).exists():
                 time.sleep(0.01)
         return
     if action == "pause":
-        ready = os.environ.get(READY_ENV)
+        ready = settings().fault_ready
         if ready:
             Path(ready).write_text(str(os.getpid()))
         while True:  # wait to be killed from outside

@@ -28,10 +28,9 @@ Example:
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -39,6 +38,7 @@ from scope_hub.errors import RegistryError
 from scope_hub.registry.backends.base import Store
 from scope_hub.registry.layout import INDEX_LOG, INDEX_SNAPSHOTS
 from scope_hub.registry.models import KeySummary, VersionRecord
+from scope_hub.settings import settings
 
 COMPACT_AFTER = 32
 """Pending segments that trigger a compaction by the next pusher (env ``SCOPE_HUB_INDEX_COMPACT_AFTER``)."""
@@ -115,7 +115,7 @@ class RegistryIndex:
         """Newest record whose content_sha256 starts with ``prefix`` (non-yanked preferred)."""
         hits = [r for r in self.records(key) if r.content_sha256.startswith(prefix)]
         live = [r for r in hits if not r.yanked]
-        return (live or hits or [None])[-1]
+        return (live or hits)[-1] if (live or hits) else None
 
     def summaries(self) -> list[KeySummary]:
         """One summary per key, sorted by key (built without re-validation: 20k keys in ~0.1 s)."""
@@ -201,7 +201,7 @@ class StoreIndex:
     def compact_if_needed(self, threshold: int | None = None) -> bool:
         """Fold pending segments into a new snapshot when there are more than ``threshold``."""
         if threshold is None:
-            threshold = int(os.environ.get("SCOPE_HUB_INDEX_COMPACT_AFTER", COMPACT_AFTER))
+            threshold = settings().index_compact_after or COMPACT_AFTER
         if len(self.store.list_names(INDEX_LOG)) <= threshold:
             return False  # cheap check first: merged segments are deleted, so the log is what is pending
         index, snapshot, pending = self.load_full()
@@ -220,7 +220,7 @@ class StoreIndex:
                 self.store.delete(f"{INDEX_SNAPSHOTS}/{name}")
         return True
 
-    def rebuild(self, scanned: RegistryIndex, exists: callable) -> RegistryIndex:
+    def rebuild(self, scanned: RegistryIndex, exists: Callable[[str, VersionRecord], bool]) -> RegistryIndex:
         """Replace the index by ``scanned`` (from the manifests), keeping records written meanwhile.
 
         The scan's records win; a yank the old index logged during the scan is kept (yanks are

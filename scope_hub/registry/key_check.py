@@ -35,6 +35,7 @@ from pathlib import Path
 
 from scope_hub.errors import ConfigError, KeyParseError
 from scope_hub.keys import DictionaryKey, width_label
+from scope_hub.kinds import kind
 from scope_hub.metadata import DictionaryConfig
 
 MLP_SITE = "mlp"
@@ -69,7 +70,7 @@ def _site_of(config: DictionaryConfig) -> str | None:
     """The key site config.json implies (None: it names none)."""
     if config.site is None:
         return None
-    if config.type != "sae" and (config.site, config.site_out) == ("mlp_in", "mlp_out"):
+    if not kind(config.type).reconstructs_input and (config.site, config.site_out) == ("mlp_in", "mlp_out"):
         return MLP_SITE
     return config.site
 

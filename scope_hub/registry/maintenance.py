@@ -5,7 +5,7 @@ none is needed for normal pushes and pulls.
 
 Example:
     >>> from scope_hub.registry.backends.memory import MemoryStore
-    >>> verify_store(MemoryStore("memory://doc-maint"), Progress(enabled=False)).ok
+    >>> verify_store(MemoryStore("memory://doc-maint"), TransferProgress(enabled=False)).ok
     True
 """
 
@@ -20,7 +20,7 @@ from scope_hub.registry.content import copy_hashing, parse_manifest
 from scope_hub.registry.index import RegistryIndex
 from scope_hub.registry.layout import BLOB_DIR, MANIFEST_DIR, TMP_DIR, key_of_version_file
 from scope_hub.registry.models import GcReport, VerifyReport
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.protocol import record_of
 
 BATCH = 500
@@ -57,7 +57,7 @@ def _read_manifests(store: Store, manifests, problems: list[str]):
                 problems.append(str(exc))
 
 
-def verify_store(store: Store, progress: Progress) -> VerifyReport:
+def verify_store(store: Store, progress: TransferProgress) -> VerifyReport:
     """Re-hash every blob, then check every manifest's files exist with the right size and hash."""
     report = VerifyReport()
     sizes: dict[str, int] = {}

@@ -1,7 +1,7 @@
 """Transfer progress bars (tqdm), silent when stderr is not a terminal or ``CI`` is set.
 
 Example:
-    >>> with Progress(enabled=False).bar(100, "upload") as update:
+    >>> with TransferProgress(enabled=False).bar(100, "upload") as update:
     ...     update(100)
 """
 
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from scope_hub.registry.settings import progress_enabled
 
 
-class Progress:
+class TransferProgress:
     """Factory of byte-counting bars; one per transfer."""
 
     def __init__(self, enabled: bool | None = None):

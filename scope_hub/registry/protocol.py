@@ -24,7 +24,7 @@ from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.content import Staged, sha256_bytes
 from scope_hub.registry.index import RegistryIndex
 from scope_hub.registry.models import GcReport, PushResult, VerifyReport, VersionRecord
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Backend(ABC):
     """True when the backend can answer reads from a local cache of its own in offline mode."""
 
     @abstractmethod
-    def publish(self, staged: Staged, progress: Progress) -> PushResult:
+    def publish(self, staged: Staged, progress: TransferProgress) -> PushResult:
         """Make ``staged`` the next version of its key (or report the identical latest one)."""
 
     @abstractmethod
@@ -110,7 +110,7 @@ class Backend(ABC):
         """Mark a version yanked (idempotent)."""
 
     @abstractmethod
-    def verify(self, progress: Progress) -> VerifyReport:
+    def verify(self, progress: TransferProgress) -> VerifyReport:
         """Re-hash every stored file and cross-check manifests."""
 
     @abstractmethod

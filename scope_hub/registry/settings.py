@@ -1,6 +1,7 @@
-"""Environment-driven defaults of the registry: where it lives, where the cache is, offline mode.
+"""The registry's defaults from the environment: where it lives, where the cache is, offline mode.
 
-Read at call time (not import time) so tests and long-lived processes see changes.
+Every variable is read by :mod:`scope_hub.settings` at call time (not import time), so tests
+and long-lived processes see changes; this module turns them into the registry's defaults.
 
 Example:
     >>> import os
@@ -16,17 +17,9 @@ import os
 import sys
 from pathlib import Path
 
-from scope_hub.errors import ConfigError
+from scope_hub.settings import progress_enabled, settings
 
-REGISTRY_ENV = "SCOPE_HUB_REGISTRY"
-CACHE_ENV = "SCOPE_HUB_CACHE"
-OFFLINE_ENVS = ("SCOPE_HUB_OFFLINE", "HF_HUB_OFFLINE")
-_TRUE = {"1", "true", "yes", "on"}
-
-
-def env_flag(name: str) -> bool:
-    """True when the environment variable ``name`` is set to 1/true/yes/on (any case)."""
-    return os.environ.get(name, "").strip().lower() in _TRUE
+__all__ = ["cache_root", "default_registry_url", "is_offline", "progress_enabled", "user_data_dir", "verify_mode"]
 
 
 def user_data_dir() -> Path:
@@ -34,24 +27,20 @@ def user_data_dir() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support"
     if os.name == "nt":
-        return Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+        return settings().local_app_data or Path.home() / "AppData" / "Local"
+    return settings().xdg_data_home or Path.home() / ".local" / "share"
 
 
 def default_registry_url() -> str:
     """``$SCOPE_HUB_REGISTRY``, else the embedded local registry under the user's data folder."""
-    url = os.environ.get(REGISTRY_ENV, "").strip()
+    url = (settings().registry or "").strip()
     return url or (user_data_dir() / "scope_hub" / "registry").as_uri()
 
 
 def cache_root() -> Path:
     """``$SCOPE_HUB_CACHE``, else ``~/.cache/scope_hub``."""
-    root = os.environ.get(CACHE_ENV, "").strip()
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "scope_hub"
-
-
-VERIFY_ENV = "SCOPE_HUB_VERIFY"
-VERIFY_MODES = ("stat", "always")
+    root = settings().cache
+    return root.expanduser() if root else Path.home() / ".cache" / "scope_hub"
 
 
 def verify_mode() -> str:
@@ -61,23 +50,13 @@ def verify_mode() -> str:
     those recorded when it was last hashed; ``always`` re-hashes every file on every load.
 
     Example:
-        >>> os.environ.pop(VERIFY_ENV, None) and None
+        >>> os.environ.pop("SCOPE_HUB_VERIFY", None) and None
         >>> verify_mode()
         'stat'
     """
-    mode = os.environ.get(VERIFY_ENV, "").strip().lower() or "stat"
-    if mode not in VERIFY_MODES:
-        raise ConfigError(f"{VERIFY_ENV}={mode!r} is not one of {', '.join(VERIFY_MODES)}; unset it or pick one")
-    return mode
+    return settings().verify
 
 
 def is_offline() -> bool:
     """Offline mode: ``SCOPE_HUB_OFFLINE`` or ``HF_HUB_OFFLINE`` is truthy."""
-    return any(env_flag(name) for name in OFFLINE_ENVS)
-
-
-def progress_enabled() -> bool:
-    """Progress bars only on an interactive terminal, never under CI or SCOPE_HUB_QUIET."""
-    if env_flag("SCOPE_HUB_QUIET") or os.environ.get("CI"):
-        return False
-    return sys.stderr.isatty()
+    return settings().offline

@@ -61,7 +61,7 @@ from scope_hub.registry.layout import (
     yank_path,
 )
 from scope_hub.registry.models import GcReport, PushResult, VerifyReport
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.protocol import Backend, VersionState, latest_live, record_of
 
 MAX_CLAIMS = 200
@@ -109,7 +109,7 @@ class StoreBackend(Backend):
         return self.index.load()
 
     # -- push ----------------------------------------------------------------------------
-    def _upload_blobs(self, staged: Staged, progress: Progress) -> None:
+    def _upload_blobs(self, staged: Staged, progress: TransferProgress) -> None:
         def upload(f: StagedFile) -> None:
             path = blob_path(f.sha256)
             existing = self.store.stat(path)
@@ -168,7 +168,7 @@ class StoreBackend(Backend):
             f"could not claim a version of {staged.key} after {MAX_CLAIMS} attempts (heavy contention); retry"
         )
 
-    def publish(self, staged: Staged, progress: Progress) -> PushResult:
+    def publish(self, staged: Staged, progress: TransferProgress) -> PushResult:
         same = self._identical_latest(staged, self.versions(staged.key))
         if same is not None:
             return same  # checked before uploading too: an identical re-push costs one list + one get
@@ -228,7 +228,7 @@ class StoreBackend(Backend):
         self.store.create_bytes(yank_path(key, version), marker)  # False: already yanked, fine
         self.index.append([(str(key.unpinned()), record_of(manifest, data, yanked=True))])
 
-    def verify(self, progress: Progress) -> VerifyReport:
+    def verify(self, progress: TransferProgress) -> VerifyReport:
         return maintenance.verify_store(self.store, progress)
 
     def gc(self, grace_seconds: float, dry_run: bool) -> GcReport:

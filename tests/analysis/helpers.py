@@ -13,12 +13,12 @@ CHAT_TEMPLATE = (
     "<bos>{% for m in messages %}<|{{ 'model' if m['role'] == 'assistant' else m['role'] }}|>\n"
     "{{ m['content'] }}<|end|>\n{% endfor %}{% if add_generation_prompt %}<|model|>\n{% endif %}"
 )
-"""A Gemma-like template for tests/tiny_models.tiny_tokenizer (which has none)."""
+"""A Gemma-like template for scope_hub.testing.tiny_tokenizer (which has none)."""
 
 
 def chat_tokenizer():
     """The tiny byte tokenizer with :data:`CHAT_TEMPLATE` set."""
-    from tests.tiny_models import tiny_tokenizer
+    from scope_hub.testing.tiny_models import tiny_tokenizer
 
     tok = tiny_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
@@ -123,7 +123,7 @@ def read_out(model, direction: torch.Tensor, plus: str, minus: str, beta: float 
 def planted_refusal(seed: int = 0, alpha: float = 20.0) -> Planted:
     """Tiny Llama + chat tokenizer where harmful requests (with '!') write ``alpha * d`` at layer 1,
     read out as the refusal opener '#' over the compliance opener '@'."""
-    from tests.tiny_models import tiny_llama
+    from scope_hub.testing.tiny_models import tiny_llama
 
     model, tok, d = tiny_llama(seed), chat_tokenizer(), unit(seed + 100)
     read_out(model, d, REFUSE, COMPLY)
@@ -148,7 +148,7 @@ def sae_with_features(
 ):
     """A ReLU SAE at ``site`` ``layer`` whose feature ``f`` reads and writes unit vector ``planted[f]``;
     the other features are random and blind to the planted directions (encoders orthogonal to them)."""
-    from tests.dictionaries.factory import make_config, make_dictionary
+    from scope_hub.testing.dictionaries import make_config, make_dictionary
 
     sae = make_dictionary(make_config("sae", "relu", d_in=D_MODEL, d_sae=d_sae, site=site, layer=layer), seed=seed)
     basis = torch.linalg.qr(torch.stack(list(planted.values()), 1)).Q  # [d, n] orthonormal span

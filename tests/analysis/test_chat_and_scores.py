@@ -16,8 +16,8 @@ from scope_hub.analysis.scores import (
     refusal_rate,
 )
 from scope_hub.errors import ConfigError, DictionaryNotFoundError
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_llama, tiny_tokenizer
 from tests.analysis.helpers import chat_tokenizer
-from tests.tiny_models import tiny_gemma3, tiny_llama, tiny_tokenizer
 
 
 def _text(tok, batch, row, *roles):

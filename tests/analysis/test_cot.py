@@ -11,6 +11,7 @@ from scope_hub.analysis.chat import render_chat
 from scope_hub.analysis.cot import cot_faithfulness, reasoning_mask
 from scope_hub.hooks import hook
 from scope_hub.scoped_model import ScopedModel
+from scope_hub.testing.tiny_models import tiny_llama
 from tests.analysis.helpers import (
     chat_tokenizer,
     plant_direction,
@@ -18,7 +19,6 @@ from tests.analysis.helpers import (
     sae_with_feature,
     unit,
 )
-from tests.tiny_models import tiny_llama
 
 FEATURE = 5
 QUESTION, REASONING = "Which number did I think of?", "I thought of 7, then stopped."

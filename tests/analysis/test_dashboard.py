@@ -28,8 +28,8 @@ from scope_hub.analysis.prompts import load_prompts
 from scope_hub.errors import ConfigError, ShapeMismatchError
 from scope_hub.hooks import capture
 from scope_hub.scoped_model import ScopedModel
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_tokenizer
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_tokenizer
 
 CORPUS = load_prompts("corpus")[:12]
 
@@ -238,7 +238,7 @@ def test_cli_dashboard_checks_inputs_before_loading_the_model(tmp_path, capsys, 
         raise AssertionError("the model was loaded before the inputs were checked")
 
     register_command("dashboard", "feature dashboard", "scope_hub.analysis.cli:setup_dashboard")
-    monkeypatch.setattr(cli, "load_model", no_model)
+    monkeypatch.setattr(cli, "load_model_and_tokenizer", no_model)
     sae_dir, empty = tmp_path / "sae", tmp_path / "empty.jsonl"
     _sae(d_sae=8).save_pretrained(sae_dir)
     empty.write_text("\n")

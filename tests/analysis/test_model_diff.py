@@ -10,9 +10,9 @@ from scope_hub.analysis.model_diff import compare_models, feature_stats
 from scope_hub.errors import ConfigError
 from scope_hub.hooks import capture
 from scope_hub.scoped_model import ScopedModel
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import tiny_gpt2, tiny_llama
 from tests.analysis.helpers import chat_tokenizer, sae_with_features, unit
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import tiny_gpt2, tiny_llama
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -23,7 +23,7 @@ from scope_hub.analysis.jailbreak import compare_jailbreak
 from scope_hub.analysis.refusal import refusal_features, refusal_scores
 from scope_hub.analysis.scores import generate_answers, refusal_rate
 from scope_hub.scoped_model import ScopedModel
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 
 pytestmark = pytest.mark.integration
 

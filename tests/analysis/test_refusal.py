@@ -149,8 +149,8 @@ def test_mean_difference_and_errors(planted):
 
 def test_cli_refusal_command(tmp_path, capsys):
     from scope_hub.cli import main, register_command
+    from scope_hub.testing.tiny_models import tiny_llama
     from tests.analysis.helpers import chat_tokenizer, sae_with_feature, unit
-    from tests.tiny_models import tiny_llama
 
     register_command("refusal", "refusal analysis", "scope_hub.analysis.cli:setup_refusal")
     tiny_llama().save_pretrained(tmp_path / "model")
@@ -203,7 +203,7 @@ def test_cli_refusal_checks_inputs_before_loading_the_model(tmp_path, capsys, mo
     from scope_hub.cli import main, register_command
 
     register_command("refusal", "refusal analysis", "scope_hub.analysis.cli:setup_refusal")
-    monkeypatch.setattr(cli, "load_model", _no_model)
+    monkeypatch.setattr(cli, "load_model_and_tokenizer", _no_model)
     empty, empty_json = tmp_path / "empty.txt", tmp_path / "empty.json"
     empty.write_text("# only a comment\n")
     empty_json.write_text("[]")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from scope_hub.dictionaries import SparseFeatures
+from scope_hub.testing.dictionaries import ARCHS, SINGLE, make_config, make_dictionary, numpy_params
 from tests import reference
-from tests.dictionaries.factory import ARCHS, SINGLE, make_config, make_dictionary, numpy_params
 
 ATOL = 1e-4  # float32 compute vs float64 reference on O(1) values
 
@@ -122,6 +122,8 @@ def test_matryoshka_truncation_keeps_prefix_groups(type_, tmp_path):
 
 def test_torch_free_layout_agrees_with_the_activation_table():
     from scope_hub.dictionaries import ACTIVATIONS
-    from scope_hub.tensor_layout import THRESHOLD_ARCHITECTURES
+    from scope_hub.kinds import architectures_where
 
-    assert {name for name, cls in ACTIVATIONS.items() if cls.uses_threshold} == THRESHOLD_ARCHITECTURES
+    assert {name for name, cls in ACTIVATIONS.items() if cls(k=1).uses_threshold} == set(
+        architectures_where(stores_threshold=True)
+    )

@@ -23,7 +23,7 @@ from scope_hub.errors import (
     WeightsFileError,
 )
 from scope_hub.loading import load_dictionary
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KIND_CASES = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 
 
 @dataclass(frozen=True)

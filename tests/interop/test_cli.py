@@ -13,7 +13,7 @@ import torch
 from scope_hub.cli import main
 from scope_hub.dictionaries import Dictionary
 from scope_hub.interop import saelens
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 from tests.interop.release_fixtures import make_gs2_release
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,10 @@ import warnings
 import pytest
 import torch
 
-from scope_hub.interop.common import UnsupportedError
+from scope_hub.errors import UnsupportedError
 from scope_hub.interop.formats import FORMATS, convert, detect_format, get_format, load_all
 from scope_hub.metadata import Normalization
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 from tests.interop.cases import CASES, UNSUPPORTED, Case, inputs
 
 

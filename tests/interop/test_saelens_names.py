@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from scope_hub.errors import UnknownReleaseError
 from scope_hub.interop import saelens
-from scope_hub.interop.saelens import UnknownReleaseError, key_for, release_table
+from scope_hub.interop.saelens import key_for, release_table
 
 M = "google/gemma-3-270m"
 REAL_ENTRIES = [  # (release, sae_id, key) as listed by sae_lens 6.54.12's pretrained_saes.yaml

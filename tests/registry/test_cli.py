@@ -49,7 +49,8 @@ def test_push_pull_ls_info_lock_yank_gc_reindex_verify(url, tmp_path, capsys):
     lock = tmp_path / "scope.lock"
     assert cli(capsys, "--registry", url, "lock", KEY, "--out", str(lock))[0] == 0
     assert json.loads(lock.read_text())["entries"][0]["version"] == 2
-    assert cli(capsys, "--registry", url, "rm", f"{KEY}@v2")[0] == 0
+    assert cli(capsys, "--registry", url, "yank", f"{KEY}@v2")[0] == 0
+    assert cli(capsys, "--registry", url, "rm", f"{KEY}@v1")[0] == 2  # no destructive-sounding alias of a soft verb
     assert cli(capsys, "--registry", url, "ls")[1].startswith(f"{KEY}@v1\t")
     code, out, _ = cli(capsys, "--registry", url, "pull", KEY, "--lock", str(lock))  # the lock still pins v2
     assert code == 0 and out.strip().endswith("/v2")

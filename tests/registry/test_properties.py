@@ -9,7 +9,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from scope_hub.errors import KeyParseError, UnsafePathError
-from scope_hub.keys import SITES, TYPES, DictionaryKey, parse_key
+from scope_hub.keys import SITES, DictionaryKey, parse_key
+from scope_hub.kinds import KINDS
 from scope_hub.registry.layout import check_file_name, key_path, manifest_path
 
 ALNUM = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -34,7 +35,7 @@ ref = (
 
 @st.composite
 def key_strings(draw) -> str:
-    site, type_ = draw(st.sampled_from(SITES)), draw(st.sampled_from(TYPES))
+    site, type_ = draw(st.sampled_from(SITES)), draw(st.sampled_from(tuple(KINDS)))
     text = f"{draw(model)}:{site}/layer_{draw(layer)}/width_{draw(width)}/{type_}"
     v, r = draw(variant), draw(ref)
     assume(v is None or ".." not in v)

@@ -10,7 +10,7 @@ import torch
 from scope_hub.hooks import attached_hookpoints
 from scope_hub.model_resolution import converted_sha256
 from scope_hub.scoped_model import ScopedModel
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from scope_hub.errors import DictionaryNotFoundError, ShapeMismatchError
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import attached_hookpoints
 from scope_hub.scoped_model import ScopedModel
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import N_LAYERS, PAD_ID, tiny_model
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import N_LAYERS, PAD_ID, tiny_model
 
 FAMILIES = ["gemma3", "gemma2", "llama", "qwen2", "qwen3", "gpt2", "gpt_neox"]
 LAYER = 1

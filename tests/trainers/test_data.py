@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from scope_hub.errors import ConfigError
-from tests.tiny_models import BOS_ID, PAD_ID, tiny_tokenizer
+from scope_hub.testing.tiny_models import BOS_ID, PAD_ID, tiny_tokenizer
 from trainers.config import DataConfig
 from trainers.data import kept_positions, token_sequences
 

@@ -9,8 +9,8 @@ import yaml
 
 from scope_hub.cli import main as scope_hub_main
 from scope_hub.registry import Registry
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import tiny_llama, tiny_tokenizer
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import tiny_llama, tiny_tokenizer
 from trainers.config import load_config
 from trainers.demo import QUICK, dashboard_command, registry_commands, train_command, train_overrides
 

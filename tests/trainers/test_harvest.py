@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny_models import tiny_gemma3, tiny_tokenizer
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
 from trainers.data import token_sequences
 from trainers.harvest import Harvester, StreamingSource, harvest_to_disk, site_spec

@@ -12,8 +12,8 @@ import torch
 from scope_hub.cards import parse_card
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
 from trainers.harvest_shards import read_meta
 from trainers.lm_eval import delta_lm_loss

@@ -23,8 +23,7 @@ See docs/circuits.md.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from scope_hub.lazy_imports import lazy_attributes
 
 _LAZY = {
     "attribute": "scope_hub.analysis.circuits.attribution",
@@ -45,13 +44,4 @@ _LAZY = {
     "TranscoderSet": "scope_hub.analysis.circuits.transcoder_set",
 }
 
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'scope_hub.analysis.circuits' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cached: later look-ups skip __getattr__
-    return value
+__getattr__, __dir__, __all__ = lazy_attributes(__name__, _LAZY)

@@ -19,8 +19,8 @@ Algorithm (Ameisen et al., 2025; circuit-tracer's ``attribute``):
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_gemma3
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> model = tiny_gemma3().double()
     >>> tcs = [make_dictionary(make_config("transcoder", "relu", d_in=64, d_out=64, d_sae=8, site="mlp_in",
     ...                                    site_out="mlp_out", layer=L), dtype=torch.float64) for L in range(3)]
@@ -186,7 +186,7 @@ def max_positions(model: nn.Module) -> int | None:
     (GPT-2: ``n_positions``); None when the config names neither.
 
     Example:
-        >>> from tests.tiny_models import tiny_gemma3
+        >>> from scope_hub.testing.tiny_models import tiny_gemma3
         >>> max_positions(tiny_gemma3()), max_positions(nn.Linear(2, 2))
         (128, None)
     """
@@ -205,7 +205,7 @@ def check_prompt_length(ids: torch.Tensor, model: nn.Module) -> None:
     """Raise :class:`ConfigError` if ``ids`` has more tokens than ``model`` supports.
 
     Example:
-        >>> from tests.tiny_models import tiny_gemma3
+        >>> from scope_hub.testing.tiny_models import tiny_gemma3
         >>> check_prompt_length(torch.zeros(129, dtype=torch.long), tiny_gemma3())
         Traceback (most recent call last):
         ...

@@ -119,14 +119,14 @@ def _run(args: argparse.Namespace) -> int:
     from scope_hub.analysis.circuits.html import write_html
     from scope_hub.analysis.circuits.pruning import prune
     from scope_hub.analysis.cli import check_dictionary_source
-    from scope_hub.model_resolution import check_model_spec, load_model
+    from scope_hub.model_resolution import check_model_spec, load_model_and_tokenizer
 
     started = time.perf_counter()
     sources = resolve_sources(args.transcoders, args.registry)
     for source in sources:  # typos fail here, not after the model load
         check_dictionary_source(source, args.registry)
     check_model_spec(args.model)
-    model, tokenizer = load_model(args.model, dtype=getattr(torch, args.dtype))
+    model, tokenizer = load_model_and_tokenizer(args.model, dtype=getattr(torch, args.dtype))
     graph = attribute(
         args.prompt,
         model,

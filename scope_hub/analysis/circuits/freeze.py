@@ -18,7 +18,7 @@ copies share one ``[heads, T, T]`` tensor (GQA groups are folded into a single
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
     >>> model, ids = tiny_gemma3().double(), torch.tensor([[257, 104, 105, 33]])
     >>> state = FrozenState()
     >>> with frozen(model, state, "record"), torch.no_grad():

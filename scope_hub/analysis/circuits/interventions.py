@@ -25,8 +25,8 @@ Logit changes are of the demeaned (pre-softcap) logits, the quantity logit nodes
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_gemma3
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> from scope_hub.analysis.circuits.attribution import attribute
     >>> model = tiny_gemma3().double()
     >>> tcs = [make_dictionary(make_config("transcoder", "relu", d_in=64, d_out=64, d_sae=8, site="mlp_in",

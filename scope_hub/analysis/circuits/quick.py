@@ -11,7 +11,7 @@ or both at once with ``quick_transcoders``):
 * decoder (and, for skip transcoders, the affine skip): ridge least squares of
   the MLP output on the sparse features.
 
-They reconstruct poorly (error nodes carry much; ``fvu`` measures it), but they
+They reconstruct poorly (error nodes carry much; ``transcoder_fvu`` measures it), but they
 are genuine JumpReLU transcoders in Gemma Scope 2's format, which is all
 attribution needs: use them to try the tooling, not to interpret a model. On
 Gemma 3 270M all 18 layers take about 25 s on 2 CPU cores. For transcoders
@@ -22,7 +22,7 @@ pull published ones (Gemma Scope 2).
 Example (a tiny model and tokenizer; Gemma 3 270M works the same way):
     >>> import tempfile
     >>> from scope_hub.dictionaries import Dictionary
-    >>> from tests.tiny_models import tiny_gemma3, tiny_tokenizer
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
     >>> model, tok = tiny_gemma3(), tiny_tokenizer()
     >>> tcs = quick_transcoders(model, tok, d_sae=32, l0=4.0)
     >>> len(tcs), tcs[2].config.type, tcs[2].config.layer, tcs[2].config.site_out
@@ -152,7 +152,7 @@ def quick_transcoders(model: torch.nn.Module, tokenizer, text: str = TEXT, **kwa
     return [fit_transcoder(x, y, L, **kwargs) for L, (x, y) in pairs.items()]
 
 
-def fvu(tc: Dictionary, x: torch.Tensor, y: torch.Tensor) -> float:
+def transcoder_fvu(tc: Dictionary, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of variance of ``y`` the transcoder leaves unexplained."""
     with torch.no_grad():
         pred = tc(x)

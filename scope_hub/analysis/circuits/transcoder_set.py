@@ -12,8 +12,8 @@ always ``activation x (decoder row . gradient)`` and a target is always
 
 Example:
     >>> import torch
-    >>> from tests.tiny_models import tiny_gemma3
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.tiny_models import tiny_gemma3
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> model = tiny_gemma3()
     >>> tcs = [make_dictionary(make_config("transcoder", "relu", d_in=64, d_out=64, d_sae=8,
     ...        site="mlp_in", site_out="mlp_out", layer=L)) for L in range(3)]

@@ -14,8 +14,8 @@ Three inputs, one output (:func:`~scope_hub.analysis.dashboard.render.write_dash
 Example:
     >>> import tempfile
     >>> from scope_hub.scoped_model import ScopedModel
-    >>> from tests.tiny_models import tiny_llama, tiny_tokenizer
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.tiny_models import tiny_llama, tiny_tokenizer
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> sae = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=8, site="resid_post", layer=1))
     >>> sm = ScopedModel.from_pretrained(tiny_llama(), dictionaries={"sae": sae})
     >>> index = dashboard_from_texts(sm, "sae", tiny_tokenizer(), ["Hello world.", "Good night."], tempfile.mkdtemp())

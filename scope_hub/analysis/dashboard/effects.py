@@ -16,8 +16,8 @@ done and what is not:
   through ``o_proj`` first (Gemma's post-attention norm after ``o_proj`` is not modelled).
 
 Example:
-    >>> from tests.tiny_models import tiny_llama
-    >>> from tests.dictionaries.factory import make_config, make_dictionary
+    >>> from scope_hub.testing.tiny_models import tiny_llama
+    >>> from scope_hub.testing.dictionaries import make_config, make_dictionary
     >>> sae = make_dictionary(make_config("sae", "relu", d_in=64, d_sae=8, site="resid_post", layer=1))
     >>> effects = logit_effects(tiny_llama(), sae, k=3)
     >>> effects.top_ids.shape, bool((effects.top_values[:, 0] >= effects.top_values[:, 1]).all())

@@ -9,7 +9,7 @@ from ``#q=...`` or ``?q=...``.
 Example:
     >>> import tempfile, torch
     >>> from scope_hub.analysis.dashboard.collect import collect_from_arrays
-    >>> from tests.tiny_models import tiny_tokenizer
+    >>> from scope_hub.testing.tiny_models import tiny_tokenizer
     >>> stats = collect_from_arrays(torch.tensor([[104, 105]]), torch.tensor([[[0.0, 1.0], [2.0, 0.0]]]))
     >>> out = write_dashboard(tempfile.mkdtemp(), stats, tiny_tokenizer(), title="demo")
     >>> sorted(p.name for p in out.parent.rglob("*.html"))

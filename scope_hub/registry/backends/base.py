@@ -41,7 +41,7 @@ class _Forward(Callback):
             self._on_bytes(inc)
 
     def absolute_update(self, value: int) -> None:
-        delta, self.value = value - (self.value or 0), value
+        delta, self.value = value - int(getattr(self, "value", 0) or 0), value
         self.relative_update(delta)
 
 

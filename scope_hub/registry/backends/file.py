@@ -33,15 +33,23 @@ from scope_hub.registry.layout import TMP_DIR
 
 def path_of_url(url: str) -> Path:
     """Local folder of a ``file://`` URL (or a plain path); RegistryURLError if it cannot be one."""
+    if "\x00" in url:
+        raise RegistryURLError(f"registry URL {url!r} contains a NUL character")
     if url.startswith("file://"):
-        parsed = urlparse(url)
+        try:
+            parsed = urlparse(url)
+        except ValueError as exc:  # e.g. an unclosed IPv6 bracket in the host part
+            raise RegistryURLError(f"file URL {url!r} does not parse ({exc}); use file:///absolute/path") from None
         if parsed.netloc not in ("", "localhost"):
             raise RegistryURLError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
         path = Path(unquote(parsed.path))
         if not path.is_absolute():
             raise RegistryURLError(f"file URL {url!r} has no absolute path; use file:///absolute/path")
     else:
-        path = Path(url).expanduser().absolute()
+        try:
+            path = Path(url).expanduser().absolute()
+        except RuntimeError as exc:  # "~user" naming no user: expanduser cannot find a home folder
+            raise RegistryURLError(f"registry path {url!r}: {exc}; give an absolute path") from None
     _check_path_length(path, url)
     return path.resolve()
 

@@ -51,7 +51,7 @@ from scope_hub.registry.faults import fault_point
 from scope_hub.registry.index import IndexSnapshot, RegistryIndex
 from scope_hub.registry.layout import key_path, parse_release_file, release_dir, release_path
 from scope_hub.registry.models import GcReport, PushResult, VerifyReport, VersionRecord
-from scope_hub.registry.progress import Progress
+from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.protocol import Backend, VersionState, record_of
 from scope_hub.registry.settings import is_offline
 
@@ -176,7 +176,7 @@ class HfBackend(Backend):
             time.sleep(random.uniform(0.01, 0.05 * min(attempt + 1, 8)))  # lost the race: back off
         raise RegistryError(f"{self.url} kept changing under this push ({MAX_COMMITS} attempts); retry")
 
-    def publish(self, staged: Staged, progress: Progress) -> PushResult:
+    def publish(self, staged: Staged, progress: TransferProgress) -> PushResult:
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         key, name, folder = staged.key, str(staged.key), key_path(staged.key)
@@ -279,7 +279,7 @@ class HfBackend(Backend):
         return version
 
     # -- maintenance ----------------------------------------------------------------------------
-    def verify(self, progress: Progress) -> VerifyReport:
+    def verify(self, progress: TransferProgress) -> VerifyReport:
         report = VerifyReport()
         commit, index = self._refresh()
         items = [(parse_key(k), r) for k in sorted(index.keys) for r in index.records(k)]

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from scope_hub.errors import OfflineError, RegistryError
 from scope_hub.registry.settings import is_offline
+from scope_hub.settings import settings
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -62,11 +63,8 @@ def is_commit_sha(revision: str) -> bool:
 
 def hf_cache_dir() -> str | None:
     """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return str(Path(os.environ["HF_HOME"]) / "hub")
-    return None
+    cache = settings().hf_cache_dir
+    return str(cache) if cache else None
 
 
 def commit_of(pointer: str) -> str:
@@ -119,7 +117,7 @@ class HubClient:
 
         self.url = url
         self.repo_type, self.repo_id, self.branch = parse_hf_url(url)
-        self.endpoint = (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+        self.endpoint = (settings().hf_endpoint or "").rstrip("/") or None
         self.api = HfApi(endpoint=self.endpoint)
         self.calls: Counter[str] = Counter()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,10 +24,11 @@ from scope_hub.errors import RegistryConnectionError, RegistryError, RegistryURL
 from scope_hub.redaction import redact_text
 from scope_hub.registry.backends import check_s3_url
 from scope_hub.registry.backends.base import FsspecStore, _Forward
+from scope_hub.settings import settings
 
 
 def _endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return settings().s3_endpoint
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tiny_models import tiny_model, tiny_tokenizer
+from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import BOS_ID
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import BOS_ID
 
 IDS = torch.tensor([BOS_ID, 72, 101, 108, 108, 111, 32, 119, 111, 114])
 """<bos> "Hello wor"."""

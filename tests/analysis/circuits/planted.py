@@ -25,7 +25,7 @@ from torch import nn
 from scope_hub.dictionaries import CrossLayerTranscoder, Dictionary, Transcoder
 from scope_hub.hooks import capture
 from scope_hub.metadata import DictionaryConfig
-from tests.tiny_models import tiny_gemma3
+from scope_hub.testing.tiny_models import tiny_gemma3
 
 PROMPT = torch.tensor([257, 120, 121, 122, 97])  # <bos> x y z a
 POS = PROMPT.numel() - 1

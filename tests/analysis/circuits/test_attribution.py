@@ -11,9 +11,9 @@ from scope_hub.analysis.circuits.replacement import record, replay
 from scope_hub.analysis.circuits.transcoder_set import TranscoderSet
 from scope_hub.errors import ConfigError
 from scope_hub.scoped_model import ScopedModel
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import tiny_model
 from tests.analysis.circuits.helpers import IDS, dictionaries
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import tiny_model
 
 FP64_TOL, FP32_TOL = 1e-12, 1e-4  # relative to the largest row value (measured: ~1e-14 and ~1e-5)
 

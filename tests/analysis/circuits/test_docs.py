@@ -18,7 +18,7 @@ import pytest
 
 import scope_hub.models
 from scope_hub.cli import main
-from tests.tiny_models import tiny_gemma3, tiny_tokenizer
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "circuits.md"
 

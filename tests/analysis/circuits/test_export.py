@@ -23,8 +23,8 @@ from scope_hub.analysis.circuits.export import (
 from scope_hub.analysis.circuits.graph import Graph
 from scope_hub.analysis.circuits.html import render_html, write_html
 from scope_hub.analysis.circuits.pruning import prune
+from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
 from tests.analysis.circuits.helpers import dictionaries
-from tests.tiny_models import tiny_model, tiny_tokenizer
 
 # circuit-tracer 0.5.0 frontend/graph_models.py: fields of Node, Metadata, QParams, and the top-level Model.
 NODE_FIELDS = {

@@ -14,8 +14,8 @@ from scope_hub.analysis.circuits.pruning import (
     prune,
 )
 from scope_hub.errors import ConfigError
+from scope_hub.testing.tiny_models import tiny_model
 from tests.analysis.circuits.helpers import IDS, dictionaries
-from tests.tiny_models import tiny_model
 
 
 # --- dense reference: circuit-tracer 0.5.0 graph.py, written out on an N x N matrix ---------------

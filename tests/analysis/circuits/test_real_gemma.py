@@ -16,7 +16,7 @@ from filelock import FileLock
 from scope_hub.analysis.circuits.attribution import attribute
 from scope_hub.analysis.circuits.interventions import check_interventions, total_effects
 from scope_hub.analysis.circuits.pruning import prune
-from scope_hub.analysis.circuits.quick import fit_transcoder, fvu, harvest
+from scope_hub.analysis.circuits.quick import fit_transcoder, harvest, transcoder_fvu
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ def quick_folders(gemma3_270m, tmp_path_factory):
             fvus = []
             for layer, (x, y) in harvest(gemma3_270m.model, gemma3_270m.tokenizer).items():
                 tc = fit_transcoder(x, y, layer, d_sae=256, l0=12, model_id="google/gemma-3-270m")
-                fvus.append(fvu(tc, x, y))
+                fvus.append(transcoder_fvu(tc, x, y))
                 tc.save_pretrained(root / f"layer_{layer}")
             (root / "fvu.json").write_text(json.dumps(fvus))
     fvus = json.loads((root / "fvu.json").read_text())

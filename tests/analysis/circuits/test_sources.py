@@ -13,8 +13,8 @@ from scope_hub.analysis.circuits.attribution import attribute
 from scope_hub.cli import main
 from scope_hub.dictionaries import CrossLayerTranscoder, Dictionary, SkipTranscoder
 from scope_hub.registry import Registry
+from scope_hub.testing.tiny_models import tiny_model
 from tests.analysis.circuits.helpers import IDS, dictionaries
-from tests.tiny_models import tiny_model
 
 D, D_SAE = 64, 16
 HOOK_IN = "model.layers.{}.pre_feedforward_layernorm.output"

@@ -14,8 +14,8 @@ from scope_hub.analysis.circuits.export import graph_json
 from scope_hub.analysis.circuits.pruning import prune
 from scope_hub.cli import main
 from scope_hub.errors import ConfigError
+from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
 from tests.analysis.circuits.helpers import IDS, dictionaries
-from tests.tiny_models import tiny_model, tiny_tokenizer
 
 
 def test_names_and_transcoder_list_are_in_layer_order():

@@ -9,7 +9,7 @@ scale, which would let a wrong norm pass). All share one byte-level tokenizer
 (:func:`tiny_tokenizer`, vocab 260 = 256 bytes + 4 specials).
 
 Example:
-    >>> from tests.tiny_models import tiny_model, tiny_tokenizer
+    >>> from scope_hub.testing import tiny_model, tiny_tokenizer
     >>> model = tiny_model("llama")
     >>> ids = tiny_tokenizer()("hi there", return_tensors="pt").input_ids
     >>> model(ids).logits.shape[-1]
@@ -102,7 +102,8 @@ def _gemma3_multimodal() -> PreTrainedModel:
 
 def _gemma2() -> PreTrainedModel:
     # eager: Gemma 2's attention logit soft-capping is not supported by sdpa.
-    cfg = Gemma2Config(**_COMMON, **_GQA, query_pre_attn_scalar=HEAD_DIM, sliding_window=4, attn_implementation="eager")
+    eager: dict[str, Any] = {"attn_implementation": "eager"}  # a generic PretrainedConfig kwarg
+    cfg = Gemma2Config(**_COMMON, **_GQA, query_pre_attn_scalar=HEAD_DIM, sliding_window=4, **eager)
     return Gemma2ForCausalLM(cfg)
 
 
@@ -148,7 +149,8 @@ def _gpt2() -> PreTrainedModel:
 
 
 def _gpt_neox(parallel: bool = True) -> PreTrainedModel:
-    cfg = GPTNeoXConfig(**_COMMON, use_parallel_residual=parallel, rotary_pct=0.5)
+    partial_rotary: dict[str, Any] = {"rotary_pct": 0.5}  # older spelling, still read by GPTNeoXConfig
+    cfg = GPTNeoXConfig(**_COMMON, use_parallel_residual=parallel, **partial_rotary)
     return GPTNeoXForCausalLM(cfg)
 
 
@@ -270,7 +272,8 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=obj, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
     )
     # Prepend <bos> like the real Gemma / Llama tokenizers do.
-    tok._tokenizer.post_processor = TemplateProcessing(
+    backend: Any = tok._tokenizer
+    backend.post_processor = TemplateProcessing(
         single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", BOS_ID)]
     )
     return tok

@@ -3,7 +3,7 @@
 Subclass :class:`AdapterSuite` in a ``test_*.py`` file and provide ``make_model``::
 
     class TestMyFamily(AdapterSuite):
-        make_model = staticmethod(lambda: tiny_model("my_family"))
+        make_model = staticmethod(lambda: tiny_model("my_family"))  # from scope_hub.testing
 
 Every site at every layer is checked against something computed another way:
 
