@@ -220,6 +220,8 @@ class TrainSection(_Section):
     """Show a progress bar (default: only on a terminal and not under CI)."""
     threads: int | None = Field(default=None, gt=0)
     """torch intra-op threads (default: torch's choice)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the dictionary's GEMMs (bfloat16: autocast; weights, Adam state and loss reductions stay fp32)."""
 
 
 class EvalSection(_Section):
@@ -315,8 +317,8 @@ class TrainConfig(_Section):
         data = self.model_dump(mode="json")
         for section, field in _NON_NUMERIC_FIELDS:
             data.get(section, {}).pop(field, None)
-        for section, field in _ADDED_FIELDS:  # unset: the fingerprint older checkpoints were written with
-            if data.get(section, {}).get(field) is None:
+        for section, field, default in _ADDED_FIELDS:  # at the default: as older checkpoints were written
+            if data.get(section, {}).get(field) == default:
                 data.get(section, {}).pop(field, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -339,8 +341,8 @@ _NON_NUMERIC_FIELDS = [
     ("train", "decode"),
 ]
 
-_ADDED_FIELDS = [("data", "corpus")]
-"""Fields added after checkpoints were first written; left out of the fingerprint while unset."""
+_ADDED_FIELDS = [("data", "corpus", None), ("train", "dtype", "float32")]
+"""Fields added after checkpoints were first written, with their defaults; left out of the fingerprint at those."""
 
 EXAMPLES = Path(__file__).parent / "examples"
 """Example configs shipped with the package (``sae.yaml``)."""
