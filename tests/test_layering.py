@@ -17,6 +17,7 @@ RANKS: dict[str, float] = {
     "scope_hub": 0,  # the package __init__ only re-exports lazily
     "scope_hub.errors": 0,
     "scope_hub.atomic_files": 0,
+    "scope_hub.file_checks": 0,
     "scope_hub.metadata": 1,
     "scope_hub.keys": 1,
     "scope_hub.config_io": 2,
@@ -42,6 +43,7 @@ RANKS: dict[str, float] = {
 TORCH_FREE = [
     "scope_hub",
     "scope_hub.atomic_files",
+    "scope_hub.file_checks",
     "scope_hub.keys",
     "scope_hub.metadata",
     "scope_hub.config_io",
