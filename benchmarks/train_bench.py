@@ -49,14 +49,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from benchmarks import train_peers
 from benchmarks.summary import Headline, add_summary_argument, write_summary
-from benchmarks.train_peers import Rows
+from benchmarks.train_peers import Rows, Work, peer_work
 
 B, D, S, K, L0 = 4096, 640, 16384, 32, 64
 
@@ -121,22 +120,6 @@ def matmul_peak(n: int, dtype: torch.dtype = torch.float32) -> float:
     return statistics.mean(flops / time_steps(f, n) for f in shapes)
 
 
-@dataclass
-class Work:
-    """FLOPs one step executes: dense GEMMs (in the step's GEMM precision) and fp32 sparse passes."""
-
-    gemm: float
-    sparse: float
-    low: bool = False
-
-    def seconds_at_peak(self, peaks: dict[str, float]) -> float:
-        return self.gemm / peaks["bf16" if self.low else "fp32"] + self.sparse / peaks["fp32"]
-
-    @property
-    def total(self) -> float:
-        return self.gemm + self.sparse
-
-
 def ours(arch: str, rows: torch.Tensor, state: str = "init", low: bool = False, log_every: int = 10):
     """A step function for our trainer, plus a function giving the :class:`Work` of the last step."""
     from trainers.config import load_config
@@ -197,16 +180,6 @@ def ours(arch: str, rows: torch.Tensor, state: str = "init", low: bool = False, 
         return Work(2 * B * D * S, (5 if low else 4) * 2 * last["nnz"] * D, low)
 
     return step, work
-
-
-def peer_work(name: str) -> Work | None:
-    """What the peers' steps execute (dense: SAELens's 5 GEMMs; sparsify: 1 GEMM + 5 passes over B*k*d)."""
-    low = name.endswith("bf16")
-    if name.startswith("saelens"):
-        return Work(5 * 2 * B * D * S, 0.0, low)
-    if name.startswith("sparsify"):
-        return Work(2 * B * D * S, 5 * 2 * B * K * D, low)
-    return None
 
 
 def check_low_precision(rows: torch.Tensor) -> None:
@@ -309,7 +282,7 @@ def main() -> None:
             step, work = build()
             seconds = time_steps(step, args.steps)
             results[name].append(B / seconds)
-            done = work() if work is not None else peer_work(name)
+            done = work() if work is not None else peer_work(name, SHAPE)
             if done is not None:
                 utilisation[name].append(done.seconds_at_peak(this_round) / seconds)
             del step, work

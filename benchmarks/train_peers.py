@@ -10,8 +10,36 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class Work:
+    """FLOPs one step executes: dense GEMMs (in the step's GEMM precision) and fp32 sparse passes."""
+
+    gemm: float
+    sparse: float
+    low: bool = False
+
+    def seconds_at_peak(self, peaks: dict[str, float]) -> float:
+        return self.gemm / peaks["bf16" if self.low else "fp32"] + self.sparse / peaks["fp32"]
+
+    @property
+    def total(self) -> float:
+        return self.gemm + self.sparse
+
+
+def peer_work(name: str, shape: tuple[int, int, int, int, int]) -> Work | None:
+    """What the peers' steps execute (dense: SAELens's 5 GEMMs; sparsify: 1 GEMM + 5 passes over B*k*d)."""
+    batch, d, s, k, _l0 = shape
+    low = name.endswith("bf16")
+    if name.startswith("saelens"):
+        return Work(5 * 2 * batch * d * s, 0.0, low)
+    if name.startswith("sparsify"):
+        return Work(2 * batch * d * s, 5 * 2 * batch * k * d, low)
+    return None
 
 
 class Rows:
