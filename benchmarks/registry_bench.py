@@ -6,12 +6,16 @@ file:// and on s3:// against a local moto server, and prints store requests next
 
 "Cold" pull = empty scope-hub cache (the OS page cache may still hold the registry's files:
 we cannot drop it without root, so cold times here are CPU/disk-copy bound, not network bound).
+Cold ``pull_many`` of the 18 keys is compared with a floor measured in the same run, alternating:
+file:// = read + sha256 of the same blobs; s3:// = boto3 multi-part download of the same objects
+into files + sha256; both with the same number of parallel transfers as ``pull_many``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -19,6 +23,7 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,12 +34,14 @@ from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.keys import parse_key
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.registry import Registry
-from scope_hub.registry.content import build_manifest, manifest_bytes, stage_folder
+from scope_hub.registry.content import CHUNK, build_manifest, manifest_bytes, stage_folder
 from scope_hub.registry.index import RegistryIndex, StoreIndex
 from scope_hub.registry.layout import blob_path, manifest_path
 from scope_hub.registry.protocol import record_of
 
 LAYERS = 18
+PULL_THREADS = 4
+"""Parallel transfers of ``pull_many`` and of both floors."""
 MODELS = [f"google/gemma-scope-bench-{i}" for i in range(10)]
 SITES = ["resid_post", "attn_out", "mlp_out", "resid_pre", "mlp_in"]
 WIDTHS = ["16k", "65k", "262k", "1m"]
@@ -74,15 +81,83 @@ def timed(fn):
     return time.perf_counter() - start, out
 
 
-def bench_pulls(root: Path, small: bool) -> list[Headline]:
+def pull_setup(url: str, root: Path, small: bool) -> tuple[list[str], float, str]:
+    """Push the 18 layer dictionaries to ``url``; returns (pinned keys, push seconds, label)."""
     d_in, d_sae = (64, 1024) if small else (640, 16384)
-    url = (root / "pull-registry").as_uri()
     width = "1k" if small else "16k"  # push checks the key's width against d_sae
     keys = [f"google/gemma-3-270m:resid_post/layer_{i}/width_{width}/sae" for i in range(LAYERS)]
     folders = [make_layer(root / "src" / f"layer_{i}", i, d_in, d_sae) for i in range(LAYERS)]
     size = sum((f / "params.safetensors").stat().st_size for f in folders)
     push_s, _ = timed(lambda: [Registry(url, progress=False).push(f, k) for f, k in zip(folders, keys)])
-    pins = [f"{k}@v1" for k in keys]
+    shutil.rmtree(root / "src")
+    return [f"{k}@v1" for k in keys], push_s, f"{LAYERS} x {d_in}x{d_sae} fp32 ({size / 1e6:.0f} MB)"
+
+
+def blob_names(url: str, pins: list[str]) -> list[str]:
+    """Store paths of every file of the pinned versions (what a cold pull transfers)."""
+    reg = Registry(url, progress=False)
+    return sorted({blob_path(e.sha256) for pin in pins for e in reg.resolve(pin).files})
+
+
+def file_floor(url: str, pins: list[str], threads: int) -> float:
+    """Seconds to read and sha256 every blob of the pins from the file:// registry, ``threads`` at a time."""
+    base = Path(url.removeprefix("file://"))
+    paths = [base / name for name in blob_names(url, pins)]
+
+    def read_hash(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    with ThreadPoolExecutor(threads) as pool:
+        return timed(lambda: list(pool.map(read_hash, paths)))[0]
+
+
+def s3_floor(url: str, pins: list[str], threads: int, tmp: Path) -> float:
+    """Seconds for boto3 downloads of every blob of the pins into files (8 MB multi-part ranges),
+    ``threads`` objects at a time, and the sha256 of each."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    client = boto3.client("s3")
+    config = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK, max_concurrency=1)
+    names = blob_names(url, pins)
+    target = tmp / "s3-floor"
+    target.mkdir(exist_ok=True)
+
+    def download(i: int) -> str:
+        path = target / str(i)
+        client.download_file(bucket, f"{prefix}/{names[i]}", str(path), Config=config)
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    with ThreadPoolExecutor(threads) as pool:
+        seconds = timed(lambda: list(pool.map(download, range(len(names)))))[0]
+    shutil.rmtree(target)
+    return seconds
+
+
+def cold_vs_floor(name: str, url: str, pins: list[str], floor: Callable[[], float], root: Path, repeats: int):
+    """Cold ``pull_many`` (a fresh cache each time) and the floor, alternating; per-repeat times."""
+    ours, floors = [], []
+    for r in range(repeats):
+        cache = root / f"cache-{name}-{r}"
+        reg = Registry(url, cache_dir=cache, progress=False)
+        ours.append(timed(lambda reg=reg: reg.pull_many(pins, threads=PULL_THREADS))[0])
+        shutil.rmtree(cache)
+        floors.append(floor())
+    return ours, floors
+
+
+def bench_pulls(root: Path, small: bool, repeats: int) -> list[Headline]:
+    url = (root / "pull-registry").as_uri()
+    pins, push_s, what = pull_setup(url, root, small)
     cold = Registry(url, cache_dir=root / "cache", progress=False)
     cold_s, _ = timed(lambda: [cold.pull(p) for p in pins])
     warm_runs, reads = [], []
@@ -90,28 +165,35 @@ def bench_pulls(root: Path, small: bool) -> list[Headline]:
         warm = Registry(url, cache_dir=root / "cache", progress=False)
         warm_runs.append(timed(lambda warm=warm: [warm.pull(p) for p in pins])[0])
         reads.append(warm.backend.requests())
+    keys = [p.removesuffix("@v1") for p in pins]
     latest = Registry(url, cache_dir=root / "cache", progress=False)
     latest_s, _ = timed(lambda: [latest.pull(k) for k in keys])
-    threaded = Registry(url, cache_dir=root / "cache-threaded", progress=False)
-    with ThreadPoolExecutor(4) as pool:
-        threaded_s, _ = timed(lambda: list(pool.map(threaded.pull, pins)))
-    print(f"pull: {LAYERS} dictionaries {d_in}x{d_sae} fp32, {size / 1e6:.0f} MB total, file:// registry")
+    ours, floors = cold_vs_floor("file", url, pins, lambda: file_floor(url, pins, PULL_THREADS), root, repeats)
+    print(f"pull: {what}, file:// registry")
     print(f"  push (hash + copy into registry)   {push_s:7.3f} s")
     print(f"  cold pull @v1 (empty cache)        {cold_s:7.3f} s   store requests {cold.backend.requests()}")
-    print(f"  cold pull @v1, 4 threads over keys {threaded_s:7.3f} s")
+    print(
+        f"  cold pull_many @v1, {PULL_THREADS} transfers     {statistics.median(ours):7.3f} s   "
+        f"floor (read + sha256, {PULL_THREADS} threads) {statistics.median(floors):.3f} s"
+    )
     print(
         f"  warm pull @v1 (median of 5)        {statistics.median(warm_runs) * 1000:7.2f} ms  store requests {max(reads)}"
     )
     print(f"  warm pull @latest                  {latest_s * 1000:7.2f} ms  store requests {latest.backend.requests()}")
-    shutil.rmtree(root / "src")
-    what = f"{LAYERS} x {d_in}x{d_sae} fp32 ({size / 1e6:.0f} MB)"
     return [
         Headline(
             "registry",
             "cold pull, 18 layer SAEs @v1",
             cold_s,
             unit="s",
-            note=f"{what}; download + sha256 + snapshot, {cold.backend.requests()} store requests",
+            note=f"{what}; one key after another; download + sha256 + snapshot, {cold.backend.requests()} requests",
+        ),
+        Headline(
+            "registry",
+            "cold pull_many / floor, file://",
+            statistics.median(o / f for o, f in zip(ours, floors)),
+            goal="<= 1.2",
+            note=f"{what}; floor = read + sha256 of the same blobs, {PULL_THREADS} threads (page cache warm)",
         ),
         Headline(
             "registry",
@@ -120,6 +202,25 @@ def bench_pulls(root: Path, small: bool) -> list[Headline]:
             unit="ms",
             note=f"{max(reads)} store requests (pinned versions are immutable)",
         ),
+    ]
+
+
+def bench_s3_pulls(url: str, root: Path, small: bool, repeats: int) -> list[Headline]:
+    pins, push_s, what = pull_setup(url, root, small)
+    ours, floors = cold_vs_floor("s3", url, pins, lambda: s3_floor(url, pins, PULL_THREADS, root), root, repeats)
+    print(f"pull: {what}, s3:// (moto server on 127.0.0.1), push {push_s:.1f} s")
+    print(
+        f"  cold pull_many @v1, {PULL_THREADS} transfers     {statistics.median(ours):7.3f} s   "
+        f"floor (boto3 multi-part downloads + sha256, {PULL_THREADS} at a time) {statistics.median(floors):.3f} s"
+    )
+    return [
+        Headline(
+            "registry",
+            "cold pull_many / floor, s3:// (moto)",
+            statistics.median(o / f for o, f in zip(ours, floors)),
+            goal="<= 1.2",
+            note=f"{what}; floor = boto3 download_file (8 MB parts) + sha256 of the same objects, {PULL_THREADS} at a time",
+        )
     ]
 
 
@@ -231,17 +332,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="18 x 64x1024 dictionaries instead of 640x16384")
     parser.add_argument("--skip-s3", action="store_true", help="skip the moto part")
+    parser.add_argument("--repeats", type=int, default=3, help="cold pull_many / floor pairs")
+    parser.add_argument("--only-pulls", action="store_true", help="skip the 20,000-key listing part")
     add_summary_argument(parser)
     args = parser.parse_args()
     os.environ.setdefault("CI", "1")  # no progress bars in benchmark output
     with tempfile.TemporaryDirectory(prefix="scope-hub-bench-") as tmp:
         root = Path(tmp)
-        rows = bench_pulls(root, args.small)
-        rows += bench_listing("file://", (root / "big-registry").as_uri(), root, reindex=True)
+        rows = bench_pulls(root, args.small, args.repeats)
+        if not args.only_pulls:
+            rows += bench_listing("file://", (root / "big-registry").as_uri(), root, reindex=True)
         if not args.skip_s3:
             server, url = start_moto()
             try:
-                rows += bench_listing("s3:// (moto on 127.0.0.1)", url, root, reindex=False)
+                rows += bench_s3_pulls(url.replace("/registry", "/pulls"), root, args.small, args.repeats)
+                if not args.only_pulls:
+                    rows += bench_listing("s3:// (moto on 127.0.0.1)", url, root, reindex=False)
             finally:
                 server.stop()
     write_summary(args.summary, rows)

@@ -1,4 +1,4 @@
-"""Training throughput: our TopK and JumpReLU steps vs SAELens 6.54, and the fp32 matmul peak.
+"""Training throughput: our TopK and JumpReLU steps, fp32 and bf16, vs SAELens 6.54 and sparsify 1.3.
 
 Shapes as DESIGN.md section 9: 640 -> 16384 latents, batch 4096 tokens, k = 32,
 real Gemma 3 270M layer-6 residual activations (harvested once into a cache
@@ -6,7 +6,8 @@ folder with our harvester; ``--random`` uses Gaussian data instead).
 
 A step is everything an optimizer step costs once the batch is in memory:
 forward, losses, backward, gradient clipping, Adam, decoder renormalisation and
-dead-latent bookkeeping (SAELens: ``SAETrainer._train_step`` minus its scheduler).
+dead-latent bookkeeping (SAELens: ``SAETrainer._train_step`` minus its scheduler;
+sparsify: its ``Trainer.fit`` step, see :mod:`benchmarks.train_peers`).
 Candidates run in interleaved rounds so machine load hits them alike; ratios are
 per-round medians.
 
@@ -15,18 +16,26 @@ per-round medians.
   active): the dense path;
 * ``ours jumprelu @L0=64``: thresholds set so ~64 latents fire per token (what a
   trained l0_medium dictionary looks like): the sparse path;
+* ``... bf16``: the same under ``train.dtype=bfloat16`` (peers: their forward under
+  the same ``torch.autocast``);
 * SAELens runs the same computation densely whatever the state.
 
-Matmul peak: median time of the three GEMM shapes of a dense step
+Before timing, one step of our bf16 TopK and JumpReLU from the fp32 run's initial state on the
+same batch must give an FVU within 1% (relative) of the fp32 step's.
+
+Matmul peaks (fp32 and bf16): mean over the three GEMM shapes of a dense step
 ([4096x640]@[640x16384], [4096x16384]@[16384x640], [640x4096]@[4096x16384]).
-"util." counts the FLOPs a step actually performs (2*B*d*S per dense GEMM,
-2*nnz*d per sparse gather/scatter) divided by the step time and the peak.
-"3-GEMM util." is DESIGN.md section 9's accounting for its 2170 tok/s anchor (a TopK
-step with sparse decode doing three dense GEMMs: encoder forward, encoder weight
-gradient, input gradient): 3 * 2*B*d*S per step, whatever the step really does.
+FLOPs counted are those a step executes: 2*B*d*S per dense GEMM, 2*nnz*d per sparse
+gather/scatter pass (a sparse decode does far fewer than a dense one). "util." is the time
+the executed FLOPs would take at the measured peaks (bf16 GEMM FLOPs at the bf16 peak, the
+rest at the fp32 peak) divided by the step time, so it never exceeds 100%.
+"3-GEMM util." is DESIGN.md section 9's accounting for its 2170 tok/s anchor (3 * 2*B*d*S
+per step at the fp32 peak, whatever the step does); kept for comparison with old tables.
 
     .venv/bin/python -m benchmarks.train_bench [--rounds 3] [--steps 4] [--random]
     .venv/bin/python -m benchmarks.train_bench --threads 1 --clock cpu   # load-insensitive ratios
+    .venv/bin/python -m benchmarks.train_bench --profile "ours topk"     # where a step's time goes
+    .venv/bin/python -m benchmarks.train_bench --device cuda             # on a GPU
 """
 
 from __future__ import annotations
@@ -39,11 +48,14 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from benchmarks import train_peers
 from benchmarks.summary import Headline, add_summary_argument, write_summary
+from benchmarks.train_peers import Rows, Work, peer_work
 
 B, D, S, K, L0 = 4096, 640, 16384, 32, 64
 
@@ -51,7 +63,7 @@ B, D, S, K, L0 = 4096, 640, 16384, 32, 64
 def activations(args: argparse.Namespace) -> torch.Tensor:
     """[n, 640] layer-6 resid_post rows of Gemma 3 270M (cached), or Gaussian rows with --random."""
     if args.random:
-        return torch.randn(args.tokens, D) * 30
+        return torch.randn(args.tokens, D, generator=torch.Generator().manual_seed(0)) * 30
     from trainers.config import load_config
     from trainers.harvest_shards import HarvestReader
     from trainers.pipeline import harvest_only
@@ -77,47 +89,45 @@ def activations(args: argparse.Namespace) -> torch.Tensor:
 
 
 CLOCK = time.perf_counter
+DEVICE = torch.device("cpu")
+SHAPE = (B, D, S, K, L0)
 
 
-def time_steps(step, n: int) -> float:
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step: Callable[[], None], n: int) -> float:
     """Median seconds of ``n`` calls after one warm-up call (wall clock, or CPU time with --clock cpu)."""
     step()
+    sync()
     times = []
     for _ in range(n):
         t0 = CLOCK()
         step()
+        sync()
         times.append(CLOCK() - t0)
     return statistics.median(times)
 
 
-def matmul_peak(n: int) -> float:
-    x, w, g = torch.randn(B, D), torch.randn(D, S), torch.randn(B, S)
-    wt = torch.randn(S, D)
+def matmul_peak(n: int, dtype: torch.dtype = torch.float32) -> float:
+    """Mean FLOP/s of the three GEMM shapes of a dense step in ``dtype``."""
+    x, w, g = (torch.randn(*shape, device=DEVICE, dtype=dtype) for shape in ((B, D), (D, S), (B, S)))
+    wt = torch.randn(S, D, device=DEVICE, dtype=dtype)
     flops = 2 * B * D * S
     shapes = [lambda: x @ w, lambda: g @ wt, lambda: x.T @ g]
     return statistics.mean(flops / time_steps(f, n) for f in shapes)
 
 
-class _Rows:
-    """Batches drawn from the activation rows (a fixed random order)."""
-
-    def __init__(self, rows: torch.Tensor) -> None:
-        self.rows, self.i = rows, 0
-        self.order = torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(0))
-
-    def next(self) -> torch.Tensor:
-        idx = self.order[torch.arange(self.i, self.i + B) % self.rows.shape[0]]
-        self.i += B
-        return self.rows[idx]
-
-
-def ours(arch: str, rows: torch.Tensor, state: str = "init"):
-    """A step function for our trainer, plus a function giving the FLOPs of the last step."""
+def ours(arch: str, rows: torch.Tensor, state: str = "init", low: bool = False, log_every: int = 10):
+    """A step function for our trainer, plus a function giving the :class:`Work` of the last step."""
     from trainers.config import load_config
+    from trainers.distributed import DistContext
     from trainers.sources import ActivationSource
     from trainers.trainer import Trainer
 
-    data = _Rows(rows)
+    data = Rows(rows, B)
 
     class Source(ActivationSource):
         d_in = d_out = D
@@ -138,90 +148,90 @@ def ours(arch: str, rows: torch.Tensor, state: str = "init"):
             "train.tokens=40960000",
             "train.normalization_tokens=16384",
             "train.progress=false",
+            f"train.log_every={log_every}",
+            f"train.dtype={'bfloat16' if low else 'float32'}",
             "optim.lr=7e-5",
         ],
     )
-    trainer = Trainer(cfg, Source())
+    trainer = Trainer(cfg, Source(), DistContext(device=DEVICE))
     if state == "dead":  # half the latents dead: the aux-k loss is active
         trainer.tokens_since_fired[0, : S // 2] = cfg.loss.dead_tokens
     if state == "trained":
         with torch.no_grad():
             x, _ = trainer._normalized(*trainer.source.batch(0, B))
             pre = x[:, 0] @ trainer.params[0].w_enc + trainer.params[0].b_enc
-            trainer.params[0].threshold.copy_(torch.kthvalue(pre, B - B * L0 // S, dim=0).values)
+            trainer.params[0].threshold.copy_(torch.kthvalue(pre.cpu(), B - B * L0 // S, dim=0).values)
         trainer.density = [L0 / S]
+        data.i = 0
     last = {}
 
-    def step() -> None:
+    def step() -> dict:
         x, t = trainer._normalized(*trainer.source.batch(0, B))
-        trainer._train_step(x, t)
+        stats = trainer._train_step(x, t)
         if state == "dead":
             trainer.tokens_since_fired[0, : S // 2] = cfg.loss.dead_tokens
         last["nnz"] = trainer.density[0] * S * B
+        return stats
 
-    def flops() -> float:
-        sparse_mode = trainer._modes()[0]
-        if not sparse_mode:  # encoder GEMM, decoder GEMM, 2 decoder-backward GEMMs, encoder-weight GEMM
-            return 5 * 2 * B * D * S
-        return 2 * B * D * S + 4 * 2 * last["nnz"] * D  # dense encoder GEMM + 4 sparse passes over nnz*d
+    def work() -> Work:
+        if not trainer._modes()[0]:  # encoder GEMM, decoder GEMM, 2 decoder-backward GEMMs, encoder-weight GEMM
+            return Work(5 * 2 * B * D * S, 0.0, low)
+        # dense encoder GEMM + 4 sparse passes over nnz*d (+1 under bf16: the selected entries recomputed in fp32)
+        return Work(2 * B * D * S, (5 if low else 4) * 2 * last["nnz"] * D, low)
 
-    return step, flops
+    return step, work
 
 
-def saelens(arch: str, rows: torch.Tensor, state: str = "init", probe: bool = False):
-    """SAELens 6.54's training step on the same batches (None when sae_lens is not importable)."""
-    try:
-        from sae_lens import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig, TopKTrainingSAE, TopKTrainingSAEConfig
-        from sae_lens.saes.sae import TrainStepInput
-    except ImportError:
-        return None
-    if probe:
-        return True
-    if arch == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=D, d_sae=S, k=K, dtype="float32", device="cpu"))
-        coefficients = {}
-    else:
-        sae = JumpReLUTrainingSAE(
-            JumpReLUTrainingSAEConfig(
-                d_in=D,
-                d_sae=S,
-                dtype="float32",
-                device="cpu",
-                jumprelu_sparsity_loss_mode="quadratic",
-                target_l0=L0,
-                jumprelu_bandwidth=0.001,
-                jumprelu_init_threshold=0.001,
-            )
-        )
-        coefficients = {"l0": 1.0}
-    optimizer = torch.optim.Adam(sae.parameters(), lr=7e-5, betas=(0.0, 0.999))
-    data = _Rows(rows / rows.norm(dim=-1).mean())
-    dead = torch.zeros(S, dtype=torch.bool)
-    if state == "dead":
-        dead[: S // 2] = True
-    since_fired = torch.zeros(S)
+def check_low_precision(rows: torch.Tensor) -> None:
+    """One step from the same initial state on the same batch: bf16 FVU within 1% of fp32's."""
+    for arch in ("topk", "jumprelu"):
+        fvus = []
+        for low in (False, True):
+            torch.manual_seed(0)
+            step, _work = ours(arch, rows, low=low, log_every=1)
+            fvus.append(step()["fvu"])
+        rel = abs(fvus[1] - fvus[0]) / fvus[0]
+        print(f"check {arch}: first-step FVU fp32 {fvus[0]:.5f}, bf16 {fvus[1]:.5f} (rel. diff {rel:.2e})", flush=True)
+        if rel > 0.01:
+            raise SystemExit(f"bf16 {arch} step differs from fp32 by {rel:.1%} in FVU: not timing it")
 
-    def step() -> None:  # SAETrainer._train_step, without its scheduler and logging
-        sae.train()
-        out = sae.training_forward_pass(
-            step_input=TrainStepInput(
-                sae_in=data.next(),
-                coefficients=coefficients,
-                dead_neuron_mask=dead,
-                n_training_steps=0,
-                is_logging_step=False,
-            )
-        )
-        with torch.no_grad():
-            did_fire = out.feature_acts.bool().float().sum(-2).bool()
-            since_fired.add_(1)
-            since_fired[did_fire] = 0
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
 
-    return step
+def builders(rows: torch.Tensor) -> dict[str, Callable]:
+    out: dict[str, Callable] = {
+        "ours topk": lambda: ours("topk", rows),
+        "ours topk bf16": lambda: ours("topk", rows, low=True),
+        "ours topk (aux-k active)": lambda: ours("topk", rows, "dead"),
+        "ours jumprelu @init": lambda: ours("jumprelu", rows),
+        "ours jumprelu @init bf16": lambda: ours("jumprelu", rows, low=True),
+        "ours jumprelu @L0=64": lambda: ours("jumprelu", rows, "trained"),
+    }
+    if train_peers.sparsify(rows, SHAPE, probe=True):
+        out["sparsify topk"] = lambda: (train_peers.sparsify(rows, SHAPE), None)
+        out["sparsify topk bf16"] = lambda: (train_peers.sparsify(rows, SHAPE, low=True), None)
+    for name, arch, state in (
+        ("saelens topk", "topk", "init"),
+        ("saelens topk (aux-k active)", "topk", "dead"),
+        ("saelens jumprelu", "jumprelu", "init"),
+    ):
+        if train_peers.saelens(arch, rows[:8], SHAPE, state, probe=True):
+            out[name] = lambda arch=arch, state=state: (train_peers.saelens(arch, rows, SHAPE, state), None)
+    return out
+
+
+def profile(build: Callable, steps: int) -> None:
+    """Where one candidate's step spends its time: torch profiler, ops by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    step, _work = build()
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    key = "self_cuda_time_total" if DEVICE.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
 def main() -> None:
@@ -232,6 +242,9 @@ def main() -> None:
     parser.add_argument("--random", action="store_true", help="Gaussian data instead of Gemma activations")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "scope-hub-bench-harvest-l6"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="candidates to run (names as in the table)")
+    parser.add_argument("--profile", metavar="NAME", help="profile this candidate's step instead of timing")
     add_summary_argument(parser)
     parser.add_argument(
         "--clock",
@@ -242,73 +255,106 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    rows = activations(args)
+    global CLOCK, DEVICE
+    DEVICE = torch.device(args.device)
+    CLOCK = time.process_time if args.clock == "cpu" and DEVICE.type == "cpu" else time.perf_counter
+    rows = activations(args).to(DEVICE)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rows.shape[0]} activation rows "
-        f"({'random' if args.random else 'Gemma 3 270M layer 6 resid_post'})",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {DEVICE}, {rows.shape[0]} activation "
+        f"rows ({'random' if args.random else 'Gemma 3 270M layer 6 resid_post'})",
         flush=True,
     )
-    builders = {
-        "ours topk": lambda: ours("topk", rows),
-        "ours topk (aux-k active)": lambda: ours("topk", rows, "dead"),
-        "ours jumprelu @init": lambda: ours("jumprelu", rows),
-        "ours jumprelu @L0=64": lambda: ours("jumprelu", rows, "trained"),
-    }
-    for name, arch, state in (
-        ("saelens topk", "topk", "init"),
-        ("saelens topk (aux-k active)", "topk", "dead"),
-        ("saelens jumprelu", "jumprelu", "init"),
-    ):
-        if saelens(arch, rows[:8], state, probe=True) is not None:
-            builders[name] = lambda arch=arch, state=state: (saelens(arch, rows, state), None)
-    results: dict[str, list[float]] = {name: [] for name in builders}
-    peaks, utilisation = [], {name: [] for name in builders}
+    candidates = builders(rows)
+    if args.profile:
+        profile(candidates[args.profile], args.steps)
+        return
+    if args.only:
+        candidates = {name: build for name, build in candidates.items() if name in args.only}
+    check_low_precision(rows)
+    results: dict[str, list[float]] = {name: [] for name in candidates}
+    peaks: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    utilisation: dict[str, list[float]] = {name: [] for name in candidates}
     for r in range(args.rounds):
-        peaks.append(matmul_peak(3))
-        for name, build in builders.items():  # built per round and dropped: one model in memory at a time
-            step, flops = build()
+        peaks["fp32"].append(matmul_peak(3))
+        peaks["bf16"].append(matmul_peak(3, torch.bfloat16))
+        this_round = {key: values[-1] for key, values in peaks.items()}
+        for name, build in candidates.items():  # built per round and dropped: one model in memory at a time
+            step, work = build()
             seconds = time_steps(step, args.steps)
             results[name].append(B / seconds)
-            if flops is not None:
-                utilisation[name].append(flops() / seconds / peaks[-1])
-            del step, flops
+            done = work() if work is not None else peer_work(name, SHAPE)
+            if done is not None:
+                utilisation[name].append(done.seconds_at_peak(this_round) / seconds)
+            del step, work
             gc.collect()
         print(
-            f"round {r + 1}: peak {peaks[-1] / 1e9:.0f} GFLOP/s, "
+            f"round {r + 1}: peaks fp32 {this_round['fp32'] / 1e9:.0f}, bf16 {this_round['bf16'] / 1e9:.0f} GFLOP/s; "
             + ", ".join(f"{n} {v[-1]:.0f}" for n, v in results.items()),
             flush=True,
         )
     report(results, peaks, utilisation)
-    write_summary(args.summary, headlines(results, peaks))
+    write_summary(args.summary, headlines(results, peaks, utilisation))
 
 
 def paired_ratio(results: dict, ours_name: str, base: str) -> float:
     return statistics.median(o / s for o, s in zip(results[ours_name], results[base]))
 
 
-def headlines(results: dict, peaks: list) -> list[Headline]:
-    """The training speed goals, as DESIGN.md section 9 sets them."""
-    peak = statistics.median(peaks)
-    topk = statistics.median(results["ours topk"])
-    rows = [
-        Headline(
-            "train",
-            "TopK step: 3-GEMM equivalent FLOP/s / matmul peak",
-            topk * 3 * 2 * D * S / peak,
-            unit="of peak",
-            goal=">= 0.75",
-            note=f"{topk:.0f} tok/s, peak {peak / 1e9:.0f} GFLOP/s",
+COMPARISONS = (
+    ("ours topk", "saelens topk", ">= 3"),
+    ("ours topk", "sparsify topk", ">= 1.6"),
+    ("ours topk bf16", "sparsify topk bf16", ">= 1"),
+    ("ours topk bf16", "ours topk", None),
+    ("ours topk bf16", "saelens topk", None),
+    ("ours topk (aux-k active)", "saelens topk (aux-k active)", None),
+    ("ours jumprelu @init", "saelens jumprelu", ">= 2"),
+    ("ours jumprelu @init bf16", "saelens jumprelu", ">= 3"),
+    ("ours jumprelu @L0=64", "saelens jumprelu", ">= 2"),
+)
+
+
+def headlines(results: dict, peaks: dict, utilisation: dict) -> list[Headline]:
+    """Issue #6's goals as revised by DESIGN.md section 9, and the low-precision and sparsify goals."""
+    peak = statistics.median(peaks["fp32"])
+    rows = []
+    if "ours topk" in results:
+        topk = statistics.median(results["ours topk"])
+        rows.append(
+            Headline(
+                "train",
+                "TopK step: 3-GEMM equivalent FLOP/s / matmul peak",
+                topk * 3 * 2 * D * S / peak,
+                unit="of peak",
+                goal=">= 0.75",
+                note=f"{topk:.0f} tok/s, peak {peak / 1e9:.0f} GFLOP/s",
+            )
         )
-    ]
-    for ours_name, base, goal in (
-        ("ours topk", "saelens topk", ">= 3"),
-        ("ours topk (aux-k active)", "saelens topk (aux-k active)", None),
-        ("ours jumprelu @init", "saelens jumprelu", ">= 2"),
-        ("ours jumprelu @L0=64", "saelens jumprelu", ">= 2"),
-    ):
-        if base in results:
+    gemm_ratio = statistics.median(b / f for b, f in zip(peaks["bf16"], peaks["fp32"]))
+    if "ours topk bf16" in results and "ours topk" in results:
+        speedup = paired_ratio(results, "ours topk bf16", "ours topk")
+        rows.append(
+            Headline(
+                "train",
+                "TopK bf16 speed-up / bf16-fp32 GEMM ratio",
+                speedup / gemm_ratio,
+                unit="of GEMM ratio",
+                goal=">= 0.75",
+                note=f"bf16 step {speedup:.2f}x fp32 step; bf16 GEMM {gemm_ratio:.2f}x fp32 GEMM",
+            )
+        )
+    for name in ("ours topk bf16", "ours jumprelu @init bf16"):
+        if utilisation.get(name):
+            rows.append(
+                Headline(
+                    "train",
+                    f"{name}: executed FLOPs at peak / step time",
+                    statistics.median(utilisation[name]),
+                    unit="of peak",
+                    note=f"peaks fp32 {peak / 1e9:.0f}, bf16 {statistics.median(peaks['bf16']) / 1e9:.0f} GFLOP/s",
+                )
+            )
+    for ours_name, base, goal in COMPARISONS:
+        if base in results and ours_name in results:
             rows.append(
                 Headline(
                     "train",
@@ -321,25 +367,29 @@ def headlines(results: dict, peaks: list) -> list[Headline]:
     return rows
 
 
-def report(results: dict, peaks: list, utilisation: dict) -> None:
+def report(results: dict, peaks: dict, utilisation: dict) -> None:
     med = {name: statistics.median(v) for name, v in results.items()}
+    peak, peak_low = statistics.median(peaks["fp32"]), statistics.median(peaks["bf16"])
     print(
-        f"\nfp32 matmul peak on the step's GEMM shapes: {statistics.median(peaks) / 1e9:.0f} GFLOP/s "
-        f"(rounds: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})"
+        f"\nmatmul peaks on the step's GEMM shapes: fp32 {peak / 1e9:.0f} GFLOP/s, bf16 {peak_low / 1e9:.0f} GFLOP/s "
+        f"(bf16/fp32 {peak_low / peak:.2f}x; rounds fp32 {', '.join(f'{p / 1e9:.0f}' for p in peaks['fp32'])})"
     )
-    print(f"{'candidate':32s} {'tok/s':>8s} {'util.':>7s} {'3-GEMM util.':>13s} {'vs SAELens':>10s}")
-    peak = statistics.median(peaks)
+    print(
+        f"{'candidate':32s} {'tok/s':>8s} {'util.':>7s} {'3-GEMM util.':>13s} {'vs SAELens':>10s} {'vs sparsify':>11s}"
+    )
     for name, value in med.items():
         util = f"{statistics.median(utilisation[name]):.0%}" if utilisation[name] else ""
         equivalent = f"{value / B * 3 * 2 * B * D * S / peak:.0%}"
         base = "saelens topk" if "topk" in name else "saelens jumprelu"
         if "aux-k" in name:
             base = "saelens topk (aux-k active)"
-        ratio = ""
-        if name.startswith("ours") and base in results:
-            ratio = f"{paired_ratio(results, name, base):.2f}x"
-        print(f"{name:32s} {value:8.0f} {util:>7s} {equivalent:>13s} {ratio:>10s}")
-    json.dump({"tok_s": med, "peak_flops": statistics.median(peaks)}, sys.stdout)
+        ratio = f"{paired_ratio(results, name, base):.2f}x" if name.startswith("ours") and base in results else ""
+        peer = "sparsify topk bf16" if name.endswith("bf16") else "sparsify topk"
+        vs_peer = ""
+        if name.startswith("ours topk") and "aux-k" not in name and peer in results:
+            vs_peer = f"{paired_ratio(results, name, peer):.2f}x"
+        print(f"{name:32s} {value:8.0f} {util:>7s} {equivalent:>13s} {ratio:>10s} {vs_peer:>11s}")
+    json.dump({"tok_s": med, "peak_flops": peak, "peak_flops_bf16": peak_low}, sys.stdout)
     print()
 
 

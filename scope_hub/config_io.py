@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 from pydantic import ValidationError
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, ScopeHubError, UnsafeFormatError, WeightsFileError
+from scope_hub.file_checks import CHECKS
 from scope_hub.kinds import (
     CLT,
     CROSSCODER,
@@ -65,7 +66,13 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Names, dtypes and shapes of a safetensors file without reading its data.
 
     Raises :class:`WeightsFileError` for a missing-data, truncated or non-safetensors file.
+    Remembered by the file's identity (:mod:`scope_hub.file_checks`): an unchanged file is
+    parsed once per process.
     """
+    return dict(CHECKS.get_or_run([path], "safetensors header", lambda: _parse_safetensors_header(path)))
+
+
+def _parse_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     from safetensors import safe_open
 
     try:
@@ -135,8 +142,31 @@ def _depth(value: Any) -> int:
 
 
 def read_config(folder: Path | str) -> DictionaryConfig:
-    """Parse ``folder/config.json`` (ours or Gemma Scope 2's) into a :class:`DictionaryConfig`."""
+    """Parse ``folder/config.json`` (ours or Gemma Scope 2's) into a :class:`DictionaryConfig`.
+
+    Our configs are parsed, migrated and validated once per unchanged file (remembered by the
+    file's identity; each call gets its own copy); Gemma Scope 2's depend on the tensor
+    headers too and are translated on every call (from remembered headers).
+    """
     folder = Path(folder)
+    path = folder / CONFIG_FILE
+    parsed = CHECKS.get_or_run([path], "scope-hub config", lambda: _read_own_config(folder))
+    return parsed.model_copy() if parsed is not None else _read_config(folder)
+
+
+def _read_own_config(folder: Path) -> DictionaryConfig | None:
+    """The config when ``config.json`` is ours (depends on that file alone), else None."""
+    path = folder / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # _read_config raises the right error
+    if not isinstance(raw, dict) or "schema_version" not in raw:
+        return None
+    return parse_config(raw, folder=folder, where=str(path))
+
+
+def _read_config(folder: Path) -> DictionaryConfig:
     path = folder / CONFIG_FILE
     try:
         data = path.read_bytes()

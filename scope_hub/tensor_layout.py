@@ -19,6 +19,7 @@ from pathlib import Path
 
 from scope_hub.config_io import TensorInfo, read_config, read_safetensors_header
 from scope_hub.errors import ShapeMismatchError
+from scope_hub.file_checks import CHECKS
 from scope_hub.kinds import architecture, kind
 from scope_hub.metadata import DictionaryConfig
 
@@ -130,7 +131,19 @@ def tensor_specs(config: DictionaryConfig) -> list[TensorSpec]:
 
 
 def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
-    """Refuse missing, unexpected, mis-shaped or mis-typed tensors, naming file and tensor."""
+    """Refuse missing, unexpected, mis-shaped or mis-typed tensors, naming file and tensor.
+
+    A passing check is remembered by the files' identities (:mod:`scope_hub.file_checks`).
+    """
+    files = sorted({spec.file for spec in specs})
+    CHECKS.get_or_run(
+        [folder / file for file in files],
+        ("tensors", tuple(specs), dtype),
+        lambda: _check_tensors(folder, specs, dtype),
+    )
+
+
+def _check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> bool:
     by_file: dict[str, list[TensorSpec]] = {}
     for spec in specs:
         by_file.setdefault(spec.file, []).append(spec)
@@ -144,6 +157,7 @@ def check_tensors(folder: Path, specs: list[TensorSpec], dtype: str) -> None:
             )
         for spec in file_specs:
             _check_one(folder / file, spec, header.get(spec.name), dtype)
+    return True
 
 
 def _check_one(path: Path, spec: TensorSpec, info: TensorInfo | None, dtype: str) -> None:

@@ -228,6 +228,8 @@ class TrainSection(_Section):
     latent_parallel: int = Field(default=1, gt=0)
     """Ranks that split every dictionary's latents (tensor parallelism); the job's processes form
     (processes / latent_parallel) data-parallel groups of this many. 1: plain data parallelism."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the dictionary's GEMMs (bfloat16: autocast; weights, Adam state and loss reductions stay fp32)."""
 
 
 class EvalSection(_Section):
@@ -389,8 +391,8 @@ class TrainConfig(_Section):
         data = self.model_dump(mode="json")
         for section, field in _NON_NUMERIC_FIELDS:
             data.get(section, {}).pop(field, None)
-        for section, field in _ADDED_FIELDS:  # unset: the fingerprint older checkpoints were written with
-            if data.get(section, {}).get(field) is None:
+        for section, field, default in _ADDED_FIELDS:  # at the default: as older checkpoints were written
+            if data.get(section, {}).get(field) == default:
                 data.get(section, {}).pop(field, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -416,8 +418,8 @@ _NON_NUMERIC_FIELDS = [
     ("train", "latent_parallel"),  # the math is the same; a resume checks the mesh itself
 ]
 
-_ADDED_FIELDS = [("data", "corpus"), ("harvest", "sites")]
-"""Fields added after checkpoints were first written; left out of the fingerprint while unset."""
+_ADDED_FIELDS = [("data", "corpus", None), ("harvest", "sites", None), ("train", "dtype", "float32")]
+"""Fields added after checkpoints were first written, with their defaults; left out of the fingerprint at those."""
 
 EXAMPLES = Path(__file__).parent / "examples"
 """Example configs shipped with the package (``sae.yaml``)."""

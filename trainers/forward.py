@@ -36,7 +36,10 @@ from trainers.kernels import (
     JumpReLUDense,
     JumpReLUSTE,
     Selection,
+    autocast_dtype,
+    dense_pre,
     gather_pre,
+    rounding_margin,
     select_above,
     select_batch_topk,
     select_topk,
@@ -163,10 +166,9 @@ def encode_layer(
     """Features of one layer's input ``x`` [batch, d_in] under ``spec``."""
     _arch, batch = spec.architecture, x.shape[0]
     if sparse:
-        with torch.no_grad():
-            out = ws.get(name, (batch, lp.d_sae), x) if ws is not None else None
-            pre = torch.addmm(lp.b_enc, x, lp.w_enc, out=out) if out is not None else torch.addmm(lp.b_enc, x, lp.w_enc)
-        return _encode_sparse(lp, x, pre, spec, ws, name)
+        dtype = autocast_dtype(x.device) or x.dtype
+        out = ws.get(name, (batch, lp.d_sae), x, dtype) if ws is not None else None
+        return _encode_sparse(lp, x, dense_pre(x, lp.w_enc, lp.b_enc, out), spec, ws, name)
     return _encode_dense(lp, torch.addmm(lp.b_enc, x, lp.w_enc), spec)
 
 
@@ -181,9 +183,9 @@ def _encode_sparse(
         elif arch == BATCHTOPK:
             sel, tau = select_batch_topk(pre, spec.batch_keep or spec.k * pre.shape[0], spec.global_pool, spec.any_rank)
         elif arch == JUMPRELU:  # the band just below the threshold still gets STE gradients
-            sel = select_above(pre, lp.threshold.detach() - spec.bandwidth / 2, mask_buffer)
+            sel = select_above(pre, lp.threshold.detach() - spec.bandwidth / 2 - _margin(lp, x, pre), mask_buffer)
         else:
-            sel = select_above(pre, torch.tensor(0.0), mask_buffer)
+            sel = select_above(pre, -_margin(lp, x, pre), mask_buffer)
     values = gather_pre(sel, x, lp.w_enc, lp.b_enc)
     if arch == JUMPRELU:
         f, step = JumpReLUSTE.apply(values, lp.threshold.index_select(0, sel.cols), spec.bandwidth)
@@ -194,6 +196,14 @@ def _encode_sparse(
     if tau is not None and sel.nnz:
         tau = float(sel.values.min())
     return LayerCode(f, sel, pre, l0_tokens, _fired(sel, f, lp.d_sae), tau)
+
+
+def _margin(lp: LayerParams, x: torch.Tensor, pre: torch.Tensor) -> torch.Tensor | float:
+    """How far below a threshold a low-precision ``pre`` may hold an entry fp32 would select."""
+    if pre.dtype == x.dtype:
+        return 0.0
+    output_rounding = torch.finfo(pre.dtype).eps * (lp.threshold.detach().abs() if lp.threshold is not None else 0.0)
+    return rounding_margin(x, lp.w_enc, pre.dtype) + output_rounding
 
 
 def _encode_dense(lp: LayerParams, pre: torch.Tensor, spec: SparsitySpec) -> LayerCode:
@@ -213,7 +223,7 @@ def _encode_dense(lp: LayerParams, pre: torch.Tensor, spec: SparsitySpec) -> Lay
             tau = float(sel.values.min()) if sel.nnz else tau
         else:
             f = torch.relu(pre)
-        l0_tokens = (f.detach() > 0).to(f.dtype).sum(-1)
+        l0_tokens = (f.detach() > 0).sum(-1, dtype=torch.promote_types(f.dtype, torch.float32))
     return LayerCode(f, None, pre.detach(), l0_tokens, _fired(None, f.detach(), lp.d_sae), tau)
 
 

@@ -78,7 +78,7 @@ def l1_penalty(codes: list[LayerCode], params: list[LayerParams], coefficient: f
         norms = lp.w_dec_flat().norm(dim=1)
         batch = code.pre.shape[0]
         if code.sel is None:
-            terms.append((code.f @ norms).sum() / batch)
+            terms.append((code.f.float() @ norms).sum() / batch)  # f is bf16 under train.dtype=bfloat16
         else:
             terms.append((code.f * norms.index_select(0, code.sel.cols)).sum() / batch)
     return coefficient * torch.stack(terms).mean()

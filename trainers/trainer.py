@@ -313,15 +313,26 @@ class Trainer:
             return [mode == "sparse"] * len(self.params)
         return [d < AUTO_SPARSE_DENSITY for d in self.density]
 
+    def _precision(self) -> torch.autocast:
+        """Autocast for the dictionary's GEMMs under ``train.dtype: bfloat16`` (a no-op context for float32).
+
+        Only the forward runs under it: parameters, gradients, Adam state and the loss reductions
+        stay fp32 (outputs are summed into fp32 buffers, L0 counts are fp32, and the sparse path
+        recomputes its selected pre-activations in fp32).
+        """
+        low = self.cfg.train.dtype == "bfloat16"
+        return torch.autocast(self.ctx.device.type, dtype=torch.bfloat16, enabled=low)
+
     def _train_step(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, float]:
         cfg, arch = self.cfg, self.cfg.dictionary.architecture
         for _, p in self.named:
             p.grad = None
-        if self.latents is None:
-            groups = cfg.dictionary.matryoshka_groups
-            out = forward(self.params, x, self.spec, sparse=self._modes(), groups=groups, ws=self.ws)
-        else:
-            out = forward_sharded(self.params, x, self.spec, self.latents, sparse=self._modes(), ws=self.ws)
+        with self._precision():
+            if self.latents is None:
+                groups = cfg.dictionary.matryoshka_groups
+                out = forward(self.params, x, self.spec, sparse=self._modes(), groups=groups, ws=self.ws)
+            else:
+                out = forward_sharded(self.params, x, self.spec, self.latents, sparse=self._modes(), ws=self.ws)
         y = out.outputs[-1]
         recon = reconstruction_loss(out.outputs, t)
         loss, penalty, aux = recon, None, None

@@ -45,6 +45,7 @@ from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backends import normalize_url, open_backend
 from scope_hub.registry.cache import LocalCache, export_snapshot
 from scope_hub.registry.content import (
+    TRANSFER_THREADS,
     card_problems,
     map_threads,
     parse_manifest,
@@ -300,27 +301,57 @@ class Registry:
             )
         return manifest
 
-    def _materialize(self, key: DictionaryKey, manifest: Manifest, verify: bool) -> Path:
-        if self.cache.snapshot_ready(key, manifest, rehash=verify):
-            return self.cache.snapshot_dir(key, manifest.version)
-        label = f"{key.unpinned()}@v{manifest.version}"
-        missing = []
-        for entry in manifest.files:
-            blob = self.cache.blob(entry)
-            if blob is not None and verify and sha256_file(blob)[0] != entry.sha256:
-                blob.unlink()
-                blob = None
-            if blob is None:
-                missing.append(entry)
-        if missing and not self._can_read_remote():
-            raise OfflineError(f"offline: {missing[0].path} of {label} is not in the local cache")
+    def pull_many(
+        self, keys: list[str | DictionaryKey], *, verify: bool = False, threads: int = TRANSFER_THREADS
+    ) -> list[Path]:
+        """``[pull(k) for k in keys]`` with the transfers of all keys in flight together.
 
-        def fetch(entry: FileEntry) -> Path:
-            with self.backend.open_file(key, manifest.version, entry) as stream:
+        Versions and manifests are resolved first; then every missing file of every key is
+        downloaded (and sha256-verified) over ``threads`` parallel transfers, largest first, each
+        blob once even when keys share it; then each snapshot is built. Use it to fetch every
+        layer of a model at once.
+
+        Example: ``Registry("s3://bucket/reg").pull_many([f"m:resid_post/layer_{i}/width_16k/sae@v1" for i in range(18)])``
+        """
+        pinned = [as_key(k) for k in keys]
+        manifests = map_threads(lambda k: self._manifest(k, self.resolve_version(k))[0], pinned, threads)
+        return self._materialize_many(list(zip(pinned, manifests)), verify, threads)
+
+    def _materialize(self, key: DictionaryKey, manifest: Manifest, verify: bool) -> Path:
+        return self._materialize_many([(key, manifest)], verify)[0]
+
+    def _materialize_many(
+        self, items: list[tuple[DictionaryKey, Manifest]], verify: bool, threads: int = TRANSFER_THREADS
+    ) -> list[Path]:
+        ready = [self.cache.snapshot_ready(key, manifest, rehash=verify) for key, manifest in items]
+        jobs: dict[str, tuple[DictionaryKey, int, FileEntry, str]] = {}
+        for (key, manifest), done in zip(items, ready):
+            if done:
+                continue
+            label = f"{key.unpinned()}@v{manifest.version}"
+            for entry in manifest.files:
+                blob = self.cache.blob(entry)
+                if blob is not None and verify and sha256_file(blob)[0] != entry.sha256:
+                    blob.unlink()
+                    blob = None
+                if blob is None:
+                    jobs.setdefault(entry.sha256, (key, manifest.version, entry, label))
+        if jobs and not self._can_read_remote():
+            _key, _version, entry, label = next(iter(jobs.values()))
+            raise OfflineError(f"offline: {entry.path} of {label} is not in the local cache")
+
+        def fetch(job: tuple[DictionaryKey, int, FileEntry, str]) -> Path:
+            key, version, entry, label = job
+            with self.backend.open_file(key, version, entry) as stream:
                 return self.cache.ingest(stream, entry, label, self.progress)
 
-        map_threads(fetch, missing)  # several files (CLT layers, card, config) download at once
-        return self.cache.build_snapshot(key, manifest)
+        # several files (CLT layers, every layer of a model, card, config) download at once, the
+        # largest first so the last transfers to finish are short ones
+        map_threads(fetch, sorted(jobs.values(), key=lambda job: -job[2].size), threads)
+        return [
+            self.cache.snapshot_dir(key, manifest.version) if done else self.cache.build_snapshot(key, manifest)
+            for (key, manifest), done in zip(items, ready)
+        ]
 
     # -- browsing and maintenance ------------------------------------------------------------
     def list(self, pattern: str = "*") -> list[KeySummary]:

@@ -66,8 +66,24 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def copy_hashing(src: BinaryIO, dst: BinaryIO | None, on_bytes: Callable[[int], None] | None = None) -> tuple[str, int]:
-    """Stream ``src`` into ``dst`` (if given) in one pass; return (sha256 hex, size)."""
+    """Stream ``src`` into ``dst`` (if given) in one pass; return (sha256 hex, size).
+
+    Streams with ``readinto`` are read into one reused buffer: a fresh multi-MB ``bytes`` per
+    chunk costs page faults that made a cold pull ~1.6x slower than the copy itself.
+    """
     digest, size = hashlib.sha256(), 0
+    if callable(getattr(src, "readinto", None)):
+        buffer = bytearray(CHUNK)
+        view = memoryview(buffer)
+        while n := src.readinto(buffer):
+            chunk = view[:n]
+            digest.update(chunk)
+            if dst is not None:
+                dst.write(chunk)
+            size += n
+            if on_bytes:
+                on_bytes(n)
+        return digest.hexdigest(), size
     while chunk := src.read(CHUNK):
         digest.update(chunk)
         if dst is not None:
