@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 from scope_hub.errors import DictionaryNotFoundError, OfflineError, RegistryError
 from scope_hub.registry.backends.hf_client import hf_cache_dir, hub_errors, is_commit_sha
 from scope_hub.registry.settings import is_offline
+from scope_hub.settings import settings
 
 _PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _FOLDER_PART = re.compile(r"^[A-Za-z0-9_.][A-Za-z0-9._+=-]*$")
@@ -119,4 +119,4 @@ def fetch_hub_folder(folder: HubFolder | str) -> tuple[Path, HubFolder]:
 
 
 def _endpoint() -> str | None:
-    return (os.environ.get("HF_ENDPOINT") or "").rstrip("/") or None
+    return (settings().hf_endpoint or "").rstrip("/") or None
