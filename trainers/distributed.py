@@ -101,7 +101,10 @@ class DistContext:
 
         dp = self.world // latent_parallel
         grid = init_device_mesh(self.device.type, (dp, latent_parallel), mesh_dim_names=("dp", "tp"))
-        dp_rank, tp_rank = grid.get_coordinate()
+        coordinate = grid.get_coordinate()
+        if coordinate is None:  # every rank of the job is in the mesh; this would be a torch bug
+            raise RuntimeError(f"rank {self.rank} is not in its own device mesh")
+        dp_rank, tp_rank = coordinate
         data = DistContext(dp_rank, dp, self.device, grid.get_group("dp") if dp > 1 else None, self.rank)
         return data, LatentGroup(tp_rank, latent_parallel, grid.get_group("tp"))
 
