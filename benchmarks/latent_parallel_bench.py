@@ -12,8 +12,9 @@ and reports per rank:
   :func:`trainers.latent_parallel.step_bytes` (the formula counts the decode, L0 and TopK
   gathers; the rest are a few scalars: clip norm, stop flag).
 
-Before timing, rank 0's outputs of one forward are checked against an unsharded forward of
-the same weights (R > 1), so the numbers describe a correct computation.
+Afterwards rank 0's output of one forward is checked against an unsharded forward of the
+gathered weights (R > 1), so the numbers describe a correct computation; the peak is taken
+over the timed steps only (the kernel's VmHWM, reset after the warm-up step).
 
     python benchmarks/latent_parallel_bench.py --d-sae 65536 --lp 1 2 4
     python benchmarks/latent_parallel_bench.py --d-sae 1048576 --lp 1 2 4   # ~40 GB of RAM in all
@@ -43,6 +44,24 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak() -> bool:
+    """Restart the kernel's peak-RSS counter (VmHWM); False where /proc does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_bytes(reset: bool) -> int:
+    """Peak RSS since :func:`_reset_peak` (else over the process's life)."""
+    if reset:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _count_bytes(counter: dict[str, int]) -> None:
     """Wrap the collectives the trainer calls so every payload is counted."""
     import torch.distributed as dist
@@ -51,7 +70,7 @@ def _count_bytes(counter: dict[str, int]) -> None:
         real = getattr(dist, name)
 
         def counted(*args, **kwargs):
-            tensor = args[1] if name in ("all_gather", "gather") else args[0]
+            tensor = args[1] if name == "all_gather" else args[0]
             counter[name] = counter.get(name, 0) + tensor.numel() * tensor.element_size()
             return real(*args, **kwargs)
 
@@ -99,18 +118,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     with DistContext.from_env(args.device) as ctx:
         baseline = _rss_bytes()
         trainer = Trainer(cfg, source, ctx)
-        if world > 1 and args.check:  # the sharded forward equals the unsharded one on the gathered weights
-            whole = trainer.whole_dictionary()
-            x, _ = trainer._normalized(*source.batch(0, args.batch))
-            from trainers.latent_parallel import forward_sharded
-
-            sharded = forward_sharded(trainer.params, x, trainer.spec, trainer.latents, sparse=True).outputs[-1]
-            if rank == 0:
-                spec = SparsitySpec("topk", k=args.k)
-                reference = forward(layer_params(whole), x, spec, sparse=True).outputs[-1]
-                torch.testing.assert_close(sharded, reference, atol=1e-4, rtol=1e-4)
-                del whole, reference
         trainer.advance()  # warm-up: allocates the workspace and Adam's state
+        hwm_reset = _reset_peak()  # the peak of the training steps, not of initialisation's temporaries
         counter: dict[str, int] = {}
         if world > 1:
             _count_bytes(counter)
@@ -118,7 +127,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         for _ in range(args.steps):
             trainer.advance()
         elapsed = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        peak = _peak_bytes(hwm_reset) - baseline
         param_bytes = sum(p.numel() * p.element_size() for p in trainer.dictionary.parameters())
         activations = args.batch * (args.d_sae // world) * 4
         formula = step_bytes(args.batch, args.k, world, 640)
@@ -134,6 +143,17 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             "measured_per_step": {k: v // args.steps for k, v in counter.items()},
             "formula_per_step": formula,
         }
+        if world > 1 and args.check:  # the sharded forward equals the unsharded one on the gathered weights
+            whole = trainer.whole_dictionary()
+            x, _ = trainer._normalized(*source.batch(0, args.batch))
+            from trainers.latent_parallel import forward_sharded
+
+            sharded = forward_sharded(trainer.params, x, trainer.spec, trainer.latents, sparse=True).outputs[-1]
+            if rank == 0:
+                spec = SparsitySpec("topk", k=args.k)
+                reference = forward(layer_params(whole), x, spec, sparse=True).outputs[-1]
+                torch.testing.assert_close(sharded, reference, atol=1e-4, rtol=1e-4)
+                del whole, reference
         Path(out, f"r{world}_{rank}.json").write_text(json.dumps(result))
 
 
