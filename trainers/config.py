@@ -212,7 +212,8 @@ class TrainSection(_Section):
     decode: Literal["auto", "dense", "sparse"] = "auto"
     """Dense matmuls or sparse gathers of active latents; auto switches on measured density."""
     checkpoint_dir: str | None = None
-    """Where checkpoints go; None disables checkpointing and resume."""
+    """Where checkpoints go: a local folder or an fsspec URL (``s3://bucket/run``); None disables
+    checkpointing and resume."""
     checkpoint_every: int = Field(default=1000, gt=0)
     """Steps between checkpoints (one is also written on SIGTERM and at the end)."""
     keep_checkpoints: int = Field(default=2, gt=0)

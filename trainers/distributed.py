@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,10 @@ import torch
 import torch.distributed as dist
 
 from scope_hub.errors import ConfigError
+
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+"""A collective waiting longer than this for a rank fails the job instead of hanging (a rank that dies
+outright fails its peers' collectives at once; this bounds a rank that hangs)."""
 
 if TYPE_CHECKING:
     from trainers.latent_parallel import LatentGroup
@@ -58,7 +63,12 @@ class DistContext:
             dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+            store, rank, world = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
+            # torchrun keeps one store across --max-restarts rounds: without a per-round prefix the
+            # restarted ranks would read the dead round's addresses and fail to connect
+            store = dist.PrefixStore(f"round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+            backend = "nccl" if dev.type == "cuda" else "gloo"
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
         return cls(dist.get_rank(), dist.get_world_size(), dev)
 
     @property
@@ -91,7 +101,10 @@ class DistContext:
 
         dp = self.world // latent_parallel
         grid = init_device_mesh(self.device.type, (dp, latent_parallel), mesh_dim_names=("dp", "tp"))
-        dp_rank, tp_rank = grid.get_coordinate()
+        coordinate = grid.get_coordinate()
+        if coordinate is None:  # every rank of the job is in the mesh; this would be a torch bug
+            raise RuntimeError(f"rank {self.rank} is not in its own device mesh")
+        dp_rank, tp_rank = coordinate
         data = DistContext(dp_rank, dp, self.device, grid.get_group("dp") if dp > 1 else None, self.rank)
         return data, LatentGroup(tp_rank, latent_parallel, grid.get_group("tp"))
 

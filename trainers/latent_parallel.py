@@ -15,8 +15,8 @@ skip path) are replicated. Every rank of the group sees the same batch. One step
 4. backward and Adam are local; the global gradient norm for clipping needs one
    more scalar all-reduce.
 
-Per step and rank that is ``4·B·k·R`` bytes all-gathered (TopK) plus
-``4·B·L·(d_out + 1)`` bytes all-reduced (:func:`step_bytes`). Memory per rank
+Per step each rank puts ``4·B·k`` bytes into the all-gather (TopK; it receives R times
+that) and ``4·B·L·(d_out + 1)`` into the all-reduce (:func:`step_bytes`). Memory per rank
 falls as 1/R for the weights, their gradients and Adam state, and for the
 ``[B, S]`` pre-activations; communication does not grow with S. Data parallelism
 combines on a 2-D mesh (:meth:`trainers.distributed.DistContext.mesh`): each latent
@@ -28,19 +28,20 @@ Example:
     >>> shard_range(16384, rank=1, world=4)
     (4096, 8192)
     >>> step_bytes(batch=4096, k=32, latent_parallel=4, d_out=640)
-    {'all_gather': 2097152, 'all_reduce': 10502144}
+    {'all_gather': 524288, 'all_reduce': 10502144}
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 
 from scope_hub.errors import ConfigError
-from trainers.forward import ForwardOut, LayerCode, LayerParams, SparsitySpec, decode_layer, encode_layer
+from trainers.forward import ForwardOut, LayerCode, LayerParams, SparsitySpec, Workspace, decode_layer, encode_layer
 from trainers.kernels import gather_pre, select_above, sparse_decode
 from trainers.losses import residual_variance
 
@@ -60,9 +61,15 @@ def shard_range(d_sae: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def step_bytes(batch: int, k: int | None, latent_parallel: int, d_out: int, n_layers: int = 1) -> dict[str, int]:
-    """fp32 bytes each rank sends into the latent group's collectives per step (rank-local batch ``batch``)."""
-    gather = 4 * batch * k * latent_parallel * n_layers if k else 0
-    return {"all_gather": gather, "all_reduce": 4 * batch * n_layers * (d_out + 1)}
+    """fp32 bytes one rank contributes per step to the latent group's collectives (its local batch ``batch``).
+
+    The all-gather contributes each token's local top-k (and receives ``latent_parallel`` times
+    that); the all-reduce carries the partial decode and per-token L0. Not counted: a few
+    scalars (the clip norm, the stop flag).
+    """
+    gather = 4 * batch * k * n_layers if k and latent_parallel > 1 else 0
+    reduce = 4 * batch * n_layers * (d_out + 1) if latent_parallel > 1 else 0
+    return {"all_gather": gather, "all_reduce": reduce}
 
 
 def is_sharded(name: str) -> bool:
@@ -147,7 +154,14 @@ def _topk_threshold(pre: torch.Tensor, k: int, latents: LatentGroup) -> torch.Te
 
 
 def encode_shard(
-    lp: LayerParams, x: torch.Tensor, spec: SparsitySpec, latents: LatentGroup, *, sparse: bool, ws=None, name="pre"
+    lp: LayerParams,
+    x: torch.Tensor,
+    spec: SparsitySpec,
+    latents: LatentGroup,
+    *,
+    sparse: bool,
+    ws: Workspace | None = None,
+    name: str = "pre",
 ) -> LayerCode:
     """This rank's features of one layer; ``l0_tokens`` is still the local count (summed by the caller)."""
     if spec.architecture in ("jumprelu", "relu"):
@@ -157,16 +171,17 @@ def encode_shard(
             f"train.latent_parallel supports topk, jumprelu and relu, not {spec.architecture} "
             "(BatchTopK's batch-wide cut would need every shard's candidate pool)"
         )
+    k = spec.k or 1  # set for TopK (the config requires it)
     if not sparse:
         pre = torch.addmm(lp.b_enc, x, lp.w_enc)
-        keep = pre.detach() > _topk_threshold(pre.detach(), spec.k, latents)
+        keep = pre.detach() > _topk_threshold(pre.detach(), k, latents)
         f = torch.relu(pre) * keep
         l0 = (f.detach() > 0).to(f.dtype).sum(-1)
         return LayerCode(f, None, pre.detach(), l0, (f.detach() > 0).any(0))
     with torch.no_grad():
         out = ws.get(name, (x.shape[0], lp.d_sae), x) if ws is not None else None
         pre = torch.addmm(lp.b_enc, x, lp.w_enc, out=out) if out is not None else torch.addmm(lp.b_enc, x, lp.w_enc)
-        sel = select_above(pre, _topk_threshold(pre, spec.k, latents))
+        sel = select_above(pre, _topk_threshold(pre, k, latents))
     f = torch.relu(gather_pre(sel, x, lp.w_enc, lp.b_enc))
     active = f.detach() > 0
     fired = torch.zeros(lp.d_sae, dtype=torch.bool, device=x.device).index_fill_(0, sel.cols[active], True)
@@ -185,7 +200,7 @@ def forward_sharded(
     latents: LatentGroup,
     *,
     sparse: bool | list[bool],
-    ws=None,
+    ws: Workspace | None = None,
 ) -> ForwardOut:
     """:func:`trainers.forward.forward` over latent shards: the same outputs, per-token L0 summed over shards."""
     n_layers = len(params)
@@ -204,8 +219,9 @@ def forward_sharded(
     for i, code in enumerate(codes):
         code.l0_tokens = l0[:, i]
     base = torch.stack([lp.b_dec for lp in params]).expand(batch, n_layers, d_out)
-    if params[0].skip is not None:
-        base = base + torch.stack([x[:, j] @ params[j].skip for j in range(n_layers)], 1)
+    skips = [lp.skip for lp in params]
+    if all(skip is not None for skip in skips):
+        base = base + torch.stack([x[:, j] @ cast(torch.Tensor, skips[j]) for j in range(n_layers)], 1)
     return ForwardOut(codes, [base + decoded.view(batch, n_layers, d_out)])
 
 
@@ -217,14 +233,14 @@ def sharded_aux_k_loss(
     dead: torch.Tensor,
     k_aux: int,
     latents: LatentGroup,
-    global_mean=None,
+    global_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | None:
     """:func:`trainers.losses.aux_k_loss` over latent shards: each token's top-``k_aux`` dead latents of the group.
 
     ``dead`` is this rank's ``[L, S/R]`` slice; the decision to skip (no dead latent anywhere)
     is taken by the whole group so every rank runs the same collectives.
     """
-    counts = latents.sum_(dead.sum(1).to(torch.float64))
+    counts = latents.sum_(dead.sum(1).to(device=x.device, dtype=torch.float64))
     if not bool(counts.sum() > 0):
         return None
     batch, n_layers, d_out = residual.shape

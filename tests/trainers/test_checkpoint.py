@@ -9,6 +9,8 @@ import pytest
 import torch
 
 import trainers.checkpoint as checkpoint
+from scope_hub.errors import IntegrityError
+from tests.registry.conftest import moto_endpoint, s3_bucket  # noqa: F401  (fixtures: a moto S3 server)
 from tests.trainers.helpers import config
 from trainers.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
 from trainers.sources import SyntheticSource
@@ -96,3 +98,46 @@ def test_resampling_revives_dead_latents() -> None:
     assert not torch.equal(trainer.dictionary.w_dec[:8], w_before[:8])
     assert float(trainer.dictionary.b_enc[:8].detach().max()) > -100.0
     assert torch.allclose(trainer.dictionary.w_dec.detach().norm(dim=1), torch.ones(64), atol=1e-4)
+
+
+def test_checkpoints_on_s3_resume_and_survive_a_failed_upload(s3_bucket: str, monkeypatch) -> None:  # noqa: F811
+    """The same checkpoints on a real S3 protocol server (moto): resume, hashes, and an upload that dies."""
+    import fsspec
+
+    root = f"s3://{s3_bucket}/runs/topk"
+    cfg = config(
+        "dictionary.architecture=topk",
+        "dictionary.k=3",
+        "train.tokens=4096",
+        "train.batch_size=512",
+        f"train.checkpoint_dir={root}",
+        "train.checkpoint_every=4",
+        "loss.dead_tokens=1024",
+    )
+    planted = PlantedDictionary.create(n_atoms=64, d_in=32, active_per_token=3, seed=1)
+    first = Trainer(cfg, SyntheticSource(planted))
+    first.run()
+    assert [str(p).rsplit("/", 1)[-1] for p in list_checkpoints(root)] == ["step_000000004", "step_000000008"]
+    again = Trainer(cfg, SyntheticSource(planted))  # resumed from the bucket
+    assert again.step == cfg.steps
+    for (name, p), q in zip(first.dictionary.named_parameters(), again.dictionary.parameters()):
+        assert torch.equal(p, q), name
+
+    fs = fsspec.core.url_to_fs(root)[0]  # the (cached) instance the checkpoints use
+    real_put = fs.put_file
+
+    def dies_mid_upload(lpath, rpath, *args, **kwargs):
+        if rpath.endswith("state.json"):
+            raise OSError("connection reset")  # the tensors landed, the commit marker did not
+        return real_put(lpath, rpath, *args, **kwargs)
+
+    monkeypatch.setattr(fs, "put_file", dies_mid_upload)
+    with pytest.raises(OSError):
+        save_checkpoint(root, 9, {"param/w": torch.zeros(2)}, {"step": 9})
+    monkeypatch.undo()
+    assert latest_checkpoint(root).state["step"] == 8  # step 9 has tensors but no marker: not a checkpoint
+    fs.invalidate_cache()
+    shard = f"{s3_bucket}/runs/topk/step_000000008/tensors.safetensors"
+    fs.pipe_file(shard, fs.cat_file(shard)[:-1] + b" ")  # a store that altered the bytes
+    with pytest.raises(IntegrityError, match="sha256"):
+        latest_checkpoint(root)

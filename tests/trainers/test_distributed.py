@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +94,99 @@ def test_two_ranks_match_one_process(tmp_path: Path, arch: str) -> None:
             if name.startswith(("param/", "optim/", "state/")):
                 torch.testing.assert_close(got.tensors[name], value, atol=1e-6, rtol=1e-5, msg=f"{name} @ {step}")
     assert (tmp_path / "out2" / "params.safetensors").is_file()  # rank 0 exported
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mesh_config(tmp: Path, steps: int, every: int) -> Path:
+    cfg = {
+        "synthetic": {"d_in": 16, "n_atoms": 64, "active_per_token": 4},
+        "dictionary": {"architecture": "topk", "d_sae": 128, "k": 4},
+        "optim": {"lr": 3e-3, "warmup_steps": 2},
+        "train": {
+            "tokens": steps * 256,
+            "batch_size": 256,
+            "checkpoint_every": every,
+            "threads": 1,
+            "progress": False,
+            "latent_parallel": 2,
+        },
+        "eval": {"tokens": 0},
+    }
+    path = tmp / "mesh.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _final_shards(root: Path) -> dict[str, torch.Tensor]:
+    last = list_checkpoints(root)[-1]
+    return {f"{r}/{k}": v for r in range(2) for k, v in load_checkpoint(last, r).tensors.items()}
+
+
+def test_two_nodes_on_localhost_match_one_node(tmp_path: Path) -> None:
+    """``torchrun --nnodes 2`` with c10d rendezvous: two launchers of 2 processes = one of 4, bitwise."""
+    config = _mesh_config(tmp_path, steps=6, every=3)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "4",
+            "-m",
+            "trainers",
+            str(config),
+            f"train.checkpoint_dir={tmp_path / 'one_node'}",
+            f"output.dir={tmp_path / 'out1'}",
+        ]
+    )
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        "two-nodes",
+        "-m",
+        "trainers",
+        str(config),
+        f"train.checkpoint_dir={tmp_path / 'two_nodes'}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [*launch, f"output.dir={tmp_path / f'out_node{n}'}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        for n in range(2)
+    ]
+    try:
+        for node in nodes:
+            _, err = node.communicate(timeout=240)
+            assert node.returncode == 0, err.decode()[-3000:]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)  # the launcher and its workers: this test's processes only
+    expected, got = _final_shards(tmp_path / "one_node"), _final_shards(tmp_path / "two_nodes")
+    assert expected.keys() == got.keys()
+    assert not [k for k in expected if not torch.equal(expected[k], got[k])]
+    exported = [n for n in range(2) if (tmp_path / f"out_node{n}" / "params.safetensors").is_file()]
+    assert len(exported) == 1  # only the node that holds rank 0 writes the output

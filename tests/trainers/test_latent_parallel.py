@@ -299,3 +299,20 @@ def test_a_sharded_checkpoint_resumes_only_on_its_mesh(tmp_path: Path) -> None:
         Trainer(cfg, source)
     with pytest.raises(ConfigError, match="latent_parallel=2 needs a multiple of 2 processes"):
         Trainer(load_config(config, ["train.checkpoint_dir=null"]), source)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["dictionary.d_sae=100", "train.latent_parallel=3"], "divisible by train.latent_parallel=3"),
+        (["dictionary.architecture=batchtopk", "dictionary.k=4"], "BatchTopK's batch-wide cut is not sharded"),
+        (["dictionary.matryoshka_groups=[64,64]"], "does not split Matryoshka groups"),
+        (["loss.resample_every=10"], "does not resample dead latents"),
+    ],
+)
+def test_what_latent_parallelism_does_not_shard_is_refused(overrides: list[str], message: str) -> None:
+    from trainers.config import load_config
+
+    base = ["synthetic.d_in=8", "dictionary.d_sae=128", "dictionary.l0_target=4", "train.latent_parallel=2"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*base, *overrides])
