@@ -181,6 +181,9 @@ class LossConfig(_Section):
     """TopK/BatchTopK: latents used by the aux-k dead-latent loss (default d_in // 2)."""
     aux_coefficient: float = Field(default=1 / 32, ge=0)
     """Weight of the aux-k loss."""
+    pre_act_coefficient: float = Field(default=0.0, ge=0)
+    """JumpReLU: weight of the pre-activation loss that pulls dead latents' pre-activations up to their
+    thresholds (Anthropic's, SAELens ``pre_act_loss_coefficient``); 0 disables."""
     dead_tokens: int = Field(default=1_000_000, gt=0)
     """A latent is dead after not firing for this many training tokens."""
     resample_every: int | None = Field(default=None, gt=0)
@@ -315,8 +318,8 @@ class TrainConfig(_Section):
         data = self.model_dump(mode="json")
         for section, field in _NON_NUMERIC_FIELDS:
             data.get(section, {}).pop(field, None)
-        for section, field in _ADDED_FIELDS:  # unset: the fingerprint older checkpoints were written with
-            if data.get(section, {}).get(field) is None:
+        for section, field, before in _ADDED_FIELDS:  # as before: the fingerprint older checkpoints carry
+            if data.get(section, {}).get(field) == before:
                 data.get(section, {}).pop(field, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -339,8 +342,9 @@ _NON_NUMERIC_FIELDS = [
     ("train", "decode"),
 ]
 
-_ADDED_FIELDS = [("data", "corpus")]
-"""Fields added after checkpoints were first written; left out of the fingerprint while unset."""
+_ADDED_FIELDS = [("data", "corpus", None), ("loss", "pre_act_coefficient", 0.0)]
+"""Fields added after checkpoints were first written, with the value that reproduces the older behaviour;
+left out of the fingerprint while they hold it."""
 
 EXAMPLES = Path(__file__).parent / "examples"
 """Example configs shipped with the package (``sae.yaml``)."""
@@ -356,13 +360,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         path, sep, text = item.partition("=")
         if not sep or not path:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+            raise ConfigError(
+                f"override {item!r} is not key=value (e.g. optim.lr=3e-4, or a list: harvest.layers=[3,6,9])"
+            )
         node = raw
         *parents, leaf = path.split(".")
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {path}: {part!r} is not a section (e.g. optim.lr=3e-4)")
             node = child
         node[leaf] = _parse_value(text)
     return raw
@@ -384,7 +390,8 @@ def _parse_value(text: str) -> Any:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start empty when ``path`` is None), apply overrides, validate.
 
-    Errors name the offending field, e.g. ``optim.lrr: Extra inputs are not permitted``.
+    Errors name the offending field and where it was set, e.g. ``override optim.learning_rate: unknown
+    field (did you mean optim.lr?)`` or ``run.yaml: optim.lr: Input should be greater than 0``.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -395,8 +402,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path or 'config'}: {problems}") from None
+        from trainers.config_errors import describe_validation_error
+
+        raise ConfigError(describe_validation_error(exc, TrainConfig, path, list(overrides or []))) from None
 
 
 def _read_yaml(path: Path) -> Any:

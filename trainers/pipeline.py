@@ -29,6 +29,7 @@ from trainers.config import TrainConfig
 from trainers.distributed import DistContext
 from trainers.evals import evaluate
 from trainers.harvest import Harvester, SiteSpec, StreamingSource, harvest_to_disk, load_model, site_spec
+from trainers.preflight import adopt_harvest, check_harvest_folder, check_sites
 from trainers.publish import export_dictionary, save_and_publish
 from trainers.shards import ShardSource, read_meta
 from trainers.sources import ActivationSource, SyntheticSource
@@ -81,7 +82,8 @@ def _synthetic(cfg: TrainConfig) -> Environment:
 def _model_env(cfg: TrainConfig) -> tuple[Environment, Harvester]:
     from trainers.data import require_data, token_sequences
 
-    require_data(cfg.data)  # before the (slow) model load
+    require_data(cfg.data)  # before the (slow) model load, as are the sites and layers
+    check_sites(cfg)
     model, tok = load_model(cfg)
     data = token_sequences(cfg.data, tok)
     spec = site_spec(model, cfg)
@@ -98,8 +100,10 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
         return _synthetic(cfg)
     cache = cfg.harvest.cache_dir
     meta = read_meta(cache) if cache else None
+    harvested = adopt_harvest(cfg, meta) if meta else None
     if meta and meta.get("complete") and not need_model:
-        return Environment(ShardSource(cache, cfg.train.seed, cfg.eval.tokens), meta["layers"])
+        return Environment(ShardSource(cache, cfg.train.seed, cfg.eval.tokens), meta["layers"], harvested)
+    check_harvest_folder(cfg)
     env, harvester = _model_env(cfg)
     if cache:
         if ctx.is_main:
@@ -228,10 +232,10 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     if ctx is None:
         with DistContext.from_env(cfg.model.device) as joined:
             return train(cfg, joined)
-    if ctx.is_main:
+    env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
+    if ctx.is_main:  # after the data checks: a config error comes alone, without warnings before it
         for warning in short_run_warnings(cfg):
             sys.stderr.write(f"warning: {warning}\n")
-    env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
     result = Trainer(cfg, env.source, ctx).run()
     outcome = Outcome(result)
     if result.interrupted or not ctx.is_main:

@@ -34,7 +34,7 @@ from trainers.checkpoint import latest_checkpoint, optimizer_tensors, restore_op
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
 from trainers.forward import SparsitySpec, Workspace, forward, layer_params
-from trainers.losses import aux_k_loss, fvu, l0_penalty, l1_penalty, reconstruction_loss
+from trainers.losses import aux_k_loss, fvu, l0_penalty, l1_penalty, pre_act_loss, reconstruction_loss
 from trainers.normalization import estimate_scales
 from trainers.optim import clip_gradients, lr_at, make_optimizer, set_lr, warmup
 from trainers.params import (
@@ -274,6 +274,10 @@ class Trainer:
             )
             if aux is not None:
                 loss = loss + cfg.loss.aux_coefficient * aux
+        if arch == "jumprelu" and cfg.loss.pre_act_coefficient > 0:
+            aux = pre_act_loss(self.params, x, self.tokens_since_fired >= cfg.loss.dead_tokens)
+            if aux is not None:
+                loss = loss + cfg.loss.pre_act_coefficient * aux
         loss.backward()
         trainable = [p for _, p in self.named]
         self.ctx.average_gradients(trainable)
