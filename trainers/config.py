@@ -181,13 +181,15 @@ class LossConfig(_Section):
     """TopK/BatchTopK: latents used by the aux-k dead-latent loss (default d_in // 2)."""
     aux_coefficient: float = Field(default=1 / 32, ge=0)
     """Weight of the aux-k loss."""
-    pre_act_coefficient: float = Field(default=0.0, ge=0)
+    pre_act_coefficient: float | None = Field(default=None, ge=0)
     """JumpReLU: weight of the pre-activation loss that pulls dead latents' pre-activations up to their
-    thresholds (Anthropic's, SAELens ``pre_act_loss_coefficient``); 0 disables."""
+    thresholds (Anthropic's; SAELens ``pre_act_loss_coefficient``). None: 1.0 (it only acts on latents dead
+    for ``dead_tokens``, and Adam scales their steps alike whatever the weight); 0 disables."""
     dead_tokens: int = Field(default=1_000_000, gt=0)
     """A latent is dead after not firing for this many training tokens."""
     resample_every: int | None = Field(default=None, gt=0)
-    """ReLU/JumpReLU: re-initialise dead latents toward badly reconstructed inputs every N steps."""
+    """ReLU/JumpReLU: re-initialise dead latents toward badly reconstructed inputs every N steps (JumpReLU also
+    has the pre-activation loss; TopK kinds use aux-k: resampling them measured worse)."""
     batchtopk_threshold_decay: float = Field(default=0.99, ge=0, lt=1)
     """BatchTopK: EMA decay of the learned inference threshold (mean of the smallest kept activation)."""
 
@@ -342,7 +344,7 @@ _NON_NUMERIC_FIELDS = [
     ("train", "decode"),
 ]
 
-_ADDED_FIELDS = [("data", "corpus", None), ("loss", "pre_act_coefficient", 0.0)]
+_ADDED_FIELDS = [("data", "corpus", None), ("loss", "pre_act_coefficient", None)]
 """Fields added after checkpoints were first written, with the value that reproduces the older behaviour;
 left out of the fingerprint while they hold it."""
 

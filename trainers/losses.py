@@ -31,6 +31,9 @@ import torch
 from trainers.forward import LayerCode, LayerParams
 from trainers.kernels import Selection, gather_pre, sparse_decode
 
+PRE_ACT_COEFFICIENT = 1.0
+"""Weight of the pre-activation loss when ``loss.pre_act_coefficient`` is unset (JumpReLU)."""
+
 
 def reconstruction_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
     """Mean over prefixes of the per-token squared error (summed over width, averaged over layers)."""

@@ -216,6 +216,13 @@ def short_run_warnings(cfg: TrainConfig) -> list[str]:
             "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "
             f"set loss.l0_warmup_steps={max(1, cfg.steps // 10)} (10% of the run)"
         )
+    revives = cfg.dictionary.architecture != "relu" or cfg.loss.resample_every
+    if revives and cfg.loss.dead_tokens >= cfg.train.tokens:
+        found.append(
+            f"loss.dead_tokens={cfg.loss.dead_tokens} is not shorter than the run (train.tokens={cfg.train.tokens}): "
+            "no latent can count as dead, so dead-latent revival (aux-k, pre-activation loss, resampling) never acts; "
+            f"set loss.dead_tokens={max(cfg.train.batch_size, cfg.train.tokens // 10)} (10% of the run)"
+        )
     if cfg.optim.warmup_steps >= cfg.steps:
         found.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the run ({cfg.steps} steps): "

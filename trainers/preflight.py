@@ -91,10 +91,10 @@ def adopt_harvest(cfg: TrainConfig, meta: dict[str, Any]) -> SiteSpec:
         if "site" in h.model_fields_set and h.site != meta["site"]:
             raise _contradiction(f"harvest.site={h.site}", root, f"site {meta['site']}")
         h.site = meta["site"]
-    if meta.get("site_out") is not None:
-        if h.site_out is not None and h.site_out != meta["site_out"]:
+    if meta.get("site_out") is not None and cfg.site_out != meta["site_out"]:
+        if h.site_out is not None:
             raise _contradiction(f"harvest.site_out={h.site_out}", root, f"output site {meta['site_out']}")
-        h.site_out = meta["site_out"]
+        h.site_out = meta["site_out"]  # only when the default differs: the checkpoint fingerprint stays put
     layers = list(meta.get("layers") or [])
     given = _layers(cfg)
     if given is not None and layers and given[1] != layers:

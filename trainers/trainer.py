@@ -34,7 +34,15 @@ from trainers.checkpoint import latest_checkpoint, optimizer_tensors, restore_op
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
 from trainers.forward import SparsitySpec, Workspace, forward, layer_params
-from trainers.losses import aux_k_loss, fvu, l0_penalty, l1_penalty, pre_act_loss, reconstruction_loss
+from trainers.losses import (
+    PRE_ACT_COEFFICIENT,
+    aux_k_loss,
+    fvu,
+    l0_penalty,
+    l1_penalty,
+    pre_act_loss,
+    reconstruction_loss,
+)
 from trainers.normalization import estimate_scales
 from trainers.optim import clip_gradients, lr_at, make_optimizer, set_lr, warmup
 from trainers.params import (
@@ -92,8 +100,10 @@ class Trainer:
         self.dictionary = build_dictionary(
             cfg, d_in=src.d_in, d_out=src.d_out, n_layers=src.n_layers, device=self.ctx.device
         )
-        _x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
-        init_dictionary(self.dictionary, cfg, torch.Generator().manual_seed(cfg.train.seed), b_dec=t.mean(0))
+        x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
+        init_dictionary(
+            self.dictionary, cfg, torch.Generator().manual_seed(cfg.train.seed), b_dec=t.mean(0), x_mean=x.mean(0)
+        )
         self.params = layer_params(self.dictionary)
         self.named = trainable_parameters(self.dictionary)
         self.optimizer = make_optimizer(self.named, cfg.optim)
@@ -274,10 +284,11 @@ class Trainer:
             )
             if aux is not None:
                 loss = loss + cfg.loss.aux_coefficient * aux
-        if arch == "jumprelu" and cfg.loss.pre_act_coefficient > 0:
+        pre_act = PRE_ACT_COEFFICIENT if cfg.loss.pre_act_coefficient is None else cfg.loss.pre_act_coefficient
+        if arch == "jumprelu" and pre_act > 0:
             aux = pre_act_loss(self.params, x, self.tokens_since_fired >= cfg.loss.dead_tokens)
             if aux is not None:
-                loss = loss + cfg.loss.pre_act_coefficient * aux
+                loss = loss + pre_act * aux
         loss.backward()
         trainable = [p for _, p in self.named]
         self.ctx.average_gradients(trainable)

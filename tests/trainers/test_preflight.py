@@ -94,3 +94,22 @@ def test_an_empty_harvest_folder_says_it_is_empty(tmp_path: Path, capsys) -> Non
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "warning" not in err, err
     assert f"harvest.cache_dir={empty} is empty" in err
+
+
+def test_a_rerun_reuses_its_harvest_and_finished_checkpoint(model_dir: Path, tmp_path: Path) -> None:
+    # What a second `make demo` does: the same config again, with a transcoder whose output site is the
+    # default (a value read back from the harvest must not change the checkpoint's fingerprint).
+    args = [
+        *_model_args(model_dir),
+        "harvest.layer=1",
+        "harvest.site=mlp_in",
+        "dictionary.type=transcoder",
+        f"harvest.cache_dir={tmp_path / 'harvest'}",
+        f"train.checkpoint_dir={tmp_path / 'ckpt'}",
+        f"output.dir={tmp_path / 'out'}",
+        *TRAIN,
+    ]
+    first = train(load_config(None, args))
+    again = train(load_config(None, args))
+    assert again.result.steps == first.result.steps and not again.result.history, "resumed at the end"
+    assert again.dictionary.config.metrics.fvu == pytest.approx(first.dictionary.config.metrics.fvu)
