@@ -40,11 +40,14 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def timed_demo(args: list[str]) -> dict[str, float]:
-    """Run the demo once; wall seconds, CPU-seconds of the process tree, peak RSS (MiB), exit code."""
+def timed_demo(args: list[str], log: Path) -> dict[str, float]:
+    """Run the demo once (its output into ``log``); wall seconds, CPU-seconds of the process tree, peak RSS
+    (MiB), exit code."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "trainers.demo", *args], cwd=ROOT, stdout=subprocess.DEVNULL)
+    with open(log, "w") as out:
+        command = [sys.executable, "-m", "trainers.demo", *args]
+        done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -66,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for label in runs:
         load = os.getloadavg()[0]
-        result = timed_demo(demo_args)
+        result = timed_demo(demo_args, work / f"{label.replace(' ', '_')}.log")
         print(
             f"  {label:<9}: {result['wall_s']:7.0f} s wall, {result['cpu_s']:7.0f} CPU-s, "
             f"peak RSS {result['max_rss_mib']:5.0f} MiB, exit {int(result['exit'])} "
-            f"(load average {load:.1f} before, {os.getloadavg()[0]:.1f} after)",
+            f"(load average {load:.1f} before, {os.getloadavg()[0]:.1f} after; output: {work / label.replace(' ', '_')}.log)",
             flush=True,
         )
         failed = failed or result["exit"] != 0
