@@ -45,7 +45,7 @@ def model_config(cfg: TrainConfig) -> Any | None:
     ident = resolve_model(cfg.model.id, cfg.model.revision)
     try:
         return AutoConfig.from_pretrained(ident, revision=cfg.model.revision, local_files_only=True)
-    except (OSError, ValueError):  # not cached yet: the model load downloads it and checks the same
+    except (OSError, ValueError, KeyError):  # not cached yet (or unreadable): the model load will say
         return None
 
 
