@@ -75,7 +75,7 @@ class DataConfig(_Section):
     """Stop reading text after this many tokens."""
     corpus: Literal["stdlib-docstrings"] | None = None
     """A built-in corpus every machine has offline, read after ``paths``: ``stdlib-docstrings`` (the Python
-    standard library's docstrings, ~135k Gemma tokens; see :mod:`trainers.corpus`)."""
+    standard library's docstrings, ~112k Gemma tokens on Python 3.11; see :mod:`trainers.corpus`)."""
 
 
 class HarvestConfig(_Section):
@@ -186,10 +186,15 @@ class LossConfig(_Section):
     """TopK/BatchTopK: latents used by the aux-k dead-latent loss (default d_in // 2)."""
     aux_coefficient: float = Field(default=1 / 32, ge=0)
     """Weight of the aux-k loss."""
+    pre_act_coefficient: float | None = Field(default=None, ge=0)
+    """JumpReLU: weight of the pre-activation loss that pulls dead latents' pre-activations up to their
+    thresholds (Anthropic's; SAELens ``pre_act_loss_coefficient``). None: 1.0 (it only acts on latents dead
+    for ``dead_tokens``, and Adam scales their steps alike whatever the weight); 0 disables."""
     dead_tokens: int = Field(default=1_000_000, gt=0)
     """A latent is dead after not firing for this many training tokens."""
     resample_every: int | None = Field(default=None, gt=0)
-    """ReLU/JumpReLU: re-initialise dead latents toward badly reconstructed inputs every N steps."""
+    """ReLU/JumpReLU: re-initialise dead latents toward badly reconstructed inputs every N steps (JumpReLU also
+    has the pre-activation loss; TopK kinds use aux-k: resampling them measured worse)."""
     batchtopk_threshold_decay: float = Field(default=0.99, ge=0, lt=1)
     """BatchTopK: EMA decay of the learned inference threshold (mean of the smallest kept activation)."""
 
@@ -419,8 +424,14 @@ _NON_NUMERIC_FIELDS = [
     ("train", "latent_parallel"),  # the math is the same; a resume checks the mesh itself
 ]
 
-_ADDED_FIELDS = [("data", "corpus", None), ("harvest", "sites", None), ("train", "dtype", "float32")]
-"""Fields added after checkpoints were first written, with their defaults; left out of the fingerprint at those."""
+_ADDED_FIELDS = [
+    ("data", "corpus", None),
+    ("harvest", "sites", None),
+    ("train", "dtype", "float32"),
+    ("loss", "pre_act_coefficient", None),
+]
+"""Fields added after checkpoints were first written, with the value that reproduces the older behaviour;
+left out of the fingerprint while they hold it."""
 
 EXAMPLES = Path(__file__).parent / "examples"
 """Example configs shipped with the package (``sae.yaml``)."""
@@ -436,13 +447,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         path, sep, text = item.partition("=")
         if not sep or not path:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+            raise ConfigError(
+                f"override {item!r} is not key=value (e.g. optim.lr=3e-4, or a list: harvest.layers=[3,6,9])"
+            )
         node = raw
         *parents, leaf = path.split(".")
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {path}: {part!r} is not a section (e.g. optim.lr=3e-4)")
             node = child
         node[leaf] = _parse_value(text)
     return raw
@@ -464,7 +477,8 @@ def _parse_value(text: str) -> Any:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start empty when ``path`` is None), apply overrides, validate.
 
-    Errors name the offending field, e.g. ``optim.lrr: Extra inputs are not permitted``.
+    Errors name the offending field and where it was set, e.g. ``override optim.learning_rate: unknown
+    field (did you mean optim.lr?)`` or ``run.yaml: optim.lr: Input should be greater than 0``.
     """
     raw: dict[str, Any] = {}
     if path is not None:
@@ -475,8 +489,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path or 'config'}: {problems}") from None
+        from trainers.config_errors import describe_validation_error
+
+        raise ConfigError(describe_validation_error(exc, TrainConfig, path, list(overrides or []))) from None
 
 
 def _read_yaml(path: Path) -> Any:

@@ -1,9 +1,11 @@
 """A real English corpus present on every machine without network: the standard library's docstrings.
 
-Python ships thousands of hand-written English docstrings. Collected in a fixed
-order from a fixed module list, they form a small, reproducible corpus; its
-sha256 is recorded in every card trained on it (it differs between Python
-versions, which is exactly what the hash is for).
+Python ships thousands of hand-written English docstrings. Read from the
+standard library's source files (not from imported modules, whose attributes
+depend on what else the process imported) in a fixed order from a fixed module
+list, they form a small corpus that is the same on every run of the same
+Python; its sha256 is recorded in every card trained on it (it differs between
+Python versions, which is exactly what the hash is for).
 
 Example:
     >>> import tempfile
@@ -14,11 +16,13 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import inspect
 import json
 import sys
+import sysconfig
 from pathlib import Path
 
 from scope_hub.atomic_files import atomic_write_text
@@ -123,18 +127,62 @@ MIN_CHARS = 200
 """Docstrings shorter than this are mostly signatures, not prose."""
 
 
-def _docstrings(module_name: str) -> list[str]:
+def _source_file(module_name: str) -> Path | None:
+    """The module's ``.py`` file in the standard library folder (None for C modules such as ``math``)."""
+    base = Path(sysconfig.get_paths()["stdlib"]).joinpath(*module_name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _source_docstrings(source: str) -> list[str]:
+    """Docstrings of a module's source: the module, its public classes and functions, their public methods.
+
+    Parsed from the file rather than read from the imported module: a package's attributes change with
+    whatever else the process imported (its submodules appear on it), and the corpus must not.
+    """
+    tree = ast.parse(source)
+    found = [ast.get_docstring(tree) or ""]
+    definitions = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    for node in tree.body:
+        if not isinstance(node, definitions) or node.name.startswith("_"):
+            continue
+        found.append(ast.get_docstring(node) or "")
+        if isinstance(node, ast.ClassDef):
+            found += [
+                ast.get_docstring(member) or ""
+                for member in node.body
+                if isinstance(member, definitions) and not member.name.startswith("_")
+            ]
+    return found
+
+
+def _compiled_docstrings(module_name: str) -> list[str]:
+    """Docstrings of a C module (no source file): its own members, which do not depend on other imports."""
     try:
         module = importlib.import_module(module_name)
-    except Exception:
+    except ImportError:
         return []
     found = [inspect.getdoc(module) or ""]
     for name, member in sorted(vars(module).items()):
-        if name.startswith("_") or getattr(member, "__module__", module_name) != module_name:
+        if name.startswith("_") or inspect.ismodule(member):
+            continue
+        if getattr(member, "__module__", module_name) != module_name:
             continue
         found.append(inspect.getdoc(member) or "")
         if inspect.isclass(member):
             found += [inspect.getdoc(m) or "" for n, m in sorted(vars(member).items()) if not n.startswith("_")]
+    return found
+
+
+def _docstrings(module_name: str) -> list[str]:
+    source = _source_file(module_name)
+    found = (
+        _source_docstrings(source.read_text(encoding="utf-8"))
+        if source is not None
+        else _compiled_docstrings(module_name)
+    )
     return [doc.strip() for doc in found if len(doc.strip()) >= MIN_CHARS]
 
 

@@ -10,7 +10,10 @@ Conventions (all per token, averaged over tokens and layers):
   differentiable through the straight-through estimator of the step function;
 * ReLU: ``lam * sum_i f_i * ||w_dec_i||`` (L1 weighted by decoder norms);
 * aux-k (TopK/BatchTopK, Gao et al. 2024): the ``k_aux`` largest *dead*
-  latents reconstruct the detached residual; normalised by the residual's variance.
+  latents reconstruct the detached residual; normalised by the residual's variance;
+* pre-activation loss (JumpReLU/ReLU, Anthropic 2025, SAELens ``pre_act_loss_coefficient``):
+  ``sum_i relu(theta_i - pre_i) * ||w_dec_i||`` over *dead* latents, which pulls their
+  pre-activations up to the threshold so that they fire again.
 
 Example:
     >>> import torch
@@ -27,6 +30,9 @@ import torch
 
 from trainers.forward import LayerCode, LayerParams
 from trainers.kernels import Selection, gather_pre, sparse_decode
+
+PRE_ACT_COEFFICIENT = 1.0
+"""Weight of the pre-activation loss when ``loss.pre_act_coefficient`` is unset (JumpReLU)."""
 
 
 def reconstruction_loss(outputs: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
@@ -143,3 +149,34 @@ def residual_variance(
     flat = residual.reshape(residual.shape[0], -1).double()
     sums = global_mean(torch.cat([flat.sum(0), flat.pow(2).sum().view(1)]))
     return (sums[-1] - sums[:-1].pow(2).sum() / residual.shape[0]).to(residual.dtype)
+
+
+def pre_act_loss(params: list[LayerParams], x: torch.Tensor, dead: torch.Tensor) -> torch.Tensor | None:
+    """Mean over tokens of ``sum_{i dead} relu(theta_i - pre_i) * ||w_dec_i||``, averaged over layers.
+
+    A dead JumpReLU latent gets no gradient from the reconstruction (it never fires) and none
+    from the straight-through estimator (its pre-activations are far below the threshold), so
+    without this term it stays dead. Returns None when no latent is dead. ``dead`` is bool
+    ``[L, d_sae]``; ``x`` ``[batch, L, d_in]``.
+
+    Example:
+        >>> from trainers.forward import LayerParams
+        >>> w_enc = torch.zeros(2, 3, requires_grad=True); b_enc = torch.zeros(3, requires_grad=True)
+        >>> lp = LayerParams(w_enc, b_enc, torch.full((3,), 0.5), torch.eye(3), torch.zeros(3), None)
+        >>> dead = torch.tensor([[True, False, False]])
+        >>> loss = pre_act_loss([lp], torch.ones(4, 1, 2), dead); loss.backward()
+        >>> float(loss.detach()), b_enc.grad.tolist()   # only the dead latent is pulled up
+        (0.5, [-1.0, 0.0, 0.0])
+    """
+    terms = []
+    for i, lp in enumerate(params):
+        cols = dead[i].nonzero().squeeze(1).to(x.device)
+        if cols.numel() == 0 or lp.threshold is None:
+            continue
+        pre = x[:, i] @ lp.w_enc.index_select(1, cols) + lp.b_enc.index_select(0, cols)
+        gap = (lp.threshold.index_select(0, cols) - pre).relu()
+        norms = lp.w_dec_flat().index_select(0, cols).norm(dim=1)
+        terms.append((gap * norms).sum(1).mean())
+    if not terms:
+        return None
+    return torch.stack(terms).sum() / len(params)

@@ -115,11 +115,18 @@ def init_dictionary(
     gen: torch.Generator,
     b_dec: torch.Tensor | None = None,
     latents: tuple[int, int] | None = None,
+    x_mean: torch.Tensor | None = None,
 ) -> None:
     """Initialise every parameter (``b_dec`` [L, d_out]: e.g. the mean target; zeros when None).
 
     ``latents=(lo, hi)``: ``dictionary`` is that slice of a ``cfg.dictionary.d_sae`` dictionary
     (:func:`build_dictionary`) and gets exactly the values the full one would.
+
+    ``x_mean`` [L, d_in], the mean input, centres the pre-activations: ``b_enc = -x_mean @ w_enc``, as
+    subtracting ``b_dec`` from the input before encoding does at initialisation (Gao et al. 2024, SAELens).
+    Residual streams have a large mean; without this, every latent whose random direction points away
+    from it starts with negative pre-activations on all tokens, never fires, and gets no gradient (not
+    even from aux-k, whose activations are ReLU'd): measured 30% dead latents on the quick demo's SAE.
     """
     arch, d_sae = cfg.dictionary.architecture, cfg.dictionary.d_sae
     for i, lp in enumerate(layer_params(dictionary)):
@@ -132,7 +139,10 @@ def init_dictionary(
         else:
             w_enc = randn_rows((d_sae, lp.w_enc.shape[0]), gen, latents)
             lp.w_enc.copy_((w_enc / w_enc.norm(dim=1, keepdim=True)).T)
-        lp.b_enc.zero_()
+        if x_mean is not None:
+            lp.b_enc.copy_(-(x_mean[i].to(lp.w_enc) @ lp.w_enc))
+        else:
+            lp.b_enc.zero_()
         lp.b_dec.copy_(b_dec[i] if b_dec is not None else torch.zeros_like(lp.b_dec))
         if lp.threshold is not None:
             lp.threshold.fill_(cfg.loss.threshold_init if architecture(arch).trains_threshold else 0.0)

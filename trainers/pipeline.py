@@ -52,6 +52,7 @@ from trainers.harvest import (
     target_configs,
 )
 from trainers.harvest_shards import ShardSource, read_meta
+from trainers.preflight import adopt_harvest, check_harvest_folder, check_sites
 from trainers.progress import RunLog, show_progress_by_default, start_wandb
 from trainers.publish import export_dictionary, save_and_publish, write_metrics_log
 from trainers.sources import ActivationSource, SyntheticSource
@@ -113,7 +114,8 @@ def _synthetic(cfg: TrainConfig) -> Environment:
 def _model_env(cfg: TrainConfig) -> tuple[Environment, Harvester]:
     from trainers.data import require_data, token_sequences
 
-    require_data(cfg.data)  # before the (slow) model load
+    require_data(cfg.data)  # before the (slow) model load, as are the sites and layers
+    check_sites(cfg)
     model, tok = load_model(cfg)
     data = token_sequences(cfg.data, tok)
     spec = site_spec(model, cfg)
@@ -170,8 +172,12 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
         return _synthetic(cfg)
     cache = cfg.harvest.cache_dir
     meta = read_meta(cache) if cache else None
+    harvested = adopt_harvest(cfg, meta) if meta else None  # checks the labels; fills unset fields
     if meta and meta.get("complete") and not need_model:
-        return _harvest_sources(cfg, cache, meta, None)
+        env = _harvest_sources(cfg, cache, meta, None)
+        env.spec = harvested
+        return env
+    check_harvest_folder(cfg)
     env, harvester = _model_env(cfg)
     if cache:
         harvest_to_disk(
@@ -320,6 +326,13 @@ def short_run_warnings(cfg: TrainConfig) -> list[str]:
             "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "
             f"set loss.l0_warmup_steps={max(1, cfg.steps // 10)} (10% of the run)"
         )
+    revives = cfg.dictionary.architecture != "relu" or cfg.loss.resample_every
+    if revives and cfg.loss.dead_tokens >= cfg.train.tokens:
+        found.append(
+            f"loss.dead_tokens={cfg.loss.dead_tokens} is not shorter than the run (train.tokens={cfg.train.tokens}): "
+            "no latent can count as dead, so dead-latent revival (aux-k, pre-activation loss, resampling) never acts; "
+            f"set loss.dead_tokens={max(cfg.train.batch_size, cfg.train.tokens // 10)} (10% of the run)"
+        )
     if cfg.optim.warmup_steps >= cfg.steps:
         found.append(
             f"optim.warmup_steps={cfg.optim.warmup_steps} is longer than the run ({cfg.steps} steps): "
@@ -337,10 +350,10 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     if ctx is None:
         with DistContext.from_env(cfg.model.device) as joined:
             return train(cfg, joined)
-    if ctx.is_main:
+    env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
+    if ctx.is_main:  # after the data checks: a config error comes alone, without warnings before it
         for warning in short_run_warnings(cfg):
             sys.stderr.write(f"warning: {warning}\n")
-    env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
     trainers = [Trainer(t.cfg, source, ctx) for t, source in zip(env.targets, env.sources)]
     logs = _run_logs(cfg, env.targets, ctx)
     wandb_run = start_wandb(cfg, [t.name for t in env.targets]) if ctx.is_main else None
@@ -359,7 +372,7 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
         return _combined(cfg, outcomes)
     data = {**env.source.describe(), **env.extra}
     dictionaries = [
-        export_dictionary(r, t.cfg, {**data, **s.describe()}, t.spec)
+        export_dictionary(r, t.cfg, {**data, **s.describe()}, t.spec or (env.spec if len(env.targets) == 1 else None))
         for r, t, s in zip(results, env.targets, env.sources)
     ]
     if cfg.eval.tokens:

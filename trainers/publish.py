@@ -53,6 +53,30 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+PUSHER_FIELDS = (("output", "dir"), ("output", "registry"), ("harvest", "cache_dir"), ("train", "checkpoint_dir"))
+"""Training-config fields that name the pusher's own folders and registry URL (which may carry credentials;
+the card states where it was published, redacted); left out of what is published."""
+
+
+def shareable_training_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The training config as a card shows it: the pusher's local folders and registry URL left out (they
+    would mean nothing elsewhere and say something about the pusher's machine), data files by name (their
+    content is pinned by the dataset sha256). It still validates as a config (defaults fill the gaps).
+
+    Example:
+        >>> from trainers.config import load_config
+        >>> cfg = load_config(None, ["synthetic.d_in=8", "output.dir=/home/me/run", "data.paths=[/home/me/a.jsonl]"])
+        >>> shown = shareable_training_config(cfg)
+        >>> "dir" in shown["output"], shown["data"]["paths"]
+        (False, ['a.jsonl'])
+    """
+    data = cfg.model_dump(mode="json")
+    for section, name in PUSHER_FIELDS:
+        data[section].pop(name, None)
+    data["data"]["paths"] = [Path(path).name for path in data["data"]["paths"]]
+    return data
+
+
 def default_variant(cfg: TrainConfig) -> str:
     """``jumprelu_l0_32``, ``topk_k32``, ``batchtopk_k32`` or ``relu`` (+ ``_matryoshka``, ``_affine``)."""
     d = cfg.dictionary
@@ -116,7 +140,7 @@ def export_dictionary(
         dataset=data.get("dataset"),
         dataset_sha256=data.get("dataset_sha256"),
         seed=cfg.train.seed,
-        training_config=cfg.model_dump(mode="json"),
+        training_config=shareable_training_config(cfg),
         software=software_versions(),
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         model_weights=weights,

@@ -4,8 +4,10 @@ A dead latent is re-initialised toward an input the dictionary reconstructs
 badly (drawn with probability proportional to its squared error, as in
 Anthropic's 2023 recipe): its decoder row becomes that token's normalised
 residual, its encoder column the token's normalised input scaled to a fifth of
-the mean live encoder norm, its bias 0 and threshold the initial one, and its
-Adam moments are zeroed. Every rank computes the same update from the same
+the mean live encoder norm, its bias 0, and its Adam moments are zeroed. A
+JumpReLU latent takes the median threshold of the live latents, not the initial
+one: at ~0.001 it would fire on about half of all tokens (any positive
+pre-activation) and every resampling would push L0 far above its target. Every rank computes the same update from the same
 global batch and generator, so parameters stay identical.
 """
 
@@ -48,7 +50,8 @@ def resample_dead(
         lp.w_enc[:, idx] = (inputs / inputs.norm(dim=1, keepdim=True).clamp_min(1e-12) * 0.2 * scale).T
         lp.b_enc[idx] = 0.0
         if lp.threshold is not None:
-            lp.threshold[idx] = threshold_init
+            # threshold_init only when no latent is alive to take a typical threshold from
+            lp.threshold[idx] = lp.threshold[live].median() if bool(live.any()) else threshold_init
         _zero_moments(optimizer, lp, idx)
     return dead.clone()
 

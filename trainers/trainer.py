@@ -54,7 +54,15 @@ from trainers.latent_parallel import (
     latent_dim,
     sharded_aux_k_loss,
 )
-from trainers.losses import aux_k_loss, fvu, l0_penalty, l1_penalty, reconstruction_loss
+from trainers.losses import (
+    PRE_ACT_COEFFICIENT,
+    aux_k_loss,
+    fvu,
+    l0_penalty,
+    l1_penalty,
+    pre_act_loss,
+    reconstruction_loss,
+)
 from trainers.normalization import estimate_scales
 from trainers.optim import clip_gradients, lr_at, make_optimizer, set_lr, warmup
 from trainers.params import (
@@ -115,9 +123,9 @@ class Trainer:
         self.dictionary = build_dictionary(
             cfg, d_in=src.d_in, d_out=src.d_out, n_layers=n_layers, device=self.ctx.device, latents=shard
         )
-        _x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
+        x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
         gen = torch.Generator().manual_seed(cfg.train.seed)
-        init_dictionary(self.dictionary, cfg, gen, b_dec=t.mean(0), latents=shard)
+        init_dictionary(self.dictionary, cfg, gen, b_dec=t.mean(0), latents=shard, x_mean=x.mean(0))
         self.params = layer_params(self.dictionary)
         self.named = trainable_parameters(self.dictionary)
         self.optimizer = make_optimizer(self.named, cfg.optim)
@@ -360,6 +368,11 @@ class Trainer:
                 aux = sharded_aux_k_loss(out.codes, self.params, x, (t - y).detach(), dead, k_aux, self.latents, mean)
             if aux is not None:
                 loss = loss + cfg.loss.aux_coefficient * aux
+        pre_act = PRE_ACT_COEFFICIENT if cfg.loss.pre_act_coefficient is None else cfg.loss.pre_act_coefficient
+        if arch == "jumprelu" and pre_act > 0:
+            aux = pre_act_loss(self.params, x, self.tokens_since_fired >= cfg.loss.dead_tokens)
+            if aux is not None:
+                loss = loss + pre_act * aux
         loss.backward()
         trainable = [p for _, p in self.named]
         self.ctx.average_gradients(trainable)

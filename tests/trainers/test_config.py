@@ -144,3 +144,34 @@ def test_a_k_left_over_from_a_topk_config_is_not_published_for_jumprelu() -> Non
     )
     published = dictionary_config(cfg, d_in=8, d_out=8, n_layers=1)
     assert published.k is None and published.l0_target == 4
+
+
+def test_override_errors_name_the_override_and_the_closest_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(EXAMPLES / "sae.yaml", ["optim.learning_rate=3e-4"])
+    assert str(caught.value) == "override optim.learning_rate: unknown field (did you mean optim.lr?)"
+    with pytest.raises(
+        ConfigError, match=r"^override dictionary\.archtecture: .*did you mean dictionary\.architecture"
+    ):
+        load_config(EXAMPLES / "sae.yaml", ["dictionary.archtecture=topk"])
+    # a value from the file still names the file
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"synthetic": {"d_in": 8}, "optim": {"lrr": 1.0}}))
+    with pytest.raises(ConfigError, match=rf"^{path}: optim\.lrr: unknown field \(did you mean optim\.lr\?\)$"):
+        load_config(path, ["train.tokens=4096"])
+
+
+@pytest.mark.parametrize(
+    "override,example",
+    [("harvest.layers=3", "harvest.layers=[3,6,9]"), ("data.paths=notes.txt", "data.paths=[docs/a.txt,corpus.jsonl]")],
+)
+def test_list_fields_given_a_scalar_show_the_list_syntax(override: str, example: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, ["model.id=some/model", override])
+    message = str(caught.value)
+    assert message.startswith(f"override {override.partition('=')[0]}: ") and example in message, message
+
+
+def test_a_bare_word_override_shows_the_key_value_and_list_forms() -> None:
+    with pytest.raises(ConfigError, match=r"harvest\.layers=\[3,6,9\]"):
+        load_config(None, ["synthetic.d_in=8", "harvest.layers"])

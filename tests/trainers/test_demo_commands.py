@@ -42,3 +42,30 @@ def test_printed_dashboard_and_registry_commands_run(tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)  # `pull --to my_dictionary` writes here
     for _name, command in registry_commands(pinned, registry).items():
         assert scope_hub_main(shlex.split(command)[1:]) == 0, command
+
+
+def test_builtin_corpus_does_not_depend_on_what_the_process_imported() -> None:
+    # Packages gain attributes as their submodules get imported anywhere in the process; the corpus is read
+    # from source files, so a bare interpreter and one that imported many submodules first agree.
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    probe = (
+        "import hashlib, json; {imports}from trainers.corpus import stdlib_documents; docs = stdlib_documents(); "
+        "print(len(docs), hashlib.sha256(''.join(json.dumps({{'text': d}}) + '\\n' for d in docs).encode()).hexdigest())"
+    )
+    extra = "import email.mime.text, logging.handlers, json.decoder, unittest.mock, xml.etree.cElementTree; "
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", probe.format(imports=imports)],
+            cwd=root,
+            env={"PYTHONPATH": str(root), "PATH": "/usr/bin"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
+        for imports in ("", extra)
+    ]
+    assert outputs[0] == outputs[1] and int(outputs[0].split()[0]) > 500, outputs

@@ -18,6 +18,7 @@ from trainers.config import load_config
 from trainers.harvest_shards import read_meta
 from trainers.lm_eval import delta_lm_loss
 from trainers.pipeline import train
+from trainers.publish import shareable_training_config
 
 TEXT = "A tiny model reads tiny text, and a tiny dictionary learns its tiny features. " * 40
 
@@ -82,7 +83,8 @@ def test_train_from_text_to_registry(model_dir: Path, tmp_path: Path) -> None:
     harvest = read_meta(tmp_path / "harvest")
     p = c.provenance
     assert p.dataset_sha256 == harvest["data"]["sha256"] and p.seed == 7 and "torch" in p.software
-    assert p.training_config == cfg.model_dump(mode="json") and c.model == str(model_dir)
+    assert p.training_config == shareable_training_config(cfg) and c.model == str(model_dir)
+    assert str(tmp_path) not in json.dumps(p.training_config), "no local folder of the pusher is published"
 
     from scope_hub.registry import Registry
 
