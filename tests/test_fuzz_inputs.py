@@ -327,7 +327,7 @@ def test_registry_urls(tmp_path, monkeypatch, url):
 @pytest.fixture(scope="module")
 def scoped():
     from scope_hub.scoped_model import ScopedModel
-    from tests.tiny_models import tiny_gemma3
+    from scope_hub.testing.tiny_models import tiny_gemma3
 
     return ScopedModel(tiny_gemma3())
 

@@ -56,7 +56,7 @@ def test_a_converted_copy_standing_in_for_a_hub_id_warns_once_and_is_recorded(co
 
     from scope_hub.model_resolution import ConvertedWeightsWarning
     from scope_hub.scoped_config import ScopedModelConfig, save_scoped_config
-    from tests.tiny_models import tiny_gemma3
+    from scope_hub.testing.tiny_models import tiny_gemma3
 
     monkeypatch.setattr(model_resolution, "_WARNED", set())
     with warnings.catch_warnings(record=True) as caught:
@@ -141,7 +141,7 @@ def test_a_misspelt_hub_id_is_reported_by_the_hub_before_any_download(monkeypatc
 @pytest.mark.parametrize("command", ["dashboard", "trace"])
 def test_analysis_commands_say_a_model_folder_does_not_exist(command, tmp_path, capsys):
     from scope_hub.cli import main
-    from tests.dictionaries.factory import make_config, make_dictionary
+    from scope_hub.testing.dictionaries import make_config, make_dictionary
 
     sae = tmp_path / "sae"
     make_dictionary(make_config("sae", "relu", d_in=8, d_sae=16, site="resid_post", layer=0)).save_pretrained(sae)

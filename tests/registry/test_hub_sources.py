@@ -17,8 +17,8 @@ from scope_hub.interop import saelens
 from scope_hub.interop.saelens import save as save_saelens
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.scoped_model import ScopedModel
+from scope_hub.testing.tiny_models import D_MODEL, tiny_gemma3
 from tests.interop.release_fixtures import gs2_config, gs2_tensors
-from tests.tiny_models import D_MODEL, tiny_gemma3
 
 REPO = "google/gemma-scope-2-270m-pt"
 SMALL = "resid_post_all/layer_2_width_16k_l0_small"  # SAELens: gemma-scope-2-270m-pt-res-all / layer_2_...

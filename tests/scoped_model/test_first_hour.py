@@ -21,8 +21,8 @@ from scope_hub.feature_stats import FILE, FeatureStats
 from scope_hub.hookpoints import adapter_for
 from scope_hub.model_resolution import MARKER
 from scope_hub.scoped_model import ScopedModel
-from tests.dictionaries.factory import make_config, make_dictionary
-from tests.tiny_models import PAD_ID, tiny_llama, tiny_tokenizer
+from scope_hub.testing.dictionaries import make_config, make_dictionary
+from scope_hub.testing.tiny_models import PAD_ID, tiny_llama, tiny_tokenizer
 
 LAYER = 1
 

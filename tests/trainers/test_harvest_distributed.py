@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from tests.registry.conftest import isolated_env, moto_endpoint, s3_bucket  # noqa: F401 - fixtures
-from tests.tiny_models import tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
 from trainers.harvest_shards import HarvestReader, read_meta
 from trainers.pipeline import harvest_only

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from scope_hub.errors import ConfigError
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 from trainers.checkpoint import Checkpoint, commit_checkpoint, list_checkpoints, load_whole_checkpoint, save_shard
 from trainers.distributed import DistContext
 from trainers.forward import LayerParams, SparsitySpec, forward, layer_params

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.dictionaries.factory import make_config, make_dictionary
+from scope_hub.testing.dictionaries import make_config, make_dictionary
 from trainers.config import load_config
 from trainers.forward import SparsitySpec, forward, layer_params
 from trainers.kernels import JumpReLUDense

@@ -9,7 +9,7 @@ import pytest
 import trainers.pipeline
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError, HookpointError
-from tests.tiny_models import tiny_gemma3, tiny_tokenizer
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from trainers.cli import main
 from trainers.config import load_config
 from trainers.pipeline import harvest_only, train
