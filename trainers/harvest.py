@@ -350,7 +350,9 @@ class StreamingHarvest:
         chunk: int,
         batch_sequences: int,
         keep_chunks: int = 1,
+        ctx: DistContext | None = None,
     ) -> None:
+        self.ctx = ctx or DistContext()
         self.harvester, self.data, self.seed, self.chunk = harvester, data, seed, chunk
         self.batch_sequences, self.keep_chunks = batch_sequences, keep_chunks
         self._widths: dict[str, int] | None = None
@@ -365,7 +367,7 @@ class StreamingHarvest:
     @property
     def widths(self) -> dict[str, int]:
         """Width of every hookpoint (one probe forward, the first time)."""
-        if self._widths is None:
+        if self._widths is None:  # every rank probes: no collective, whatever order ranks ask in
             probe = self.harvester(self.data.input_ids[:1], self.data.attention_mask[:1])
             self._widths = {str(h): probe[str(h)].shape[-1] for h in self.harvester.spec.hookpoints}
         return self._widths
@@ -376,15 +378,45 @@ class StreamingHarvest:
             return self._range[1]
         first = int(torch.searchsorted(self.kept_before, start, right=True)) - 1
         last = int(torch.searchsorted(self.kept_before, end, right=False))
-        parts = []
-        for lo in range(first, last, self.batch_sequences):
-            hi = min(lo + self.batch_sequences, last)
-            parts.append(self.harvester(self.data.input_ids[lo:hi], self.data.attention_mask[lo:hi]))
-            self.forwards += 1
-        offset = start - int(self.kept_before[first])
+        groups = list(range(first, last, self.batch_sequences))
         names = [str(h) for h in self.harvester.spec.hookpoints]
-        out = {k: torch.cat([p[k] for p in parts])[offset : offset + end - start] for k in names}
+        parts = {}
+        for lo in groups[self.ctx.rank :: self.ctx.world]:  # under torchrun: this rank's share of the forwards
+            hi = min(lo + self.batch_sequences, last)
+            rows = self.harvester(self.data.input_ids[lo:hi], self.data.attention_mask[lo:hi])
+            parts[lo] = torch.cat([rows[k] for k in names], 1)
+            self.forwards += 1
+        if self.ctx.world > 1:
+            parts = self._exchange(parts, groups, last)
+        flat = torch.cat([parts[lo] for lo in groups])
+        offset = start - int(self.kept_before[first])
+        flat = flat[offset : offset + end - start]
+        bounds = torch.tensor([0, *[self.widths[k] for k in names]]).cumsum(0).tolist()
+        out = {k: flat[:, bounds[i] : bounds[i + 1]] for i, k in enumerate(names)}
         self._range = ((start, end), out)
+        return out
+
+    def _exchange(self, mine: dict[int, torch.Tensor], groups: list[int], last: int) -> dict[int, torch.Tensor]:
+        """Every rank's harvested groups on every rank (one all-gather; row counts are known from the
+        token data, so only activations travel)."""
+        world, rank = self.ctx.world, self.ctx.rank
+        width = sum(self.widths.values())
+        counts = {
+            lo: int(self.kept_before[min(lo + self.batch_sequences, last)] - self.kept_before[lo]) for lo in groups
+        }
+        owned = [groups[r::world] for r in range(world)]
+        rows_of = [sum(counts[lo] for lo in owned[r]) for r in range(world)]
+        padded = torch.zeros(max(rows_of), width)
+        if mine:
+            local = torch.cat([mine[lo] for lo in owned[rank]])
+            padded[: local.shape[0]] = local
+        gathered = self.ctx.gather_cat(padded.reshape(-1).to(self.ctx.device)).cpu().view(world, -1, width)
+        out = {}
+        for r in range(world):
+            offset = 0
+            for lo in owned[r]:
+                out[lo] = gathered[r, offset : offset + counts[lo]]
+                offset += counts[lo]
         return out
 
     def chunk_rows(self, index: int, n_train: int) -> dict[str, torch.Tensor]:

@@ -193,6 +193,7 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
         chunk=chunk,
         batch_sequences=cfg.harvest.batch_sequences,
         keep_chunks=-(-setup_rows // chunk),
+        ctx=ctx,
     )
     env.sources = [
         StreamingSource(
@@ -353,6 +354,9 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
         if wandb_run is not None:
             wandb_run.finish()
     outcomes = [Outcome(r, name=t.name) for r, t in zip(results, env.targets)]
+    for source in env.sources:  # rank 0 evaluates alone: it harvests held-out rows without the other ranks
+        if isinstance(source, StreamingSource):
+            source.stream.ctx = DistContext()
     if any(r.interrupted for r in results) or not ctx.is_main:
         ctx.barrier()
         return _combined(cfg, outcomes)
