@@ -201,3 +201,47 @@ def test_streaming_ranks_share_the_forwards_and_see_the_single_process_rows(mode
         assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
     shares = [int((tmp_path / f"forwards_{rank}").read_text()) for rank in range(2)]
     assert sum(shares) == stream.forwards and max(shares) - min(shares) <= 1  # each rank ran its half
+
+
+def test_training_from_an_s3_harvest_writes_every_dictionary_to_s3(
+    model_dir: Path,
+    tmp_path: Path,
+    single: Path,
+    s3_bucket: str,  # noqa: F811
+    moto_endpoint: str,  # noqa: F811
+) -> None:
+    import s3fs
+
+    from scope_hub.dictionaries import Dictionary
+    from trainers.pipeline import train
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_endpoint}, use_listings_cache=False)
+    fs.put(str(single), f"{s3_bucket}/harvest", recursive=True)  # a finished harvest on the store
+    overrides = [
+        "dictionary.architecture=topk",
+        "dictionary.k=4",
+        "dictionary.d_sae=32",
+        "train.tokens=512",
+        "train.batch_size=128",
+        "optim.lr=1e-2",
+        "eval.tokens=64",
+        "output.key=tiny:{site}/layer_{layer}/width_32/sae/topk_k4",
+        f"output.dir=s3://{s3_bucket}/out",
+    ]
+    config = _config(model_dir, tmp_path, f"s3://{s3_bucket}/harvest")
+    outcome = train(load_config(config, overrides))  # no model: the harvest says which hookpoints each reads
+    assert [p.name for p in outcome.parts] == [
+        "resid_post/layer_0",
+        "mlp_out/layer_0",
+        "resid_post/layer_2",
+        "mlp_out/layer_2",
+    ]
+    local = train(
+        load_config(_config(model_dir, tmp_path, str(single)), [*overrides, f"output.dir={tmp_path / 'out'}"])
+    )
+    for part, same in zip(outcome.parts, local.parts):
+        names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/out/{part.name}"))
+        assert names == ["README.md", "config.json", "metrics.jsonl", "params.safetensors"]
+        fs.get(f"{s3_bucket}/out/{part.name}", str(tmp_path / "got" / part.name), recursive=True)
+        got = Dictionary.from_pretrained(tmp_path / "got" / part.name)
+        assert torch.equal(got.w_dec, same.dictionary.w_dec)  # the store changes nothing
