@@ -13,11 +13,8 @@ Two ways to feed training:
 
 * :func:`harvest_to_disk` writes shards (:mod:`trainers.harvest_shards`), one
   harvest for every hookpoint, resumable, reusable, written by every rank;
-* :class:`StreamingSource` harvests on the fly: the kept-token stream is cut
-  into chunks of ``harvest.stream_window`` batches; a chunk is harvested,
-  shuffled with a seed of its own, and served batch by batch. Batch ``s`` only
-  depends on (seed, s), so resuming re-harvests at most one chunk. The sources
-  of several dictionaries share one :class:`StreamingHarvest`.
+* :mod:`trainers.streaming` harvests on the fly, in shuffled chunks shared by
+  the dictionaries of a run.
 
 Example:
     >>> from scope_hub.testing.tiny_models import tiny_gemma3
@@ -33,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +47,6 @@ from trainers.data import TokenSequences, kept_positions
 from trainers.distributed import DistContext
 from trainers.harvest_shards import ShardWriter
 from trainers.progress import PlainTicker, show_progress_by_default
-from trainers.sources import ActivationSource, rank_slice, step_generator
 
 
 @dataclass(frozen=True)
@@ -332,124 +327,3 @@ def harvest_to_disk(
         writer.merge()
     ctx.barrier()
     return root
-
-
-class StreamingHarvest:
-    """Kept rows of every hookpoint, harvested on demand and shared by the dictionaries of a run.
-
-    The kept-token stream is cut into chunks (see the module doc); the latest ``keep_chunks`` chunks
-    and the latest held-out range are kept, so dictionaries driven in lockstep read each chunk from one
-    forward (``keep_chunks`` covers what every trainer reads while it sets up, one after the other).
-    """
-
-    def __init__(
-        self,
-        harvester: Harvester,
-        data: TokenSequences,
-        *,
-        seed: int,
-        chunk: int,
-        batch_sequences: int,
-        keep_chunks: int = 1,
-    ) -> None:
-        self.harvester, self.data, self.seed, self.chunk = harvester, data, seed, chunk
-        self.batch_sequences, self.keep_chunks = batch_sequences, keep_chunks
-        self._widths: dict[str, int] | None = None
-        keep = kept_positions(data.input_ids, data.attention_mask, harvester.bos_id, harvester.exclude_bos)
-        self.kept_before = torch.cat([torch.zeros(1, dtype=torch.int64), keep.sum(1).cumsum(0)])
-        self.total = int(self.kept_before[-1])
-        self._chunks: dict[int, dict[str, torch.Tensor]] = {}
-        self._range: tuple[tuple[int, int], dict[str, torch.Tensor]] | None = None
-        self.forwards = 0
-        """Model forwards run so far (tests and benchmarks check that several dictionaries share them)."""
-
-    @property
-    def widths(self) -> dict[str, int]:
-        """Width of every hookpoint (one probe forward, the first time)."""
-        if self._widths is None:
-            probe = self.harvester(self.data.input_ids[:1], self.data.attention_mask[:1])
-            self._widths = {str(h): probe[str(h)].shape[-1] for h in self.harvester.spec.hookpoints}
-        return self._widths
-
-    def rows(self, start: int, end: int) -> dict[str, torch.Tensor]:
-        """Kept rows ``start:end`` of the stream, per hookpoint (harvesting the windows that hold them)."""
-        if self._range is not None and self._range[0] == (start, end):
-            return self._range[1]
-        first = int(torch.searchsorted(self.kept_before, start, right=True)) - 1
-        last = int(torch.searchsorted(self.kept_before, end, right=False))
-        parts = []
-        for lo in range(first, last, self.batch_sequences):
-            hi = min(lo + self.batch_sequences, last)
-            parts.append(self.harvester(self.data.input_ids[lo:hi], self.data.attention_mask[lo:hi]))
-            self.forwards += 1
-        offset = start - int(self.kept_before[first])
-        names = [str(h) for h in self.harvester.spec.hookpoints]
-        out = {k: torch.cat([p[k] for p in parts])[offset : offset + end - start] for k in names}
-        self._range = ((start, end), out)
-        return out
-
-    def chunk_rows(self, index: int, n_train: int) -> dict[str, torch.Tensor]:
-        """Chunk ``index`` of the training stream, shuffled with its own seed."""
-        if index not in self._chunks:
-            start = index * self.chunk
-            if start + self.chunk > n_train:
-                raise ValueError(
-                    f"streaming data exhausted at chunk {index}: {n_train} training tokens; "
-                    "add data, lower train.tokens, or harvest to disk (harvest.cache_dir) for epochs"
-                )
-            rows = self.rows(start, start + self.chunk)
-            perm = torch.randperm(self.chunk, generator=step_generator(self.seed, index, stream=2))
-            self._chunks[index] = {k: v[perm] for k, v in rows.items()}
-            while len(self._chunks) > self.keep_chunks:
-                del self._chunks[next(iter(self._chunks))]  # the oldest
-        return self._chunks[index]
-
-
-class StreamingSource(ActivationSource):
-    """Harvest while training (see module doc); the last ``eval_tokens`` kept rows are held out.
-
-    Sources of several dictionaries share one :class:`StreamingHarvest` (``shared``); ``spec`` picks
-    this source's hookpoints (default: the harvester's own).
-    """
-
-    def __init__(
-        self,
-        harvester: Harvester,
-        data: TokenSequences,
-        *,
-        seed: int,
-        batch_size: int,
-        window: int,
-        batch_sequences: int = 8,
-        eval_tokens: int = 0,
-        spec: SiteSpec | None = None,
-        shared: StreamingHarvest | None = None,
-    ) -> None:
-        self.stream = shared or StreamingHarvest(
-            harvester, data, seed=seed, chunk=batch_size * window, batch_sequences=batch_sequences
-        )
-        self.data, self.spec = data, spec or harvester.spec
-        self.chunk = self.stream.chunk
-        self.n_eval = min(eval_tokens, self.stream.total // 2)
-        self.n_train = self.stream.total - self.n_eval
-        self.n_layers = len(self.spec.layers)
-        self.d_in = self.stream.widths[str(self.spec.inputs[0])]
-        self.d_out = self.stream.widths[str((self.spec.outputs or self.spec.inputs)[0])]
-        self.reconstructs_input = self.spec.outputs is None
-
-    def describe(self) -> dict[str, Any]:
-        return {"dataset": self.data.description, "dataset_sha256": self.data.sha256}
-
-    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        per_chunk = self.chunk // batch_size
-        rows = self.stream.chunk_rows(step // per_chunk, self.n_train)
-        lo = (step % per_chunk) * batch_size
-        mine = rank_slice(batch_size, rank, world)
-        picked = {k: v[lo : lo + batch_size][mine] for k, v in rows.items()}
-        return self.spec.stack(picked)
-
-    def eval_batches(self, tokens: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        start = self.n_train
-        end = start + min(tokens, self.n_eval)
-        for lo in range(start, end, batch_size):
-            yield self.spec.stack(self.stream.rows(lo, min(lo + batch_size, end)))

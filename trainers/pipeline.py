@@ -42,8 +42,6 @@ from trainers.evals import Evaluation
 from trainers.harvest import (
     Harvester,
     SiteSpec,
-    StreamingHarvest,
-    StreamingSource,
     Target,
     harvest_to_disk,
     load_model,
@@ -56,6 +54,7 @@ from trainers.preflight import adopt_harvest, check_harvest_folder, check_sites
 from trainers.progress import RunLog, show_progress_by_default, start_wandb
 from trainers.publish import export_dictionary, save_and_publish, write_metrics_log
 from trainers.sources import ActivationSource, SyntheticSource
+from trainers.streaming import StreamingHarvest, StreamingSource, check_stream_fits
 from trainers.synthetic import PlantedDictionary
 from trainers.trainer import Trainer, TrainResult
 
@@ -200,6 +199,7 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
         chunk=chunk,
         batch_sequences=cfg.harvest.batch_sequences,
         keep_chunks=-(-setup_rows // chunk),
+        ctx=ctx,
     )
     env.sources = [
         StreamingSource(
@@ -217,59 +217,6 @@ def build_environment(cfg: TrainConfig, ctx: DistContext, need_model: bool = Fal
     env.source = env.sources[0]
     check_stream_fits(cfg, env.source.n_train, env.source.n_eval)
     return env
-
-
-def stream_tokens(tokens: int, batch_size: int, window: int) -> int:
-    """Training tokens a streamed run reads: whole chunks of ``window`` batches covering its steps.
-
-    Example:
-        >>> stream_tokens(10_000, batch_size=4096, window=16)  # 2 steps, but one chunk is 16 x 4096
-        65536
-    """
-    steps = max(1, tokens // batch_size)
-    return -(-steps // window) * window * batch_size
-
-
-def stream_fixes(tokens: int, batch_size: int, window: int, available: int) -> list[str]:
-    """Overrides that make a streamed run fit in ``available`` training tokens (each alone, else combined).
-
-    Example:
-        >>> stream_fixes(10_000, batch_size=4096, window=16, available=20_000)
-        ['harvest.stream_window=4', 'train.batch_size=1024']
-    """
-    fixes = []
-    window_fit = next((w for w in range(window - 1, 0, -1) if stream_tokens(tokens, batch_size, w) <= available), None)
-    if window_fit:
-        fixes.append(f"harvest.stream_window={window_fit}")
-    halvings = [batch_size >> i for i in range(1, batch_size.bit_length())]
-    batch_fit = next((b for b in halvings if stream_tokens(tokens, b, window) <= available), None)
-    if batch_fit:
-        fixes.append(f"train.batch_size={batch_fit}")
-    chunks = available // (window * batch_size)
-    if chunks:
-        fixes.append(f"train.tokens={chunks * window * batch_size}")
-    if not fixes:  # one chunk of one batch per step: at most `available` tokens
-        batch = next((b for b in [batch_size, *halvings] if b <= available), None)
-        if batch:
-            smaller = f" train.batch_size={batch}" if batch != batch_size else ""
-            fixes.append(f"train.tokens={available // batch * batch}{smaller} harvest.stream_window=1")
-    return fixes
-
-
-def check_stream_fits(cfg: TrainConfig, n_train: int, n_eval: int) -> None:
-    """Raise :class:`ConfigError` (with overrides that would fit) when streaming would run out of data."""
-    tokens, batch, window = cfg.train.tokens, cfg.train.batch_size, cfg.harvest.stream_window
-    needed = stream_tokens(tokens, batch, window)
-    if needed <= n_train:
-        return
-    fixes = stream_fixes(tokens, batch, window, n_train)
-    raise ConfigError(
-        f"streaming needs {needed} training tokens but the data holds {n_train} (plus {n_eval} held out for "
-        f"eval.tokens): train.tokens={tokens} is {cfg.steps} step(s) of train.batch_size={batch}, harvested in whole "
-        f"chunks of harvest.stream_window={window} batches ({window * batch} tokens); "
-        + (f"set {' or '.join(fixes)}, " if fixes else "")
-        + "or harvest to disk (harvest.cache_dir=DIR, which allows several epochs), or add data"
-    )
 
 
 def run_evaluation(
@@ -367,6 +314,9 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
         if wandb_run is not None:
             wandb_run.finish()
     outcomes = [Outcome(r, name=t.name) for r, t in zip(results, env.targets)]
+    for source in env.sources:  # rank 0 evaluates alone: it harvests held-out rows without the other ranks
+        if isinstance(source, StreamingSource):
+            source.stream.ctx = DistContext()
     if any(r.interrupted for r in results) or not ctx.is_main:
         ctx.barrier()
         return _combined(cfg, outcomes)

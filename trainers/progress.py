@@ -151,7 +151,7 @@ class RunLog:
         self.name, self.total, self.batch_tokens, self.log_every = name, total, batch_tokens, log_every
         self.lines, self.wandb_run = lines, wandb_run
         self.records: list[dict[str, Any]] = []
-        self._seen, self._printed = 0, 0
+        self._seen, self._printed, self._rewrite = 0, 0, True
         self._bar = Progress(total, 0, True, batch_tokens, desc=name or None, position=position) if bar else None
         self._local = None if "://" in output_dir and not output_dir.startswith("file://") else output_dir
         self._url = output_dir
@@ -165,7 +165,10 @@ class RunLog:
         if not self.write:
             return
         fresh = history[self._seen :]
+        if fresh and self._seen == 0:  # a resumed run: keep what the killed run logged before it
+            self.records = [r for r in self._existing() if r["step"] < fresh[0]["step"]]
         self._seen = len(history)
+        added = []
         for stats in fresh:
             step = int(stats["step"])
             record = {
@@ -174,6 +177,7 @@ class RunLog:
                 **{k: v for k, v in stats.items() if k != "step"},
             }
             self.records.append(record)
+            added.append(record)
             if self.lines and (step - self._printed >= self.log_every or step == self.total):
                 self._printed = step
                 sys.stderr.write(format_line(self.name, step, self.total, record) + "\n")
@@ -183,8 +187,20 @@ class RunLog:
             if self.wandb_run is not None:
                 prefix = f"{self.name}/" if self.name else ""
                 self.wandb_run.log({f"{prefix}{k}": v for k, v in record.items() if k != "step"}, step=step)
-        if fresh:
-            self.flush(fresh)
+        if added:
+            self.flush(added)
+
+    def _existing(self) -> list[dict[str, Any]]:
+        try:
+            if self._local is not None:
+                text = (Path(self._local) / METRICS_FILE).read_text()
+            else:
+                from trainers.harvest_shards import open_store
+
+                text = open_store(self._url).read_bytes(METRICS_FILE).decode()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def text(self) -> str:
         return "".join(json.dumps(r) + "\n" for r in self.records)
@@ -194,7 +210,8 @@ class RunLog:
         if self._local is not None:
             path = Path(self._local) / METRICS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
-            if fresh is None or not path.exists() or len(self.records) == len(fresh):
+            if fresh is None or not path.exists() or len(self.records) == len(fresh) or self._rewrite:
+                self._rewrite = False
                 path.write_text(self.text())
             else:
                 with path.open("a") as handle:

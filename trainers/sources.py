@@ -8,7 +8,7 @@ tokens come from :meth:`ActivationSource.eval_batches`.
 
 Implementations: :class:`SyntheticSource` (planted dictionaries) here;
 :class:`trainers.harvest_shards.ShardSource` (a harvest on disk) and
-:class:`trainers.harvest.StreamingSource` (harvest on the fly).
+:class:`trainers.streaming.StreamingSource` (harvest on the fly).
 
 Example:
     >>> from trainers.synthetic import PlantedDictionary

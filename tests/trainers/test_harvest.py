@@ -10,8 +10,9 @@ import torch
 from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from trainers.config import load_config
 from trainers.data import token_sequences
-from trainers.harvest import Harvester, StreamingSource, harvest_to_disk, site_spec
+from trainers.harvest import Harvester, harvest_to_disk, site_spec
 from trainers.harvest_shards import HarvestReader, ShardSource, read_meta
+from trainers.streaming import StreamingSource
 
 TEXT = "The quick brown fox jumps over the lazy dog. Sphinx of black quartz, judge my vow! " * 12
 

@@ -18,6 +18,7 @@ import yaml
 from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from tests.registry.conftest import isolated_env, moto_endpoint, s3_bucket  # noqa: F401 - fixtures
 from trainers.config import load_config
+from trainers.distributed import DistContext
 from trainers.harvest_shards import HarvestReader, read_meta
 from trainers.pipeline import harvest_only
 
@@ -41,6 +42,24 @@ def write_then_die(self, *args, **kwargs):
 
 harvest_shards.ShardWriter.write = write_then_die
 sys.exit(main(sys.argv[1:]))
+"""
+
+
+STREAM_ROWS = """
+import sys
+from safetensors.torch import save_file
+from trainers.config import load_config
+from trainers.distributed import DistContext
+from trainers.distributed import DistContext
+from trainers.pipeline import build_environment
+
+with DistContext.from_env() as ctx:
+    env = build_environment(load_config(sys.argv[1]), ctx)
+    stream = env.source.stream
+    rows = stream.rows(100, 700)
+    save_file({k: v.contiguous() for k, v in rows.items()}, f"{sys.argv[2]}/rows_{ctx.rank}.safetensors")
+    with open(f"{sys.argv[2]}/forwards_{ctx.rank}", "w") as handle:
+        handle.write(str(stream.forwards))
 """
 
 
@@ -157,3 +176,72 @@ def test_harvest_on_s3_survives_a_kill_mid_write(
         assert fs.size(name) == 8 + header_len + end
     harvest_only(load_config(config))
     _assert_same_rows(url, single)
+
+
+def test_streaming_ranks_share_the_forwards_and_see_the_single_process_rows(model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from trainers.pipeline import build_environment
+
+    config = _config(model_dir, tmp_path, "unused")
+    raw = yaml.safe_load(config.read_text())
+    del raw["harvest"]["cache_dir"]  # streaming
+    raw["train"].update(tokens=256, batch_size=64)
+    raw["harvest"]["stream_window"] = 4
+    raw["eval"] = {"tokens": 64}
+    config.write_text(yaml.safe_dump(raw))
+    script = tmp_path / "stream_rows.py"
+    script.write_text(STREAM_ROWS)
+    done = _torchrun([str(script), str(config), str(tmp_path)], 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stream = build_environment(load_config(config), DistContext()).source.stream
+    want = stream.rows(100, 700)
+    for rank in range(2):
+        got = load_file(tmp_path / f"rows_{rank}.safetensors")
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    shares = [int((tmp_path / f"forwards_{rank}").read_text()) for rank in range(2)]
+    assert sum(shares) == stream.forwards and max(shares) - min(shares) <= 1  # each rank ran its half
+
+
+def test_training_from_an_s3_harvest_writes_every_dictionary_to_s3(
+    model_dir: Path,
+    tmp_path: Path,
+    single: Path,
+    s3_bucket: str,  # noqa: F811
+    moto_endpoint: str,  # noqa: F811
+) -> None:
+    import s3fs
+
+    from scope_hub.dictionaries import Dictionary
+    from trainers.pipeline import train
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_endpoint}, use_listings_cache=False)
+    fs.put(str(single), f"{s3_bucket}/harvest", recursive=True)  # a finished harvest on the store
+    overrides = [
+        "dictionary.architecture=topk",
+        "dictionary.k=4",
+        "dictionary.d_sae=32",
+        "train.tokens=512",
+        "train.batch_size=128",
+        "optim.lr=1e-2",
+        "eval.tokens=64",
+        "output.key=tiny:{site}/layer_{layer}/width_32/sae/topk_k4",
+        f"output.dir=s3://{s3_bucket}/out",
+    ]
+    config = _config(model_dir, tmp_path, f"s3://{s3_bucket}/harvest")
+    outcome = train(load_config(config, overrides))  # no model: the harvest says which hookpoints each reads
+    assert [p.name for p in outcome.parts] == [
+        "resid_post/layer_0",
+        "mlp_out/layer_0",
+        "resid_post/layer_2",
+        "mlp_out/layer_2",
+    ]
+    local = train(
+        load_config(_config(model_dir, tmp_path, str(single)), [*overrides, f"output.dir={tmp_path / 'out'}"])
+    )
+    for part, same in zip(outcome.parts, local.parts):
+        names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/out/{part.name}"))
+        assert names == ["README.md", "config.json", "metrics.jsonl", "params.safetensors"]
+        fs.get(f"{s3_bucket}/out/{part.name}", str(tmp_path / "got" / part.name), recursive=True)
+        got = Dictionary.from_pretrained(tmp_path / "got" / part.name)
+        assert torch.equal(got.w_dec, same.dictionary.w_dec)  # the store changes nothing

@@ -120,3 +120,47 @@ def test_short_training_run_end_to_end(gemma3_270m, text_file: Path, tmp_path: P
     m = outcome.dictionary.config.metrics
     assert m.fvu < 0.9 and abs(m.delta_lm_loss_error_term) < 1e-3 and m.delta_lm_loss > 0
     assert outcome.dictionary.config.hook_point_in == "model.layers.6.output"
+
+
+def test_eighteen_resid_post_saes_from_one_forward(gemma3_270m, tmp_path: Path, monkeypatch) -> None:
+    import trainers.pipeline as pipeline
+    from scope_hub.dictionaries import Dictionary
+
+    monkeypatch.setattr(pipeline, "load_model", lambda cfg: (gemma3_270m.model, gemma3_270m.tokenizer))
+    captured = []
+    original = Harvester.__call__
+    monkeypatch.setattr(
+        Harvester, "__call__", lambda self, *a: captured.append(len(self.spec.hookpoints)) or original(self, *a)
+    )
+    common = [
+        "model.id=google/gemma-3-270m",
+        "data.corpus=stdlib-docstrings",
+        "data.max_tokens=3072",
+        "data.context_size=64",
+        "harvest.batch_sequences=8",
+        "harvest.stream_window=4",
+        "dictionary.architecture=topk",
+        "dictionary.k=8",
+        "dictionary.d_sae=256",
+        "train.tokens=2048",
+        "train.batch_size=256",
+        "train.log_every=4",
+        "optim.lr=1e-3",
+        "optim.warmup_steps=2",
+        "eval.tokens=256",
+        "train.progress=false",
+    ]
+    outcome = pipeline.train(load_config(None, [*common, "harvest.layers=all", f"output.dir={tmp_path / 'all'}"]))
+    assert [p.name for p in outcome.parts] == [f"resid_post/layer_{i}" for i in range(18)]
+    assert set(captured) == {18}  # every forward captured all 18 layers at once
+    for part in outcome.parts:
+        config = Dictionary.from_pretrained(tmp_path / "all" / part.name).config
+        assert config.hook_point_in == f"model.layers.{part.name.rsplit('_', 1)[1]}.output"
+        assert 0 < config.metrics.fvu < 1.5 and (tmp_path / "all" / part.name / "metrics.jsonl").is_file()
+    for layer in (3, 17):  # two of them against their own one-dictionary runs
+        alone = pipeline.train(
+            load_config(None, [*common, f"harvest.layer={layer}", f"output.dir={tmp_path / str(layer)}"])
+        )
+        together = outcome.parts[layer].dictionary
+        for name, value in alone.dictionary.named_parameters():
+            torch.testing.assert_close(together.get_parameter(name), value, atol=1e-5, rtol=1e-4)

@@ -270,3 +270,20 @@ def test_logs_off_a_terminal_metrics_jsonl_and_wandb_offline(
     assert {"loss", "recon", "l0", "fvu", "dead", "tok_s"} <= set(records[-1])
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and runs[0].stat().st_size > 0
+
+
+def test_a_resumed_run_keeps_the_metrics_its_killed_run_logged(tmp_path: Path) -> None:
+    from trainers.progress import RunLog
+
+    killed = RunLog("", str(tmp_path), 20, batch_tokens=100, log_every=5, lines=False)
+    killed.observe([{"step": s, "loss": 1.0 / s} for s in (5, 10, 15)])  # checkpoint at 10, killed after 15
+    resumed = RunLog("", str(tmp_path), 20, batch_tokens=100, log_every=5, lines=False)
+    resumed.observe([{"step": 15, "loss": 0.5}])
+    resumed.observe([{"step": 15, "loss": 0.5}, {"step": 20, "loss": 0.4}])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["tokens"], r["loss"]) for r in records] == [
+        (5, 500, 0.2),
+        (10, 1000, 0.1),
+        (15, 1500, 0.5),
+        (20, 2000, 0.4),
+    ]

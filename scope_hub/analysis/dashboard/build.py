@@ -5,8 +5,9 @@ Three inputs, one output (:func:`~scope_hub.analysis.dashboard.render.write_dash
 * :func:`dashboard_from_texts`: run a ScopedModel over a text corpus (cut into token
   windows), features from the attached dictionary;
 * :func:`dashboard_from_harvest`: read a trainers harvest folder (format
-  ``scope-hub-harvest`` v1: ``harvest.json`` + ``shard_*.safetensors`` with ``x [n, L, d_in]``,
-  ``token_id``, ``sequence``, ``position`` per kept row; see ``trainers/harvest_shards.py``) and encode
+  ``scope-hub-harvest`` v2: ``harvest.json`` + ``shard_*.safetensors`` with one ``[n, width]`` tensor
+  per hookpoint, ``token_id``, ``sequence``, ``position`` per kept row; v1 stored ``x [n, L, d_in]``;
+  see ``trainers/harvest_shards.py``) and encode
   its activations with the dictionary — no model forward needed, the model is only used for
   logit effects. Read here with safetensors directly: ``scope_hub`` never imports ``trainers``;
 * :func:`dashboard_from_arrays`: token ids ``[N, T]`` + features ``[N, T, F]``.
@@ -148,7 +149,8 @@ def harvest_windows(
     """Per shard of a harvest: ``(token ids [W, T], activations [W, T, d_in], mask [W, T])``.
 
     Rows are scattered back into their windows by ``sequence`` and ``position``; positions
-    the harvest dropped (BOS, padding) are masked. ``layer_index`` picks one of ``x``'s layers.
+    the harvest dropped (BOS, padding) are masked. ``layer_index`` picks one of the input
+    hookpoints (``hookpoints_in``; v1: one of ``x``'s layers).
     """
     from safetensors.torch import load_file
 
@@ -157,12 +159,16 @@ def harvest_windows(
     if not meta_file.is_file():
         raise DictionaryNotFoundError(f"{root}: no harvest.json; not a {HARVEST_FORMAT} folder")
     meta = json.loads(meta_file.read_text())
-    if meta.get("format") != HARVEST_FORMAT or int(meta.get("version", 0)) > 1:
+    version = int(meta.get("version", 0))
+    if meta.get("format") != HARVEST_FORMAT or version > 2:
         raise ConfigError(
-            f"{root}: harvest format {meta.get('format')!r} v{meta.get('version')} is not {HARVEST_FORMAT} v1"
+            f"{root}: harvest format {meta.get('format')!r} v{meta.get('version')} is not {HARVEST_FORMAT} v1 or v2"
         )
+    hookpoint = meta["hookpoints_in"][layer_index] if version == 2 else None
     for shard in meta["shards"]:
         tensors = load_file(str(root / shard["file"]))
+        if hookpoint is not None:  # v2: one [n, width] tensor per hookpoint
+            tensors["x"] = tensors[hookpoint].unsqueeze(1)
         seq, pos = tensors["sequence"].long(), tensors["position"].long()
         first = int(seq.min())
         rows, length = seq - first, int(pos.max()) + 1
@@ -170,7 +176,7 @@ def harvest_windows(
         acts = torch.zeros(*ids.shape, tensors["x"].shape[-1])
         mask = torch.zeros(ids.shape, dtype=torch.bool)
         ids[rows, pos] = tensors["token_id"].long()
-        acts[rows, pos] = tensors["x"][:, layer_index].float()
+        acts[rows, pos] = tensors["x"][:, 0 if hookpoint else layer_index].float()
         mask[rows, pos] = True
         yield ids, acts, mask
 
