@@ -87,7 +87,7 @@ BENCHMARKS = [
 
 
 def bf16_support() -> str:
-    """What this machine offers for bf16 matmuls: CPU flags, oneDNN's verdict, the GPU if any."""
+    """What the benchmarking host offers for bf16 matmuls: CPU flags, oneDNN's verdict, the GPU if any."""
     try:
         flags = set(re.findall(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)[0].split())
     except (OSError, IndexError):

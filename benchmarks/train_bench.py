@@ -314,7 +314,7 @@ COMPARISONS = (
 
 
 def headlines(results: dict, peaks: dict, utilisation: dict) -> list[Headline]:
-    """Issue #6's goals as revised by DESIGN.md section 9, and the low-precision and sparsify goals."""
+    """The training speed goals (TopK and JumpReLU against SAELens and sparsify, fp32 and bf16)."""
     peak = statistics.median(peaks["fp32"])
     rows = []
     if "ours topk" in results:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from scope_hub.errors import ConfigError
-from scope_hub.kinds import Site, architecture, kind
+from scope_hub.kinds import BATCHTOPK, Site, architecture, kind
 from scope_hub.metadata import Architecture
 
 _FORWARD_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
@@ -340,15 +340,15 @@ class TrainConfig(_Section):
         return self
 
     def _check_targets(self) -> None:
-        h, kind = self.harvest, self.dictionary.type
-        if h.sites is not None and kind != "sae":
+        h, name, info = self.harvest, self.dictionary.type, kind(self.dictionary.type)
+        if h.sites is not None and not info.reconstructs_input:
             raise ValueError(
-                f"harvest.sites lists SAE sites; a {kind} maps harvest.site to harvest.site_out (per layer of "
+                f"harvest.sites lists SAE sites; a {name} maps harvest.site to harvest.site_out (per layer of "
                 "harvest.layers): drop harvest.sites"
             )
-        if kind != "clt" and h.layers is not None and h.layer is not None:
+        if not info.per_layer_decoders and h.layers is not None and h.layer is not None:
             raise ValueError("set harvest.layer (one dictionary) or harvest.layers (one per layer), not both")
-        if kind != "clt" and h.layers is not None and self.synthetic is not None:
+        if not info.per_layer_decoders and h.layers is not None and self.synthetic is not None:
             raise ValueError("harvest.layers trains one dictionary per model layer: it needs model.id, not synthetic")
         if self.multi_target and self.output.key and "{layer}" not in self.output.key:
             raise ValueError("output.key names one dictionary; a run of several needs a template with {layer}")
@@ -358,13 +358,15 @@ class TrainConfig(_Section):
         """True when the run trains several dictionaries (``harvest.layers`` / ``harvest.sites`` on SAEs or
         transcoders)."""
         h = self.harvest
-        return self.dictionary.type != "clt" and (h.layers is not None or (h.sites is not None and len(h.sites) > 1))
+        return not kind(self.dictionary.type).per_layer_decoders and (
+            h.layers is not None or (h.sites is not None and len(h.sites) > 1)
+        )
 
     def _check_latent_parallel(self) -> None:
         d, r = self.dictionary, self.train.latent_parallel
         if d.d_sae % r:
             raise ValueError(f"dictionary.d_sae={d.d_sae} must be divisible by train.latent_parallel={r}")
-        if d.architecture == "batchtopk":
+        if d.architecture == BATCHTOPK:
             raise ValueError(
                 "train.latent_parallel supports topk, jumprelu and relu; BatchTopK's batch-wide cut is not "
                 "sharded: use dictionary.architecture=topk or train.latent_parallel=1"
@@ -389,7 +391,11 @@ class TrainConfig(_Section):
     @property
     def site_label(self) -> str:
         """Site name in keys and folders: ``mlp`` for an mlp_in -> mlp_out transcoder/CLT, else the input site."""
-        mlp = self.dictionary.type != "sae" and self.harvest.site == "mlp_in" and self.site_out == "mlp_out"
+        mlp = (
+            not kind(self.dictionary.type).reconstructs_input
+            and self.harvest.site == "mlp_in"
+            and self.site_out == "mlp_out"
+        )
         return "mlp" if mlp else self.harvest.site
 
     def fingerprint(self) -> str:

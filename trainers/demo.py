@@ -213,19 +213,28 @@ def _top_contexts(sm: Any, tokenizer: Any, name: str, texts: list[str], n_featur
     return [(feature, float(feats[..., feature].max())) for feature in chosen]
 
 
-def _steer(sm: Any, tokenizer: Any, name: str, feature: int, typical: float) -> None:
+def _steer(sm: Any, tokenizer: Any, name: str) -> None:
+    stats = sm.feature_stats[name]  # recorded at evaluation, published as feature_stats.safetensors
+    live = torch.nonzero((stats.frequency > 0.002) & (stats.frequency < 0.05)).flatten()
+    if live.numel() == 0:
+        live = torch.nonzero(stats.frequency > 0).flatten()
+    # A feature of typical size: the few whose maximum exceeds the residual stream's norm break any text.
+    feature = int(live[(stats.max[live] - stats.max[live].median()).abs().argmin()])
     text = "The most important thing about this function is"
     py(f"prompt = tokenizer({text!r}, return_tensors='pt')")
     prompt = tokenizer(text, return_tensors="pt")
     kwargs = dict(max_new_tokens=16, do_sample=False)
     py("sm.generate(**prompt, max_new_tokens=16, do_sample=False)")
     plain = sm.generate(**prompt, **kwargs)
-    print("  plain      :", tokenizer.decode(plain[0], skip_special_tokens=True))
-    for times in (2, 6):  # multiples of the feature's largest activation seen above
-        alpha = float(f"{times * typical:.3g}")
-        py(f"sm.steer({name!r}, {feature}, {alpha}).generate(**prompt, max_new_tokens=16, do_sample=False)")
-        steered = sm.steer(name, feature, alpha).generate(**prompt, **kwargs)
-        print(f"  steered x{times}  :", tokenizer.decode(steered[0], skip_special_tokens=True))
+    print("  plain          :", tokenizer.decode(plain[0], skip_special_tokens=True))
+    print(
+        f"  feature {feature}: largest activation {float(stats.max[feature]):.0f}, fires on "
+        f"{100 * float(stats.frequency[feature]):.2f}% of tokens"
+    )
+    for times in (1, 2):  # multiples of the feature's largest activation recorded at training
+        py(f"sm.steer({name!r}, {feature}, {times}, unit='max').generate(**prompt, max_new_tokens=16, do_sample=False)")
+        steered = sm.steer(name, feature, times, unit="max").generate(**prompt, **kwargs)
+        print(f"  steered {times}x max:", tokenizer.decode(steered[0], skip_special_tokens=True))
 
 
 def _dashboard(pinned_key: str, model_dir: Path, texts: list[str], work: Path, registry: str) -> Path:
@@ -290,9 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     sm = ScopedModel.from_pretrained(model, dictionaries=dict(pinned), registry=registry)
     texts = stdlib_documents(plan.max_docs)[-64:]
     print("  Top-activating contexts of a few SAE features ([[token]] = where it fires):")
-    features = _top_contexts(sm, tokenizer, "sae", texts)
-    if features:
-        _steer(sm, tokenizer, "sae", *features[0])
+    _top_contexts(sm, tokenizer, "sae", texts)
+    _steer(sm, tokenizer, "sae")
 
     heading("6. Feature dashboard and where everything is")
     del sm, model  # the dashboard command loads its own copy

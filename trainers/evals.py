@@ -111,7 +111,7 @@ class Evaluation:
                 self.accs = self.accs or [_Accumulator(self.dictionary.d_sae) for _ in range(f.shape[1])]
                 for i, acc in enumerate(self.accs):
                     acc.add(f[:, i], y[:, i], ts[:, i])
-                clt = self.dictionary.config.type == "clt"
+                clt = kind(self.dictionary.config.type).per_layer_decoders
                 self.stats = self.stats or FeatureStatsAccumulator(self.dictionary.d_sae, f.shape[1] if clt else None)
                 self.stats.add(f if clt else f[:, 0], site=None if clt else ts[:, 0])
         finally:

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from scope_hub.errors import ConfigError
+from scope_hub.kinds import JUMPRELU, RELU, TOPK
 from trainers.forward import ForwardOut, LayerCode, LayerParams, SparsitySpec, Workspace, decode_layer, encode_layer
 from trainers.kernels import gather_pre, select_above, sparse_decode
 from trainers.losses import residual_variance
@@ -164,9 +165,9 @@ def encode_shard(
     name: str = "pre",
 ) -> LayerCode:
     """This rank's features of one layer; ``l0_tokens`` is still the local count (summed by the caller)."""
-    if spec.architecture in ("jumprelu", "relu"):
+    if spec.architecture in (JUMPRELU, RELU):
         return encode_layer(lp, x, spec, sparse=sparse, ws=ws, name=name)
-    if spec.architecture != "topk":
+    if spec.architecture != TOPK:
         raise ConfigError(
             f"train.latent_parallel supports topk, jumprelu and relu, not {spec.architecture} "
             "(BatchTopK's batch-wide cut would need every shard's candidate pool)"

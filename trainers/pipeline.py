@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError
-from scope_hub.kinds import architecture
+from scope_hub.kinds import RELU, architecture, kind
 from scope_hub.metadata import Metrics
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
@@ -143,7 +143,9 @@ def _harvest_sources(cfg: TrainConfig, cache: str, meta: dict[str, Any], env: En
     sources = []
     for target in targets:
         name = target.name or (
-            f"{cfg.site_label}/layer_{cfg.harvest.layer}" if by_name and cfg.dictionary.type != "clt" else ""
+            f"{cfg.site_label}/layer_{cfg.harvest.layer}"
+            if by_name and not kind(cfg.dictionary.type).per_layer_decoders
+            else ""
         )
         hps = by_name.get(name) if by_name else None
         if by_name and hps is None:
@@ -273,7 +275,7 @@ def short_run_warnings(cfg: TrainConfig) -> list[str]:
             "the L0 penalty never reaches full strength, so L0 stays above dictionary.l0_target; "
             f"set loss.l0_warmup_steps={max(1, cfg.steps // 10)} (10% of the run)"
         )
-    revives = cfg.dictionary.architecture != "relu" or cfg.loss.resample_every
+    revives = cfg.dictionary.architecture != RELU or cfg.loss.resample_every
     if revives and cfg.loss.dead_tokens >= cfg.train.tokens:
         found.append(
             f"loss.dead_tokens={cfg.loss.dead_tokens} is not shorter than the run (train.tokens={cfg.train.tokens}): "

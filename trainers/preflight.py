@@ -29,9 +29,10 @@ from typing import Any
 
 from scope_hub.errors import ConfigError, KeyParseError
 from scope_hub.hookpoints import Hookpoint
+from scope_hub.kinds import kind
 from trainers.config import TrainConfig
 from trainers.harvest import SiteSpec, site_spec
-from trainers.shards import META_FILE, read_meta
+from trainers.harvest_shards import META_FILE, read_meta
 
 
 def model_config(cfg: TrainConfig) -> Any | None:
@@ -100,12 +101,12 @@ def adopt_harvest(cfg: TrainConfig, meta: dict[str, Any]) -> SiteSpec:
     if given is not None and layers and given[1] != layers:
         raise _contradiction(given[0], root, f"layers {layers}")
     if layers and given is None:
-        if cfg.dictionary.type == "clt":
+        if kind(cfg.dictionary.type).per_layer_decoders:
             h.layers = layers
         elif len(layers) == 1:
             h.layer = layers[0]
     reconstructs = meta.get("reconstructs_input")
-    if reconstructs is not None and reconstructs != (cfg.dictionary.type == "sae"):
+    if reconstructs is not None and reconstructs != kind(cfg.dictionary.type).reconstructs_input:
         what = "one site (an SAE's input and target)" if reconstructs else "an input and a separate output site"
         raise _contradiction(f"dictionary.type={cfg.dictionary.type}", root, what)
     _check_key(cfg, root)
@@ -136,12 +137,12 @@ def _check_key(cfg: TrainConfig, root: object) -> None:
     except KeyParseError:
         return  # the push reports a malformed key with its own message
     h = cfg.harvest
-    sites = {h.site, "mlp"} if cfg.dictionary.type != "sae" else {h.site}
+    sites = {h.site, "mlp"} if not kind(cfg.dictionary.type).reconstructs_input else {h.site}
     if cfg.model.id and not Path(cfg.model.id).exists() and key.model != cfg.model.id:  # a folder: any name
         raise _contradiction(f"output.key={cfg.output.key}", root, f"activations of {cfg.model.id}")
     if key.site not in sites:
         raise _contradiction(f"output.key={cfg.output.key}", root, f"site {h.site}")
-    layers = h.layers if cfg.dictionary.type == "clt" else [h.layer]
+    layers = h.layers if kind(cfg.dictionary.type).per_layer_decoders else [h.layer]
     if isinstance(key.layer, int) and layers and layers != [None] and [key.layer] != list(layers):
         raise _contradiction(f"output.key={cfg.output.key}", root, f"layers {list(layers)}")
 

@@ -369,7 +369,7 @@ class Trainer:
             if aux is not None:
                 loss = loss + cfg.loss.aux_coefficient * aux
         pre_act = PRE_ACT_COEFFICIENT if cfg.loss.pre_act_coefficient is None else cfg.loss.pre_act_coefficient
-        if arch == "jumprelu" and pre_act > 0:
+        if arch == JUMPRELU and pre_act > 0:
             aux = pre_act_loss(self.params, x, self.tokens_since_fired >= cfg.loss.dead_tokens)
             if aux is not None:
                 loss = loss + pre_act * aux

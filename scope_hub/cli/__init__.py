@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from scope_hub.errors import (
+    ConfigError,
     KeyParseError,
     RegistryConnectionError,
     RegistryURLError,
@@ -57,7 +58,8 @@ from scope_hub.settings import settings
 
 PROG = "scope-hub"
 PLUGIN_GROUP = "scope_hub.commands"
-USAGE_ERRORS = (KeyParseError, UnsafePathError, RegistryURLError, RegistryConnectionError)
+USAGE_ERRORS = (ConfigError, KeyParseError, UnsafePathError, RegistryURLError, RegistryConnectionError)
+"""Bad input the user can fix (exit 2, as argparse does); anything else exits 1."""
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,7 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         } | t
     else:
         t = load_safetensors(path)
+    params: dict[str, torch.Tensor]
     if "w_enc" in t:  # Gemma Scope 2 names and orientation
         params = {
             k: t.pop(k) for k in ("w_enc", "b_enc", "w_dec", "b_dec", "threshold", "affine_skip_connection") if k in t

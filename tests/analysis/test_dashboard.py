@@ -251,7 +251,7 @@ def test_cli_dashboard_checks_inputs_before_loading_the_model(tmp_path, capsys, 
         ([str(sae_dir), "--harvest", str(tmp_path / "nosuch")], "no such folder"),
     ]
     for extra, message in cases:
-        assert main(["dashboard", "--registry", registry, "--model", "m", "--out", str(tmp_path / "o"), *extra]) == 1
+        assert main(["dashboard", "--registry", registry, "--model", "m", "--out", str(tmp_path / "o"), *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and "was loaded" not in err, (extra, err)
 

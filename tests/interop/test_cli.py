@@ -44,7 +44,7 @@ def test_convert_detects_the_source_format_and_round_trips(tmp_path, capsys):
 def test_convert_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "nothing").mkdir()
     (tmp_path / "nothing" / "notes.txt").write_text("hi")
-    assert main(["convert", str(tmp_path / "nothing"), "--to", "saelens", str(tmp_path / "o1")]) == 1
+    assert main(["convert", str(tmp_path / "nothing"), "--to", "saelens", str(tmp_path / "o1")]) == 2
     err = capsys.readouterr().err
     assert "format not recognised (found notes.txt)" in err and err.count("\n") == 1
     both = tmp_path / "both"

@@ -104,7 +104,7 @@ def test_cli_push_with_a_wrong_layer_publishes_nothing(tmp_path, capsys):
     url = (tmp_path / "registry").as_uri()
     folder = make_dictionary(tmp_path / "my_sae", seed=1)  # layer 6
     wrong = "google/gemma-3-270m:resid_post/layer_12/width_8/sae"
-    assert main(["--registry", url, "push", str(folder), wrong]) == 1
+    assert main(["--registry", url, "push", str(folder), wrong]) == 2
     err = capsys.readouterr().err
     assert "layer: the key says 12, config.json says 6" in err and len(err.strip().splitlines()) == 1
     assert Registry(url).list() == []

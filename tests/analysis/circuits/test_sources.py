@@ -185,4 +185,4 @@ def test_cli_trace_with_folders_and_targets(model_folder, tmp_path, capsys):
 
 def test_cli_errors_are_one_line(model_folder, tmp_path, capsys):
     code = main(["trace", "x", "--model", str(model_folder), "--transcoders", str(tmp_path), "--out", "o.json"])
-    assert code == 1 and "no config.json" in capsys.readouterr().err
+    assert code == 2 and "no config.json" in capsys.readouterr().err
