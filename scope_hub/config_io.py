@@ -159,7 +159,7 @@ def _read_own_config(folder: Path) -> DictionaryConfig | None:
     path = folder / CONFIG_FILE
     try:
         raw = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None  # _read_config raises the right error
     if not isinstance(raw, dict) or "schema_version" not in raw:
         return None

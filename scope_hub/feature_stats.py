@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -66,9 +67,10 @@ class FeatureStats:
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``feature_stats.safetensors`` into ``folder`` (temporary name, then rename)."""
         folder = Path(folder)
-        metadata = {"tokens": str(self.tokens)}
-        if self.site_norm is not None:
-            metadata["site_norm"] = repr(float(self.site_norm))
+        # One metadata entry: safetensors writes several in hash order, so equal statistics would
+        # not give equal bytes (and an identical re-publish would look like new content).
+        scalars = {"tokens": int(self.tokens), "site_norm": None if self.site_norm is None else float(self.site_norm)}
+        metadata = {"scalars": json.dumps(scalars, sort_keys=True)}
         tensors = {name: getattr(self, name).detach().float().cpu().contiguous() for name in _TENSORS}
         handle, temp = tempfile.mkstemp(prefix=f".{FILE}.", dir=folder)
         os.close(handle)
@@ -91,6 +93,8 @@ class FeatureStats:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 metadata = handle.metadata() or {}
                 tensors = {name: handle.get_tensor(name) for name in _TENSORS}
+            if "scalars" in metadata:
+                metadata = json.loads(metadata["scalars"])
             site_norm = metadata.get("site_norm")
             return cls(
                 **tensors, tokens=int(metadata.get("tokens", 0)), site_norm=float(site_norm) if site_norm else None

@@ -48,7 +48,7 @@ def test_hostile_config_json_is_a_config_error_on_load_and_push(text, needle, tm
     url = (tmp_path / "reg").as_uri()
     with pytest.raises(ConfigError, match=needle):
         Registry(url, cache_dir=tmp_path / "c").push(folder, KEY)
-    assert main(["--registry", url, "push", str(folder), KEY]) == 1
+    assert main(["--registry", url, "push", str(folder), KEY]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1 and "internal error" not in err
 

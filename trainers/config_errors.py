@@ -88,17 +88,30 @@ def _problem(model: type[BaseModel], error: dict[str, Any], loc: str) -> str:
     return message
 
 
+def _field_path(error: dict[str, Any]) -> tuple[str, ...]:
+    """The error's field names: list indices and union member tags (``list[int]``, ``literal['all']``) dropped."""
+    return tuple(str(p) for p in error["loc"] if not isinstance(p, int) and not any(c in str(p) for c in "[('"))
+
+
 def describe_validation_error(exc: ValidationError, model: type[BaseModel], path: object, overrides: list[str]) -> str:
-    """One message for every problem in ``exc``: ``override KEY: ...`` or ``FILE: KEY: ...``."""
-    problems = []
+    """One message for every problem in ``exc``: ``override KEY: ...`` or ``FILE: KEY: ...``.
+
+    A field of several accepted forms (``harvest.layers``: a list or ``all``) fails once per form;
+    those failures are one problem, said once (the list form's hint when one of them has it).
+    """
+    grouped: dict[str, list[str]] = {}
     for error in exc.errors():
-        loc = ".".join(str(p) for p in error["loc"] if not isinstance(p, int))
-        problem = _problem(model, error, loc)
+        loc = ".".join(_field_path(error))
+        grouped.setdefault(loc, []).append(_problem(model, {**error, "loc": _field_path(error)}, loc))
+    problems = []
+    for loc, found in grouped.items():
+        with_hint = [p for p in found if "write a list" in p]
+        problem = with_hint[0] if with_hint else " or ".join(dict.fromkeys(found))
         override = _override_for(loc, overrides) if loc else None
         if override is not None:
             problems.append(f"override {loc}: {problem}")
         elif not loc:  # a rule across fields: its message names them
             problems.append(f"{path or 'config'}: {problem}")
         else:
-            problems.append(f"{path or 'config'}: {loc or '(config)'}: {problem}")
+            problems.append(f"{path or 'config'}: {loc}: {problem}")
     return "; ".join(problems)

@@ -91,8 +91,10 @@ def setup_push(parser: argparse.ArgumentParser) -> Runner:
             if _is_hub_source(folder) or not _is_native(Path(folder)):
                 from scope_hub.sources import GEMMA_SCOPE_FORMATS, publishable_folder
 
-                folder, fmt = publishable_folder(folder, Path(scratch) / "dictionary")
-                print(f"converted a {fmt} folder to scope-hub's layout for publishing", file=sys.stderr)
+                converted, fmt = publishable_folder(folder, Path(scratch) / "dictionary")
+                if str(converted) != str(folder):
+                    print(f"converted a {fmt} folder to scope-hub's layout for publishing", file=sys.stderr)
+                folder = converted
                 if license is None and args.card is None and fmt in GEMMA_SCOPE_FORMATS:
                     from scope_hub.interop.release import GEMMA_SCOPE_LICENSE
 

@@ -242,7 +242,7 @@ def is_native_folder(folder: Path) -> bool:
     folder = Path(folder)
     try:
         raw = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):  # hostile JSON: the loader's reader says what is wrong
         return False
     has_weights = (folder / "params.safetensors").is_file() or (folder / "params_layer_0.safetensors").is_file()
     return isinstance(raw, dict) and "schema_version" in raw and has_weights

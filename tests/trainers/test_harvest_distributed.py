@@ -241,7 +241,7 @@ def test_training_from_an_s3_harvest_writes_every_dictionary_to_s3(
     )
     for part, same in zip(outcome.parts, local.parts):
         names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/out/{part.name}"))
-        assert names == ["README.md", "config.json", "metrics.jsonl", "params.safetensors"]
+        assert names == ["README.md", "config.json", "feature_stats.safetensors", "metrics.jsonl", "params.safetensors"]
         fs.get(f"{s3_bucket}/out/{part.name}", str(tmp_path / "got" / part.name), recursive=True)
         got = Dictionary.from_pretrained(tmp_path / "got" / part.name)
         assert torch.equal(got.w_dec, same.dictionary.w_dec)  # the store changes nothing

@@ -119,7 +119,7 @@ def registry(tmp_path, monkeypatch):
 def test_registry_keys(registry):
     keys = [f"tiny-gemma3:mlp/layer_{L}/width_16/transcoder@v1" for L in range(3)]
     graph = attribute(IDS, tiny_model("gemma3"), keys, registry=registry, max_feature_nodes=None)
-    assert graph.dictionaries == [k.split("@")[0] for k in keys]
+    assert graph.dictionaries == ["mlp_0", "mlp_1", "mlp_2"]  # keys in a list get their short {site}_{layer} names
     assert graph.relative_completeness_error() < 1e-4
 
 
