@@ -102,6 +102,21 @@ def is_local_path(name: str | None) -> bool:
     return name.startswith(("/", ".", "~", "\\")) or ":" in name[:3] or name.count("/") > 1 or Path(name).is_dir()
 
 
+def public_source_uri(uri: str | None) -> str | None:
+    """Where a converted dictionary came from, as a card may say it: a URL without credentials,
+    or only the folder's name for a local path (no local path of the pusher is published).
+
+    Example:
+        >>> public_source_uri("/home/me/saes/layer_6"), public_source_uri("hf://org/repo/f@abc")
+        ('layer_6', 'hf://org/repo/f@abc')
+    """
+    if not uri:
+        return uri
+    if "://" in uri:
+        return public_url(uri)
+    return Path(uri).name if is_local_path(uri) else uri
+
+
 def default_base_model(config: DictionaryConfig, key: DictionaryKey) -> str | None:
     """``base_model`` of a card whose source does not say: ``config.model``, else the key's model,
     skipping local paths (None when both are: the card source must then state it)."""
@@ -256,7 +271,7 @@ def scope_hub_fields(
         "software": prov.software,
         "training_config": prov.training_config,
         "source_format": prov.source if prov.source not in ("unknown", "trained") else None,
-        "source_uri": prov.source_uri,
+        "source_uri": public_source_uri(prov.source_uri),
         "source_files": prov.source_files,
         "base_model_weights": prov.model_weights,
         "files": dict(sorted(files.items())) if files else None,

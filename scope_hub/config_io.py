@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -150,16 +151,23 @@ def read_config(folder: Path | str) -> DictionaryConfig:
     """
     folder = Path(folder)
     path = folder / CONFIG_FILE
-    parsed = CHECKS.get_or_run([path], "scope-hub config", lambda: _read_own_config(folder))
-    return parsed.model_copy() if parsed is not None else _read_config(folder)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return _read_config(folder)  # says what is missing
+    # The bytes' digest is part of the key: a rewrite within one timestamp tick that lands on a
+    # recycled inode with the same size would otherwise be served the old parse.
+    what = ("scope-hub config", hashlib.sha256(data).digest())
+    parsed = CHECKS.get_or_run([path], what, lambda: _read_own_config(folder, data))
+    return parsed.model_copy(deep=True) if parsed is not None else _read_config(folder)
 
 
-def _read_own_config(folder: Path) -> DictionaryConfig | None:
-    """The config when ``config.json`` is ours (depends on that file alone), else None."""
+def _read_own_config(folder: Path, data: bytes) -> DictionaryConfig | None:
+    """The config when ``config.json`` (``data``) is ours (it depends on that file alone), else None."""
     path = folder / CONFIG_FILE
     try:
-        raw = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError):
+        raw = parse_json_object(data, str(path))
+    except ConfigError:
         return None  # _read_config raises the right error
     if not isinstance(raw, dict) or "schema_version" not in raw:
         return None

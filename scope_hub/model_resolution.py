@@ -41,6 +41,7 @@ from typing import Any
 
 from scope_hub.errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
 from scope_hub.models import MARKER, gemma3_270m_path, smollm2_135m_instruct_path
+from scope_hub.settings import settings
 
 CONVERTERS: dict[str, Callable[..., Path]] = {
     "gemma-3-270m": gemma3_270m_path,
@@ -153,7 +154,7 @@ def check_on_hub(repo_id: str, revision: str | None = None, timeout: float = 10.
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf
 
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if huggingface_hub.constants.HF_HUB_OFFLINE or settings().scope_hub_offline:
         raise _offline_error(repo_id)
     try:
         HfApi().model_info(repo_id, revision=revision, timeout=timeout)

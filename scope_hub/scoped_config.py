@@ -206,7 +206,8 @@ def _from_registry(key: DictionaryKey, registry: Any, lazy: bool, expected_sha: 
 def _from_hub(source: str, lazy: bool, expected_sha: str | None):
     loaded = load_remote(source, lazy=lazy, expected_sha256=expected_sha)
     name = loaded.folder.path.rsplit("/", 1)[-1]
-    return loaded.dictionary, {"name": name, "source": str(loaded.folder), "sha256": loaded.sha256}
+    record = {"name": name, "source": str(loaded.folder), "sha256": loaded.sha256, "folder": str(loaded.local)}
+    return loaded.dictionary, record
 
 
 def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: bool):
@@ -218,12 +219,18 @@ def _from_entry(entry: DictionaryEntry, base: Path | None, registry: Any, lazy: 
         return dictionary, {**record, "name": entry.name}
     folder = Path(entry.path or "")
     folder = folder if folder.is_absolute() or base is None else base / folder
+    if not folder.is_dir():
+        raise DictionaryNotFoundError(
+            f"{folder}: the folder of saved dictionary {entry.name!r} no longer exists; restore it or re-save "
+            "the scoped model",
+            path=str(folder),
+        )
     if entry.sha256 is not None and folder_sha256(folder) != entry.sha256:
         raise IntegrityError(
             f"{folder}: files changed since the scoped model was saved (sha256 mismatch); "
             "restore them or re-save the scoped model"
         )
-    return Dictionary.from_pretrained(folder, lazy=lazy), {
+    return load_folder(folder, lazy=lazy), {  # any layout the folder was attached in
         **entry.model_dump(),
         "path": str(folder),
         "folder": str(folder),

@@ -45,7 +45,7 @@ def test_quick_demo_trains_publishes_and_reloads_and_reruns(tmp_path, capsys):
     card = reg.info(demo_key("sae", QUICK)).card
     assert "license: apache-2.0" in card and f"{demo_key('sae', QUICK)}@v1" in card
     assert sae.config["provenance"]["dataset_sha256"], "the corpus hash must be recorded"
-    assert "Top-activating contexts" in out and "steered x2" in out
+    assert "Top-activating contexts" in out and "steered 2x max" in out
     assert re.search(r"dead \d+\.\d%", out), "the demo prints the dead fraction next to FVU"
 
     # A second run in the same folder reads the same corpus, reuses the harvests and the finished

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from scope_hub.errors import ConfigError
-from scope_hub.kinds import BATCHTOPK, Site, architecture, kind
+from scope_hub.kinds import BATCHTOPK, JUMPRELU, Site, architecture, kind
 from scope_hub.metadata import Architecture
 
 _FORWARD_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
@@ -362,6 +362,12 @@ class TrainConfig(_Section):
             h.layers is not None or (h.sites is not None and len(h.sites) > 1)
         )
 
+    def _changes_the_math(self) -> set[tuple[str, str]]:
+        """Added fields whose default changes what an older run of this config computed: kept in the
+        fingerprint, so such a checkpoint is refused rather than resumed with a different loss."""
+        jumprelu = self.dictionary.architecture == JUMPRELU  # unset pre_act_coefficient means 1.0 there
+        return {("loss", "pre_act_coefficient")} if jumprelu else set()
+
     def _check_latent_parallel(self) -> None:
         d, r = self.dictionary, self.train.latent_parallel
         if d.d_sae % r:
@@ -375,6 +381,11 @@ class TrainConfig(_Section):
             raise ValueError("train.latent_parallel does not split Matryoshka groups: set train.latent_parallel=1")
         if self.loss.resample_every is not None:
             raise ValueError("train.latent_parallel does not resample dead latents: unset loss.resample_every")
+        if self.train.dtype != "float32":
+            raise ValueError(
+                "train.latent_parallel selects latents in float32 only (a bf16 top-k across shards keeps ties "
+                "past k): set train.dtype=float32 or train.latent_parallel=1"
+            )
 
     @property
     def steps(self) -> int:
@@ -404,7 +415,7 @@ class TrainConfig(_Section):
         for section, field in _NON_NUMERIC_FIELDS:
             data.get(section, {}).pop(field, None)
         for section, field, default in _ADDED_FIELDS:  # at the default: as older checkpoints were written
-            if data.get(section, {}).get(field) == default:
+            if data.get(section, {}).get(field) == default and (section, field) not in self._changes_the_math():
                 data.get(section, {}).pop(field, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

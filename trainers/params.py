@@ -29,7 +29,8 @@ from trainers.forward import LayerParams, layer_params
 def dictionary_config(cfg: TrainConfig, *, d_in: int, d_out: int, n_layers: int) -> DictionaryConfig:
     """The :class:`DictionaryConfig` the run trains (metadata filled in later)."""
     d = cfg.dictionary
-    layers = cfg.harvest.layers or (list(range(n_layers)) if kind(d.type).per_layer_decoders else None)
+    layers = cfg.harvest.layers if cfg.harvest.layers != "all" else list(range(n_layers))
+    layers = layers or (list(range(n_layers)) if kind(d.type).per_layer_decoders else None)
     return DictionaryConfig(
         type=d.type,
         architecture=d.architecture,

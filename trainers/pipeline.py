@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError
+from scope_hub.hookpoints import Hookpoint
 from scope_hub.kinds import RELU, architecture, kind
 from scope_hub.metadata import Metrics
 from trainers.config import TrainConfig
@@ -51,8 +53,8 @@ from trainers.harvest import (
 )
 from trainers.harvest_shards import ShardSource, read_meta
 from trainers.preflight import adopt_harvest, check_harvest_folder, check_sites
-from trainers.progress import RunLog, show_progress_by_default, start_wandb
-from trainers.publish import export_dictionary, save_and_publish, write_metrics_log
+from trainers.progress import METRICS_FILE, RunLog, show_progress_by_default, start_wandb
+from trainers.publish import export_dictionary, save_and_publish, save_dictionary_folder, write_metrics_log
 from trainers.sources import ActivationSource, SyntheticSource
 from trainers.streaming import StreamingHarvest, StreamingSource, check_stream_fits
 from trainers.synthetic import PlantedDictionary
@@ -140,7 +142,7 @@ def _harvest_sources(cfg: TrainConfig, cache: str, meta: dict[str, Any], env: En
     any one of its dictionaries too)."""
     by_name = {t["name"]: t for t in meta.get("targets") or []}
     targets = env.targets if env is not None else _targets_from_meta(cfg, meta)
-    sources = []
+    sources, resolved = [], []
     for target in targets:
         name = target.name or (
             f"{cfg.site_label}/layer_{cfg.harvest.layer}"
@@ -155,8 +157,19 @@ def _harvest_sources(cfg: TrainConfig, cache: str, meta: dict[str, Any], env: En
             )
         ins, outs = (hps["hookpoints_in"], hps["hookpoints_out"]) if hps else (None, None)
         sources.append(ShardSource(cache, cfg.train.seed, cfg.eval.tokens, ins, outs))
+        if hps and target.spec is None:  # its own layers and hookpoints: what its key and card record
+            spec = SiteSpec(
+                list(hps["layers"]),
+                [Hookpoint.parse(h) for h in ins],
+                [Hookpoint.parse(h) for h in outs] if outs else None,
+                None,
+            )
+            target = dataclasses.replace(target, spec=spec)
+        resolved.append(target)
+    targets = resolved
     if env is None:
         env = Environment(sources[0], meta["layers"], targets=targets)
+    env.targets = targets
     env.source, env.sources = sources[0], sources
     return env
 
@@ -381,7 +394,7 @@ def drive(trainers: list[Trainer], logs: list[RunLog]) -> list[TrainResult]:
                 if next(steps[i], None) is None:
                     live.remove(i)
                 logs[i].observe(trainers[i].history)
-            if any(t.result().interrupted for i, t in enumerate(trainers) if i not in live):
+            if any(t.step < t.steps for i, t in enumerate(trainers) if i not in live):  # stopped early
                 for i in live:
                     trainers[i].request_stop()
     finally:
@@ -400,8 +413,11 @@ def evaluate_folder(folder: str | Path, cfg: TrainConfig) -> Metrics:
     env = build_environment(cfg, DistContext(), need_model=cfg.eval.delta_lm_loss)
     metrics = run_evaluation(dictionary, cfg, env)
     dictionary.config.metrics = metrics
-    readme = Path(folder) / "README.md"
-    dictionary.save_pretrained(folder, card=readme.read_text() if readme.is_file() else None)
+    folder = Path(folder)
+    readme, log = folder / "README.md", folder / METRICS_FILE
+    kept_log = log.read_text() if log.is_file() else ""  # the folder is rewritten whole: keep the run's log
+    save_dictionary_folder(dictionary, folder, readme.read_text() if readme.is_file() else None)
+    write_metrics_log(str(folder), kept_log)
     return metrics
 
 

@@ -84,10 +84,14 @@ def adopt_harvest(cfg: TrainConfig, meta: dict[str, Any]) -> SiteSpec:
             raise _contradiction(f"model.id={model.id}", root, f"activations of {meta['model']}")
         if model.id is None:
             model.id = meta["model"]
-    if meta.get("model_revision") is not None:
-        if model.revision is not None and model.revision != meta["model_revision"]:
-            raise _contradiction(f"model.revision={model.revision}", root, f"revision {meta['model_revision']}")
-        model.revision = meta["model_revision"]
+    # An unset revision stays unset (the harvest's resolved commit is recorded in the card from the
+    # harvest itself); setting it here would change the config's fingerprint and block every resume.
+    if meta.get("model_revision") is not None and model.revision not in (None, meta["model_revision"]):
+        raise _contradiction(f"model.revision={model.revision}", root, f"revision {meta['model_revision']}")
+    if meta.get("targets") is not None:
+        # A harvest of several dictionaries: each run (all of them, or any one) reads its own targets'
+        # hookpoints, which the pipeline matches by name against the harvest's target list.
+        return SiteSpec(list(meta.get("layers") or []), [], None, None)
     if meta.get("site") is not None:
         if "site" in h.model_fields_set and h.site != meta["site"]:
             raise _contradiction(f"harvest.site={h.site}", root, f"site {meta['site']}")

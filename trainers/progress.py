@@ -26,6 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from scope_hub.atomic_files import atomic_write_text
 from scope_hub.settings import progress_enabled
 
 METRICS_FILE = "metrics.jsonl"
@@ -212,7 +213,7 @@ class RunLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fresh is None or not path.exists() or len(self.records) == len(fresh) or self._rewrite:
                 self._rewrite = False
-                path.write_text(self.text())
+                atomic_write_text(path, self.text())  # a kill mid-write must not truncate what a resume reads
             else:
                 with path.open("a") as handle:
                     handle.write("".join(json.dumps(r) + "\n" for r in fresh))

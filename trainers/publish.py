@@ -176,11 +176,16 @@ def _same_as_latest(dictionary: Dictionary, folder: Path, registry: Any, key: st
     if created_at and timeless(stored) == timeless(manifest.config):
         dictionary.config.provenance.created_at = created_at
         readme = folder / "README.md"
-        _save(dictionary, folder, readme.read_text() if readme.is_file() else None)
+        save_dictionary_folder(dictionary, folder, readme.read_text() if readme.is_file() else None)
 
 
-def _save(dictionary: Dictionary, folder: str | Path, card: str | None) -> Path:
-    """The dictionary's folder, with ``feature_stats.safetensors`` when evaluation measured them."""
+def save_dictionary_folder(dictionary: Dictionary, folder: str | Path, card: str | None) -> Path:
+    """Save into a local folder (or ``file://`` URL), with ``feature_stats.safetensors`` when evaluation
+    measured them."""
+    if str(folder).startswith("file://"):
+        from scope_hub.registry.backends.file import path_of_url
+
+        folder = path_of_url(str(folder))
     saved = dictionary.save_pretrained(folder, card=card)
     stats = getattr(dictionary, "feature_stats", None)  # measured by trainers.evals.evaluate
     if isinstance(stats, FeatureStats):
@@ -209,13 +214,13 @@ def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]
         else None
     )
     if not is_url(cfg.output.dir):
-        folder = _save(dictionary, cfg.output.dir, card)
+        folder = save_dictionary_folder(dictionary, cfg.output.dir, card)
         return folder, _push(dictionary, folder, cfg, key)
     from trainers.harvest_shards import open_store
 
     store = open_store(cfg.output.dir)
     with tempfile.TemporaryDirectory() as staging:
-        folder = _save(dictionary, Path(staging) / "dictionary", card)
+        folder = save_dictionary_folder(dictionary, Path(staging) / "dictionary", card)
         pushed = _push(dictionary, folder, cfg, key)  # first: an unchanged rerun rewrites the folder's created_at
         for path in sorted(folder.iterdir()):  # config.json last: a reader sees it only after the weights
             if path.name != "config.json":

@@ -222,7 +222,10 @@ def _unknown_command(name: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``scope-hub`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = settings().debug
+    try:
+        debug = settings().debug
+    except ScopeHubError:  # a malformed variable: the command itself reports it
+        debug = False
     try:
         return _run(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2, already printed)

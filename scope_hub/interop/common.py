@@ -32,6 +32,7 @@ from scope_hub.errors import (
     ConfigError,
     FormatError,
     NonFiniteWeightsError,
+    ScopeHubError,
     ShapeMismatchError,
     UnsupportedError,
     WeightsFileError,
@@ -285,7 +286,7 @@ def parent_model_name(folder: Path, key: str = "model") -> str | None:
     """``key`` of a ``config.json`` one level up (sparsify's run config), if any."""
     path = folder.parent / "config.json"
     try:
-        value = json.loads(path.read_text()).get(key) if path.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        value = parse_json_object(path.read_bytes(), str(path)).get(key) if path.is_file() else None
+    except (OSError, ScopeHubError):
         return None
     return value if isinstance(value, str) else None

@@ -315,7 +315,10 @@ class Registry:
         """
         pinned = [as_key(k) for k in keys]
         manifests = map_threads(lambda k: self._manifest(k, self.resolve_version(k))[0], pinned, threads)
-        return self._materialize_many(list(zip(pinned, manifests)), verify, threads)
+        snapshots = self._materialize_many(list(zip(pinned, manifests)), verify, threads)
+        for key, manifest, snapshot in zip(pinned, manifests, snapshots):
+            self._check_card(key, manifest, snapshot)
+        return snapshots
 
     def _materialize(self, key: DictionaryKey, manifest: Manifest, verify: bool) -> Path:
         return self._materialize_many([(key, manifest)], verify)[0]

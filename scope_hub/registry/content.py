@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
+import yaml
 from pydantic import ValidationError
 
 from scope_hub.config_io import parse_json_object
@@ -138,8 +139,13 @@ def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | Non
         return None
     from scope_hub.cards import parse_card
 
-    recorded = (parse_card(card.read_text(encoding="utf-8"))[0].get("scope_hub") or {}).get("files")
-    if not isinstance(recorded, dict):
+    try:
+        front = parse_card(card.read_text(encoding="utf-8"))[0]
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        return [f"{CARD_NAME} is not a readable card ({type(exc).__name__}); re-render it with `scope-hub card`"]
+    fields = front.get("scope_hub") if isinstance(front, dict) else None
+    recorded = fields.get("files") if isinstance(fields, dict) else None
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) for k in recorded):
         return None
     folder = Path(folder)
     actual = {name: sha for name, sha in hashes.items() if name != CARD_NAME}

@@ -243,15 +243,16 @@ def test_cli_dashboard_checks_inputs_before_loading_the_model(tmp_path, capsys, 
     _sae(d_sae=8).save_pretrained(sae_dir)
     empty.write_text("\n")
     registry = f"file://{tmp_path / 'registry'}"
-    cases = [
-        ([str(tmp_path / "x" / "nosuch")], "no such folder"),
-        (["google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], "is not published"),
-        ([str(sae_dir), "--texts", str(empty)], "no prompts"),
-        ([str(sae_dir), "--max-texts", "0"], "leaves no texts"),
-        ([str(sae_dir), "--harvest", str(tmp_path / "nosuch")], "no such folder"),
+    cases = [  # exit 2: input the user can fix in the command (config errors); 1: a missing thing
+        ([str(tmp_path / "x" / "nosuch")], "no such folder", 1),
+        (["google/gemma-3-270m:resid_post/layer_6/width_16k/sae"], "is not published", 1),
+        ([str(sae_dir), "--texts", str(empty)], "no prompts", 2),
+        ([str(sae_dir), "--max-texts", "0"], "leaves no texts", 2),
+        ([str(sae_dir), "--harvest", str(tmp_path / "nosuch")], "no such folder", 1),
     ]
-    for extra, message in cases:
-        assert main(["dashboard", "--registry", registry, "--model", "m", "--out", str(tmp_path / "o"), *extra]) == 2
+    for extra, message, code in cases:
+        args = ["dashboard", "--registry", registry, "--model", "m", "--out", str(tmp_path / "o"), *extra]
+        assert main(args) == code, (extra, code)
         err = capsys.readouterr().err
         assert message in err and "was loaded" not in err, (extra, err)
 

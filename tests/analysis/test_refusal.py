@@ -190,7 +190,9 @@ def test_cli_refusal_command(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("| baseline")]
     assert rows and rows[0].count("n/a (run with --generate N)") == 2, "rate cells must say how to get rates"
     capsys.readouterr()
-    assert main(["refusal", "--model", str(tmp_path / "model"), "--layers", "9", *files]) == 1  # out of range
+    assert (
+        main(["refusal", "--model", str(tmp_path / "model"), "--layers", "9", *files]) == 2
+    )  # out of range: a config error
     assert "layers must lie in 0..2" in capsys.readouterr().err
 
 

@@ -50,7 +50,7 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
     both = tmp_path / "both"
     saelens.save(make_dictionary(make_config("sae", "jumprelu")), both)
     (both / "params.npz").write_bytes(b"")
-    assert main(["convert", str(both), "--to", "scope-hub", str(tmp_path / "o2")]) == 1
+    assert main(["convert", str(both), "--to", "scope-hub", str(tmp_path / "o2")]) == 2
     assert "ambiguous" in capsys.readouterr().err
     assert main(["convert", str(both), "--to", "onnx", str(tmp_path / "o3")]) == 2
     assert "invalid choice: 'onnx'" in capsys.readouterr().err

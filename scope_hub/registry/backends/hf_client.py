@@ -100,6 +100,14 @@ def hub_errors(url: str, what: str, hint: str | None = None) -> Iterator[None]:
         ) from None
     except hf.RevisionNotFoundError:
         raise RegistryError(f"revision for {what} not found in {url}") from None
+    except hf.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status not in (401, 403, 429) and not (isinstance(status, int) and status >= 500):
+            raise  # e.g. 412 on a commit race: the commit loop handles it
+        raise RegistryError(
+            f"the Hub refused {what} of {url} (HTTP {status or '?'}); check HF_TOKEN, wait and retry, or set "
+            "HF_HUB_OFFLINE=1 to use the cache"
+        ) from None
     except Exception as exc:
         if type(exc).__module__.split(".")[0].startswith("httpx"):  # connection refused, timeouts, ...
             raise RegistryError(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from scope_hub.errors import DictionaryNotFoundError, OfflineError, RegistryError
+from scope_hub.redaction import redact_text
 from scope_hub.registry.backends.hf_client import hf_cache_dir, hub_errors, is_commit_sha
 from scope_hub.registry.settings import is_offline
 from scope_hub.settings import settings
@@ -83,7 +84,7 @@ def parse_hub_folder(text: str) -> HubFolder:
     )
     if not ok:
         raise RegistryError(
-            f"bad Hub folder {text!r}: use hf://ORG/REPO/FOLDER[@REVISION], e.g. "
+            f"bad Hub folder {redact_text(text)!r}: use hf://ORG/REPO/FOLDER[@REVISION], e.g. "
             "hf://google/gemma-scope-2-270m-pt/resid_post/layer_12_width_16k_l0_small@main"
         )
     return HubFolder(repo_type, "/".join(parts[:2]), "/".join(parts[2:]), revision or "main")

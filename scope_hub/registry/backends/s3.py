@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import RegistryConnectionError, RegistryError, RegistryURLError
-from scope_hub.redaction import redact_text
+from scope_hub.redaction import redact_text, redact_url
 from scope_hub.registry.backends import check_s3_url
 from scope_hub.registry.backends.base import FsspecStore, _Forward
 from scope_hub.settings import settings
@@ -47,7 +47,7 @@ def s3_errors(url: str) -> Iterator[None]:
         if not module.startswith(("botocore", "aiobotocore")):
             raise
         name = type(exc).__name__
-        endpoint = _endpoint() or "AWS's default endpoint"
+        endpoint = redact_url(_endpoint() or "") or "AWS's default endpoint"
         if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyConnectionError"):
             raise RegistryConnectionError(
                 f"cannot reach the S3 endpoint {endpoint} for {url} ({name}); set AWS_ENDPOINT_URL "
