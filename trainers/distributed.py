@@ -179,11 +179,18 @@ class DistContext:
         ("terminate called without an active exception", SIGABRT) after a run that
         otherwise succeeded.
         """
+        self._leave(graceful=True)
+
+    def _leave(self, graceful: bool) -> None:
         if self.job_world > 1 and dist.is_initialized():
+            if graceful:
+                # Every rank reaches this point before any destroys the group: a rank that leaves
+                # first takes rank 0's store (and gloo's pairs) with it while a peer still uses them.
+                dist.barrier()
             dist.destroy_process_group()
 
     def __enter__(self) -> DistContext:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._leave(graceful=exc_type is None)  # after an error a barrier could wait on a dead peer
