@@ -302,6 +302,7 @@ def harvest_to_disk(
     if writer.complete:
         return root
     done = set(writer.records())
+    ctx.barrier()  # every rank has listed the finished shards before any rank writes a new one: same split
     todo = [i for i in range(meta["n_shards"]) if i not in done][ctx.rank :: ctx.world]
     per_shard, step = meta["shard_sequences"], cfg.harvest.batch_sequences
     show = (show_progress_by_default() if progress is None else progress) and ctx.is_main
