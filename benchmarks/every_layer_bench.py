@@ -39,10 +39,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.scoped_model_bench import bench, load_tl, saelens_sae, try_saelens
+from benchmarks.scoped_model_bench import activation_sae, bench, load_tl, saelens_sae, try_saelens
 from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.dictionaries import SAE
-from scope_hub.metadata import DictionaryConfig
 from scope_hub.models import gemma3_270m_path, load_causal_lm
 from scope_hub.scoped_model import ScopedModel
 
@@ -62,34 +61,7 @@ def make_saes(model, ids: torch.Tensor) -> list[SAE]:
     finally:
         for h in hooks:
             h.remove()
-    saes = []
-    for i in range(N_LAYERS):
-        g = torch.Generator().manual_seed(i)
-        cfg = DictionaryConfig(
-            type="sae",
-            architecture="jumprelu",
-            d_in=D_IN,
-            d_sae=D_SAE,
-            model="google/gemma-3-270m",
-            site="resid_post",
-            layer=i,
-        )
-        sae = SAE(cfg, device="meta")
-        with torch.no_grad():
-            w_enc = torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5
-            pre = (outputs[i].reshape(-1, D_IN).float().cpu() @ w_enc).flatten()
-            threshold = pre.kthvalue(int((1 - TARGET_L0 / D_SAE) * pre.numel())).values.item()
-            values = {
-                "w_enc": w_enc,
-                "b_enc": torch.zeros(D_SAE),
-                "threshold": torch.full((D_SAE,), threshold),
-                "w_dec": torch.randn(D_SAE, D_IN, generator=g) / D_SAE**0.5,
-                "b_dec": torch.randn(D_IN, generator=g) * 0.01,
-            }
-            for name, value in values.items():
-                sae._set_param(name, torch.nn.Parameter(value.to(model.device), requires_grad=False))
-        saes.append(sae)
-    return saes
+    return [activation_sae(outputs[i], i, seed=i) for i in range(N_LAYERS)]
 
 
 def floor_call(model, saes: list[SAE], ids: torch.Tensor) -> Callable[[], torch.Tensor]:

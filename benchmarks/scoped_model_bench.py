@@ -150,9 +150,10 @@ class Report:
 
 
 # --- models and SAEs ---------------------------------------------------------------------
-def make_sae(model, ids: torch.Tensor) -> SAE:
-    """A JumpReLU SAE 640 -> 16384 for layer 6, thresholds set for L0 ~ 64 on real activations."""
-    g = torch.Generator().manual_seed(0)
+def activation_sae(acts: torch.Tensor, layer: int, seed: int) -> SAE:
+    """A random JumpReLU SAE 640 -> 16384 at ``layer``, its threshold set for L0 ~ 64 on ``acts``
+    (that layer's real activations); frozen, on the activations' device."""
+    g = torch.Generator().manual_seed(seed)
     cfg = DictionaryConfig(
         type="sae",
         architecture="jumprelu",
@@ -160,7 +161,7 @@ def make_sae(model, ids: torch.Tensor) -> SAE:
         d_sae=D_SAE,
         model="google/gemma-3-270m",
         site="resid_post",
-        layer=LAYER,
+        layer=layer,
     )
     sae = SAE(cfg)
     with torch.no_grad():
@@ -168,17 +169,23 @@ def make_sae(model, ids: torch.Tensor) -> SAE:
         sae.w_dec.copy_(torch.randn(D_SAE, D_IN, generator=g) / D_SAE**0.5)
         sae.b_enc.zero_()
         sae.b_dec.copy_(torch.randn(D_IN, generator=g) * 0.01)
-        acts = {}
-        h = model.model.layers[LAYER].register_forward_hook(lambda m, a, o: acts.setdefault("x", o))
-        try:
-            model(ids[:2], logits_to_keep=1)
-        finally:
-            h.remove()
-        pre = (acts["x"].reshape(-1, D_IN) @ sae.w_enc + sae.b_enc).flatten()
+        pre = (acts.reshape(-1, D_IN).float().cpu() @ sae.w_enc).flatten()
         q = 1 - TARGET_L0 / D_SAE
         sae.threshold.fill_(pre.kthvalue(int(q * pre.numel())).values.item())
     sae.requires_grad_(False)
-    return sae
+    return sae.to(acts.device)
+
+
+def make_sae(model, ids: torch.Tensor) -> SAE:
+    """A JumpReLU SAE 640 -> 16384 for layer 6, thresholds set for L0 ~ 64 on real activations."""
+    acts = {}
+    h = model.model.layers[LAYER].register_forward_hook(lambda m, a, o: acts.setdefault("x", o))
+    try:
+        with torch.no_grad():
+            model(ids[:2], logits_to_keep=1)
+    finally:
+        h.remove()
+    return activation_sae(acts["x"], LAYER, seed=0)
 
 
 def saelens_sae(sae: SAE, layer: int = LAYER):
