@@ -54,7 +54,7 @@ def _load(cache: Path):
     import torch
 
     from scope_hub.analysis.circuits.quick import fit_transcoder, harvest
-    from scope_hub.models import gemma3_270m_path, load_causal_lm
+    from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm
 
     torch.set_num_threads(2)
     model, tok = load_causal_lm(gemma3_270m_path(progress=False))

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.scoped_model_bench import activation_sae, bench, load_tl, saelens_sae, try_saelens
 from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.dictionaries import SAE
-from scope_hub.models import gemma3_270m_path, load_causal_lm
+from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm
 from scope_hub.scoped_model import ScopedModel
 
 D_IN, D_SAE, N_LAYERS, TARGET_L0 = 640, 16384, 18, 64

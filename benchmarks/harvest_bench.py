@@ -41,7 +41,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from scope_hub.models import gemma3_270m_path, load_causal_lm
+    from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm
 
     model, tok = load_causal_lm(gemma3_270m_path(progress=False))
     rows = []

@@ -34,10 +34,10 @@ from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.keys import parse_key
 from scope_hub.metadata import DictionaryConfig
 from scope_hub.registry import Registry
+from scope_hub.registry.backend_interface import record_of
 from scope_hub.registry.content import CHUNK, build_manifest, manifest_bytes, stage_folder
 from scope_hub.registry.index import RegistryIndex, StoreIndex
 from scope_hub.registry.layout import blob_path, manifest_path
-from scope_hub.registry.protocol import record_of
 
 LAYERS = 18
 PULL_THREADS = 4

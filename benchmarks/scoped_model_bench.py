@@ -54,8 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.summary import Headline, add_summary_argument, write_summary  # noqa: E402
 from scope_hub.dictionaries import SAE  # noqa: E402
+from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm  # noqa: E402
 from scope_hub.metadata import DictionaryConfig  # noqa: E402
-from scope_hub.models import gemma3_270m_path, load_causal_lm  # noqa: E402
 from scope_hub.scoped_model import ScopedModel  # noqa: E402
 
 D_IN, D_SAE, LAYER, N_LAYERS = 640, 16384, 6, 18

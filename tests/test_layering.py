@@ -30,7 +30,7 @@ RANKS: dict[str, float] = {
     "scope_hub.serialization": 3,
     "scope_hub.feature_stats": 3,
     "scope_hub.registry": 3,
-    "scope_hub.models": 3,
+    "scope_hub.gguf_models": 3,
     "scope_hub.model_resolution": 3.5,
     "scope_hub.dictionaries": 4,
     "scope_hub.hookpoints": 4,

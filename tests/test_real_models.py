@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from scope_hub.gguf_models import MARKER
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import attached_hookpoints, capture, stop_after
-from scope_hub.models import MARKER
 
 pytestmark = pytest.mark.integration
 

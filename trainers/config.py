@@ -30,11 +30,11 @@ _FORWARD_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "res
 DictType = Literal["sae", "transcoder", "skip_transcoder", "clt"]
 
 
-class _Section(BaseModel):
+class _StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
 
 
-class ModelConfig(_Section):
+class ModelConfig(_StrictConfig):
     """The base model activations are harvested from."""
 
     id: str | None = None
@@ -47,7 +47,7 @@ class ModelConfig(_Section):
     """Device of the model and of training (``cpu``, ``cuda``, ``cuda:1``)."""
 
 
-class DataConfig(_Section):
+class DataConfig(_StrictConfig):
     """Text the model reads: local files or a ``datasets`` dataset (local or already cached)."""
 
     paths: list[str] = Field(default_factory=list)
@@ -78,7 +78,7 @@ class DataConfig(_Section):
     standard library's docstrings, ~112k Gemma tokens on Python 3.11; see :mod:`trainers.corpus`)."""
 
 
-class HarvestConfig(_Section):
+class HarvestConfig(_StrictConfig):
     """Which site(s) to read and how activations are stored."""
 
     site: Site = "resid_post"
@@ -106,7 +106,7 @@ class HarvestConfig(_Section):
     """Streaming only: model batches harvested together and shuffled before training on them."""
 
 
-class SyntheticConfig(_Section):
+class SyntheticConfig(_StrictConfig):
     """Planted sparse dictionary data (tests, demos): known unit-norm atoms, known sparsity."""
 
     n_atoms: int = Field(default=64, gt=0)
@@ -125,7 +125,7 @@ class SyntheticConfig(_Section):
     """Seed of the atoms (the data stream is seeded by ``train.seed``)."""
 
 
-class DictionarySection(_Section):
+class TrainedDictionaryConfig(_StrictConfig):
     """What is trained."""
 
     type: DictType = "sae"
@@ -147,7 +147,7 @@ class DictionarySection(_Section):
     """Registry key variant (``l0_small``); derived from l0_target/k when None."""
 
 
-class OptimConfig(_Section):
+class OptimConfig(_StrictConfig):
     """Adam and the learning-rate schedule (Gemma Scope 2: beta1=0, beta2=0.999)."""
 
     lr: float = Field(default=7e-5, gt=0)
@@ -166,7 +166,7 @@ class OptimConfig(_Section):
     """Global gradient-norm clip; None disables."""
 
 
-class LossConfig(_Section):
+class LossConfig(_StrictConfig):
     """Sparsity penalties and dead-latent handling."""
 
     l0_coefficient: float = Field(default=1.0, ge=0)
@@ -199,7 +199,7 @@ class LossConfig(_Section):
     """BatchTopK: EMA decay of the learned inference threshold (mean of the smallest kept activation)."""
 
 
-class TrainSection(_Section):
+class TrainLoopConfig(_StrictConfig):
     """The loop: how long, how big, seeds, checkpoints, progress."""
 
     tokens: int = Field(default=10_000_000, gt=0)
@@ -238,7 +238,7 @@ class TrainSection(_Section):
     """Precision of the dictionary's GEMMs (bfloat16: autocast; weights, Adam state and loss reductions stay fp32)."""
 
 
-class EvalSection(_Section):
+class EvalConfig(_StrictConfig):
     """Evaluation after training (L0, FVU, dead/dense fractions, optional delta LM loss)."""
 
     tokens: int = Field(default=65_536, ge=0)
@@ -249,7 +249,7 @@ class EvalSection(_Section):
     """Sequences for the delta LM loss."""
 
 
-class WandbConfig(_Section):
+class WandbConfig(_StrictConfig):
     """Weights & Biases run settings (``WANDB_MODE=offline`` logs without a network)."""
 
     project: str
@@ -262,7 +262,7 @@ class WandbConfig(_Section):
     """Run tags."""
 
 
-class OutputConfig(_Section):
+class OutputConfig(_StrictConfig):
     """Where the trained dictionary goes."""
 
     dir: str = "out/dictionary"
@@ -284,7 +284,7 @@ class OutputConfig(_Section):
     """Also log metrics to Weights & Biases (``pip install 'scope-hub[wandb]'``)."""
 
 
-class TrainConfig(_Section):
+class TrainConfig(_StrictConfig):
     """Everything one training run needs; the YAML file and the CLI both fill this."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -295,15 +295,15 @@ class TrainConfig(_Section):
     """Sites and activation storage."""
     synthetic: SyntheticConfig | None = None
     """Planted-dictionary data instead of a model (tests, demos)."""
-    dictionary: DictionarySection = Field(default_factory=DictionarySection)
+    dictionary: TrainedDictionaryConfig = Field(default_factory=TrainedDictionaryConfig)
     """The dictionary."""
     optim: OptimConfig = Field(default_factory=OptimConfig)
     """Optimizer."""
     loss: LossConfig = Field(default_factory=LossConfig)
     """Penalties."""
-    train: TrainSection = Field(default_factory=TrainSection)
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
     """Loop."""
-    eval: EvalSection = Field(default_factory=EvalSection)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     """Evaluation."""
     output: OutputConfig = Field(default_factory=OutputConfig)
     """Output."""

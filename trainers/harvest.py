@@ -175,8 +175,8 @@ def load_model(cfg: TrainConfig) -> tuple[Any, Any]:
     the Hub cache does not have it)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from scope_hub.gguf_models import load_causal_lm
     from scope_hub.model_resolution import load_error, resolve_model
-    from scope_hub.models import load_causal_lm
 
     dtype = getattr(torch, cfg.model.dtype)
     ident = resolve_model(cfg.model.id, cfg.model.revision)

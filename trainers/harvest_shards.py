@@ -53,7 +53,7 @@ import torch
 from safetensors.torch import save_file
 
 from scope_hub.errors import ConfigError
-from scope_hub.registry.backends.base import Store
+from scope_hub.registry.backends.store import Store
 from trainers.sources import ActivationSource, rank_slice
 
 FORMAT, VERSION, META_FILE = "scope-hub-harvest", 2, "harvest.json"

@@ -349,7 +349,7 @@ def _verify_folders(folders: list[str]):
 
     from scope_hub.errors import DictionaryNotFoundError
     from scope_hub.registry.content import card_problems, folder_hashes
-    from scope_hub.registry.models import VerifyReport
+    from scope_hub.registry.records import VerifyReport
 
     report = VerifyReport()
     for name in folders:

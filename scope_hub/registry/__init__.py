@@ -18,7 +18,7 @@ from typing import Any
 from scope_hub.errors import ArgumentError
 from scope_hub.registry.api import Registry, pull_locked
 from scope_hub.registry.lockfile import DEFAULT_LOCKFILE, LockEntry, Lockfile
-from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionRecord
+from scope_hub.registry.records import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionRecord
 
 __all__ = [
     "DEFAULT_LOCKFILE",

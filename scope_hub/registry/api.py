@@ -42,6 +42,7 @@ from scope_hub.errors import (
 )
 from scope_hub.keys import DictionaryKey, close_keys, parse_key, version_number
 from scope_hub.metadata import FileEntry, Manifest
+from scope_hub.registry.backend_interface import Backend, latest_live, missing_version
 from scope_hub.registry.backends import normalize_url, open_backend
 from scope_hub.registry.cache import LocalCache, export_snapshot
 from scope_hub.registry.content import (
@@ -56,9 +57,8 @@ from scope_hub.registry.content import (
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import check_release_name, key_path
 from scope_hub.registry.lockfile import LockEntry, Lockfile
-from scope_hub.registry.models import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
 from scope_hub.registry.progress import TransferProgress
-from scope_hub.registry.protocol import Backend, latest_live, missing_version
+from scope_hub.registry.records import GcReport, KeyInfo, KeySummary, PushResult, VerifyReport, VersionDetail
 from scope_hub.registry.settings import cache_root, default_registry_url, is_offline
 
 if TYPE_CHECKING:

@@ -48,8 +48,8 @@ from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.redaction import redact_url
 from scope_hub.registry.content import copy_hashing, sha256_file
 from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
-from scope_hub.registry.models import VerifyReport
 from scope_hub.registry.progress import TransferProgress
+from scope_hub.registry.records import VerifyReport
 from scope_hub.registry.settings import verify_mode
 
 STAT_RECORDS = "verified"

@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from scope_hub.errors import RegistryError
-from scope_hub.registry.backends.base import Store
+from scope_hub.registry.backends.store import Store
 from scope_hub.registry.layout import INDEX_LOG, INDEX_SNAPSHOTS
-from scope_hub.registry.models import KeySummary, VersionRecord
+from scope_hub.registry.records import KeySummary, VersionRecord
 from scope_hub.settings import settings
 
 COMPACT_AFTER = 32

@@ -15,13 +15,13 @@ import time
 
 from scope_hub.errors import IntegrityError, RegistryError
 from scope_hub.metadata import Manifest
-from scope_hub.registry.backends.base import Store
+from scope_hub.registry.backend_interface import record_of
+from scope_hub.registry.backends.store import Store
 from scope_hub.registry.content import copy_hashing, parse_manifest
 from scope_hub.registry.index import RegistryIndex
 from scope_hub.registry.layout import BLOB_DIR, MANIFEST_DIR, TMP_DIR, key_of_version_file
-from scope_hub.registry.models import GcReport, VerifyReport
 from scope_hub.registry.progress import TransferProgress
-from scope_hub.registry.protocol import record_of
+from scope_hub.registry.records import GcReport, VerifyReport
 
 BATCH = 500
 

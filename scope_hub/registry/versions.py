@@ -37,7 +37,8 @@ from scope_hub.errors import RegistryError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry import maintenance
-from scope_hub.registry.backends.base import Store
+from scope_hub.registry.backend_interface import Backend, VersionState, latest_live, record_of
+from scope_hub.registry.backends.store import Store
 from scope_hub.registry.content import (
     Staged,
     StagedCard,
@@ -60,16 +61,15 @@ from scope_hub.registry.layout import (
     versions_dir,
     yank_path,
 )
-from scope_hub.registry.models import GcReport, PushResult, VerifyReport
 from scope_hub.registry.progress import TransferProgress
-from scope_hub.registry.protocol import Backend, VersionState, latest_live, record_of
+from scope_hub.registry.records import GcReport, PushResult, VerifyReport
 
 MAX_CLAIMS = 200
 """Exclusive-create attempts before a push gives up (each loss means another pusher won)."""
 
 
 class StoreBackend(Backend):
-    """:class:`Backend` over any :class:`~scope_hub.registry.backends.base.Store`."""
+    """:class:`Backend` over any :class:`~scope_hub.registry.backends.store.Store`."""
 
     def __init__(self, store: Store):
         self.store = store

@@ -12,10 +12,13 @@ Example:
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from scope_hub.errors import RegistryURLError
 from scope_hub.redaction import redact_text, redact_url, url_has_secret_parts
-from scope_hub.registry.protocol import Backend
+
+if TYPE_CHECKING:  # the interface imports the index, which imports the stores of this package
+    from scope_hub.registry.backend_interface import Backend
 
 SCHEMES = ("file", "memory", "s3", "hf")
 

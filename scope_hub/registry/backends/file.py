@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlparse
 from fsspec.implementations.local import LocalFileSystem
 
 from scope_hub.errors import RegistryError, RegistryURLError
-from scope_hub.registry.backends.base import FsspecStore
+from scope_hub.registry.backends.store import FsspecStore
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import TMP_DIR
 

@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from scope_hub.errors import IntegrityError, RegistryError, VersionNotFoundError
 from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
+from scope_hub.registry.backend_interface import Backend, VersionState, record_of
 from scope_hub.registry.backends.hf_client import HubClient, is_commit_sha
 from scope_hub.registry.content import (
     Staged,
@@ -50,9 +51,8 @@ from scope_hub.registry.content import (
 from scope_hub.registry.faults import fault_point
 from scope_hub.registry.index import IndexSnapshot, RegistryIndex
 from scope_hub.registry.layout import key_path, parse_release_file, release_dir, release_path
-from scope_hub.registry.models import GcReport, PushResult, VerifyReport, VersionRecord
 from scope_hub.registry.progress import TransferProgress
-from scope_hub.registry.protocol import Backend, VersionState, record_of
+from scope_hub.registry.records import GcReport, PushResult, VerifyReport, VersionRecord
 from scope_hub.registry.settings import is_offline
 
 INDEX_FILE = ".scope/index.json"
@@ -73,7 +73,7 @@ def _commit_message(key: DictionaryKey, version: int) -> str:
 
 
 class HfBackend(Backend):
-    """:class:`~scope_hub.registry.protocol.Backend` over a Hub repo."""
+    """:class:`~scope_hub.registry.backend_interface.Backend` over a Hub repo."""
 
     serves_offline = True  # reads fall back to the Hugging Face cache
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fsspec.implementations.memory import MemoryFileSystem
 
-from scope_hub.registry.backends.base import FsspecStore
+from scope_hub.registry.backends.store import FsspecStore
 
 _LOCK = threading.Lock()
 

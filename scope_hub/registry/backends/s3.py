@@ -23,7 +23,7 @@ from typing import Any
 from scope_hub.errors import RegistryConnectionError, RegistryError, RegistryURLError
 from scope_hub.redaction import redact_text, redact_url
 from scope_hub.registry.backends import check_s3_url
-from scope_hub.registry.backends.base import FsspecStore, _Forward
+from scope_hub.registry.backends.store import FsspecStore, _Forward
 from scope_hub.settings import settings
 
 

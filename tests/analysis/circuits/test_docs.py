@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import scope_hub.models
+import scope_hub.gguf_models
 from scope_hub.cli import main
 from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 
@@ -54,8 +54,8 @@ def _run_blocks(tmp_path, monkeypatch) -> dict:
 
 def test_the_doc_examples_run_on_a_tiny_model(tmp_path, monkeypatch, capsys):
     model, tok = tiny_gemma3().eval(), tiny_tokenizer()
-    monkeypatch.setattr(scope_hub.models, "gemma3_270m_path", lambda *a, **k: "tiny-gemma3")
-    monkeypatch.setattr(scope_hub.models, "load_causal_lm", lambda *a, **k: (model, tok))
+    monkeypatch.setattr(scope_hub.gguf_models, "gemma3_270m_path", lambda *a, **k: "tiny-gemma3")
+    monkeypatch.setattr(scope_hub.gguf_models, "load_causal_lm", lambda *a, **k: (model, tok))
     ns = _run_blocks(tmp_path, monkeypatch)
     assert sorted(p.name for p in (tmp_path / "runs" / "tc").iterdir()) == ["layer_0", "layer_1", "layer_2"]
     assert ns["graph"].relative_completeness_error() < 1e-4
@@ -77,7 +77,9 @@ def test_the_doc_examples_run_on_a_tiny_model(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.integration
 def test_the_doc_examples_run_on_gemma3_270m(gemma3_270m, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(scope_hub.models, "load_causal_lm", lambda *a, **k: (gemma3_270m.model, gemma3_270m.tokenizer))
+    monkeypatch.setattr(
+        scope_hub.gguf_models, "load_causal_lm", lambda *a, **k: (gemma3_270m.model, gemma3_270m.tokenizer)
+    )
     ns = _run_blocks(tmp_path, monkeypatch)
     assert len(list((tmp_path / "runs" / "tc").iterdir())) == 18
     assert ns["graph"].relative_completeness_error() < 1e-4

@@ -23,8 +23,8 @@ from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.content import Staged, sha256_bytes
 from scope_hub.registry.index import RegistryIndex
-from scope_hub.registry.models import GcReport, PushResult, VerifyReport, VersionRecord
 from scope_hub.registry.progress import TransferProgress
+from scope_hub.registry.records import GcReport, PushResult, VerifyReport, VersionRecord
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Cache root: ``cache_dir`` argument, else ``$SCOPE_HUB_MODELS``, else
 ``~/.cache/scope_hub/models``.
 
 Example:
-    >>> from scope_hub.models import gemma3_270m_path, load_causal_lm  # doctest: +SKIP
+    >>> from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm  # doctest: +SKIP
     >>> model, tok = load_causal_lm(gemma3_270m_path())                 # doctest: +SKIP
     >>> model.config.num_hidden_layers                                  # doctest: +SKIP
     18
