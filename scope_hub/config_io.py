@@ -207,10 +207,9 @@ def validate_config(raw: dict[str, Any], where: str = CONFIG_FILE) -> Dictionary
     try:
         return DictionaryConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '(config)'}': {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{where}: {problems}") from None
+        fields = [".".join(str(p) for p in err["loc"]) or "(config)" for err in exc.errors()]
+        problems = "; ".join(f"field '{field}': {err['msg']}" for field, err in zip(fields, exc.errors()))
+        raise ConfigError(f"{where}: {problems}", field=fields[0], path=where) from None
 
 
 def migrate(raw: dict[str, Any], where: str = CONFIG_FILE) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def load_tensors(
             if spec.file not in handles:
                 handles[spec.file] = safe_open(str(folder / spec.file), framework="pt", device="cpu")
             tensor = spec.to_module(handles[spec.file].get_tensor(spec.name))
-            _check_finite(folder / spec.file, spec.name, tensor, allow_nonfinite)
+            check_finite(folder / spec.file, spec.name, tensor, allow_nonfinite=allow_nonfinite)
             out[spec.attr] = tensor.to(device=device or "cpu", dtype=dtype or tensor.dtype)
     finally:
         handles.clear()
@@ -86,9 +86,13 @@ def is_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(tensor).all())
 
 
-def _check_finite(path: Path, name: str, tensor: torch.Tensor, allow_nonfinite: bool) -> None:
+def check_finite(where: Path | str, name: str, tensor: torch.Tensor, *, allow_nonfinite: bool = False) -> None:
+    """Refuse NaN/inf in tensor ``name`` (read from ``where``) with :class:`NonFiniteWeightsError`,
+    or only warn when ``allow_nonfinite``: the one rule for native and converted folders alike."""
     if not is_finite(tensor):
-        message = f"{path}: tensor '{name}' contains NaN or inf"
+        message = f"{where}: tensor '{name}' contains NaN or inf"
         if not allow_nonfinite:
-            raise NonFiniteWeightsError(message + "; pass allow_nonfinite=True to load it anyway (with a warning)")
+            raise NonFiniteWeightsError(
+                message + "; pass allow_nonfinite=True to load it anyway (with a warning)", path=str(where), tensor=name
+            )
         warnings.warn(message, RuntimeWarning, stacklevel=3)

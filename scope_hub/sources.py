@@ -209,9 +209,9 @@ def load_folder(
     ``lazy`` applies to scope-hub's own layout (the others are converted in memory).
     """
     fmt = fmt or ("scope-hub" if is_native_folder(folder) else folder_format(folder))  # the common case first
-    if fmt in NATIVE_FORMATS or (fmt == "gemma-scope-2" and origin is None):
+    if fmt in NATIVE_FORMATS or (fmt == "gemma-scope-2" and origin is None and _gemma_scope_2_native(folder)):
         return Dictionary.from_pretrained(folder, lazy=lazy, device=device, dtype=dtype, **kwargs)
-    dictionary = _load_foreign(fmt, folder, origin)
+    dictionary = _load_foreign(fmt, folder, origin, allow_nonfinite=bool(kwargs.get("allow_nonfinite")))
     if kwargs.get("matryoshka_groups") is not None:
         dictionary = dictionary.truncated(kwargs["matryoshka_groups"])
     if device is not None or dtype is not None:
@@ -219,9 +219,15 @@ def load_folder(
     return dictionary
 
 
-def _load_foreign(fmt: str, local: Path, origin: HubFolder | None) -> Dictionary:
+def _gemma_scope_2_native(folder: Path) -> bool:
+    from scope_hub.interop import gemma_scope_2
+
+    return gemma_scope_2.reads_natively(folder)
+
+
+def _load_foreign(fmt: str, local: Path, origin: HubFolder | None, *, allow_nonfinite: bool) -> Dictionary:
     if fmt != "gemma-scope-2" or origin is None:
-        return get_format(fmt).load(local)
+        return get_format(fmt).load(local, allow_nonfinite=allow_nonfinite)
     from scope_hub.interop import gemma_scope_2
     from scope_hub.interop.common import FormatError
 
@@ -230,4 +236,4 @@ def _load_foreign(fmt: str, local: Path, origin: HubFolder | None) -> Dictionary
     except FormatError:
         spec = None  # a folder named otherwise: its config.json says what it holds
     model = gemma_scope_2.model_from_repo(origin.repo_id)
-    return gemma_scope_2.load(local, spec=spec, model=model, source_uri=str(origin))
+    return gemma_scope_2.load(local, spec=spec, model=model, source_uri=str(origin), allow_nonfinite=allow_nonfinite)

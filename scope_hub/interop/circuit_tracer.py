@@ -102,7 +102,7 @@ def _clean_threshold(threshold: torch.Tensor, where: str) -> torch.Tensor:
     return threshold
 
 
-def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictionary:
+def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path, allow_nonfinite: bool) -> Dictionary:
     if path.suffix == ".npz":
         import numpy as np
 
@@ -159,10 +159,12 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path) -> Dictio
         ),
         str(folder / "config.yaml"),
     )
-    return dictionary_from_tensors(config, {"params.safetensors": params}, where=str(path))
+    return dictionary_from_tensors(
+        config, {"params.safetensors": params}, where=str(path), allow_nonfinite=allow_nonfinite
+    )
 
 
-def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
+def _transcoder_set(folder: Path, cfg: dict[str, Any], allow_nonfinite: bool) -> dict[str, Dictionary]:
     if isinstance(cfg.get("transcoders"), list):
         paths = []
         for i, entry in enumerate(cfg["transcoders"]):
@@ -176,17 +178,20 @@ def _transcoder_set(folder: Path, cfg: dict[str, Any]) -> dict[str, Dictionary]:
         paths = _numbered(folder, r"^layer_(\d+)\.safetensors$")
     if not paths:
         raise FormatError(f"{folder}: a transcoder set needs layer_<i>.safetensors files")
-    out = {f"layer_{i}": _layer_file(path, i, cfg, folder) for i, path in paths}
+    out = {f"layer_{i}": _layer_file(path, i, cfg, folder, allow_nonfinite) for i, path in paths}
     embedded = cfg.get(EMBED_KEY)
     if isinstance(embedded, list) and len(embedded) == len(out):
         for (name, module), extra in zip(list(out.items()), embedded):
             final = reconcile(module.config, extra, where=str(folder / "config.yaml"))
             if final is not module.config:
-                out[name] = dictionary_from_tensors(final, module.tensors_by_file(), where=str(folder))
+                # allowed: these tensors were already checked (and warned about) as loaded
+                out[name] = dictionary_from_tensors(
+                    final, module.tensors_by_file(), where=str(folder), allow_nonfinite=True
+                )
     return out
 
 
-def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
+def _clt(folder: Path, cfg: dict[str, Any], allow_nonfinite: bool) -> Dictionary:
     encoders = _numbered(folder, r"^W_enc_(\d+)\.safetensors$")
     n = len(encoders)
     if n == 0 or [i for i, _ in encoders] != list(range(n)):
@@ -228,26 +233,37 @@ def _clt(folder: Path, cfg: dict[str, Any]) -> Dictionary:
         ),
         str(folder / "config.yaml"),
     )
-    return finish_load(config, files, cfg.get(EMBED_KEY), where=str(folder), source=str(folder / "config.yaml"))
+    return finish_load(
+        config,
+        files,
+        cfg.get(EMBED_KEY),
+        where=str(folder),
+        source=str(folder / "config.yaml"),
+        allow_nonfinite=allow_nonfinite,
+    )
 
 
-def load_all(folder: Path) -> dict[str, Dictionary]:
-    """``{"layer_<i>": transcoder}`` for a transcoder set, ``{"": clt}`` for a CLT."""
+def load_all(folder: Path, *, allow_nonfinite: bool = False) -> dict[str, Dictionary]:
+    """``{"layer_<i>": transcoder}`` for a transcoder set, ``{"": clt}`` for a CLT.
+
+    NaN/inf weights raise :class:`~scope_hub.errors.NonFiniteWeightsError` unless
+    ``allow_nonfinite`` (then a warning).
+    """
     folder = Path(folder)
     cfg = _read_yaml(folder)
     kind = cfg.get("model_kind") or (
         "cross_layer_transcoder" if (folder / "W_enc_0.safetensors").is_file() else "transcoder_set"
     )
     if kind == "cross_layer_transcoder":
-        return {"": _clt(folder, cfg)}
+        return {"": _clt(folder, cfg, allow_nonfinite)}
     if kind == "transcoder_set":
-        return _transcoder_set(folder, cfg)
+        return _transcoder_set(folder, cfg, allow_nonfinite)
     raise UnsupportedError(f"{folder}: unknown model_kind {kind!r}")
 
 
-def load(folder: Path) -> Dictionary:
+def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     """The one dictionary in ``folder`` (a CLT, or a set of one transcoder); see :func:`load_all`."""
-    found = load_all(folder)
+    found = load_all(folder, allow_nonfinite=allow_nonfinite)
     if len(found) != 1:
         raise FormatError(f"{folder}: holds {len(found)} transcoders; use load_all (or convert the folder)")
     return next(iter(found.values()))

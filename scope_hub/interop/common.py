@@ -31,7 +31,6 @@ from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.errors import (
     ConfigError,
     FormatError,
-    NonFiniteWeightsError,
     ScopeHubError,
     ShapeMismatchError,
     UnsupportedError,
@@ -39,7 +38,7 @@ from scope_hub.errors import (
 )
 from scope_hub.kinds import JUMPRELU, architecture, kind
 from scope_hub.metadata import DictionaryConfig
-from scope_hub.serialization import is_finite
+from scope_hub.serialization import check_finite
 
 EMBED_KEY = "scope_hub"
 """Key under which exporters store our full config inside a foreign config file."""
@@ -55,12 +54,16 @@ Files = dict[str, dict[str, torch.Tensor]]
 
 
 def dictionary_from_tensors(
-    config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]], *, where: str
+    config: DictionaryConfig,
+    files: Mapping[str, Mapping[str, torch.Tensor]],
+    *,
+    where: str,
+    allow_nonfinite: bool = False,
 ) -> Dictionary:
     """A dictionary of ``config`` holding ``files`` (native names), checked like a native load.
 
     Missing, unexpected or mis-shaped tensors raise :class:`ShapeMismatchError` naming ``where``;
-    NaN/inf raise :class:`NonFiniteWeightsError`.
+    NaN/inf raise :class:`NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
     """
     cls = KINDS[config.type]
     specs = cls.tensor_specs(config)
@@ -81,8 +84,7 @@ def dictionary_from_tensors(
             raise ShapeMismatchError(
                 f"{where}: tensor '{spec.name}' has shape {list(tensor.shape)}, expected {list(spec.shape)}"
             )
-        if not is_finite(tensor):
-            raise NonFiniteWeightsError(f"{where}: tensor '{spec.name}' contains NaN or inf")
+        check_finite(where, spec.name, tensor, allow_nonfinite=allow_nonfinite)
         state[spec.attr] = tensor.detach()
     dtypes = {t.dtype for t in state.values()}
     if len(dtypes) != 1:
@@ -116,6 +118,41 @@ def require(
             f"the {fmt} format needs d_out == d_in; this {config.type} maps {config.d_in} -> {config.d_out}"
         )
     return config
+
+
+def config_field(
+    document: Mapping[str, Any],
+    name: str,
+    expected: type | tuple[type, ...],
+    where: str,
+    default: Any = None,
+) -> Any:
+    """``document[name]`` when it has the ``expected`` type, ``default`` when absent or null, else a
+    :class:`ConfigError` naming ``where`` and the field: foreign configs are checked field by field
+    before any arithmetic or lookup, so a wrong type never escapes as a bare TypeError.
+
+    A JSON ``true`` is not accepted as an integer.
+
+    Example:
+        >>> config_field({"k": 32}, "k", int, "cfg.json")
+        32
+        >>> config_field({"k": "32"}, "k", int, "cfg.json")
+        Traceback (most recent call last):
+        ...
+        scope_hub.errors.ConfigError: cfg.json: field 'k' must be int, got '32'; fix or re-export the file
+    """
+    value = document.get(name)
+    if value is None:
+        return default
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        return value
+    names = " or ".join(t.__name__ for t in types)
+    raise ConfigError(
+        f"{where}: field '{name}' must be {names}, got {value!r:.80}; fix or re-export the file",
+        field=name,
+        path=where,
+    )
 
 
 # --- folding -------------------------------------------------------------------------------------
@@ -187,6 +224,7 @@ def finish_load(
     *,
     where: str,
     source: str,
+    allow_nonfinite: bool = False,
 ) -> Dictionary:
     """The finishing step every converter's ``load`` shares: build the dictionary from what the
     foreign files say (``derived``), then prefer our config embedded in them (``embedded``,
@@ -195,9 +233,13 @@ def finish_load(
     Build first so a foreign folder whose tensors contradict its own config fails on the
     foreign names, before the embedded config is trusted.
     """
-    module = dictionary_from_tensors(derived, files, where=where)
+    module = dictionary_from_tensors(derived, files, where=where, allow_nonfinite=allow_nonfinite)
     final = reconcile(module.config, embedded, where=source)
-    return module if final is module.config else dictionary_from_tensors(final, files, where=where)
+    if final is module.config:
+        return module
+    with warnings.catch_warnings():  # the tensors were just checked: warn about NaN/inf once, not twice
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return dictionary_from_tensors(final, files, where=where, allow_nonfinite=allow_nonfinite)
 
 
 def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> DictionaryConfig:

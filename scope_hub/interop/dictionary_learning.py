@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import DictionaryNotFoundError, WeightsFileError
 from scope_hub.interop.common import (
@@ -39,6 +40,7 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
+    config_field,
     embed,
     finish_load,
     fold_b_dec_in,
@@ -49,7 +51,6 @@ from scope_hub.interop.common import (
     write_json,
 )
 from scope_hub.kinds import BATCHTOPK, JUMPRELU, RELU, SAE, TOPK, architecture
-from scope_hub.metadata import DictionaryConfig
 
 NAME = "dictionary-learning"
 FILES = "ae.pt (read with torch.load(weights_only=True)) + config.json"
@@ -84,7 +85,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _class_of(state: dict[str, torch.Tensor], trainer: dict[str, Any], where: Path) -> str:
-    named = trainer.get("dict_class")
+    named = config_field(trainer, "dict_class", str, str(where / "config.json"))
     if named:
         if named not in _CLASSES:
             raise UnsupportedError(
@@ -97,11 +98,16 @@ def _class_of(state: dict[str, torch.Tensor], trainer: dict[str, Any], where: Pa
     raise UnsupportedError(f"{where}: unrecognised state dict keys {sorted(state)} (GatedAutoEncoder is not supported)")
 
 
-def load(folder: Path) -> Dictionary:
-    """A dictionary_learning folder as a dictionary."""
+def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
+    """A dictionary_learning folder as a dictionary.
+
+    A bad ``config.json`` field raises :class:`ConfigError` naming it; NaN/inf weights raise
+    :class:`~scope_hub.errors.NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
+    """
     folder = Path(folder)
+    where = str(folder / "config.json")
     raw = read_json(folder / "config.json", "config.json") if (folder / "config.json").is_file() else {}
-    trainer = raw.get("trainer") if isinstance(raw.get("trainer"), dict) else {}
+    trainer: dict[str, Any] = config_field(raw, "trainer", dict, where, {})
     state = _read_state(folder / "ae.pt")
     cls = _class_of(state, trainer, folder)
     if set(state) != _CLASSES[cls]:
@@ -111,7 +117,7 @@ def load(folder: Path) -> Dictionary:
     else:
         w_enc, b_enc = state["encoder.weight"].T.contiguous(), state["encoder.bias"]
         w_dec = state["decoder.weight"].T.contiguous()
-        b_dec = state.get("bias", state.get("b_dec", state.get("decoder.bias")))
+        b_dec = state[{"AutoEncoder": "bias", "AutoEncoderNew": "decoder.bias"}.get(cls, "b_dec")]
     if cls not in ("AutoEncoderNew", "JumpReluAutoEncoder"):
         b_enc = fold_b_dec_in(b_enc, w_enc, b_dec)
     params = {"w_enc": w_enc, "b_enc": b_enc, "w_dec": w_dec, "b_dec": b_dec}
@@ -124,22 +130,27 @@ def load(folder: Path) -> Dictionary:
             params["threshold"] = torch.full_like(b_enc, float(state["threshold"]))
         if cls == "MatryoshkaBatchTopKSAE":
             fields["matryoshka_groups"] = [int(g) for g in state["group_sizes"].tolist()]
-    submodule = str(trainer.get("submodule_name") or "")
+    submodule = config_field(trainer, "submodule_name", str, where, "")
     site = next((word for word in _SITE_WORDS if word in submodule), None)
-    layer = trainer.get("layer")
-    config = DictionaryConfig(
-        type=SAE,
-        d_in=w_enc.shape[0],
-        d_sae=w_enc.shape[1],
-        model=trainer.get("lm_name"),
-        site=site,
-        layer=layer if isinstance(layer, int) and layer >= 0 else None,
-        provenance={"source": "dictionary-learning", "source_uri": str(folder)},
-        source_config={k: v for k, v in raw.items() if k != EMBED_KEY} or None,
-        **fields,
+    layer = config_field(trainer, "layer", int, where)
+    config = validate_config(
+        dict(
+            type=SAE,
+            d_in=w_enc.shape[0],
+            d_sae=w_enc.shape[1],
+            model=config_field(trainer, "lm_name", str, where),
+            site=site,
+            layer=layer if layer is not None and layer >= 0 else None,
+            provenance={"source": "dictionary-learning", "source_uri": str(folder)},
+            source_config={k: v for k, v in raw.items() if k != EMBED_KEY} or None,
+            **fields,
+        ),
+        where,
     )
     files = {"params.safetensors": params}
-    return finish_load(config, files, raw.get(EMBED_KEY), where=str(folder), source=str(folder / "config.json"))
+    return finish_load(
+        config, files, raw.get(EMBED_KEY), where=str(folder), source=where, allow_nonfinite=allow_nonfinite
+    )
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
@@ -161,7 +172,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
         b_enc = t["b_enc"] if cls == "JumpReluAutoEncoder" else unfold_b_dec_in(t["b_enc"], t["w_enc"], t["b_dec"])
         state = {"W_enc": t["w_enc"], "b_enc": b_enc, "W_dec": t["w_dec"], "b_dec": t["b_dec"]}
         if cls == "JumpReluAutoEncoder":
-            state["threshold"] = threshold
+            state["threshold"] = t["threshold"]
     else:
         bias = t["b_enc"] if cls == "AutoEncoderNew" else unfold_b_dec_in(t["b_enc"], t["w_enc"], t["b_dec"])
         state = {

@@ -1,7 +1,8 @@
 """The table of formats, format detection, and one-off conversion between any two formats.
 
 Every converter module has the same interface: ``NAME``, ``detect(folder) -> bool``,
-``load(folder) -> Dictionary`` and ``save(dictionary, out) -> Path``; a module may add
+``load(folder, *, allow_nonfinite=False) -> Dictionary`` (NaN/inf weights refused unless
+allowed, as for native folders) and ``save(dictionary, out) -> Path``; a module may add
 ``load_all(folder) -> {name: Dictionary}`` / ``save_all({name: Dictionary}, out)`` when one
 folder of its format holds several dictionaries (a circuit-tracer transcoder set). This module
 imports no converter (and so no torch) until one is used.

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import DictionaryNotFoundError
 from scope_hub.interop.common import (
@@ -53,7 +55,6 @@ from scope_hub.interop.release import (
 )
 from scope_hub.keys import DictionaryKey
 from scope_hub.kinds import JUMPRELU, SAE, TRANSCODER
-from scope_hub.metadata import DictionaryConfig
 
 NAME = "gemma-scope-1"
 FILES = "params.npz (W_enc, W_dec, b_enc, b_dec, threshold)"
@@ -116,9 +117,18 @@ def _context(folder: Path) -> tuple[tuple[str, str, str] | None, tuple[int, str,
 
 
 def load(
-    folder: Path, *, repo_id: str | None = None, model: str | None = None, source_uri: str | None = None
+    folder: Path,
+    *,
+    repo_id: str | None = None,
+    model: str | None = None,
+    source_uri: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> Dictionary:
-    """A Gemma Scope 1 folder; model/site/layer come from ``repo_id`` and the folder path when known."""
+    """A Gemma Scope 1 folder; model/site/layer come from ``repo_id`` and the folder path when known.
+
+    NaN/inf weights raise :class:`~scope_hub.errors.NonFiniteWeightsError` unless
+    ``allow_nonfinite`` (then a warning).
+    """
     folder = Path(folder)
     tensors = _read_npz(folder / "params.npz")
     facts, where = _context(folder)
@@ -151,7 +161,10 @@ def load(
         )
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else None
     files = {"params.safetensors": tensors}
-    return finish_load(DictionaryConfig(**fields), files, sidecar, where=str(folder), source=str(folder / SIDECAR))
+    config = validate_config(fields, str(folder))
+    return finish_load(
+        config, files, sidecar, where=str(folder), source=str(folder / SIDECAR), allow_nonfinite=allow_nonfinite
+    )
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
@@ -159,7 +172,8 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     require(dictionary, NAME, SUPPORTED)
     config, files = folded_files(dictionary)
     tensors = next(iter(files.values()))
-    arrays = {theirs: tensors[ours].float().numpy() for theirs, ours in _NPZ_NAMES.items()}
+    # Any, not ndarray: numpy's stub for savez would otherwise match these arrays against allow_pickle.
+    arrays: dict[str, Any] = {theirs: tensors[ours].float().numpy() for theirs, ours in _NPZ_NAMES.items()}
     with atomic_folder(out) as stage:
         np.savez(stage / "params.npz", **arrays)
         write_json(stage / SIDECAR, embed(config.model_copy(update={"dtype": "float32"})))
@@ -176,13 +190,15 @@ def plan_release(
     import fnmatch
 
     facts = repo_facts(source.repo_id)
-    if facts is None and not (model and site):
+    model = model or (facts[0] if facts else None)
+    site_and_type = (site, "transcoder" if site == "mlp" else "sae") if site else (facts[1:] if facts else None)
+    if model is None or site_and_type is None:
         raise FormatError(
             f"{source.name}: not a Gemma Scope repo name (gemma-scope-<size>-<pt|it>-<res|mlp|att|"
             "transcoders>); pass repo_id=, or model= and site="
         )
-    model = model or facts[0]
-    key_site, type_ = (site, "transcoder" if site == "mlp" else "sae") if site else facts[1:]
+    key_site, type_ = site_and_type
+    repo = source.repo_id if facts else None
     plan = []
     by_depth = folders_of(source.files(), 3)
     for rel in sorted(by_depth):
@@ -194,16 +210,13 @@ def plan_release(
             plan.append(Planned(rel, None, error=str(exc)))
             continue
         key = DictionaryKey(model, key_site, layer, width, type_, variant)
-        repo = source.repo_id if facts else None
-        plan.append(
-            Planned(
-                rel,
-                key,
-                _builder(source, rel, repo, model, key_site),
-                lambda rel=rel: digest_files(source.fetch(rel), ["params.npz"]),
-            )
-        )
+        digest = functools.partial(_npz_digest, source, rel)
+        plan.append(Planned(rel, key, _builder(source, rel, repo, model, key_site), digest))
     return plan
+
+
+def _npz_digest(source: ReleaseSource, rel: str) -> str:
+    return digest_files(source.fetch(rel), ["params.npz"])
 
 
 def _builder(source: ReleaseSource, rel: str, repo_id: str | None, model: str, site: str):

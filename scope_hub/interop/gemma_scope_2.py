@@ -187,10 +187,30 @@ def detect(folder: Path) -> bool:
     return "schema_version" not in raw and ("hf_hook_point_in" in raw or raw.get("architecture") == _GS2_JUMPRELU)
 
 
+def reads_natively(folder: Path) -> bool:
+    """Whether :meth:`Dictionary.from_pretrained` reads this Gemma Scope 2 folder as it is (lazily,
+    with every native check): all but a crosscoder, whose layers are stored concatenated."""
+    try:
+        raw = read_json(Path(folder) / "config.json", "config.json")
+    except FormatError:
+        return True  # the native loader says what is wrong
+    published = kind_from_peer(GEMMA_SCOPE_2, str(raw.get("type", "")))
+    return published is None or published not in KINDS or not kind(published).stacked
+
+
 def load(
-    folder: Path, *, spec: FolderSpec | None = None, model: str | None = None, source_uri: str | None = None
+    folder: Path,
+    *,
+    spec: FolderSpec | None = None,
+    model: str | None = None,
+    source_uri: str | None = None,
+    allow_nonfinite: bool = False,
 ) -> Dictionary:
-    """One Gemma Scope 2 folder as a dictionary (release path details from ``spec`` when given)."""
+    """One Gemma Scope 2 folder as a dictionary (release path details from ``spec`` when given).
+
+    NaN/inf weights raise :class:`~scope_hub.errors.NonFiniteWeightsError` unless
+    ``allow_nonfinite`` (then a warning).
+    """
     folder = Path(folder)
     if spec is None:
         try:
@@ -214,7 +234,14 @@ def load(
         )
         files = {"params.safetensors": load_safetensors(folder / "params.safetensors")}
     config = _with_release_facts(config, spec, model, source_uri, folder)
-    return finish_load(config, files, raw.get(EMBED_KEY), where=str(folder), source=str(folder / "config.json"))
+    return finish_load(
+        config,
+        files,
+        raw.get(EMBED_KEY),
+        where=str(folder),
+        source=str(folder / "config.json"),
+        allow_nonfinite=allow_nonfinite,
+    )
 
 
 def _inferred_config(spec: FolderSpec) -> dict[str, Any]:
@@ -364,7 +391,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
     if not info.reconstructs_input:
         raw["affine_connection"] = config.affine_skip
     if info.stacked:
-        raw["layers"] = list(config.layers)
+        raw["layers"] = list(config.layers or ())  # the config validator requires layers for stacked kinds
         t = files["params.safetensors"]
         n = config.n_layers
         files = {

@@ -31,9 +31,9 @@ def detect(folder: Path) -> bool:
     return is_native_folder(folder)
 
 
-def load(folder: Path) -> Dictionary:
+def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     """:meth:`Dictionary.from_pretrained` (every check of the native loader applies)."""
-    return Dictionary.from_pretrained(folder)
+    return Dictionary.from_pretrained(folder, allow_nonfinite=allow_nonfinite)
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scope_hub.errors import DictionaryNotFoundError
+from scope_hub.errors import DictionaryNotFoundError, FormatError
 from scope_hub.keys import DictionaryKey
 from scope_hub.settings import progress_enabled, settings
 
@@ -127,11 +127,14 @@ class ReleaseSource:
 
     def files(self) -> list[str]:
         """Relative posix paths of every file in the release (hidden entries skipped)."""
-        root = self.root if self.root is not None else self._hub_snapshot(None, listing=True)
+        root = self.root
         if root is None:
-            from huggingface_hub import HfApi
+            if not _hub_offline():  # list remotely, download nothing yet
+                from huggingface_hub import HfApi
 
-            return sorted(HfApi(endpoint=_hub_endpoint()).list_repo_files(self.repo_id, revision=self.revision))
+                listing = HfApi(endpoint=_hub_endpoint()).list_repo_files(self._hub_repo(), revision=self.revision)
+                return sorted(listing)
+            root = self._hub_snapshot(None)
         out = []
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -151,7 +154,7 @@ class ReleaseSource:
             hint="unset HF_HUB_OFFLINE (and check the network), or import "
             "from a local copy of the release; run again to resume",
         ):
-            return self._hub_snapshot([f"{rel}/*"], listing=False) / rel
+            return self._hub_snapshot([f"{rel}/*"]) / rel
 
     def uri(self, rel: str) -> str:
         """Stable provenance URI of folder ``rel`` (independent of where the files sit locally)."""
@@ -159,18 +162,21 @@ class ReleaseSource:
             return f"hf://{self.repo_id}/{rel}" + (f"@{self.revision}" if self.revision else "")
         return f"{self.root.name if self.root else self.name}/{rel}"
 
-    def _hub_snapshot(self, patterns: list[str] | None, *, listing: bool) -> Path | None:
+    def _hub_repo(self) -> str:
+        """The Hub repo id of a source that is not a local folder (``__init__`` always sets it then)."""
+        if self.repo_id is None:
+            raise DictionaryNotFoundError(f"{self.name}: no Hub repo id; pass repo_id=")
+        return self.repo_id
+
+    def _hub_snapshot(self, patterns: list[str] | None) -> Path:
         from huggingface_hub import snapshot_download
 
-        offline = _hub_offline()
-        if listing and not offline:
-            return None  # list remotely, download nothing yet
         return Path(
             snapshot_download(
-                self.repo_id,
+                self._hub_repo(),
                 revision=self.revision,
                 allow_patterns=patterns,
-                local_files_only=offline,
+                local_files_only=_hub_offline(),
                 endpoint=_hub_endpoint(),
                 cache_dir=settings().hf_hub_cache,
             )
@@ -233,6 +239,12 @@ def digest_files(folder: Path, names: list[str]) -> str:
     return outer.hexdigest()
 
 
+def _weights_digest(item: Planned) -> str:
+    if item.weights_digest is None:
+        raise FormatError(f"{item.rel}: no way to hash its weights was planned")
+    return item.weights_digest()
+
+
 def resolve_same_keys(plan: list[Planned]) -> list[FolderResult]:
     """Apply the same-key rule (module docstring) in place; return alias/failure results found.
 
@@ -248,7 +260,7 @@ def resolve_same_keys(plan: list[Planned]) -> list[FolderResult]:
         first = items[0]
         for other in items[1:]:
             try:
-                same = first.weights_digest() == other.weights_digest()
+                same = _weights_digest(first) == _weights_digest(other)
             except Exception as exc:
                 other.error = f"cannot hash weights to compare with {first.rel}: {exc}"
                 continue
@@ -257,7 +269,7 @@ def resolve_same_keys(plan: list[Planned]) -> list[FolderResult]:
                 results.append(
                     FolderResult(other.rel, "alias", str(first.key), reason=f"identical weights to {first.rel}")
                 )
-            elif other.is_all:
+            elif other.is_all and other.key is not None:
                 variant = f"{other.key.variant}_all" if other.key.variant else "all"
                 other.key = replace(other.key, variant=variant)
             else:
@@ -339,7 +351,7 @@ def publish(
             if item.error is not None or item.key is None or item.build is None:
                 report.results.append(FolderResult(item.rel, "failed", reason=item.error or "no key"))
                 continue
-            if dry_run:
+            if reg is None:  # a dry run
                 report.results.append(FolderResult(item.rel, "planned", str(item.key)))
                 continue
             stage = Path(tmp) / f"d{index}"

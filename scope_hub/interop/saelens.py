@@ -34,15 +34,16 @@ from typing import Any
 
 import torch
 
-from scope_hub.config_io import gemma_model_id, site_of_hook_point
+from scope_hub.config_io import gemma_model_id, site_of_hook_point, validate_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import UnknownReleaseError
+from scope_hub.errors import ConfigError, UnknownReleaseError
 from scope_hub.interop import gemma_scope_1, gemma_scope_2
 from scope_hub.interop.common import (
     EMBED_KEY,
     FormatError,
     UnsupportedError,
     atomic_folder,
+    config_field,
     embed,
     finish_load,
     fold_b_dec_in,
@@ -67,7 +68,6 @@ from scope_hub.kinds import (
     kind,
     peer_name,
 )
-from scope_hub.metadata import DictionaryConfig
 
 NAME = "saelens"
 FILES = "cfg.json + sae_weights.safetensors"
@@ -125,29 +125,32 @@ def _model_id(name: Any) -> str | None:
     return gemma_model_id(name) if "/" not in name and name.lower().startswith("gemma") else name
 
 
-def _metadata(cfg: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(cfg.get("metadata") or {})
+def _metadata(cfg: dict[str, Any], where: str) -> dict[str, Any]:
+    meta = dict(config_field(cfg, "metadata", dict, where, {}))
     for key in (*_LLM_KEYS, "hook_point"):  # SAELens < 6 kept these at the top level
         if key in cfg and key not in meta:
             meta["hook_name" if key == "hook_point" else key] = cfg[key]
     return meta
 
 
-def _architecture(cfg: dict[str, Any]) -> tuple[str, int | None]:
-    arch = cfg.get("architecture")
-    activation = cfg.get("activation_fn") or cfg.get("activation_fn_str")
-    k = cfg.get("k") or (cfg.get("activation_fn_kwargs") or {}).get("k")
+def _architecture(cfg: dict[str, Any], where: str) -> tuple[str, int | None]:
+    arch = config_field(cfg, "architecture", str, where)
+    activation = config_field(cfg, "activation_fn", str, where) or config_field(cfg, "activation_fn_str", str, where)
+    kwargs = config_field(cfg, "activation_fn_kwargs", dict, where, {})
+    k = config_field(cfg, "k", (int, float), where) or config_field(kwargs, "k", (int, float), where)
     if arch is None:
         arch = _SAELENS_TOPK if activation == _SAELENS_TOPK else _SAELENS_RELU
     if arch not in ARCHITECTURES:
         raise UnsupportedError(
-            f"SAELens architecture {arch!r} has no scope-hub equivalent; supported: {', '.join(ARCHITECTURES)}"
+            f"{where}: SAELens architecture {arch!r} has no scope-hub equivalent; supported: {', '.join(ARCHITECTURES)}"
         )
-    return arch, (max(1, round(float(k))) if k is not None else None)
+    if k is not None and not 1 <= k < 2**63:  # also refuses NaN and inf, which round() cannot take
+        raise ConfigError(f"{where}: field 'k' must be a positive count of latents, got {k!r}", field="k", path=where)
+    return arch, (max(1, round(k)) if k is not None else None)
 
 
 def _normalization(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
-    mode = cfg.get("normalize_activations") or "none"
+    mode = config_field(cfg, "normalize_activations", (str, bool), str(folder / "cfg.json"), "none") or "none"
     if isinstance(mode, bool):  # older SAELens wrote a flag
         mode = "expected_average_only_in" if mode else "none"
     if mode not in ("none", "expected_average_only_in"):
@@ -169,12 +172,17 @@ def _normalization(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
     return {"kind": "none"}
 
 
-def load(folder: Path) -> Dictionary:
-    """A SAELens folder as a dictionary (see the module docstring for what is folded)."""
+def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
+    """A SAELens folder as a dictionary (see the module docstring for what is folded).
+
+    A bad ``cfg.json`` field raises :class:`ConfigError` naming it; NaN/inf weights raise
+    :class:`~scope_hub.errors.NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
+    """
     folder = Path(folder)
+    where = str(folder / "cfg.json")
     cfg = read_json(folder / "cfg.json", "cfg.json")
-    meta = _metadata(cfg)
-    arch, k = _architecture(cfg)
+    meta = _metadata(cfg, where)
+    arch, k = _architecture(cfg, where)
     type_, activation = ARCHITECTURES[arch]
     if meta.get("hook_head_index") is not None:
         raise UnsupportedError(f"{folder}: SAEs on a single attention head (hook_head_index) are not supported")
@@ -205,10 +213,11 @@ def load(folder: Path) -> Dictionary:
         params["affine_skip_connection"] = t.pop("W_skip").T.contiguous()
     if t:
         raise FormatError(f"{folder / 'sae_weights.safetensors'}: unexpected tensors {sorted(t)} for {arch}")
-    hook_in, hook_out = meta.get("hf_hook_name"), meta.get("hf_hook_name_out")
-    site, layer = site_of_hook_point(hook_in) if hook_in else tl_site(meta.get("hook_name"))
-    site_out = site_of_hook_point(hook_out)[0] if hook_out else tl_site(meta.get("hook_name_out"))[0]
-    config = DictionaryConfig(
+    hook_in, hook_out = (config_field(meta, name, str, where) for name in ("hf_hook_name", "hf_hook_name_out"))
+    tl_in, tl_out = (config_field(meta, name, str, where) for name in ("hook_name", "hook_name_out"))
+    site, layer = site_of_hook_point(hook_in) if hook_in else tl_site(tl_in)
+    site_out = site_of_hook_point(hook_out)[0] if hook_out else tl_site(tl_out)[0]
+    fields = dict(
         type=type_,
         architecture=activation,
         d_in=w_enc.shape[0],
@@ -227,7 +236,10 @@ def load(folder: Path) -> Dictionary:
         | {"metadata": {k: v for k, v in meta.items() if k != EMBED_KEY}},
     )
     files = {"params.safetensors": params}
-    return finish_load(config, files, meta.get(EMBED_KEY), where=str(folder), source=str(folder / "cfg.json"))
+    config = validate_config(fields, where)
+    return finish_load(
+        config, files, meta.get(EMBED_KEY), where=str(folder), source=where, allow_nonfinite=allow_nonfinite
+    )
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from scope_hub.config_io import site_of_hook_point
+from scope_hub.config_io import site_of_hook_point, validate_config
 from scope_hub.dictionaries import Dictionary
 from scope_hub.interop.common import (
     EMBED_KEY,
@@ -30,6 +30,7 @@ from scope_hub.interop.common import (
     FormatError,
     UnsupportedError,
     atomic_folder,
+    config_field,
     embed,
     finish_load,
     fold_b_dec_in,
@@ -43,7 +44,6 @@ from scope_hub.interop.common import (
     write_json,
 )
 from scope_hub.kinds import SAE, SKIP_TRANSCODER, TOPK, TRANSCODER, kind
-from scope_hub.metadata import DictionaryConfig
 
 NAME = "sparsify"
 FILES = "cfg.json + sae.safetensors"
@@ -54,20 +54,25 @@ def detect(folder: Path) -> bool:
     return (Path(folder) / "cfg.json").is_file() and (Path(folder) / "sae.safetensors").is_file()
 
 
-def load(folder: Path) -> Dictionary:
-    """A sparsify folder as a dictionary."""
+def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
+    """A sparsify folder as a dictionary.
+
+    A bad ``cfg.json`` field raises :class:`ConfigError` naming it; NaN/inf weights raise
+    :class:`~scope_hub.errors.NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
+    """
     folder = Path(folder)
+    where = str(folder / "cfg.json")
     cfg = read_json(folder / "cfg.json", "cfg.json")
     if cfg.get("activation", TOPK) != TOPK:
         raise UnsupportedError(f"{folder}: sparsify activation {cfg.get('activation')!r} is not supported (topk only)")
-    if "d_in" not in cfg or "k" not in cfg:
-        raise FormatError(f"{folder / 'cfg.json'}: needs d_in and k")
+    d_in, k = config_field(cfg, "d_in", int, where), config_field(cfg, "k", int, where)
+    if d_in is None or k is None:
+        raise FormatError(f"{where}: needs d_in and k")
     t = load_safetensors(folder / "sae.safetensors")
     missing = [n for n in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if n not in t]
     if missing:
         raise FormatError(f"{folder / 'sae.safetensors'}: missing tensors {missing}")
-    d_in = int(cfg["d_in"])
-    d_sae = int(cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 32)))
+    d_sae = config_field(cfg, "num_latents", int, where) or d_in * config_field(cfg, "expansion_factor", int, where, 32)
     w_enc = t.pop("encoder.weight").T.contiguous()
     bias, w_dec, b_dec = t.pop("encoder.bias"), t.pop("W_dec"), t.pop("b_dec")
     transcode = bool(cfg.get("transcode", False))
@@ -87,10 +92,10 @@ def load(folder: Path) -> Dictionary:
     hook_in = f"{hookpoint}.input" if predicts else f"{hookpoint}.output"
     hook_out = f"{hookpoint}.output" if predicts else None
     site, layer = site_of_hook_point(hook_in)
-    config = DictionaryConfig(
+    fields = dict(
         type=type_,
         architecture=TOPK,
-        k=int(cfg["k"]),
+        k=k,
         d_in=d_in,
         d_sae=d_sae,
         d_out=w_dec.shape[-1],
@@ -105,7 +110,10 @@ def load(folder: Path) -> Dictionary:
     )
     files = {"params.safetensors": params}
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else cfg.get(EMBED_KEY)
-    return finish_load(config, files, sidecar, where=str(folder), source=str(folder / SIDECAR))
+    config = validate_config(fields, where)
+    return finish_load(
+        config, files, sidecar, where=str(folder), source=str(folder / SIDECAR), allow_nonfinite=allow_nonfinite
+    )
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:

@@ -195,7 +195,7 @@ def test_a_folder_the_hub_cannot_provide_is_an_offline_error_saying_what_to_do(m
     from scope_hub.errors import OfflineError
     from scope_hub.interop.release import ReleaseSource
 
-    def unreachable(self, patterns, *, listing):
+    def unreachable(self, patterns):
         raise LocalEntryNotFoundError("connection error and nothing cached")
 
     monkeypatch.setattr(ReleaseSource, "_hub_snapshot", unreachable)

@@ -1,0 +1,188 @@
+"""Bad foreign folders: a mutated config is a typed error naming its file, and NaN/inf weights
+are refused (naming the tensor) unless ``allow_nonfinite=True``, for every foreign format.
+
+The config cases start from a folder each converter exported, replace one field (top level or
+nested) of its config file with arbitrary JSON, and load it again: the load may succeed or
+raise a :class:`~scope_hub.errors.ScopeHubError` whose message names the folder (a ConfigError:
+the config file, with the bad field in ``field``); anything else
+(a pydantic ValidationError, KeyError, TypeError ...) fails with the input that caused it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError
+from scope_hub.interop.formats import get_format
+from scope_hub.sources import load_folder
+from tests.interop.cases import CASES
+from tests.test_fuzz_inputs import fuzz_settings, json_values
+
+# (format, kind, activation, extra) exported once; the config file and the fields to mutate.
+FOREIGN_CONFIGS = {
+    "saelens": (
+        ("sae", "topk", {}),
+        "cfg.json",
+        [
+            ("architecture",),
+            ("d_in",),
+            ("d_sae",),
+            ("k",),
+            ("activation_fn",),
+            ("activation_fn_kwargs",),
+            ("apply_b_dec_to_input",),
+            ("normalize_activations",),
+            ("rescale_acts_by_decoder_norm",),
+            ("metadata",),
+            ("metadata", "model_name"),
+            ("metadata", "hook_name"),
+            ("metadata", "hook_name_out"),
+            ("metadata", "hf_hook_name"),
+            ("metadata", "hook_head_index"),
+            ("metadata", "scope_hub"),
+            ("metadata", "scope_hub", "layer"),
+            ("metadata", "scope_hub", "d_sae"),
+        ],
+    ),
+    "sparsify": (
+        ("sae", "topk", {}),
+        "cfg.json",
+        [
+            ("activation",),
+            ("d_in",),
+            ("k",),
+            ("num_latents",),
+            ("expansion_factor",),
+            ("transcode",),
+            ("scope_hub",),
+        ],
+    ),
+    "dictionary-learning": (
+        ("sae", "topk", {"matryoshka_groups": [4, 12]}),
+        "config.json",
+        [
+            ("trainer",),
+            ("trainer", "dict_class"),
+            ("trainer", "lm_name"),
+            ("trainer", "layer"),
+            ("trainer", "submodule_name"),
+            ("scope_hub",),
+            ("scope_hub", "model"),
+            ("scope_hub", "matryoshka_groups"),
+        ],
+    ),
+}
+
+
+def _exported(root: Path, fmt: str) -> tuple[Path, dict[str, Any]]:
+    from scope_hub.testing.dictionaries import make_config, make_dictionary
+
+    (type_, arch, extra), config_file, _ = FOREIGN_CONFIGS[fmt]
+    folder = root / fmt / "layers.3"  # sparsify names folders after the hookpoint
+    get_format(fmt).save(make_dictionary(make_config(type_, arch, **extra)), folder)
+    return folder, json.loads((folder / config_file).read_text())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple[Path, dict[str, Any]]]:
+    root = tmp_path_factory.mktemp("foreign")
+    return {fmt: _exported(root, fmt) for fmt in FOREIGN_CONFIGS}
+
+
+def _replaced(document: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    """A deep copy of ``document`` with the field at ``path`` set to ``value`` (parents created)."""
+    copy = json.loads(json.dumps(document))
+    node = copy
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+    return copy
+
+
+mutations = st.sampled_from(sorted(FOREIGN_CONFIGS)).flatmap(
+    lambda fmt: st.tuples(
+        st.just(fmt),
+        st.sampled_from(FOREIGN_CONFIGS[fmt][2]),
+        json_values | st.sampled_from(["topk", "jumprelu", "AutoEncoderTopK", -1, 0, 2.5, 10**30, "layers.3"]),
+    )
+)
+
+
+@fuzz_settings(300)
+@given(mutations)
+def test_mutated_foreign_configs_raise_typed_errors(exported, mutation):
+    fmt, path, value = mutation
+    folder, original = exported[fmt]
+    config_file = folder / FOREIGN_CONFIGS[fmt][1]
+    config_file.write_text(json.dumps(_replaced(original, path, value)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unusable embedded config is ignored with a warning
+            get_format(fmt).load(folder)
+    except ConfigError as exc:
+        assert str(config_file) in str(exc) and exc.data.get("field"), f"names no file and field: {exc}"
+    except ScopeHubError as exc:
+        assert str(folder) in str(exc), f"{type(exc).__name__} does not name the folder: {exc}"
+    except Exception:
+        pytest.fail(f"untyped error for {fmt} {'.'.join(path)} = {value!r}:\n{traceback.format_exc()}")
+    finally:
+        config_file.write_text(json.dumps(original))
+
+
+# --- NaN / inf weights ---------------------------------------------------------------------------
+
+FOREIGN_CASES = [c for c in CASES if c.fmt not in ("scope-hub", "circuit-tracer")]
+
+
+def _poison(folder: Path) -> str:
+    """Put a NaN into the first float weight of ``folder`` (any of its file formats); its name."""
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file, save_file
+
+            arrays = load_file(str(path))
+            name = sorted(n for n, a in arrays.items() if a.dtype.kind == "f" and a.size > 1)[0]
+            arrays[name] = arrays[name].copy()
+            arrays[name].flat[1] = np.nan
+            save_file(arrays, str(path))
+            return name
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                arrays = {n: data[n] for n in data.files}
+            name = sorted(n for n, a in arrays.items() if a.dtype.kind == "f" and a.size > 1)[0]
+            arrays[name] = arrays[name].copy()
+            arrays[name].flat[1] = np.inf
+            np.savez(path, **arrays)
+            return name
+        if path.suffix == ".pt":
+            state = torch.load(path, weights_only=True)
+            name = sorted(n for n, t in state.items() if t.is_floating_point() and t.numel() > 1)[0]
+            state[name].view(-1)[1] = math.nan
+            torch.save(state, path)
+            return name
+    raise AssertionError(f"no weights file in {folder}")
+
+
+@pytest.mark.parametrize("case", FOREIGN_CASES, ids=lambda c: c.id)
+def test_nonfinite_foreign_weights_are_refused_unless_allowed(tmp_path, case):
+    folder = tmp_path / "out"
+    get_format(case.fmt).save(case.make(), folder)
+    _poison(folder)
+    with pytest.raises(NonFiniteWeightsError, match="tensor '.*' contains NaN or inf; pass allow_nonfinite=True"):
+        load_folder(folder, fmt=case.fmt)
+    with pytest.warns(RuntimeWarning, match="contains NaN or inf"):
+        loaded = load_folder(folder, fmt=case.fmt, allow_nonfinite=True)
+    assert not all(bool(torch.isfinite(p).all()) for p in loaded.parameters())
