@@ -42,6 +42,7 @@ __all__ = [
     "gemma3_270m_path",
     "load_causal_lm",
     "models_cache_dir",
+    "read_marker",
     "smollm2_135m_instruct_path",
 ]
 
@@ -168,16 +169,18 @@ def load_causal_lm(path: str | os.PathLike[str], dtype: Any = None, progress: bo
 # -- conversion ---------------------------------------------------------------------------------
 
 
-def _read_marker(folder: Path) -> dict[str, Any] | None:
+def read_marker(folder: str | Path) -> dict[str, Any]:
+    """The conversion marker of a converted model folder; ``{}`` for any other folder (no marker,
+    or one a crash or a hand edit left unreadable: such a folder counts as not converted)."""
     try:
-        return json.loads((folder / MARKER).read_text())
+        marker = json.loads((Path(folder) / MARKER).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return marker if isinstance(marker, dict) else {}
 
 
 def _is_done(folder: Path, sha256: str) -> bool:
-    marker = _read_marker(folder)
-    return marker is not None and marker.get("source_sha256") == sha256
+    return read_marker(folder).get("source_sha256") == sha256
 
 
 def _show_progress(progress: bool) -> bool:

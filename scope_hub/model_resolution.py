@@ -33,14 +33,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from scope_hub.errors import ConfigError, IntegrityError, ModelNotFoundError, OfflineError
-from scope_hub.gguf_models import MARKER, gemma3_270m_path, smollm2_135m_instruct_path
+from scope_hub.gguf_models import gemma3_270m_path, read_marker, smollm2_135m_instruct_path
 from scope_hub.settings import settings
 
 CONVERTERS: dict[str, Callable[..., Path]] = {
@@ -173,17 +172,9 @@ def check_on_hub(repo_id: str, revision: str | None = None, timeout: float = 10.
         raise
 
 
-def _marker(folder: str | Path) -> dict[str, Any]:
-    try:
-        marker = json.loads((Path(folder) / MARKER).read_text())
-    except (OSError, ValueError):
-        return {}
-    return marker if isinstance(marker, dict) else {}
-
-
 def converted_sha256(folder: str | Path) -> str | None:
     """sha256 of the GGUF a converted folder came from, or None for any other folder."""
-    sha = _marker(folder).get("source_sha256")
+    sha = read_marker(folder).get("source_sha256")
     return str(sha) if sha else None
 
 
@@ -206,14 +197,14 @@ def converted_weights(spec: str | None, revision: str | None = None) -> dict[str
     """
     if not spec:
         return None
-    marker = _marker(spec) if Path(spec).expanduser().is_dir() else {}
+    marker = read_marker(spec) if Path(spec).expanduser().is_dir() else {}
     name = marker.get("name") or spec
     if name not in NAMED_MODELS:
         return None
     if not marker:
         from scope_hub.gguf_models import models_cache_dir
 
-        marker = _marker(models_cache_dir() / name)
+        marker = read_marker(models_cache_dir() / name)
         if revision and marker.get("source_sha256") != revision:
             marker = {}  # the cached copy is another package version: only the pinned hash is known
     hub_id = next(h for h, n in HUB_IDS.items() if n == name)
@@ -242,7 +233,7 @@ def describe_base(source: str | None, revision: str | None) -> tuple[str | None,
 
     A machine path would not rebuild elsewhere; the name and the hash do.
     """
-    marker = _marker(source) if source else {}
+    marker = read_marker(source) if source else {}
     if marker.get("name") in NAMED_MODELS and marker.get("source_sha256"):
         return marker["name"], str(marker["source_sha256"])
     return source, revision

@@ -10,7 +10,8 @@ import pytest
 
 from scope_hub import model_resolution
 from scope_hub.errors import IntegrityError, ModelNotFoundError, OfflineError
-from scope_hub.model_resolution import MARKER, describe_base, resolve_model
+from scope_hub.gguf_models import MARKER
+from scope_hub.model_resolution import describe_base, resolve_model
 from scope_hub.scoped_model import ScopedModel
 
 SHA = "ab" * 32

@@ -18,8 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from scope_hub import model_resolution
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, UnknownKeyError, WeightsFileError
 from scope_hub.feature_stats import FILE, FeatureStats
+from scope_hub.gguf_models import MARKER
 from scope_hub.hookpoints import adapter_for
-from scope_hub.model_resolution import MARKER
 from scope_hub.scoped_model import ScopedModel
 from scope_hub.testing.dictionaries import make_config, make_dictionary
 from scope_hub.testing.tiny_models import PAD_ID, tiny_llama, tiny_tokenizer
