@@ -99,20 +99,22 @@ def blob_names(url: str, pins: list[str]) -> list[str]:
     return sorted({blob_path(e.sha256) for pin in pins for e in reg.resolve(pin).files})
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file read in CHUNK pieces, as the floors' reference reader does."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_floor(url: str, pins: list[str], threads: int) -> float:
     """Seconds to read and sha256 every blob of the pins from the file:// registry, ``threads`` at a time."""
     base = Path(url.removeprefix("file://"))
     paths = [base / name for name in blob_names(url, pins)]
 
-    def read_hash(path: Path) -> str:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
-
     with ThreadPoolExecutor(threads) as pool:
-        return timed(lambda: list(pool.map(read_hash, paths)))[0]
+        return timed(lambda: list(pool.map(file_sha256, paths)))[0]
 
 
 def s3_floor(url: str, pins: list[str], threads: int, tmp: Path) -> float:
@@ -131,11 +133,7 @@ def s3_floor(url: str, pins: list[str], threads: int, tmp: Path) -> float:
     def download(i: int) -> str:
         path = target / str(i)
         client.download_file(bucket, f"{prefix}/{names[i]}", str(path), Config=config)
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return file_sha256(path)
 
     with ThreadPoolExecutor(threads) as pool:
         seconds = timed(lambda: list(pool.map(download, range(len(names)))))[0]

@@ -150,11 +150,9 @@ class Report:
 
 
 # --- models and SAEs ---------------------------------------------------------------------
-def activation_sae(acts: torch.Tensor, layer: int, seed: int) -> SAE:
-    """A random JumpReLU SAE 640 -> 16384 at ``layer``, its threshold set for L0 ~ 64 on ``acts``
-    (that layer's real activations); frozen, on the activations' device."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = DictionaryConfig(
+def resid_sae_config(layer: int) -> DictionaryConfig:
+    """The config of every benchmark SAE: JumpReLU 640 -> 16384 on Gemma 3 270M's resid_post at ``layer``."""
+    return DictionaryConfig(
         type="sae",
         architecture="jumprelu",
         d_in=D_IN,
@@ -163,7 +161,13 @@ def activation_sae(acts: torch.Tensor, layer: int, seed: int) -> SAE:
         site="resid_post",
         layer=layer,
     )
-    sae = SAE(cfg)
+
+
+def activation_sae(acts: torch.Tensor, layer: int, seed: int) -> SAE:
+    """A random JumpReLU SAE 640 -> 16384 at ``layer``, its threshold set for L0 ~ 64 on ``acts``
+    (that layer's real activations); frozen, on the activations' device."""
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(resid_sae_config(layer))
     with torch.no_grad():
         sae.w_enc.copy_(torch.randn(D_IN, D_SAE, generator=g) / D_IN**0.5)
         sae.w_dec.copy_(torch.randn(D_SAE, D_IN, generator=g) / D_SAE**0.5)
@@ -507,17 +511,7 @@ def headlines(rep: Report) -> list[Headline]:
 def write_18(root: Path, use_sl: bool) -> tuple[list[Path], list[Path]]:
     g = torch.Generator().manual_seed(1)
     ours, theirs = [], []
-    base = SAE(
-        DictionaryConfig(
-            type="sae",
-            architecture="jumprelu",
-            d_in=D_IN,
-            d_sae=D_SAE,
-            model="google/gemma-3-270m",
-            site="resid_post",
-            layer=0,
-        )
-    )
+    base = SAE(resid_sae_config(0))
     with torch.no_grad():
         for p in base.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.02)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError, IntegrityError
+from scope_hub.errors import ConfigError, FormatError, IntegrityError
 from scope_hub.interop.formats import detect_format, get_format
 from scope_hub.registry.backends.hf_folders import HubFolder, fetch_hub_folder, is_hub_folder, parse_hub_folder
 from scope_hub.registry.content import card_problems, folder_digest, folder_hashes, is_native_folder
@@ -229,7 +229,6 @@ def _load_foreign(fmt: str, local: Path, origin: HubFolder | None, *, allow_nonf
     if fmt != "gemma-scope-2" or origin is None:
         return get_format(fmt).load(local, allow_nonfinite=allow_nonfinite)
     from scope_hub.interop import gemma_scope_2
-    from scope_hub.interop.common import FormatError
 
     try:
         spec = gemma_scope_2.parse_folder("/".join(origin.path.split("/")[-2:]))

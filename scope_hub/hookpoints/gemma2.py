@@ -12,6 +12,7 @@ from scope_hub.hookpoints.base import HookpointAdapter
 from scope_hub.hookpoints.gemma3 import GEMMA_SITES
 
 
+# Parallel to Gemma3Adapter on purpose: one adapter per model_type, the same Gemma module layout.
 class Gemma2Adapter(HookpointAdapter):
     """Gemma2ForCausalLM (model_type ``gemma2``), the model Gemma Scope 1 was trained on."""
 

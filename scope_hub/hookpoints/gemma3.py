@@ -27,6 +27,7 @@ GEMMA_SITES: dict[str, tuple[str, IO]] = {
 }
 
 
+# Parallel to Gemma2Adapter on purpose: one adapter per model_type, the same Gemma module layout.
 class Gemma3Adapter(HookpointAdapter):
     """Gemma3ForCausalLM (model_type ``gemma3_text``), e.g. Gemma 3 270M and 1B."""
 

@@ -32,11 +32,9 @@ import torch
 
 from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import DictionaryNotFoundError
+from scope_hub.errors import DictionaryNotFoundError, FormatError, UnsupportedError
 from scope_hub.interop.common import (
     EMBED_KEY,
-    FormatError,
-    UnsupportedError,
     atomic_folder,
     dictionary_from_tensors,
     embed,
@@ -102,6 +100,20 @@ def _clean_threshold(threshold: torch.Tensor, where: str) -> torch.Tensor:
     return threshold
 
 
+def _validated(cfg: dict[str, Any], folder: Path, source: Path, **from_tensors: Any) -> DictionaryConfig:
+    """The config of tensors read from ``source`` (``from_tensors``: kind, activation, widths) with
+    what config.yaml says about the model and sites; its values are foreign input, so a bad one
+    is a ConfigError naming it."""
+    fields = dict(
+        from_tensors,
+        model=cfg.get("model_name"),
+        site=SITES.get(str(cfg.get("feature_input_hook"))),
+        site_out=SITES.get(str(cfg.get("feature_output_hook"))),
+        provenance={"source": "circuit-tracer", "source_uri": str(source)},
+    )
+    return validate_config(fields, str(folder / "config.yaml"))
+
+
 def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path, allow_nonfinite: bool) -> Dictionary:
     if path.suffix == ".npz":
         import numpy as np
@@ -144,20 +156,16 @@ def _layer_file(path: Path, i: int, cfg: dict[str, Any], folder: Path, allow_non
         raise FormatError(f"{path}: unexpected tensors {sorted(t)}")
     if "threshold" in params:
         params["threshold"] = _clean_threshold(params["threshold"], str(path))
-    config = validate_config(  # config.yaml values are foreign input: a ConfigError names the bad one
-        dict(
-            type=SKIP_TRANSCODER if "affine_skip_connection" in params else TRANSCODER,
-            architecture=JUMPRELU if "threshold" in params else RELU,
-            d_in=params["w_enc"].shape[0],
-            d_sae=params["w_enc"].shape[1],
-            d_out=params["w_dec"].shape[-1],
-            layer=i,
-            model=cfg.get("model_name"),
-            site=SITES.get(str(cfg.get("feature_input_hook"))),
-            site_out=SITES.get(str(cfg.get("feature_output_hook"))),
-            provenance={"source": "circuit-tracer", "source_uri": str(path)},
-        ),
-        str(folder / "config.yaml"),
+    config = _validated(
+        cfg,
+        folder,
+        path,
+        type=SKIP_TRANSCODER if "affine_skip_connection" in params else TRANSCODER,
+        architecture=JUMPRELU if "threshold" in params else RELU,
+        d_in=params["w_enc"].shape[0],
+        d_sae=params["w_enc"].shape[1],
+        d_out=params["w_dec"].shape[-1],
+        layer=i,
     )
     return dictionary_from_tensors(
         config, {"params.safetensors": params}, where=str(path), allow_nonfinite=allow_nonfinite
@@ -217,30 +225,20 @@ def _clt(folder: Path, cfg: dict[str, Any], allow_nonfinite: bool) -> Dictionary
             raise FormatError(f"{path}: unexpected tensors {sorted(t)}")
         files[f"params_layer_{i}.safetensors"] = params
     first = files["params_layer_0.safetensors"]
-    config = validate_config(
-        dict(
-            type=CLT,
-            architecture=JUMPRELU if "threshold" in first else RELU,
-            d_in=first["w_enc"].shape[0],
-            d_sae=first["w_enc"].shape[1],
-            d_out=first["w_dec"].shape[-1],
-            layers=list(range(n)),
-            affine_skip="affine_skip_connection" in first,
-            model=cfg.get("model_name"),
-            site=SITES.get(str(cfg.get("feature_input_hook"))),
-            site_out=SITES.get(str(cfg.get("feature_output_hook"))),
-            provenance={"source": "circuit-tracer", "source_uri": str(folder)},
-        ),
-        str(folder / "config.yaml"),
+    config = _validated(
+        cfg,
+        folder,
+        folder,
+        type=CLT,
+        architecture=JUMPRELU if "threshold" in first else RELU,
+        d_in=first["w_enc"].shape[0],
+        d_sae=first["w_enc"].shape[1],
+        d_out=first["w_dec"].shape[-1],
+        layers=list(range(n)),
+        affine_skip="affine_skip_connection" in first,
     )
-    return finish_load(
-        config,
-        files,
-        cfg.get(EMBED_KEY),
-        where=str(folder),
-        source=str(folder / "config.yaml"),
-        allow_nonfinite=allow_nonfinite,
-    )
+    source, embedded = str(folder / "config.yaml"), cfg.get(EMBED_KEY)
+    return finish_load(config, files, embedded, where=str(folder), source=source, allow_nonfinite=allow_nonfinite)
 
 
 def load_all(folder: Path, *, allow_nonfinite: bool = False) -> dict[str, Dictionary]:

@@ -155,6 +155,15 @@ def config_field(
     )
 
 
+def exported(
+    dictionary: Dictionary, fmt: str, supported: Mapping[str, tuple[str, ...]], *, same_width: bool = False
+) -> tuple[DictionaryConfig, Files]:
+    """What every exporter starts from: :func:`require` the format can hold ``dictionary``, then
+    its :func:`folded_files` (normalization folded into the weights)."""
+    require(dictionary, fmt, supported, same_width=same_width)
+    return folded_files(dictionary)
+
+
 # --- folding -------------------------------------------------------------------------------------
 
 

@@ -34,19 +34,16 @@ import torch
 
 from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import DictionaryNotFoundError, WeightsFileError
+from scope_hub.errors import DictionaryNotFoundError, FormatError, UnsupportedError, WeightsFileError
 from scope_hub.interop.common import (
     EMBED_KEY,
-    FormatError,
-    UnsupportedError,
     atomic_folder,
     config_field,
     embed,
+    exported,
     finish_load,
     fold_b_dec_in,
-    folded_files,
     read_json,
-    require,
     unfold_b_dec_in,
     write_json,
 )
@@ -99,11 +96,9 @@ def _class_of(state: dict[str, torch.Tensor], trainer: dict[str, Any], where: Pa
 
 
 def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
-    """A dictionary_learning folder as a dictionary.
-
-    A bad ``config.json`` field raises :class:`ConfigError` naming it; NaN/inf weights raise
-    :class:`~scope_hub.errors.NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
-    """
+    """A dictionary_learning folder as a dictionary: a bad ``config.json`` field (the trainer's
+    ``dict_class``, ``lm_name``, ``layer``...) is a ConfigError naming it; ``allow_nonfinite``
+    lets NaN/inf weights through with a warning."""
     folder = Path(folder)
     where = str(folder / "config.json")
     raw = read_json(folder / "config.json", "config.json") if (folder / "config.json").is_file() else {}
@@ -148,15 +143,13 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
         where,
     )
     files = {"params.safetensors": params}
-    return finish_load(
-        config, files, raw.get(EMBED_KEY), where=str(folder), source=where, allow_nonfinite=allow_nonfinite
-    )
+    embedded = raw.get(EMBED_KEY)
+    return finish_load(config, files, embedded, where=str(folder), source=where, allow_nonfinite=allow_nonfinite)
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
     """``ae.pt`` + ``config.json`` that ``dictionary_learning.utils.load_dictionary`` reads."""
-    require(dictionary, NAME, SUPPORTED)
-    config, files = folded_files(dictionary)
+    config, files = exported(dictionary, NAME, SUPPORTED)
     t = files["params.safetensors"]
     arch = config.architecture
     threshold = t.get("threshold")

@@ -30,17 +30,15 @@ import torch
 
 from scope_hub.config_io import validate_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import DictionaryNotFoundError
+from scope_hub.errors import DictionaryNotFoundError, FormatError
 from scope_hub.interop.common import (
     SIDECAR,
-    FormatError,
     atomic_folder,
     embed,
+    exported,
     finish_load,
-    folded_files,
     read_json,
     read_numeric_npz,
-    require,
     write_json,
 )
 from scope_hub.interop.gemma_scope_2 import gemma_hook_points
@@ -116,18 +114,30 @@ def _context(folder: Path) -> tuple[tuple[str, str, str] | None, tuple[int, str,
     return facts, where
 
 
+def _path_fields(site: str, layer: int, width: str, variant: str) -> dict[str, Any]:
+    """Config fields a release folder's path (``layer_L/width_W/average_l0_N``) and key site give."""
+    hook_in, hook_out = gemma_hook_points(site, layer)
+    return dict(
+        layer=layer,
+        width_label=width,
+        variant=variant,
+        hook_point_in=hook_in,
+        hook_point_out=hook_out,
+        site="mlp_in" if site == "mlp" else site,
+        site_out="mlp_out" if site == "mlp" else None,
+    )
+
+
 def load(
     folder: Path,
     *,
+    allow_nonfinite: bool = False,
     repo_id: str | None = None,
     model: str | None = None,
     source_uri: str | None = None,
-    allow_nonfinite: bool = False,
 ) -> Dictionary:
     """A Gemma Scope 1 folder; model/site/layer come from ``repo_id`` and the folder path when known.
-
-    NaN/inf weights raise :class:`~scope_hub.errors.NonFiniteWeightsError` unless
-    ``allow_nonfinite`` (then a warning).
+    NaN/inf weights are refused (:class:`~scope_hub.errors.NonFiniteWeightsError`) unless ``allow_nonfinite``.
     """
     folder = Path(folder)
     tensors = _read_npz(folder / "params.npz")
@@ -148,29 +158,17 @@ def load(
         provenance={"source": "gemma-scope-1", "source_uri": source_uri or str(folder)},
     )
     if site is not None and where is not None:
-        layer, width, variant = where
-        hook_in, hook_out = gemma_hook_points(site, layer)
-        fields.update(
-            layer=layer,
-            width_label=width,
-            variant=variant,
-            hook_point_in=hook_in,
-            hook_point_out=hook_out,
-            site="mlp_in" if site == "mlp" else site,
-            site_out="mlp_out" if site == "mlp" else None,
-        )
+        fields.update(_path_fields(site, *where))
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else None
     files = {"params.safetensors": tensors}
     config = validate_config(fields, str(folder))
-    return finish_load(
-        config, files, sidecar, where=str(folder), source=str(folder / SIDECAR), allow_nonfinite=allow_nonfinite
-    )
+    source = str(folder / SIDECAR)
+    return finish_load(config, files, sidecar, where=str(folder), source=source, allow_nonfinite=allow_nonfinite)
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
     """``params.npz`` (float32) + the :data:`SIDECAR` config."""
-    require(dictionary, NAME, SUPPORTED)
-    config, files = folded_files(dictionary)
+    config, files = exported(dictionary, NAME, SUPPORTED)
     tensors = next(iter(files.values()))
     # Any, not ndarray: numpy's stub for savez would otherwise match these arrays against allow_pickle.
     arrays: dict[str, Any] = {theirs: tensors[ours].float().numpy() for theirs, ours in _NPZ_NAMES.items()}
@@ -223,24 +221,13 @@ def _builder(source: ReleaseSource, rel: str, repo_id: str | None, model: str, s
     def build(stage: Path, key: DictionaryKey) -> None:
         module = load(source.fetch(rel), repo_id=repo_id, model=model, source_uri=source.uri(rel))
         if repo_id is None:  # site given explicitly: set what the path could not say
-            layer, width, variant = parse_folder(rel)
-            hook_in, hook_out = gemma_hook_points(site, layer)
-            module.config = module.config.model_copy(
-                update=dict(
-                    layer=layer,
-                    width_label=width,
-                    variant=variant,
-                    hook_point_in=hook_in,
-                    hook_point_out=hook_out,
-                    site="mlp_in" if site == "mlp" else site,
-                    site_out="mlp_out" if site == "mlp" else None,
-                )
-            )
+            module.config = module.config.model_copy(update=_path_fields(site, *parse_folder(rel)))
         module.save_pretrained(stage)
 
     return build
 
 
+# Parallel to gemma_scope_2.import_gemma_scope_2: one importer interface, each over its own planner.
 def import_gemma_scope_1(
     source: str | Path,
     registry: Any,

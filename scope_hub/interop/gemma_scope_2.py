@@ -39,17 +39,15 @@ import torch
 
 from scope_hub.config_io import check_published_width, gemma_model_id, parse_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError, ShapeMismatchError
+from scope_hub.errors import ConfigError, FormatError, ShapeMismatchError
 from scope_hub.interop.common import (
     EMBED_KEY,
-    FormatError,
     atomic_folder,
     embed,
+    exported,
     finish_load,
-    folded_files,
     load_safetensors,
     read_json,
-    require,
     save_safetensors,
     write_json,
 )
@@ -206,11 +204,8 @@ def load(
     source_uri: str | None = None,
     allow_nonfinite: bool = False,
 ) -> Dictionary:
-    """One Gemma Scope 2 folder as a dictionary (release path details from ``spec`` when given).
-
-    NaN/inf weights raise :class:`~scope_hub.errors.NonFiniteWeightsError` unless
-    ``allow_nonfinite`` (then a warning).
-    """
+    """One Gemma Scope 2 folder as a dictionary (release path details from ``spec`` when given);
+    ``allow_nonfinite`` as for every converter (:mod:`scope_hub.interop.formats`)."""
     folder = Path(folder)
     if spec is None:
         try:
@@ -234,14 +229,8 @@ def load(
         )
         files = {"params.safetensors": load_safetensors(folder / "params.safetensors")}
     config = _with_release_facts(config, spec, model, source_uri, folder)
-    return finish_load(
-        config,
-        files,
-        raw.get(EMBED_KEY),
-        where=str(folder),
-        source=str(folder / "config.json"),
-        allow_nonfinite=allow_nonfinite,
-    )
+    source, embedded = str(folder / "config.json"), raw.get(EMBED_KEY)
+    return finish_load(config, files, embedded, where=str(folder), source=source, allow_nonfinite=allow_nonfinite)
 
 
 def _inferred_config(spec: FolderSpec) -> dict[str, Any]:
@@ -373,8 +362,7 @@ def _with_release_facts(
 
 def save(dictionary: Dictionary, out: Path) -> Path:
     """Write ``dictionary`` as a Gemma Scope 2 folder (JumpReLU only; our config embedded)."""
-    require(dictionary, NAME, SUPPORTED)
-    config, files = folded_files(dictionary)
+    config, files = exported(dictionary, NAME, SUPPORTED)
     hook_in, hook_out = config.hook_points()
     raw: dict[str, Any] = {
         "architecture": _GS2_JUMPRELU,
@@ -478,6 +466,7 @@ def _digest(source: ReleaseSource, rel: str, names: list[str]):
     return lambda: digest_files(source.fetch(rel), names)
 
 
+# Parallel to gemma_scope_1.import_gemma_scope_1: one importer interface, each over its own planner.
 def import_gemma_scope_2(
     source: str | Path,
     registry: Any,

@@ -36,21 +36,18 @@ import torch
 
 from scope_hub.config_io import gemma_model_id, site_of_hook_point, validate_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError, UnknownReleaseError
+from scope_hub.errors import ConfigError, FormatError, UnknownReleaseError, UnsupportedError
 from scope_hub.interop import gemma_scope_1, gemma_scope_2
 from scope_hub.interop.common import (
     EMBED_KEY,
-    FormatError,
-    UnsupportedError,
     atomic_folder,
     config_field,
     embed,
+    exported,
     finish_load,
     fold_b_dec_in,
-    folded_files,
     load_safetensors,
     read_json,
-    require,
     save_safetensors,
     write_json,
 )
@@ -173,11 +170,9 @@ def _normalization(cfg: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
-    """A SAELens folder as a dictionary (see the module docstring for what is folded).
-
-    A bad ``cfg.json`` field raises :class:`ConfigError` naming it; NaN/inf weights raise
-    :class:`~scope_hub.errors.NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
-    """
+    """A SAELens folder as a dictionary (see the module docstring for what is folded); a bad
+    ``cfg.json`` field is a :class:`ConfigError` naming it, NaN/inf weights are refused unless
+    ``allow_nonfinite``."""
     folder = Path(folder)
     where = str(folder / "cfg.json")
     cfg = read_json(folder / "cfg.json", "cfg.json")
@@ -237,15 +232,13 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     )
     files = {"params.safetensors": params}
     config = validate_config(fields, where)
-    return finish_load(
-        config, files, meta.get(EMBED_KEY), where=str(folder), source=where, allow_nonfinite=allow_nonfinite
-    )
+    embedded = meta.get(EMBED_KEY)
+    return finish_load(config, files, embedded, where=str(folder), source=where, allow_nonfinite=allow_nonfinite)
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
     """Write a SAELens 6 folder that ``SAE.load_from_disk`` loads to the same features."""
-    require(dictionary, NAME, SUPPORTED)
-    config, files = folded_files(dictionary)
+    config, files = exported(dictionary, NAME, SUPPORTED)
     t = files["params.safetensors"]
     suffix = CLASS_SUFFIX[config.type]
     info, reconstructs = architecture(config.architecture), kind(config.type).reconstructs_input

@@ -24,21 +24,19 @@ from typing import Any
 
 from scope_hub.config_io import site_of_hook_point, validate_config
 from scope_hub.dictionaries import Dictionary
+from scope_hub.errors import FormatError, UnsupportedError
 from scope_hub.interop.common import (
     EMBED_KEY,
     SIDECAR,
-    FormatError,
-    UnsupportedError,
     atomic_folder,
     config_field,
     embed,
+    exported,
     finish_load,
     fold_b_dec_in,
-    folded_files,
     load_safetensors,
     parent_model_name,
     read_json,
-    require,
     save_safetensors,
     unfold_b_dec_in,
     write_json,
@@ -55,11 +53,8 @@ def detect(folder: Path) -> bool:
 
 
 def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
-    """A sparsify folder as a dictionary.
-
-    A bad ``cfg.json`` field raises :class:`ConfigError` naming it; NaN/inf weights raise
-    :class:`~scope_hub.errors.NonFiniteWeightsError` unless ``allow_nonfinite`` (then a warning).
-    """
+    """A sparsify folder as a dictionary; ``allow_nonfinite`` as for every converter
+    (:mod:`scope_hub.interop.formats`), and a bad ``cfg.json`` field is a ConfigError naming it."""
     folder = Path(folder)
     where = str(folder / "cfg.json")
     cfg = read_json(folder / "cfg.json", "cfg.json")
@@ -111,9 +106,8 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     files = {"params.safetensors": params}
     sidecar = read_json(folder / SIDECAR, SIDECAR) if (folder / SIDECAR).is_file() else cfg.get(EMBED_KEY)
     config = validate_config(fields, where)
-    return finish_load(
-        config, files, sidecar, where=str(folder), source=str(folder / SIDECAR), allow_nonfinite=allow_nonfinite
-    )
+    source = str(folder / SIDECAR)
+    return finish_load(config, files, sidecar, where=str(folder), source=source, allow_nonfinite=allow_nonfinite)
 
 
 def save(dictionary: Dictionary, out: Path) -> Path:
@@ -121,8 +115,7 @@ def save(dictionary: Dictionary, out: Path) -> Path:
 
     Name ``out`` after the hookpoint (``layers.12``) if sparsify tools should find it.
     """
-    require(dictionary, NAME, SUPPORTED, same_width=True)
-    config, files = folded_files(dictionary)
+    config, files = exported(dictionary, NAME, SUPPORTED, same_width=True)
     t = files["params.safetensors"]
     transcode = not kind(config.type).reconstructs_input
     cfg: dict[str, Any] = {

@@ -196,6 +196,7 @@ def _jitter_norms(model: torch.nn.Module, std: float) -> None:
                     p.add_(torch.randn_like(p) * std)
 
 
+# Parallel on purpose: one named, documented shortcut per family for extenders (all call tiny_model).
 def tiny_gemma3(seed: int = 0) -> PreTrainedModel:
     """Tiny Gemma3ForCausalLM (3 layers, d_model 64, 4 heads x 24, 2 KV heads, sliding + full attention)."""
     return tiny_model("gemma3", seed)
