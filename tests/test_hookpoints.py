@@ -11,6 +11,7 @@ from scope_hub.testing.adapters import AdapterSuite
 from scope_hub.testing.tiny_models import tiny_model
 
 
+# Parallel on purpose: one AdapterSuite subclass per tiny model, the documented way to test an adapter.
 class TestGemma3(AdapterSuite):
     make_model = staticmethod(lambda: tiny_model("gemma3"))
 
@@ -60,6 +61,8 @@ def test_every_adapter_is_exercised_by_a_suite() -> None:
     assert set(ADAPTERS) <= suites
 
 
+GEMMA3_270M_WIDTHS = {"resid_pre": 640, "resid_post": 640, "attn_out": 1024, "mlp_in": 640, "mlp_out": 640}
+"""Gemma 3 270M's width at each site (attn_out: 4 heads x 256 before o_proj)."""
 GEMMA3_270M = Gemma3TextConfig(
     hidden_size=640,
     num_hidden_layers=18,
@@ -86,13 +89,7 @@ def test_gemma_scope_2_hook_points(site: str, expected: str) -> None:
 
 def test_gemma3_270m_widths_from_config() -> None:
     adapter = adapter_for(GEMMA3_270M)
-    assert {s: adapter.site_width(s) for s in adapter.sites} == {
-        "resid_pre": 640,
-        "resid_post": 640,
-        "attn_out": 1024,
-        "mlp_in": 640,
-        "mlp_out": 640,
-    }
+    assert {s: adapter.site_width(s) for s in adapter.sites} == GEMMA3_270M_WIDTHS
     assert adapter.layer_module(17) == "model.layers.17"
 
 

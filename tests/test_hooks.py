@@ -34,6 +34,15 @@ def _steer(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x + torch.randn(x.shape[-1], generator=g)
 
 
+def _logits_then_remove(handle: torch.utils.hooks.RemovableHandle, model: torch.nn.Module, ids: torch.Tensor):
+    """The logits with a hand-registered hook in place (the reference); the hook is removed after."""
+    try:
+        with torch.no_grad():
+            return model(ids).logits
+    finally:
+        handle.remove()
+
+
 def test_hooks_are_removed_after_an_exception(model: torch.nn.Module, ids: torch.Tensor) -> None:
     adapter = adapter_for(model)
     before = _torch_hook_count(model)
@@ -64,12 +73,7 @@ def test_replace_output_equals_a_hand_written_forward_hook(model: torch.nn.Modul
     def by_hand(mod: torch.nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
         return _steer(out)
 
-    handle = module.register_forward_hook(by_hand)
-    try:
-        with torch.no_grad():
-            reference = model(ids).logits
-    finally:
-        handle.remove()
+    reference = _logits_then_remove(module.register_forward_hook(by_hand), model, ids)
     with torch.no_grad(), replace(model, hp, _steer):
         ours = model(ids).logits
     with torch.no_grad():
@@ -82,11 +86,7 @@ def test_replace_input_equals_a_hand_written_pre_hook(model: torch.nn.Module, id
     for site in ("resid_pre", "attn_out"):
         hp = adapter.hookpoint(site, 1)
         handle = hp.resolve(model).register_forward_pre_hook(lambda mod, args: (_steer(args[0]), *args[1:]))
-        try:
-            with torch.no_grad():
-                reference = model(ids).logits
-        finally:
-            handle.remove()
+        reference = _logits_then_remove(handle, model, ids)
         with torch.no_grad(), replace(model, hp, _steer):
             assert torch.equal(model(ids).logits, reference), site
 

@@ -10,6 +10,7 @@ import torch
 from scope_hub.gguf_models import MARKER
 from scope_hub.hookpoints import adapter_for
 from scope_hub.hooks import attached_hookpoints, capture, stop_after
+from tests.test_hookpoints import GEMMA3_270M_WIDTHS
 
 pytestmark = pytest.mark.integration
 
@@ -48,13 +49,7 @@ def test_gemma3_270m_adapter_facts(gemma3_270m) -> None:
         4,
         256,
     )
-    assert {s: adapter.site_width(s) for s in adapter.sites} == {
-        "resid_pre": 640,
-        "resid_post": 640,
-        "attn_out": 1024,
-        "mlp_in": 640,
-        "mlp_out": 640,
-    }
+    assert {s: adapter.site_width(s) for s in adapter.sites} == GEMMA3_270M_WIDTHS
     assert str(adapter.hookpoint("attn_out", LAYER)) == "model.layers.6.self_attn.o_proj.input"
 
 

@@ -42,6 +42,7 @@ from scope_hub.interop.common import (
     folded_files,
     load_safetensors,
     read_numeric_npz,
+    rebuilt,
     reconcile,
     require,
     save_safetensors,
@@ -192,10 +193,7 @@ def _transcoder_set(folder: Path, cfg: dict[str, Any], allow_nonfinite: bool) ->
         for (name, module), extra in zip(list(out.items()), embedded):
             final = reconcile(module.config, extra, where=str(folder / "config.yaml"))
             if final is not module.config:
-                # allowed: these tensors were already checked (and warned about) as loaded
-                out[name] = dictionary_from_tensors(
-                    final, module.tensors_by_file(), where=str(folder), allow_nonfinite=True
-                )
+                out[name] = rebuilt(final, module.tensors_by_file(), where=str(folder))
     return out
 
 

@@ -244,11 +244,15 @@ def finish_load(
     """
     module = dictionary_from_tensors(derived, files, where=where, allow_nonfinite=allow_nonfinite)
     final = reconcile(module.config, embedded, where=source)
-    if final is module.config:
-        return module
-    with warnings.catch_warnings():  # the tensors were just checked: warn about NaN/inf once, not twice
+    return module if final is module.config else rebuilt(final, files, where=where)
+
+
+def rebuilt(config: DictionaryConfig, files: Mapping[str, Mapping[str, torch.Tensor]], *, where: str) -> Dictionary:
+    """Tensors that :func:`dictionary_from_tensors` already built once, under ``config`` instead:
+    their NaN/inf were refused or warned about then, so they pass silently now."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return dictionary_from_tensors(final, files, where=where, allow_nonfinite=allow_nonfinite)
+        return dictionary_from_tensors(config, files, where=where, allow_nonfinite=True)
 
 
 def reconcile(derived: DictionaryConfig, embedded: Any, *, where: str) -> DictionaryConfig:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -163,3 +166,17 @@ def sae_with_features(
             sae.b_enc[feature] = bias
             sae.w_dec[feature] = direction
     return sae.eval()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""The browser the rendering tests drive headless (None: those tests skip)."""
+
+
+def dump_dom(url: str, profile: Path) -> str:
+    """The DOM headless Chromium renders from ``url``; ``profile``: a fresh folder for its user data."""
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", "--no-first-run"]
+    args = [str(CHROMIUM), *flags, f"--user-data-dir={profile}", "--dump-dom", url]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import urllib.parse
 
 import pytest
@@ -30,6 +28,7 @@ from scope_hub.hooks import capture
 from scope_hub.scoped_model import ScopedModel
 from scope_hub.testing.dictionaries import make_config, make_dictionary
 from scope_hub.testing.tiny_models import tiny_gemma3, tiny_gpt2, tiny_llama, tiny_tokenizer
+from tests.analysis.helpers import CHROMIUM, dump_dom
 
 CORPUS = load_prompts("corpus")[:12]
 
@@ -257,32 +256,12 @@ def test_cli_dashboard_checks_inputs_before_loading_the_model(tmp_path, capsys, 
         assert message in err and "was loaded" not in err, (extra, err)
 
 
-CHROMIUM = shutil.which("chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def _dump_dom(url: str, profile) -> str:
-    result = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
-
-
 @pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); .ci/run installs it"
 )
 def test_site_renders_and_search_filters_in_headless_chromium(site, tmp_path):
     _, index = _data(site)
-    dom = _dump_dom(site.as_uri(), tmp_path / "profile")
+    dom = dump_dom(site.as_uri(), tmp_path / "profile")
     rows = re.findall(r'<tr class="feature-row"[^>]*>', dom)
     assert len(rows) == 24 and not any("hidden" in r for r in rows), "JS must build one visible row per feature"
     assert 'data-shown="24"' in dom and "24 of 24 features" in dom
@@ -293,19 +272,19 @@ def test_site_renders_and_search_filters_in_headless_chromium(site, tmp_path):
     assert f"{live} live / {24 - live} dead features" in dom
 
     live = next(f for f in index["features"] if f["page"])
-    dom = _dump_dom(site.as_uri() + f"#q=%23{live['id']}", tmp_path / "profile")
+    dom = dump_dom(site.as_uri() + f"#q=%23{live['id']}", tmp_path / "profile")
     visible = [r for r in re.findall(r'<tr class="feature-row"[^>]*>', dom) if "hidden" not in r]
     assert visible == [r for r in visible if f'id="feature-{live["id"]}"' in r] and len(visible) == 1
     assert "1 of 24 features" in dom
 
     term = next(w for w in live["context"].lower().split() if len(w) >= 3)[:3]
     expected = sum(term in (" ".join(f["logits"]) + " " + f["context"]).lower() for f in index["features"])
-    dom = _dump_dom(site.as_uri() + "#q=" + urllib.parse.quote(term), tmp_path / "profile")
+    dom = dump_dom(site.as_uri() + "#q=" + urllib.parse.quote(term), tmp_path / "profile")
     assert f'data-shown="{expected}"' in dom and expected >= 1
-    dom = _dump_dom(site.as_uri() + "?q=zzqq-no-such-token", tmp_path / "profile")
+    dom = dump_dom(site.as_uri() + "?q=zzqq-no-such-token", tmp_path / "profile")
     assert 'data-shown="0"' in dom
 
-    page = _dump_dom((site.parent / live["page"]).as_uri(), tmp_path / "profile")
+    page = dump_dom((site.parent / live["page"]).as_uri(), tmp_path / "profile")
     assert f"<h1>Feature {live['id']}</h1>" in page
     assert page.count('class="context"') >= 1 and 'class="tok max"' in page
     assert page.count('<rect class="bar"') >= 1 and 'id="logits-pos"' in page and 'id="neighbors"' in page

@@ -144,7 +144,7 @@ def test_mutated_foreign_configs_raise_typed_errors(exported, mutation):
 
 # --- NaN / inf weights ---------------------------------------------------------------------------
 
-FOREIGN_CASES = [c for c in CASES if c.fmt not in ("scope-hub", "circuit-tracer")]
+FOREIGN_CASES = [c for c in CASES if c.fmt != "scope-hub"]
 
 
 def _poison(folder: Path) -> str:

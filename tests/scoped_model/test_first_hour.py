@@ -196,25 +196,12 @@ def test_without_statistics_only_raw_units_work_until_they_are_measured(tmp_path
 
 
 def test_training_records_feature_statistics_beside_the_weights(tmp_path):
+    from tests.trainers.helpers import SMALL_TOPK
     from trainers.config import load_config
     from trainers.pipeline import train
 
     out = tmp_path / "sae"
-    cfg = load_config(
-        None,
-        [
-            "synthetic.d_in=16",
-            "synthetic.n_atoms=32",
-            "dictionary.d_sae=32",
-            "dictionary.architecture=topk",
-            "dictionary.k=3",
-            "train.tokens=4096",
-            "train.batch_size=512",
-            "optim.lr=1e-2",
-            "eval.tokens=2048",
-            f"output.dir={out}",
-        ],
-    )
+    cfg = load_config(None, [*SMALL_TOPK, "train.tokens=4096", "eval.tokens=2048", f"output.dir={out}"])
     outcome = train(cfg)
     stats = FeatureStats.load(out)
     assert stats is not None and stats.tokens == 2048 and stats.max.shape == (32,)

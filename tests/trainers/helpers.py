@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from trainers.config import TrainConfig, load_config
 from trainers.sources import SyntheticSource
 from trainers.synthetic import PlantedDictionary, atom_recovery
@@ -24,6 +26,26 @@ FAST = [
     "train.log_every=20",
     "train.threads=1",
 ]
+
+
+SMALL_TOPK = [
+    "synthetic.d_in=16",
+    "synthetic.n_atoms=32",
+    "dictionary.d_sae=32",
+    "dictionary.architecture=topk",
+    "dictionary.k=3",
+    "train.batch_size=512",
+    "optim.lr=1e-2",
+]
+"""Overrides for a small TopK SAE on planted data, for runs whose subject is not the training."""
+
+
+def tiny_model_folder(folder: Path, text: str) -> Path:
+    """``folder`` holding a tiny Gemma 3, its tokenizer, and ``text`` (text.txt) to harvest from."""
+    tiny_gemma3().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    (folder / "text.txt").write_text(text)
+    return folder
 
 
 def config(*overrides: str) -> TrainConfig:

@@ -26,6 +26,12 @@ def _run(cmd: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _standalone(nproc: int, config: Path, *overrides: str) -> list[str]:
+    """``torchrun --standalone`` of ``nproc`` trainer processes on ``config`` with ``overrides``."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    return [*launch, "-m", "trainers", str(config), *overrides]
+
+
 @pytest.mark.parametrize("arch", ["jumprelu", "batchtopk"])
 def test_two_ranks_match_one_process(tmp_path: Path, arch: str) -> None:
     """Every step of a 2-rank run equals the single-process step from the same state.
@@ -60,20 +66,7 @@ def test_two_ranks_match_one_process(tmp_path: Path, arch: str) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(cfg))
     two = [f"train.checkpoint_dir={tmp_path / 'two'}", f"output.dir={tmp_path / 'out2'}"]
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "trainers",
-            str(config),
-            *two,
-        ]
-    )
+    _run(_standalone(2, config, *two))
     from trainers.config import load_config
     from trainers.pipeline import build_environment
     from trainers.trainer import Trainer
@@ -130,21 +123,7 @@ def _final_shards(root: Path) -> dict[str, torch.Tensor]:
 def test_two_nodes_on_localhost_match_one_node(tmp_path: Path) -> None:
     """``torchrun --nnodes 2`` with c10d rendezvous: two launchers of 2 processes = one of 4, bitwise."""
     config = _mesh_config(tmp_path, steps=6, every=3)
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            "4",
-            "-m",
-            "trainers",
-            str(config),
-            f"train.checkpoint_dir={tmp_path / 'one_node'}",
-            f"output.dir={tmp_path / 'out1'}",
-        ]
-    )
+    _run(_standalone(4, config, f"train.checkpoint_dir={tmp_path / 'one_node'}", f"output.dir={tmp_path / 'out1'}"))
     endpoint = f"127.0.0.1:{_free_port()}"
     launch = [
         sys.executable,

@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 from tests.registry.conftest import isolated_env, moto_endpoint, s3_bucket  # noqa: F401 - fixtures
+from tests.trainers.helpers import tiny_model_folder
 from trainers.config import load_config
 from trainers.distributed import DistContext
 from trainers.harvest_shards import HarvestReader, read_meta
@@ -65,11 +65,7 @@ with DistContext.from_env() as ctx:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-gemma3")
-    tiny_gemma3().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    (folder / "text.txt").write_text(TEXT)
-    return folder
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny-gemma3"), TEXT)
 
 
 def _config(model_dir: Path, tmp: Path, cache: str) -> Path:

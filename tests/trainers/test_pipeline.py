@@ -13,7 +13,8 @@ from scope_hub.cards import parse_card
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
 from scope_hub.testing.dictionaries import make_config, make_dictionary
-from scope_hub.testing.tiny_models import BOS_ID, tiny_gemma3, tiny_tokenizer
+from scope_hub.testing.tiny_models import BOS_ID, tiny_gemma3
+from tests.trainers.helpers import SMALL_TOPK, tiny_model_folder
 from trainers.config import load_config
 from trainers.harvest_shards import read_meta
 from trainers.lm_eval import delta_lm_loss
@@ -25,11 +26,7 @@ TEXT = "A tiny model reads tiny text, and a tiny dictionary learns its tiny feat
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-gemma3")
-    tiny_gemma3().save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    (folder / "text.txt").write_text(TEXT)
-    return folder
+    return tiny_model_folder(tmp_path_factory.mktemp("tiny-gemma3"), TEXT)
 
 
 def _cfg(model_dir: Path, tmp: Path, *extra: str):
@@ -151,16 +148,7 @@ def test_splice_with_error_term_leaves_the_loss_unchanged(kind: str) -> None:
 def test_evaluate_on_demand_rewrites_metrics(tmp_path: Path) -> None:
     from trainers.cli import main
 
-    common = [
-        "synthetic.d_in=16",
-        "synthetic.n_atoms=32",
-        "dictionary.d_sae=32",
-        "dictionary.architecture=topk",
-        "dictionary.k=3",
-        "train.batch_size=512",
-        "optim.lr=1e-2",
-        f"output.dir={tmp_path / 'sae'}",
-    ]
+    common = [*SMALL_TOPK, f"output.dir={tmp_path / 'sae'}"]
     assert main([*common, "train.tokens=8192", "eval.tokens=0"]) == 0
     assert Dictionary.from_pretrained(tmp_path / "sae").config.metrics.fvu is None
     assert main([*common, "eval.tokens=2048", "--evaluate", str(tmp_path / "sae")]) == 0
@@ -246,16 +234,10 @@ def test_logs_off_a_terminal_metrics_jsonl_and_wandb_offline(
     cfg = load_config(
         None,
         [
-            "synthetic.d_in=16",
-            "synthetic.n_atoms=32",
-            "dictionary.d_sae=32",
-            "dictionary.architecture=topk",
-            "dictionary.k=3",
+            *SMALL_TOPK,
             "train.tokens=10240",
-            "train.batch_size=512",
             "train.log_every=5",
             "output.log_every=10",
-            "optim.lr=1e-2",
             "eval.tokens=1024",
             f"output.dir={tmp_path / 'sae'}",
             "output.wandb={project: scope-hub-test}",

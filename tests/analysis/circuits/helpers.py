@@ -33,3 +33,18 @@ def dictionaries(kind: str, arch: str, dtype=torch.float64, d: int = 64, seed: i
                 if "w_dec" in name or "affine" in name:
                     p.mul_(0.1)
     return ds
+
+
+def trace_command(model_folder, transcoders, out, *options: str) -> list[str]:
+    """``scope-hub trace "Hello wor"`` arguments: the model folder, the transcoders, the output file, ``options``."""
+    return [
+        "trace",
+        "Hello wor",
+        "--model",
+        str(model_folder),
+        "--transcoders",
+        str(transcoders),
+        "--out",
+        str(out),
+        *options,
+    ]

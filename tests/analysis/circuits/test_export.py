@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -25,6 +23,7 @@ from scope_hub.analysis.circuits.html import render_html, write_html
 from scope_hub.analysis.circuits.pruning import prune
 from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
 from tests.analysis.circuits.helpers import dictionaries
+from tests.analysis.helpers import CHROMIUM, dump_dom
 
 # circuit-tracer 0.5.0 frontend/graph_models.py: fields of Node, Metadata, QParams, and the top-level Model.
 NODE_FIELDS = {
@@ -143,33 +142,13 @@ def test_scan_names():
     assert scan.startswith("custom-") and names == ["x", "y"] and scan == scan_id(["x", "y"])[0]
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _dump_dom(path, tmp_path) -> str:
-    args = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--dump-dom",
-        path.as_uri(),
-    ]
-    return subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout
-
-
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install -y chromium)")
 def test_html_renders_every_node_and_link_in_headless_chromium(graph, tmp_path):
     result = prune(graph)
     data = graph_json(graph, result)
     page = write_html(graph, tmp_path / "graph.html", result)
     assert "<script src" not in page.read_text() and "<link" not in page.read_text()
-    dom = _dump_dom(page, tmp_path)
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
     status = re.search(r'id="status"[^>]*>', dom).group(0)
     assert 'data-rendered="true"' in status
     assert f'data-nodes="{len(data["nodes"])}"' in status and f'data-links="{len(data["links"])}"' in status
@@ -198,5 +177,5 @@ def test_html_survives_hostile_prompt_text(tmp_path):
     }
     page = tmp_path / "hostile.html"
     page.write_text(render_html(data))
-    dom = _dump_dom(page, tmp_path)
+    dom = dump_dom(page.as_uri(), tmp_path / "profile")
     assert 'data-rendered="true"' in dom and "<b>x" not in dom.split("<body>")[1].split("<script")[0]

@@ -14,7 +14,7 @@ from scope_hub.cli import main
 from scope_hub.dictionaries import CrossLayerTranscoder, Dictionary, SkipTranscoder
 from scope_hub.registry import Registry
 from scope_hub.testing.tiny_models import tiny_model
-from tests.analysis.circuits.helpers import IDS, dictionaries
+from tests.analysis.circuits.helpers import IDS, dictionaries, trace_command
 
 D, D_SAE = 64, 16
 HOOK_IN = "model.layers.{}.pre_feedforward_layernorm.output"
@@ -125,18 +125,12 @@ def test_registry_keys(registry):
 
 def test_cli_trace_with_a_key_pattern(registry, model_folder, tmp_path, capsys):
     out = tmp_path / "graphs" / "hello.json"
+    pattern = "tiny-gemma3:mlp/layer_*/width_16/transcoder"
     code = main(
         [
             "--registry",
             registry,
-            "trace",
-            "Hello wor",
-            "--model",
-            str(model_folder),
-            "--transcoders",
-            "tiny-gemma3:mlp/layer_*/width_16/transcoder",
-            "--out",
-            str(out),
+            *trace_command(model_folder, pattern, out),
             "--html",
             str(tmp_path / "g.html"),
             "--save-graph",
@@ -159,25 +153,8 @@ def test_cli_trace_with_folders_and_targets(model_folder, tmp_path, capsys):
     for L, tc in enumerate(dictionaries("skip_transcoder", "topk", dtype=torch.float32)):
         tc.save_pretrained(parent / f"layer_{L}")
     out = tmp_path / "t.json"
-    code = main(
-        [
-            "trace",
-            "Hello wor",
-            "--model",
-            str(model_folder),
-            "--transcoders",
-            str(parent),
-            "--out",
-            str(out),
-            "--target",
-            "l",
-            "--target",
-            "d",
-            "--quiet",
-            "--node-threshold",
-            "0.9",
-        ]
-    )
+    options = ("--target", "l", "--target", "d", "--quiet", "--node-threshold", "0.9")
+    code = main(trace_command(model_folder, parent, out, *options))
     assert code == 0, capsys.readouterr().err
     logits = [n for n in json.loads(out.read_text())["nodes"] if n["feature_type"] == "logit"]
     assert [n["feature"] for n in logits] == [ord("l"), ord("d")]

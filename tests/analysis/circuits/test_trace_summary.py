@@ -15,7 +15,7 @@ from scope_hub.analysis.circuits.pruning import prune
 from scope_hub.cli import main
 from scope_hub.errors import ConfigError
 from scope_hub.testing.tiny_models import tiny_model, tiny_tokenizer
-from tests.analysis.circuits.helpers import IDS, dictionaries
+from tests.analysis.circuits.helpers import IDS, dictionaries, trace_command
 
 
 def test_names_and_transcoder_list_are_in_layer_order():
@@ -55,19 +55,7 @@ def test_the_summary_names_layers_without_a_dictionary(model_folder, tmp_path, c
     for L in (0, 2):
         tcs[L].save_pretrained(tmp_path / "set" / f"layer_{L}")
     code = main(
-        [
-            "trace",
-            "Hello wor",
-            "--model",
-            str(model_folder),
-            "--transcoders",
-            str(tmp_path / "set"),
-            "--out",
-            str(tmp_path / "g.json"),
-            "--quiet",
-            "--max-feature-nodes",
-            "4",
-        ]
+        trace_command(model_folder, tmp_path / "set", tmp_path / "g.json", "--quiet", "--max-feature-nodes", "4")
     )
     assert code == 0, capsys.readouterr().err
     assert "dictionaries: layers 0,2; no dictionary (error node only): 1\n" in capsys.readouterr().out
@@ -124,22 +112,7 @@ def test_the_cli_prints_the_target_warning_on_stderr(model_folder, tmp_path, cap
     monkeypatch.setattr(trace_cli, "LOW_TARGET_PROB", 1.0)  # every target counts as unlikely
     for L, tc in enumerate(dictionaries("transcoder", "relu", dtype=torch.float32)):
         tc.save_pretrained(tmp_path / "set" / f"layer_{L}")
-    code = main(
-        [
-            "trace",
-            "Hello wor",
-            "--model",
-            str(model_folder),
-            "--transcoders",
-            str(tmp_path / "set"),
-            "--out",
-            str(tmp_path / "g.json"),
-            "--quiet",
-            "--max-feature-nodes",
-            "4",
-            "--target",
-            "l",
-        ]
-    )
+    options = ("--quiet", "--max-feature-nodes", "4", "--target", "l")
+    code = main(trace_command(model_folder, tmp_path / "set", tmp_path / "g.json", *options))
     assert code == 0
     assert "warning: target 'l' has probability" in capsys.readouterr().err
