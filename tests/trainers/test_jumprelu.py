@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainers.helpers import run_planted
-from trainers.evals import evaluate
+from tests.trainers.helpers import eval_metrics, run_planted
 from trainers.kernels import JumpReLUDense, JumpReLUSTE
 from trainers.losses import l0_penalty
-from trainers.publish import export_dictionary
 
 
 @pytest.mark.parametrize(
@@ -25,8 +23,7 @@ def test_jumprelu_reaches_target_l0(target: float, mode: str) -> None:
         "train.decode=sparse",
     )
     train_l0 = run.last["l0"]
-    exported = export_dictionary(run.result, run.trainer.cfg, {})
-    eval_l0 = evaluate(exported, run.trainer.source.eval_batches(8192, 4096)).l0
+    eval_l0 = eval_metrics(run).l0
     print(f"target {target} ({mode}): training L0 {train_l0:.2f}, held-out L0 {eval_l0:.2f}")
     assert abs(train_l0 - target) <= 0.1 * target  # the batch-mean L0 the penalty controls: within 10%
     assert abs(eval_l0 - target) <= 0.2 * target  # fresh tokens, inference path: within 20%
@@ -93,8 +90,7 @@ def test_resampling_keeps_l0_at_its_target() -> None:
         "loss.dead_tokens=10240",
         "train.decode=sparse",
     )
-    exported = export_dictionary(run.result, run.trainer.cfg, {})
-    metrics = evaluate(exported, run.trainer.source.eval_batches(8192, 4096))
+    metrics = eval_metrics(run)
     print(f"resampled: training L0 {run.last['l0']:.2f}, held-out L0 {metrics.l0:.2f}, fvu {metrics.fvu:.3f}")
     assert metrics.l0 <= 2 * 3 and run.last["l0"] <= 2 * 3
     assert run.recovery()[0] >= 0.85
@@ -112,8 +108,7 @@ def test_dead_latents_are_revived_and_atoms_recovered() -> None:
         "loss.dead_tokens=20480",
         "train.decode=sparse",
     )
-    exported = export_dictionary(run.result, run.trainer.cfg, {})
-    metrics = evaluate(exported, run.trainer.source.eval_batches(16384, 4096))
+    metrics = eval_metrics(run, 16384)
     print(f"revived: recovery {run.recovery()[0]:.3f}, dead {metrics.dead_fraction:.3f}, fvu {metrics.fvu:.3f}")
     assert run.recovery()[0] >= 0.92
     assert metrics.dead_fraction <= 0.05
