@@ -32,7 +32,14 @@ import yaml
 from pydantic import ValidationError
 
 from scope_hub.config_io import parse_json_object
-from scope_hub.errors import CardError, ConfigError, DictionaryNotFoundError, IntegrityError, RegistryError
+from scope_hub.errors import (
+    ArgumentError,
+    CardError,
+    ConfigError,
+    DictionaryNotFoundError,
+    IntegrityError,
+    RegistryError,
+)
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig, FileEntry, Manifest
 from scope_hub.registry.key_check import check_key_matches
@@ -73,14 +80,16 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO | None, on_bytes: Callable[[int], 
     chunk costs page faults that made a cold pull ~1.6x slower than the copy itself.
     """
     digest, size = hashlib.sha256(), 0
-    if callable(getattr(src, "readinto", None)):
+    # typing.BinaryIO does not declare readinto, though every buffered reader has it.
+    readinto = getattr(src, "readinto", None)
+    if callable(readinto):
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        while n := src.readinto(buffer):
-            chunk = view[:n]
-            digest.update(chunk)
+        while n := readinto(buffer):
+            filled = view[:n]
+            digest.update(filled)
             if dst is not None:
-                dst.write(chunk)
+                dst.write(filled)
             size += n
             if on_bytes:
                 on_bytes(n)
@@ -216,6 +225,13 @@ class Staged:
         """The card of ``key@v{version}`` (None when the version has no card)."""
         if self.card_source is None:
             return None
+        if self.dictionary is None:
+            raise ArgumentError(
+                f"{self.key}: a Staged with a card needs its validated config to render it; "
+                "build it with stage_folder()",
+                argument="dictionary",
+                value=None,
+            )
         from scope_hub.cards import render_dictionary_card
 
         text = render_dictionary_card(

@@ -12,8 +12,10 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from scope_hub.errors import IntegrityError, RegistryError
+from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import Manifest
 from scope_hub.registry.backend_interface import record_of
 from scope_hub.registry.backends.store import Store
@@ -26,9 +28,10 @@ from scope_hub.registry.records import GcReport, VerifyReport
 BATCH = 500
 
 
-def _version_files(store: Store) -> tuple[list[tuple[str, object, int]], set[tuple[str, int]]]:
+def _version_files(store: Store) -> tuple[list[tuple[str, DictionaryKey, int]], set[tuple[str, int]]]:
     """(manifest paths with their key and version, set of yanked (key, version))."""
-    manifests, yanked = [], set()
+    manifests: list[tuple[str, DictionaryKey, int]] = []
+    yanked: set[tuple[str, int]] = set()
     for path in store.walk(MANIFEST_DIR):
         parsed = key_of_version_file(path)
         if parsed is None:
@@ -41,7 +44,9 @@ def _version_files(store: Store) -> tuple[list[tuple[str, object, int]], set[tup
     return manifests, yanked
 
 
-def _read_manifests(store: Store, manifests, problems: list[str]):
+def _read_manifests(
+    store: Store, manifests: list[tuple[str, DictionaryKey, int]], problems: list[str]
+) -> Iterator[tuple[DictionaryKey, int, Manifest, bytes]]:
     """Yield (key, version, Manifest, bytes) for every readable manifest; record the rest."""
     for start in range(0, len(manifests), BATCH):
         chunk = manifests[start : start + BATCH]
