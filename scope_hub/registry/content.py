@@ -146,26 +146,38 @@ def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | Non
     card = Path(folder) / CARD_NAME
     if not card.is_file():
         return None
+    return card_text_problems(card.read_bytes(), hashes, str(Path(folder)))
+
+
+def card_text_problems(card: bytes, hashes: dict[str, str], where: str) -> list[str] | None:
+    """:func:`card_problems` for a card's bytes: ``where`` prefixes each file named (a folder, a
+    ``key@vN``). None when the card records no hashes."""
     from scope_hub.cards import parse_card
 
     try:
-        front = parse_card(card.read_text(encoding="utf-8"))[0]
+        front = parse_card(card.decode("utf-8"))[0]
     except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
         return [f"{CARD_NAME} is not a readable card ({type(exc).__name__}); re-render it with `scope-hub card`"]
     fields = front.get("scope_hub") if isinstance(front, dict) else None
     recorded = fields.get("files") if isinstance(fields, dict) else None
     if not isinstance(recorded, dict) or not all(isinstance(k, str) for k in recorded):
         return None
-    folder = Path(folder)
     actual = {name: sha for name, sha in hashes.items() if name != CARD_NAME}
     problems = [
-        f"{folder / name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
+        f"{where}/{name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
         for name, sha in sorted(recorded.items())
         if name in actual and actual[name] != sha
     ]
-    problems += [f"{folder / name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
-    problems += [f"{folder / name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
+    problems += [f"{where}/{name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
+    problems += [f"{where}/{name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
     return problems
+
+
+def manifest_card_problems(manifest: Manifest, card: bytes, label: str) -> list[str] | None:
+    """What a version's card (its bytes) records against what its manifest lists, one line per
+    difference prefixed with ``label``; None when the card records no hashes."""
+    found = card_text_problems(card, {e.path: e.sha256 for e in manifest.files}, label)
+    return None if found is None else [f"{label}: the card disagrees with the manifest: {p}" for p in found]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
@@ -45,6 +46,7 @@ from scope_hub.registry.content import (
     build_manifest,
     copy_hashing,
     manifest_bytes,
+    manifest_card_problems,
     parse_manifest,
     sha256_bytes,
     utc_now,
@@ -327,9 +329,10 @@ class HfBackend(Backend):
             return
         report.manifests_checked += 1
         for entry in manifest.files:
+            card = io.BytesIO() if entry.path == manifest.card else None  # kept to check what it records
             try:
                 with self.open_file(key, record.version, entry) as stream:
-                    sha, size = copy_hashing(stream, None)
+                    sha, size = copy_hashing(stream, card)
             except RegistryError as exc:
                 report.problems.append(f"{label}: {exc}")
                 continue
@@ -338,6 +341,11 @@ class HfBackend(Backend):
                 report.problems.append(
                     f"{label}: {entry.path} is corrupt (sha256 {sha[:16]}, expected {entry.sha256[:16]})"
                 )
+            elif (
+                card is not None and (problems := manifest_card_problems(manifest, card.getvalue(), label)) is not None
+            ):
+                report.cards_checked += 1
+                report.problems += problems
 
     def gc(self, grace_seconds: float, dry_run: bool) -> GcReport:
         return GcReport(note="hf:// keeps every version in the repo's git history; there is nothing to collect")
