@@ -28,7 +28,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-import yaml
 from pydantic import ValidationError
 
 from scope_hub.config_io import parse_json_object
@@ -42,6 +41,7 @@ from scope_hub.errors import (
 )
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig, FileEntry, Manifest
+from scope_hub.registry.card_hashes import CARD_NAME, card_text_problems
 from scope_hub.registry.key_check import check_key_matches
 from scope_hub.registry.layout import check_file_name
 
@@ -64,7 +64,6 @@ def map_threads(fn: Callable[[T], R], items: Iterable[T], threads: int = TRANSFE
         return list(pool.map(fn, items))
 
 
-CARD_NAME = "README.md"
 CONFIG_NAME = "config.json"
 
 
@@ -147,37 +146,6 @@ def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | Non
     if not card.is_file():
         return None
     return card_text_problems(card.read_bytes(), hashes, str(Path(folder)))
-
-
-def card_text_problems(card: bytes, hashes: dict[str, str], where: str) -> list[str] | None:
-    """:func:`card_problems` for a card's bytes: ``where`` prefixes each file named (a folder, a
-    ``key@vN``). None when the card records no hashes."""
-    from scope_hub.cards import parse_card
-
-    try:
-        front = parse_card(card.decode("utf-8"))[0]
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        return [f"{CARD_NAME} is not a readable card ({type(exc).__name__}); re-render it with `scope-hub card`"]
-    fields = front.get("scope_hub") if isinstance(front, dict) else None
-    recorded = fields.get("files") if isinstance(fields, dict) else None
-    if not isinstance(recorded, dict) or not all(isinstance(k, str) for k in recorded):
-        return None
-    actual = {name: sha for name, sha in hashes.items() if name != CARD_NAME}
-    problems = [
-        f"{where}/{name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
-        for name, sha in sorted(recorded.items())
-        if name in actual and actual[name] != sha
-    ]
-    problems += [f"{where}/{name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
-    problems += [f"{where}/{name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
-    return problems
-
-
-def manifest_card_problems(manifest: Manifest, card: bytes, label: str) -> list[str] | None:
-    """What a version's card (its bytes) records against what its manifest lists, one line per
-    difference prefixed with ``label``; None when the card records no hashes."""
-    found = card_text_problems(card, {e.path: e.sha256 for e in manifest.files}, label)
-    return None if found is None else [f"{label}: the card disagrees with the manifest: {p}" for p in found]
 
 
 @dataclass(frozen=True)

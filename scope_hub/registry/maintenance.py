@@ -19,7 +19,8 @@ from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import Manifest
 from scope_hub.registry.backend_interface import record_of
 from scope_hub.registry.backends.store import Store
-from scope_hub.registry.content import copy_hashing, manifest_card_problems, parse_manifest
+from scope_hub.registry.card_hashes import manifest_card_problems
+from scope_hub.registry.content import copy_hashing, parse_manifest
 from scope_hub.registry.index import RegistryIndex
 from scope_hub.registry.layout import BLOB_DIR, MANIFEST_DIR, TMP_DIR, blob_path, key_of_version_file
 from scope_hub.registry.progress import TransferProgress

@@ -41,12 +41,12 @@ from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backend_interface import Backend, VersionState, record_of
 from scope_hub.registry.backends.hf_client import HubClient, is_commit_sha
+from scope_hub.registry.card_hashes import manifest_card_problems
 from scope_hub.registry.content import (
     Staged,
     build_manifest,
     copy_hashing,
     manifest_bytes,
-    manifest_card_problems,
     parse_manifest,
     sha256_bytes,
     utc_now,
@@ -79,8 +79,8 @@ class _Plan(Generic[PlanResult]):
     message: str
     result: PlanResult
 
-    @classmethod
-    def nothing(cls, result: R) -> _Plan[R]:
+    @staticmethod
+    def nothing(result: R) -> _Plan[R]:
         """A plan that commits nothing and answers ``result``."""
         return _Plan([], "", result)
 
