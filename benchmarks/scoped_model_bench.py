@@ -11,7 +11,7 @@ Measures, side by side in one process on the real Gemma 3 270M (fp32, batch
    ``ScopedModel.run_with_cache(stop_after_last=True)`` / SAELens
    ``run_with_cache_with_saes(stop_at_layer=7)`` and ``run_with_cache`` + ``sae.encode``;
 4. lazy attach of 18 layer SAEs (84 MB each, saved first in both formats), warm
-   and cold page cache: ``ScopedModel.from_pretrained(model, {18 folders})`` vs
+   and cold page cache: ``ScopedModel.from_pretrained(model, {18 folders}, lazy=True)`` vs
    SAELens ``SAE.load_from_disk`` x 18.
 
 Timings are medians over repeats; within a group the variants run round-robin
@@ -609,7 +609,9 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
         print(f"\nwrote 18 SAEs ({size:.0f} MB each) in both formats in {time.perf_counter() - t0:.1f} s under {root}")
 
         def attach_ours():
-            return ScopedModel.from_pretrained(model, dictionaries={f"layer_{i}": p for i, p in enumerate(ours)})
+            return ScopedModel.from_pretrained(
+                model, dictionaries={f"layer_{i}": p for i, p in enumerate(ours)}, lazy=True
+            )
 
         def attach_ours_and_read():
             sm = attach_ours()

@@ -28,6 +28,7 @@ def load_dictionary(
     sae_id: str | None = None,
     registry: Any = None,
     lock: str | Path | None = None,
+    lazy: bool = False,
     **kwargs: Any,
 ) -> Dictionary:
     """Load a dictionary from any source scope-hub knows.
@@ -41,10 +42,15 @@ def load_dictionary(
 
     ``registry`` is a :class:`scope_hub.registry.Registry` or its URL (default: the
     local registry, or ``$SCOPE_HUB_REGISTRY``). ``lock``: a lockfile (``scope-hub lock``) that
-    pins the key or Hub source; the bytes loaded are then exactly the locked ones. Keyword arguments go to
-    :meth:`Dictionary.from_pretrained` (``device``, ``dtype``, ``lazy``,
-    ``matryoshka_groups``, ``allow_nonfinite``).
+    pins the key or Hub source; the bytes loaded are then exactly the locked ones.
+
+    ``lazy`` (default False, as every scope-hub loader): True checks the files now but reads
+    tensor data only on first use (scope-hub's own layout; other layouts are converted in
+    memory, so they load in full). Other keyword arguments go to
+    :meth:`Dictionary.from_pretrained` (``device``, ``dtype``, ``matryoshka_groups``,
+    ``allow_nonfinite``).
     """
+    kwargs["lazy"] = lazy
     if release is not None or sae_id is not None:
         if source is not None or not (release and sae_id):
             raise ConfigError("give either a source, or both release= and sae_id= (SAELens names)")

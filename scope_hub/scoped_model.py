@@ -93,7 +93,7 @@ class ScopedModel(TokenizerMixin, nn.Module):
         *,
         revision: str | None = None,
         registry: Any = None,
-        lazy: bool = True,
+        lazy: bool = False,
         tokenizer: Any = None,
         **hf_kwargs: Any,
     ) -> ScopedModel:
@@ -106,7 +106,9 @@ class ScopedModel(TokenizerMixin, nn.Module):
         mapping to choose names (a key in a list is named ``{site}_{layer}``, e.g. ``resid_post_12``,
         a folder by its name). Every dictionary is found and checked before the model loads, so a
         typo fails in a second, not after the load. ``tokenizer`` (default: loaded from the same
-        folder or id as the model; see :attr:`tokenizer`). ``hf_kwargs`` go to
+        folder or id as the model; see :attr:`tokenizer`). ``lazy`` (default False, as every
+        scope-hub loader): True checks each weights file now but reads its tensors on first use,
+        for attaching many dictionaries at little memory. ``hf_kwargs`` go to
         ``AutoModelForCausalLM.from_pretrained``.
         """
         if isinstance(model, (str, Path)) and (Path(model) / ScopedModelConfig.FILE).is_file():
@@ -154,10 +156,13 @@ class ScopedModel(TokenizerMixin, nn.Module):
         *,
         name: str | None = None,
         registry: Any = None,
-        lazy: bool = True,
+        lazy: bool = False,
     ) -> list[str]:
         """Attach dictionaries; returns their names (the given name; for a key in a list ``{site}_{layer}``,
-        or the key without its ref when that name is taken; for a folder its name)."""
+        or the key without its ref when that name is taken; for a folder its name).
+
+        ``lazy`` as in :meth:`from_pretrained` (default False: weights are read now).
+        """
         if isinstance(dictionaries, (str, Path, Dictionary)):
             dictionaries = {name: dictionaries} if name else [dictionaries]
         loaded = load_sources(dictionaries, registry, lazy=lazy)

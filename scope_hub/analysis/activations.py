@@ -72,7 +72,13 @@ def prompt_features(
         raise ConfigError(f"reduce must be 'mean' or 'max', not {reduce!r}")
     rows = []
     for batch in batches(tokenizer, prompts, batch_size):
-        _, cache = scoped.run_with_cache(**batch.model_inputs(), names=[name], stop_after_last=True)
+        _, cache = scoped.run_with_cache(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            names=[name],
+            stop_after_last=True,
+        )
         feats = dense(cache[name]).float()
         if roles[0] in _POSITIONS:
             rows.append(batch.gather(feats, roles[0]))

@@ -24,10 +24,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scope_hub.errors import ConfigError, DictionaryNotFoundError, KeyParseError
 from scope_hub.model_resolution import NAMED_MODELS, check_model_spec, load_model_and_tokenizer
+
+if TYPE_CHECKING:
+    from scope_hub.scoped_model import ScopedModel
 
 Runner = Callable[[argparse.Namespace], int]
 
@@ -85,16 +88,17 @@ def checked_prompts(name_or_path: str, flag: str) -> list[str]:
     return prompts
 
 
-def _scoped(args: argparse.Namespace, source: str | None) -> tuple[Any, Any, str | None]:
+_ATTACHED = "dictionary"
+"""Name the commands attach their one dictionary under."""
+
+
+def _scoped(args: argparse.Namespace, source: str | None) -> tuple[ScopedModel, Any]:
+    """The model of ``--model`` with ``source`` (if any) attached as :data:`_ATTACHED`, and its tokenizer."""
     from scope_hub.scoped_model import ScopedModel
 
     model, tokenizer = load_model_and_tokenizer(args.model)
-    sources = {"dictionary": source} if source else {}
-    return (
-        ScopedModel.from_pretrained(model, dictionaries=sources, registry=args.registry),
-        tokenizer,
-        ("dictionary" if source else None),
-    )
+    sources = {_ATTACHED: source} if source else {}
+    return ScopedModel.from_pretrained(model, dictionaries=sources, registry=args.registry), tokenizer
 
 
 def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
@@ -133,29 +137,31 @@ def setup_dashboard(parser: argparse.ArgumentParser) -> Runner:
             if not texts:
                 raise ConfigError(f"--max-texts {args.max_texts} leaves no texts; give at least 1")
         check_model_spec(args.model)
-        scoped, tokenizer, name = _scoped(args, dictionary)
-        extra = {"include_dead": not args.live_only, "title": f"{args.dictionary} on {args.model}"}
+        scoped, tokenizer = _scoped(args, dictionary)
+        title = f"{args.dictionary} on {args.model}"
         if args.harvest:
             index = dashboard_from_harvest(
                 args.harvest,
-                scoped.dictionaries[name],
+                scoped.dictionaries[_ATTACHED],
                 tokenizer,
                 args.out,
                 model=scoped.model,
                 top_k=args.top_k,
-                **extra,
+                include_dead=not args.live_only,
+                title=title,
             )
         else:
             index = dashboard_from_texts(
                 scoped,
-                name,
+                _ATTACHED,
                 tokenizer,
                 texts,
                 args.out,
                 window=args.window,
                 batch_size=args.batch_size,
                 top_k=args.top_k,
-                **extra,
+                include_dead=not args.live_only,
+                title=title,
             )
         summary = dashboard_summary(index)
         print(index)
@@ -199,22 +205,25 @@ def setup_refusal(parser: argparse.ArgumentParser) -> Runner:
         from scope_hub.analysis.refusal import analyze_refusal
         from scope_hub.analysis.scores import RefusalScore
 
-        prompts = {
-            flag: checked_prompts(getattr(args, flag), f"--{flag.replace('_', '-')}")
+        harmful, harmless, heldout_harmful, heldout_harmless = (
+            checked_prompts(getattr(args, flag), f"--{flag.replace('_', '-')}")
             for flag in ("harmful", "harmless", "heldout_harmful", "heldout_harmless")
-        }
+        )
         try:
             layers = [int(x) for x in args.layers.split(",")] if args.layers else None
         except ValueError:
             raise ConfigError(f"--layers {args.layers}: give comma-separated integers, e.g. --layers 10,14") from None
         dictionary = check_dictionary_source(args.dictionary, args.registry) if args.dictionary else None
         check_model_spec(args.model)
-        scoped, tokenizer, name = _scoped(args, dictionary)
+        scoped, tokenizer = _scoped(args, dictionary)
         report = analyze_refusal(
             scoped,
             tokenizer,
-            **prompts,
-            dictionary=name,
+            harmful=harmful,
+            harmless=harmless,
+            heldout_harmful=heldout_harmful,
+            heldout_harmless=heldout_harmless,
+            dictionary=_ATTACHED if dictionary else None,
             layers=layers,
             score=RefusalScore(mode=args.score_mode),
             top_k=args.top_k,

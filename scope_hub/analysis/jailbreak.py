@@ -143,9 +143,10 @@ def compare_jailbreak(
     requests = list(requests or load_prompts("harmful_test"))
     wrappers = list(wrappers or load_prompts("jailbreak_wrappers"))
     wrapped = wrap(requests, wrappers)
-    kwargs = dict(selector=selector, reduce=reduce, batch_size=batch_size)
-    plain = prompt_features(scoped, name, tokenizer, requests, **kwargs)
-    shifted = prompt_features(scoped, name, tokenizer, wrapped, **kwargs)
+    plain, shifted = (
+        prompt_features(scoped, name, tokenizer, prompts, selector=selector, reduce=reduce, batch_size=batch_size)
+        for prompts in (requests, wrapped)
+    )
     shifts = compare_activations(plain, shifted)
     suppressed = [s for s in shifts if s.effect_size < -min_effect][:top_k]
     added = [s for s in shifts if s.effect_size > min_effect][:top_k]

@@ -76,6 +76,8 @@ def feature_stats(
             sq_error += float(((target - dictionary(x).float()) ** 2).sum())
             sq_target += float((target**2).sum())
             n += len(f)
+    if count is None or total is None or target_sum is None or n == 0:
+        raise ConfigError("no real tokens in the given windows (every attention_mask entry is 0); pass some text")
     variance = sq_target - float((target_sum**2).sum()) / n  # sum over tokens of |target - mean|^2
     mean_active = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
     return FeatureStats(count.float() / n, mean_active, sq_error / max(variance, 1e-12), n)
@@ -165,7 +167,7 @@ def compare_models(
     ) != getattr(config_b, "model_type", None):
         raise ConfigError("compare_models needs two models of one architecture (same model_type and hidden_size)")
     ids, mask = text_windows(tokenizer, texts, window)
-    stats = []
+    stats: list[FeatureStats] = []
     for model in (model_a, model_b):
         scoped = ScopedModel(model.model if isinstance(model, ScopedModel) else model)
         scoped.attach({_NAME: dictionary})
@@ -173,7 +175,8 @@ def compare_models(
             stats.append(feature_stats(scoped, _NAME, ids, mask, batch_size))
         finally:
             scoped.detach()
-    return _report(*stats, top_k, min_frequency)
+    stats_a, stats_b = stats
+    return _report(stats_a, stats_b, top_k, min_frequency)
 
 
 def _report(a: FeatureStats, b: FeatureStats, top_k: int, min_frequency: float) -> ModelDiffReport:

@@ -31,7 +31,7 @@ _FIELDS = ("prompt", "instruction", "text", "goal")
 def load_prompts(name_or_path: str | Path) -> list[str]:
     """A shipped set by name (see :data:`SHIPPED`) or a user file (.txt, .json, .jsonl)."""
     if isinstance(name_or_path, str) and name_or_path in SHIPPED:
-        text = resources.files("scope_hub.analysis").joinpath("data", f"{name_or_path}.txt").read_text("utf-8")
+        text = resources.files("scope_hub.analysis").joinpath("data").joinpath(f"{name_or_path}.txt").read_text("utf-8")
         return _lines(text)
     path = Path(name_or_path)
     if not path.is_file():

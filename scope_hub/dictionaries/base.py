@@ -230,7 +230,9 @@ class Dictionary(nn.Module):
         """Load a dictionary folder (ours or Gemma Scope 2's as published), local or on the Hub
         (``hf://ORG/REPO/FOLDER[@revision]``; other layouts: :func:`scope_hub.load_dictionary`).
 
-        ``lazy=True`` checks the files now but reads tensor data only on first use.
+        ``lazy`` (default False, as every scope-hub loader): True checks the files now (config,
+        header, names, shapes) but reads tensor data only on first use, so a NaN or a corrupt
+        tensor surfaces there rather than here.
         ``matryoshka_groups=n`` keeps only the first ``n`` nested latent groups.
         NaN/inf weights raise :class:`~scope_hub.errors.NonFiniteWeightsError` unless
         ``allow_nonfinite`` (then a warning is issued).

@@ -47,6 +47,7 @@ from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.redaction import redact_url
 from scope_hub.registry.content import copy_hashing, sha256_file
+from scope_hub.registry.faults import fault_point
 from scope_hub.registry.layout import blob_path, check_file_name, check_release_name, key_path, parse_version_file
 from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.records import VerifyReport
@@ -191,7 +192,16 @@ class LocalCache:
         tmp = self._tmp()
         try:
             with open(tmp, "wb") as out, progress.bar(entry.size, f"pull {entry.path}") as update:
-                sha, size = copy_hashing(stream, out, update)
+                first = True
+
+                def chunk_landed(n: int) -> None:
+                    nonlocal first
+                    update(n)
+                    if first:  # once per blob: reading the settings costs milliseconds
+                        first = False
+                        fault_point("first_chunk_downloaded")
+
+                sha, size = copy_hashing(stream, out, chunk_landed)
             if sha != entry.sha256 or size != entry.size:
                 raise IntegrityError(
                     f"{label}: {entry.path} is corrupt in the registry (sha256 {sha[:16]}…, {size} bytes; "

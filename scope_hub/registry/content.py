@@ -28,13 +28,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-import yaml
 from pydantic import ValidationError
 
 from scope_hub.config_io import parse_json_object
-from scope_hub.errors import CardError, ConfigError, DictionaryNotFoundError, IntegrityError, RegistryError
+from scope_hub.errors import (
+    ArgumentError,
+    CardError,
+    ConfigError,
+    DictionaryNotFoundError,
+    IntegrityError,
+    RegistryError,
+)
 from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import DictionaryConfig, FileEntry, Manifest
+from scope_hub.registry.card_hashes import CARD_NAME, card_text_problems
 from scope_hub.registry.key_check import check_key_matches
 from scope_hub.registry.layout import check_file_name
 
@@ -57,7 +64,6 @@ def map_threads(fn: Callable[[T], R], items: Iterable[T], threads: int = TRANSFE
         return list(pool.map(fn, items))
 
 
-CARD_NAME = "README.md"
 CONFIG_NAME = "config.json"
 
 
@@ -73,14 +79,16 @@ def copy_hashing(src: BinaryIO, dst: BinaryIO | None, on_bytes: Callable[[int], 
     chunk costs page faults that made a cold pull ~1.6x slower than the copy itself.
     """
     digest, size = hashlib.sha256(), 0
-    if callable(getattr(src, "readinto", None)):
+    # typing.BinaryIO does not declare readinto, though every buffered reader has it.
+    readinto = getattr(src, "readinto", None)
+    if callable(readinto):
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
-        while n := src.readinto(buffer):
-            chunk = view[:n]
-            digest.update(chunk)
+        while n := readinto(buffer):
+            filled = view[:n]
+            digest.update(filled)
             if dst is not None:
-                dst.write(chunk)
+                dst.write(filled)
             size += n
             if on_bytes:
                 on_bytes(n)
@@ -137,26 +145,7 @@ def card_problems(folder: str | Path, hashes: dict[str, str]) -> list[str] | Non
     card = Path(folder) / CARD_NAME
     if not card.is_file():
         return None
-    from scope_hub.cards import parse_card
-
-    try:
-        front = parse_card(card.read_text(encoding="utf-8"))[0]
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        return [f"{CARD_NAME} is not a readable card ({type(exc).__name__}); re-render it with `scope-hub card`"]
-    fields = front.get("scope_hub") if isinstance(front, dict) else None
-    recorded = fields.get("files") if isinstance(fields, dict) else None
-    if not isinstance(recorded, dict) or not all(isinstance(k, str) for k in recorded):
-        return None
-    folder = Path(folder)
-    actual = {name: sha for name, sha in hashes.items() if name != CARD_NAME}
-    problems = [
-        f"{folder / name}: sha256 {actual[name][:16]} but the card records {str(sha)[:16]}"
-        for name, sha in sorted(recorded.items())
-        if name in actual and actual[name] != sha
-    ]
-    problems += [f"{folder / name}: missing (the card lists it)" for name in sorted(set(recorded) - set(actual))]
-    problems += [f"{folder / name}: not listed in the card" for name in sorted(set(actual) - set(recorded))]
-    return problems
+    return card_text_problems(card.read_bytes(), hashes, str(Path(folder)))
 
 
 @dataclass(frozen=True)
@@ -216,6 +205,13 @@ class Staged:
         """The card of ``key@v{version}`` (None when the version has no card)."""
         if self.card_source is None:
             return None
+        if self.dictionary is None:
+            raise ArgumentError(
+                f"{self.key}: a Staged with a card needs its validated config to render it; "
+                "build it with stage_folder()",
+                argument="dictionary",
+                value=None,
+            )
         from scope_hub.cards import render_dictionary_card
 
         text = render_dictionary_card(

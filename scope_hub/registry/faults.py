@@ -9,6 +9,8 @@ Unset, a fault point costs one dict lookup.
 Points used by pushes: ``staged``, ``blob_uploaded``, ``blob_tmp_written`` (file://, a blob
 fully in its temp file but not renamed), ``manifest_tmp_written`` (file://),
 ``before_manifest``, ``manifest_written``, ``index_appended``.
+Point used by pulls: ``first_chunk_downloaded`` (the first chunk of a blob is in the cache's
+temp file, the rest still to come: a download cut half-way).
 
 Example:
     >>> fault_point("staged")  # no-op unless SCOPE_HUB_FAULT names it

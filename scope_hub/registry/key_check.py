@@ -112,8 +112,11 @@ def key_mismatches(config: DictionaryConfig, key: DictionaryKey) -> list[str]:
 def matching_key(config: DictionaryConfig, key: DictionaryKey) -> DictionaryKey:
     """``key`` with every field config.json contradicts replaced by what config.json says."""
     model = config.model if config.model and not _local_model(config.model) else key.model
-    site = key.site if _site_matches(key.site, config) else _site_of(config)
-    layer = key.layer if _layer_matches(key, config) else _layer_of(config)
+    # A mismatch implies config.json names the field (a missing field matches any key), so the
+    # config's value is never None where it replaces the key's.
+    config_site, config_layer = _site_of(config), _layer_of(config)
+    site = config_site if config_site is not None and not _site_matches(key.site, config) else key.site
+    layer = config_layer if config_layer is not None and not _layer_matches(key, config) else key.layer
     width = key.width
     if key.width != config.width_label and not width_matches(key.width, config.d_sae):
         width = config.width_label or width_label(config.d_sae)

@@ -12,23 +12,27 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from scope_hub.errors import IntegrityError, RegistryError
+from scope_hub.keys import DictionaryKey
 from scope_hub.metadata import Manifest
 from scope_hub.registry.backend_interface import record_of
 from scope_hub.registry.backends.store import Store
+from scope_hub.registry.card_hashes import manifest_card_problems
 from scope_hub.registry.content import copy_hashing, parse_manifest
 from scope_hub.registry.index import RegistryIndex
-from scope_hub.registry.layout import BLOB_DIR, MANIFEST_DIR, TMP_DIR, key_of_version_file
+from scope_hub.registry.layout import BLOB_DIR, MANIFEST_DIR, TMP_DIR, blob_path, key_of_version_file
 from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.records import GcReport, VerifyReport
 
 BATCH = 500
 
 
-def _version_files(store: Store) -> tuple[list[tuple[str, object, int]], set[tuple[str, int]]]:
+def _version_files(store: Store) -> tuple[list[tuple[str, DictionaryKey, int]], set[tuple[str, int]]]:
     """(manifest paths with their key and version, set of yanked (key, version))."""
-    manifests, yanked = [], set()
+    manifests: list[tuple[str, DictionaryKey, int]] = []
+    yanked: set[tuple[str, int]] = set()
     for path in store.walk(MANIFEST_DIR):
         parsed = key_of_version_file(path)
         if parsed is None:
@@ -41,7 +45,9 @@ def _version_files(store: Store) -> tuple[list[tuple[str, object, int]], set[tup
     return manifests, yanked
 
 
-def _read_manifests(store: Store, manifests, problems: list[str]):
+def _read_manifests(
+    store: Store, manifests: list[tuple[str, DictionaryKey, int]], problems: list[str]
+) -> Iterator[tuple[DictionaryKey, int, Manifest, bytes]]:
     """Yield (key, version, Manifest, bytes) for every readable manifest; record the rest."""
     for start in range(0, len(manifests), BATCH):
         chunk = manifests[start : start + BATCH]
@@ -58,7 +64,8 @@ def _read_manifests(store: Store, manifests, problems: list[str]):
 
 
 def verify_store(store: Store, progress: TransferProgress) -> VerifyReport:
-    """Re-hash every blob, then check every manifest's files exist with the right size and hash."""
+    """Re-hash every blob, then check every manifest's files exist with the right size and hash,
+    and every card records the hashes its manifest lists (what a pull checks)."""
     report = VerifyReport()
     sizes: dict[str, int] = {}
     corrupt: set[str] = set()
@@ -75,10 +82,31 @@ def verify_store(store: Store, progress: TransferProgress) -> VerifyReport:
                 report.problems.append(f"blob {name[:16]} is corrupt: its bytes hash to {sha[:16]}")
             update(1)
     manifests, _ = _version_files(store)
+    carded: list[tuple[str, Manifest, str]] = []  # (label, manifest, sha256 of its intact card)
     for key, version, manifest, _ in _read_manifests(store, manifests, report.problems):
         report.manifests_checked += 1
-        _check_entries(f"{key}@v{version}", manifest, sizes, corrupt, report.problems)
+        label = f"{key}@v{version}"
+        _check_entries(label, manifest, sizes, corrupt, report.problems)
+        card = next((e for e in manifest.files if e.path == manifest.card), None)
+        if card is not None and sizes.get(card.sha256) == card.size and card.sha256 not in corrupt:
+            carded.append((label, manifest, card.sha256))  # a damaged card blob is reported above
+    _check_cards(store, carded, report)
     return report
+
+
+def _check_cards(store: Store, carded: list[tuple[str, Manifest, str]], report: VerifyReport) -> None:
+    for start in range(0, len(carded), BATCH):
+        chunk = carded[start : start + BATCH]
+        cards = store.read_many([blob_path(sha) for _, _, sha in chunk])
+        for label, manifest, sha in chunk:
+            data = cards.get(blob_path(sha))
+            if data is None:
+                report.problems.append(f"{label}: card blob {sha[:16]} vanished while being read")
+                continue
+            problems = manifest_card_problems(manifest, data, label)
+            if problems is not None:  # None: a card that records no hashes (rendered before cards did)
+                report.cards_checked += 1
+                report.problems += problems
 
 
 def _check_entries(

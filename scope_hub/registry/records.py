@@ -115,6 +115,8 @@ class VerifyReport(_Strict):
     """Blobs whose bytes were re-hashed."""
     manifests_checked: int = 0
     """Manifests parsed and cross-checked."""
+    cards_checked: int = 0
+    """Cards whose recorded file hashes were compared with their manifest's."""
     problems: list[str] = Field(default_factory=list)
     """One line per mismatch, missing blob or unreadable manifest."""
 

@@ -155,9 +155,9 @@ class StoreBackend(Backend):
                 return same
             version = max((s.version for s in states), default=0) + 1
             if version not in cards:  # first try, or another pusher took the number we rendered for
-                cards[version] = staged.render_card(version)
-                if cards[version] is not None:
-                    self._upload_card(cards[version])
+                card = cards[version] = staged.render_card(version)
+                if card is not None:
+                    self._upload_card(card)
             manifest = build_manifest(staged, version, cards[version])
             data = manifest_bytes(manifest)
             fault_point("before_manifest")

@@ -17,7 +17,10 @@ from scope_hub.errors import (
     VersionNotFoundError,
 )
 from scope_hub.registry import Lockfile
+from scope_hub.registry.content import manifest_bytes, sha256_bytes
+from scope_hub.registry.layout import blob_path
 
+from .conftest import manifest_store_path
 from .helpers import KEY, LICENSE, folder_bytes, make_dictionary
 
 OTHER = "google/gemma-3-270m:mlp_out/layer_3/width_8/sae/l0_small"
@@ -147,6 +150,36 @@ def test_corrupted_file_is_detected_by_pull_and_verify(harness, tmp_path):
     report = reg.verify()
     assert not report.ok and any("params.safetensors" in p or "corrupt" in p for p in report.problems)
     assert folder_bytes(harness.registry(fresh_cache=True).pull(OTHER))  # other keys unaffected
+
+
+def test_verify_reports_a_card_that_disagrees_with_its_manifest(store_harness, tmp_path):
+    """A card rewritten to record another params hash, its blob and manifest entry made to match:
+    every blob is intact, so only comparing the card with the manifest notices (as pull does)."""
+    reg = store_harness.registry()
+    reg.push(make_dictionary(tmp_path / "a", seed=1), KEY)
+    reg.push(make_dictionary(tmp_path / "b", seed=2, key=OTHER), OTHER)
+    clean = reg.verify()
+    assert clean.ok and clean.cards_checked == 2
+    store, manifest = reg.backend.store, reg.resolve(f"{KEY}@v1")
+    params = next(e for e in manifest.files if e.path == "params.safetensors")
+    card_entry = next(e for e in manifest.files if e.path == manifest.card)
+    card = store.read_bytes(blob_path(card_entry.sha256))
+    forged = card.replace(params.sha256.encode(), b"f" * 64)
+    assert forged != card, "the card records the full sha256 of params.safetensors"
+    store.put_bytes(blob_path(sha256_bytes(forged)), forged)
+    files = [
+        e.model_copy(update={"sha256": sha256_bytes(forged), "size": len(forged)}) if e is card_entry else e
+        for e in manifest.files
+    ]
+    store.put_bytes(manifest_store_path(KEY, 1), manifest_bytes(manifest.model_copy(update={"files": files})))
+
+    report = reg.verify()
+    assert report.cards_checked == 2 and report.problems == [
+        f"{KEY}@v1: the card disagrees with the manifest: {KEY}@v1/params.safetensors: "
+        f"sha256 {params.sha256[:16]} but the card records {'f' * 16}"
+    ]
+    with pytest.raises(IntegrityError, match="its card disagrees with its files"):
+        store_harness.registry(fresh_cache=True).pull(KEY)
 
 
 def test_warm_pinned_pull_makes_no_request_and_warm_latest_one(harness, tmp_path):

@@ -115,5 +115,6 @@ def nearest_features(dictionary: Dictionary, k: int = 10, chunk: int = 1024) -> 
             cos = unit[start : start + chunk] @ unit.T
             cos[torch.arange(len(cos)), torch.arange(start, start + len(cos))] = -2.0  # not yourself
             top = cos.topk(k, dim=1)
-            ids.append(top.indices), values.append(top.values)
+            ids.append(top.indices)
+            values.append(top.values)
     return torch.cat(ids), torch.cat(values)

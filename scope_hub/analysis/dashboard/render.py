@@ -43,7 +43,8 @@ class TokenText:
     """Decodes single token ids once each (vocabularies are large, pages reuse tokens)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer, self.memo = tokenizer, {}
+        self.tokenizer = tokenizer
+        self.memo: dict[int, str] = {}
 
     def __call__(self, token_id: int) -> str:
         if token_id not in self.memo:
@@ -52,7 +53,7 @@ class TokenText:
 
 
 def _asset(name: str) -> str:
-    return resources.files("scope_hub.analysis.dashboard").joinpath("assets", name).read_text("utf-8")
+    return resources.files("scope_hub.analysis.dashboard").joinpath("assets").joinpath(name).read_text("utf-8")
 
 
 def _json(data: Any) -> str:
@@ -145,7 +146,7 @@ def write_dashboard(
     text = TokenText(tokenizer)
     chosen = [f for f in range(len(stats.count)) if include_dead or stats.count[f] > 0][:max_features]
     page_of = {f: f"features/f{f}.html" for f in chosen}
-    rows = []
+    rows: list[dict[str, Any]] = []  # JSON rows of the index page
     for f in range(len(stats.count)):
         data = (
             _feature_data(f, stats, text, effects, neighbors, page_of) if f in page_of or stats.count[f] > 0 else None

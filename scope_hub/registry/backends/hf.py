@@ -26,11 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
 from collections.abc import Callable
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, BinaryIO, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -39,6 +41,7 @@ from scope_hub.keys import DictionaryKey, parse_key
 from scope_hub.metadata import FileEntry, Manifest
 from scope_hub.registry.backend_interface import Backend, VersionState, record_of
 from scope_hub.registry.backends.hf_client import HubClient, is_commit_sha
+from scope_hub.registry.card_hashes import manifest_card_problems
 from scope_hub.registry.content import (
     Staged,
     build_manifest,
@@ -55,8 +58,31 @@ from scope_hub.registry.progress import TransferProgress
 from scope_hub.registry.records import GcReport, PushResult, VerifyReport, VersionRecord
 from scope_hub.registry.settings import is_offline
 
+if TYPE_CHECKING:
+    from huggingface_hub import CommitOperation
+
 INDEX_FILE = ".scope/index.json"
 MAX_COMMITS = 50
+
+R = TypeVar("R")
+PlanResult = TypeVar("PlanResult", covariant=True)
+
+
+@dataclass(frozen=True)
+class _Plan(Generic[PlanResult]):
+    """One commit: its operations, its message, and what it stands for (handed back once committed).
+
+    No operations: nothing to commit, ``result`` is the answer as it stands.
+    """
+
+    operations: list[CommitOperation]
+    message: str
+    result: PlanResult
+
+    @staticmethod
+    def nothing(result: R) -> _Plan[R]:
+        """A plan that commits nothing and answers ``result``."""
+        return _Plan([], "", result)
 
 
 def tag_name(key: DictionaryKey, version: int) -> str:
@@ -149,14 +175,17 @@ class HfBackend(Backend):
         return self._refresh()[1]
 
     # -- writing ------------------------------------------------------------------------------
-    def _index_operation(self, index: RegistryIndex):
+    def _index_operation(self, index: RegistryIndex) -> CommitOperation:
         from huggingface_hub import CommitOperationAdd
 
         snapshot = index.to_snapshot(generation=0, segments=[])
         return CommitOperationAdd(INDEX_FILE, json.dumps(snapshot.model_dump(mode="json"), indent=1).encode())
 
-    def _commit_loop(self, build, message_of) -> tuple[str, object]:
-        """Build operations on the current head and commit them; rebuild on conflict."""
+    def _commit_loop(self, build: Callable[[str, RegistryIndex], _Plan[R]]) -> tuple[str, R]:
+        """Build operations on the current head and commit them; rebuild on conflict.
+
+        Returns the new commit (or the head, when the plan has nothing to commit) and the plan's result.
+        """
         if is_commit_sha(self.client.branch):
             raise RegistryError(
                 f"{self.url} is pinned to a commit (read-only); write to a branch: "
@@ -166,13 +195,12 @@ class HfBackend(Backend):
             parent, index = self._refresh(create=True)
             self._state = None  # build() edits this index in place: never reuse it for reads
             plan = build(parent, index)
-            if plan is None or isinstance(plan, PushResult):
-                return parent, plan
-            operations, result = plan
+            if not plan.operations:
+                return parent, plan.result
             fault_point("before_manifest")
-            commit = self.client.commit(operations, message_of(result), parent)
+            commit = self.client.commit(plan.operations, plan.message, parent)
             if commit is not None:
-                return commit, result
+                return commit, plan.result
             time.sleep(random.uniform(0.01, 0.05 * min(attempt + 1, 8)))  # lost the race: back off
         raise RegistryError(f"{self.url} kept changing under this push ({MAX_COMMITS} attempts); retry")
 
@@ -181,15 +209,17 @@ class HfBackend(Backend):
 
         key, name, folder = staged.key, str(staged.key), key_path(staged.key)
 
-        def build(parent: str, index: RegistryIndex):
+        def build(parent: str, index: RegistryIndex) -> _Plan[tuple[Manifest, bytes] | PushResult]:
             latest = index.latest(name)
             if latest is not None and latest.content_sha256 == staged.content_sha256:
-                return PushResult(
-                    key=name,
-                    version=latest.version,
-                    created=False,
-                    content_sha256=latest.content_sha256,
-                    manifest_sha256=latest.manifest_sha256,
+                return _Plan.nothing(
+                    PushResult(
+                        key=name,
+                        version=latest.version,
+                        created=False,
+                        content_sha256=latest.content_sha256,
+                        manifest_sha256=latest.manifest_sha256,
+                    )
                 )
             records = index.records(name)
             newest = records[-1] if records else None
@@ -197,7 +227,7 @@ class HfBackend(Backend):
             card = staged.render_card(version)  # rebuilt on every attempt: it always names its own version
             manifest = build_manifest(staged, version, card)
             data = manifest_bytes(manifest)
-            ops = [CommitOperationAdd(f"{folder}/{f.name}", str(f.local)) for f in staged.files]
+            ops: list[CommitOperation] = [CommitOperationAdd(f"{folder}/{f.name}", str(f.local)) for f in staged.files]
             if card is not None:
                 ops.append(CommitOperationAdd(f"{folder}/{card.name}", card.data))
             ops.append(CommitOperationAdd(_manifest_file(key, manifest.version), data))
@@ -206,9 +236,9 @@ class HfBackend(Backend):
                 index.keys[name][newest.version] = newest.model_copy(update={"revision": newest.revision or parent})
             index.add(name, record_of(manifest, data))
             ops.append(self._index_operation(index))
-            return ops, (manifest, data)
+            return _Plan(ops, _commit_message(key, version), (manifest, data))
 
-        commit, outcome = self._commit_loop(build, lambda result: _commit_message(key, result[0].version))
+        commit, outcome = self._commit_loop(build)
         if isinstance(outcome, PushResult):
             return outcome
         manifest, data = outcome
@@ -233,21 +263,21 @@ class HfBackend(Backend):
 
         name = str(key.unpinned())
 
-        def build(parent: str, index: RegistryIndex):
+        def build(parent: str, index: RegistryIndex) -> _Plan[int | None]:
             record = index.keys.get(name, {}).get(version)
             if record is None:
                 raise VersionNotFoundError(f"{name}@v{version} does not exist in {self.url}")
             if record.yanked:
-                return None
+                return _Plan.nothing(None)
             index.add(name, record.model_copy(update={"yanked": True}))
             marker = json.dumps({"key": name, "version": version, "yanked_at": utc_now()}).encode()
             ops = [
                 CommitOperationAdd(f"{key_path(key)}/.scope/v{version}.yanked", marker),
                 self._index_operation(index),
             ]
-            return ops, version
+            return _Plan(ops, f"scope-hub: yank {name}@v{version}", version)
 
-        self._commit_loop(build, lambda v: f"scope-hub: yank {name}@v{v}")
+        self._commit_loop(build)
 
     # -- release cards ---------------------------------------------------------------------------
     def release_versions(self, name: str) -> list[int]:
@@ -270,11 +300,12 @@ class HfBackend(Backend):
     def publish_release(self, name: str, render: Callable[[int], bytes]) -> int:
         from huggingface_hub import CommitOperationAdd
 
-        def build(parent: str, index: RegistryIndex):
+        def build(parent: str, index: RegistryIndex) -> _Plan[int]:
             version = max(self._release_versions_at(name, parent), default=0) + 1
-            return [CommitOperationAdd(release_path(name, version), render(version))], version
+            operation = CommitOperationAdd(release_path(name, version), render(version))
+            return _Plan([operation], f"scope-hub: release {name}@v{version}", version)
 
-        commit, version = self._commit_loop(build, lambda v: f"scope-hub: release {name}@v{v}")
+        commit, version = self._commit_loop(build)
         self.client.tag(commit, f"releases__{name}__v{version}", f"scope-hub: release {name}@v{version}")
         return version
 
@@ -298,9 +329,10 @@ class HfBackend(Backend):
             return
         report.manifests_checked += 1
         for entry in manifest.files:
+            card = io.BytesIO() if entry.path == manifest.card else None  # kept to check what it records
             try:
                 with self.open_file(key, record.version, entry) as stream:
-                    sha, size = copy_hashing(stream, None)
+                    sha, size = copy_hashing(stream, card)
             except RegistryError as exc:
                 report.problems.append(f"{label}: {exc}")
                 continue
@@ -309,6 +341,11 @@ class HfBackend(Backend):
                 report.problems.append(
                     f"{label}: {entry.path} is corrupt (sha256 {sha[:16]}, expected {entry.sha256[:16]})"
                 )
+            elif (
+                card is not None and (problems := manifest_card_problems(manifest, card.getvalue(), label)) is not None
+            ):
+                report.cards_checked += 1
+                report.problems += problems
 
     def gc(self, grace_seconds: float, dry_run: bool) -> GcReport:
         return GcReport(note="hf:// keeps every version in the repo's git history; there is nothing to collect")
@@ -316,7 +353,7 @@ class HfBackend(Backend):
     def reindex(self) -> int:
         """Rebuild ``.scope/index.json`` from the manifests at the head (one commit)."""
 
-        def build(parent: str, old: RegistryIndex):
+        def build(parent: str, old: RegistryIndex) -> _Plan[int]:
             files = set(self.client.list_files(parent))
             titles = None
             fresh = RegistryIndex()
@@ -339,7 +376,8 @@ class HfBackend(Backend):
                         titles = titles if titles is not None else self.client.commit_titles(parent)
                         commit = titles.get(_commit_message(parse_key(key_name), version))
                         versions[version] = record.model_copy(update={"revision": commit})
-            return [self._index_operation(fresh)], sum(len(v) for v in fresh.keys.values())
+            count = sum(len(v) for v in fresh.keys.values())
+            return _Plan([self._index_operation(fresh)], f"scope-hub: reindex ({count} versions)", count)
 
-        _, count = self._commit_loop(build, lambda n: f"scope-hub: reindex ({n} versions)")
+        _, count = self._commit_loop(build)
         return count

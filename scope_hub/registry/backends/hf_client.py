@@ -153,18 +153,29 @@ class HubClient:
         self.calls["repo_info"] += 1
         try:
             with hub_errors(self.url, "repo info"):
-                return self.api.repo_info(self.repo_id, repo_type=self.repo_type, revision=self.branch).sha
+                return self._branch_tip()
         except RegistryError:
             if not create:
                 raise
         with hub_errors(self.url, "create repo"):
             self.api.create_repo(self.repo_id, repo_type=self.repo_type, exist_ok=True, private=private)
             try:
-                return self.api.repo_info(self.repo_id, repo_type=self.repo_type, revision=self.branch).sha
+                return self._branch_tip()
             except hf.RevisionNotFoundError:
                 raise RegistryError(
                     f"branch {self.branch!r} does not exist in {self.url}; create it on the Hub"
                 ) from None
+
+    def _branch_tip(self) -> str:
+        # huggingface_hub types RepoInfo.sha as optional (it mirrors the JSON); a repo info asked
+        # for one revision always carries the commit, so a missing one is a broken endpoint.
+        sha = self.api.repo_info(self.repo_id, repo_type=self.repo_type, revision=self.branch).sha
+        if sha is None:
+            raise RegistryError(
+                f"{self.url}: the Hub answered repo info for branch {self.branch!r} without a commit hash; "
+                "check HF_ENDPOINT points at a Hugging Face Hub (or a compatible mirror)"
+            )
+        return sha
 
     def remember_head(self, commit: str) -> None:
         """Record ``commit`` as the branch head in the HF cache (its documented ``refs/<branch>``).

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 from scope_hub.errors import RegistryConnectionError, RegistryError, RegistryURLError
 from scope_hub.redaction import redact_text, redact_url
@@ -29,6 +33,18 @@ from scope_hub.settings import settings
 
 def _endpoint() -> str | None:
     return settings().s3_endpoint
+
+
+_UNREACHABLE = (
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ProxyConnectionError",
+    "ConnectionClosedError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+)
+"""botocore errors of a connection that failed or dropped (before a request, or during a download)."""
 
 
 @contextlib.contextmanager
@@ -44,14 +60,15 @@ def s3_errors(url: str) -> Iterator[None]:
         raise
     except Exception as exc:
         module = type(exc).__module__ or ""
-        if not module.startswith(("botocore", "aiobotocore")):
+        if not module.startswith(("botocore", "aiobotocore", "aiohttp")):
             raise
         name = type(exc).__name__
         endpoint = redact_url(_endpoint() or "") or "AWS's default endpoint"
-        if name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyConnectionError"):
+        if name in _UNREACHABLE or module.startswith("aiohttp"):
             raise RegistryConnectionError(
-                f"cannot reach the S3 endpoint {endpoint} for {url} ({name}); set AWS_ENDPOINT_URL "
-                "(or AWS_ENDPOINT_URL_S3) to your S3-compatible server, or unset it for AWS"
+                f"cannot reach the S3 endpoint {endpoint} for {url} ({name}); check that the server is up, "
+                "set AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) to your S3-compatible server, or unset it for "
+                "AWS, and retry"
             ) from None
         if name in ("NoCredentialsError", "PartialCredentialsError"):
             raise RegistryConnectionError(
@@ -96,6 +113,11 @@ class S3Store(FsspecStore):
                 time.sleep(0.05 * (attempt + 1))
         return False
 
+    def open_read(self, path: str) -> BinaryIO:
+        with s3_errors(self.url):
+            stream = super().open_read(path)
+        return cast(BinaryIO, _GuardedReader(stream, self.url))
+
     def read_many(self, paths: list[str]) -> dict[str, bytes | None]:
         if not paths:
             return {}
@@ -107,6 +129,36 @@ class S3Store(FsspecStore):
     def put_file(self, path: str, local: Path, on_bytes: Callable[[int], None] | None = None) -> None:
         self._count("put")
         self.fs.put_file(str(local), self.full(path), callback=_Forward(on_bytes))
+
+
+class _GuardedReader(io.RawIOBase):
+    """An S3 object opened for reading whose reads go through :func:`s3_errors`.
+
+    Opening sends only a HEAD; the bytes come in ranged GETs as they are read, so a download
+    that fails half-way fails in a read, long after the open returned.
+    """
+
+    def __init__(self, stream: Any, url: str) -> None:
+        super().__init__()
+        self._stream, self._url = stream, url
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Buffer) -> int:
+        with s3_errors(self._url):
+            return self._stream.readinto(buffer)
+
+    def read(self, size: int | None = -1) -> bytes:
+        with s3_errors(self._url):
+            return self._stream.read(-1 if size is None else size)
+
+    def close(self) -> None:
+        try:
+            with s3_errors(self._url):
+                self._stream.close()
+        finally:
+            super().close()
 
 
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,7 +174,6 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
 for _name in (
     "read_bytes",
     "read_many",
-    "open_read",
     "stat",
     "list_names",
     "walk",
