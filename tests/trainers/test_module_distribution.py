@@ -18,7 +18,7 @@ from scope_hub.errors import ConfigError
 from scope_hub.testing.tiny_models import D_MODEL, tiny_gemma3, tiny_tokenizer
 from trainers.checkpoint import list_checkpoints
 from trainers.config import load_config
-from trainers.module_parallel import plan_modules
+from trainers.module_parallel import plan_modules, rank_exchange_bytes
 from trainers.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,11 +27,12 @@ TEXT = "Each rank trains its own dictionaries; every token of the batch still re
 NAMES = ["resid_post/layer_0", "mlp_out/layer_0", "resid_post/layer_2", "mlp_out/layer_2"]
 
 RUN = """
-import json, os, sys
+import json, os, signal, sys
 import torch
 import torch.distributed as dist
 from trainers import pipeline
 from trainers.config import load_config
+from trainers.trainer import Trainer
 
 real_all_to_all, real_drive, sent, owned = dist.all_to_all_single, pipeline.drive, [], {}
 
@@ -54,6 +55,16 @@ def spy(trainers, logs, vote=None):
     return results
 
 
+def advance_then_sigterm(self):
+    stats = real_advance(self)
+    if self.step == int(os.environ["SIGTERM_AT"]):  # as a scheduler's SIGTERM, on this rank alone
+        os.kill(os.getpid(), signal.SIGTERM)
+    return stats
+
+
+real_advance = Trainer.advance
+if os.environ.get("SIGTERM_RANK") == os.environ["RANK"]:
+    Trainer.advance = advance_then_sigterm
 dist.all_to_all_single, pipeline.drive = counting, spy
 pipeline.train(load_config(sys.argv[1], sys.argv[3:]))
 with open(f"{sys.argv[2]}/rank{os.environ['RANK']}.json", "w") as handle:
@@ -95,7 +106,7 @@ def _overrides(model_dir: Path, tmp: Path, *extra: str) -> list[str]:
     ]
 
 
-def _torchrun(model_dir: Path, tmp: Path, report: Path, *extra: str) -> list[dict]:
+def _torchrun(model_dir: Path, tmp: Path, report: Path, *extra: str, env: dict[str, str] | None = None) -> list[dict]:
     report.mkdir(parents=True, exist_ok=True)
     script = tmp / "run_modules.py"
     script.write_text(RUN)
@@ -103,8 +114,8 @@ def _torchrun(model_dir: Path, tmp: Path, report: Path, *extra: str) -> list[dic
     config.write_text("{}\n")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD)]
     args = [str(script), str(config), str(report), *_overrides(model_dir, tmp, "train.distribute_modules=true", *extra)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*cmd, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    full = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    done = subprocess.run([*cmd, *args], cwd=ROOT, env=full, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     return [json.loads((report / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
@@ -144,12 +155,21 @@ def _assert_each_rank_owns_its_plan(reports: list[dict], out: Path) -> None:
         # every step (plus the normalisation batches read while setting up) one all_to_all sends this
         # rank's B/N rows of each target another rank owns, at d_model fp32 values per row
         per_step = BATCH // WORLD * D_MODEL * 4 * (len(NAMES) - len(plan[rank]))
+        assert per_step == rank_exchange_bytes({n: (BATCH // WORLD, D_MODEL) for n in NAMES}, plan, rank)
         assert report["sent"] and set(report["sent"]) == {per_step}
 
 
-def test_three_ranks_stream_the_single_process_dictionaries(model_dir: Path, tmp_path: Path) -> None:
-    train(load_config(None, _overrides(model_dir, tmp_path, f"output.dir={tmp_path / 'one'}")))
-    reports = _torchrun(model_dir, tmp_path, tmp_path / "report", f"output.dir={tmp_path / 'many'}")
+def test_three_ranks_stream_the_single_process_dictionaries_through_a_sigterm(model_dir: Path, tmp_path: Path) -> None:
+    ckpt = ["train.checkpoint_every=100", f"train.checkpoint_dir={tmp_path / 'ckpt'}"]
+    train(load_config(None, _overrides(model_dir, tmp_path, *ckpt, f"output.dir={tmp_path / 'one'}")))
+    shutil.rmtree(tmp_path / "ckpt")
+    out = f"output.dir={tmp_path / 'many'}"
+    # one rank alone is told to stop after step 3: every rank stops there, each target with its checkpoint
+    _torchrun(model_dir, tmp_path, tmp_path / "killed", out, *ckpt, env={"SIGTERM_RANK": "2", "SIGTERM_AT": "3"})
+    assert [[Path(p).name for p in list_checkpoints(tmp_path / "ckpt" / n)] for n in NAMES] == [["step_000000003"]] * 4
+    assert not (tmp_path / "many" / NAMES[0] / "params.safetensors").exists()  # interrupted: nothing exported
+    reports = _torchrun(model_dir, tmp_path, tmp_path / "resumed", out, *ckpt)
+    assert {v["start"] for r in reports for v in r["owned"].values()} == {3}
     _assert_each_rank_owns_its_plan(reports, tmp_path / "many")
     _assert_same_folders(tmp_path / "many", tmp_path / "one")
 
