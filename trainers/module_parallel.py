@@ -10,7 +10,13 @@ gradients and Adam state only for the dictionaries it owns, so nothing is duplic
 no gradient all-reduce is needed; 18 layers on 6 ranks train 3 each, as sparsify's
 ``distribute_modules`` does. Unlike sparsify's per-hookpoint all-gather, each activation
 crosses the network once: a rank sends ``(N-1)/N`` of its captured bytes and receives as
-much (:func:`exchange_bytes`).
+much (:func:`exchange_bytes`; :func:`rank_exchange_bytes` exactly, for uneven plans).
+
+``train.distribute_modules`` wires this into the multi-target pipeline
+(:class:`DistributedModules`): a :class:`ModuleExchange` per rank does one exchange per step
+for all targets, each owned Trainer reads whole batches through an :class:`ExchangedSource`
+and runs as one process (:class:`OwnerContext`), and a :class:`StopVote` keeps every rank's
+stop on the same step.
 
 Example:
     >>> plan_modules(["l0", "l1", "l2", "l3", "l4"], world=3)

@@ -3,7 +3,8 @@
 Data comes from (first match): ``synthetic``; an existing complete harvest in
 ``harvest.cache_dir``; otherwise the model: harvested into ``harvest.cache_dir``
 (every rank its share of the shards, resumable) or streamed. Only rank 0
-evaluates and writes output.
+evaluates and writes output (under ``train.distribute_modules`` each rank trains, evaluates
+and writes its own dictionaries: :mod:`trainers.module_parallel`).
 
 A run of several dictionaries (``harvest.layers``/``harvest.sites``, see
 :func:`trainers.harvest.target_configs`) builds one :class:`~trainers.trainer.Trainer`
