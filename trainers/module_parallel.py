@@ -152,8 +152,10 @@ class ModuleExchange:
         self.owned = owned_targets(plan, rank)
         self._cache: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._keep_all = True
-        self.sent_bytes: list[int] = []
-        """Bytes this rank sent to the others, per exchange (the measured side of :func:`rank_exchange_bytes`)."""
+        self.exchanges = 0
+        """Exchanges so far (one per step, plus the setup batches)."""
+        self.sent_bytes = 0
+        """Bytes this rank has sent to the others (:func:`rank_exchange_bytes` per exchange)."""
 
     def settle(self) -> None:
         """The trainers are set up: from now on keep only the newest step."""
@@ -175,8 +177,9 @@ class ModuleExchange:
         for value in packed.values():
             dtype = torch.promote_types(dtype, value.dtype)  # lossless: one dtype crosses the network
         packed = {t: v.to(device=self.device, dtype=dtype) for t, v in packed.items()}
-        self.sent_bytes.append(
-            rank_exchange_bytes({t: tuple(v.shape) for t, v in packed.items()}, self.plan, self.rank, dtype.itemsize)
+        self.exchanges += 1
+        self.sent_bytes += rank_exchange_bytes(
+            {t: tuple(v.shape) for t, v in packed.items()}, self.plan, self.rank, dtype.itemsize
         )
         whole = exchange_activations(packed, self.plan, self.rank, self.group)
         out = {}
@@ -309,7 +312,13 @@ class DistributedModules:
         """
         common: set[int] | None = None
         for cfg in cfgs:
-            steps = {int(str(p).rstrip("/").rsplit("_", 1)[1]) for p in _checkpoints(cfg)}
+            found = _checkpoints(cfg)
+            if found and load_checkpoint(found[-1]).state["fingerprint"] != cfg.fingerprint():
+                raise ConfigError(  # never start over on top of another run's checkpoints
+                    f"{found[-1]} was written by a different configuration; give this run its own "
+                    "train.checkpoint_dir or set train.resume=false to start over there"
+                )
+            steps = {int(str(p).rstrip("/").rsplit("_", 1)[1]) for p in found}
             common = steps if common is None else common & steps
         candidates = sorted(common or set())
         agreed: int | None = None
