@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from scope_hub.errors import ConfigError
+from scope_hub.registry import Registry
 from scope_hub.testing.tiny_models import D_MODEL, tiny_gemma3, tiny_tokenizer
 from trainers.checkpoint import list_checkpoints
 from trainers.config import load_config
@@ -176,13 +177,27 @@ def test_three_ranks_stream_the_single_process_dictionaries_through_a_sigterm(mo
 
 def test_from_a_disk_harvest_and_resumed_at_the_step_every_target_shares(model_dir: Path, tmp_path: Path) -> None:
     cache = f"harvest.cache_dir={tmp_path / 'harvest'}"
-    ckpt = ["train.checkpoint_every=2", "train.keep_checkpoints=10", f"train.checkpoint_dir={tmp_path / 'ckpt'}"]
+    registry = f"file://{tmp_path / 'registry'}"
+    ckpt = [
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=10",
+        f"train.checkpoint_dir={tmp_path / 'ckpt'}",
+        f"output.registry={registry}",  # the owners push in turn into one registry
+    ]
     train(load_config(None, _overrides(model_dir, tmp_path, cache, *ckpt, f"output.dir={tmp_path / 'one'}")))
     shutil.rmtree(tmp_path / "ckpt")  # the same settings (its card records them), but no checkpoint to resume
     out = f"output.dir={tmp_path / 'many'}"
     reports = _torchrun(model_dir, tmp_path, tmp_path / "first", cache, out, *ckpt)
     _assert_each_rank_owns_its_plan(reports, tmp_path / "many")
     _assert_same_folders(tmp_path / "many", tmp_path / "one")
+    hub = Registry(registry, cache_dir=tmp_path / "cache")
+    keys = {f"tiny:{n.split('/')[0]}/{n.split('/')[1]}/width_128/sae/topk_k8" for n in NAMES}
+    assert {s.key for s in hub.list()} == keys and all(s.versions == 2 for s in hub.list())  # one, then many
+    for name in NAMES:
+        site, layer = name.split("/")
+        pulled = load_file(hub.pull(f"tiny:{site}/{layer}/width_128/sae/topk_k8") / "params.safetensors")
+        exported = load_file(tmp_path / "many" / name / "params.safetensors")
+        assert pulled.keys() == exported.keys() and all(torch.equal(pulled[k], exported[k]) for k in exported)
     # a job killed between owners' checkpoints: one target reached step 8, one only step 4, the others step 6
     for name, kept in zip(NAMES, [8, 4, 6, 6]):
         for folder in list_checkpoints(tmp_path / "ckpt" / name):
