@@ -234,6 +234,10 @@ class TrainLoopConfig(_StrictConfig):
     latent_parallel: int = Field(default=1, gt=0)
     """Ranks that split every dictionary's latents (tensor parallelism); the job's processes form
     (processes / latent_parallel) data-parallel groups of this many. 1: plain data parallelism."""
+    distribute_modules: bool = False
+    """Under torchrun, split the dictionaries of a multi-target run (``harvest.layers``/``harvest.sites``) over
+    the ranks, as sparsify's ``distribute_modules``: each rank trains only its own dictionaries, on the whole
+    global batch (one all_to_all of activations per step; no gradient all-reduce; Adam state on one rank)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the dictionary's GEMMs (bfloat16: autocast; weights, Adam state and loss reductions stay fp32)."""
 
@@ -321,6 +325,8 @@ class TrainConfig(_StrictConfig):
             raise ValueError("no data: set model.id (+ data), harvest.cache_dir (an existing harvest) or synthetic")
         if self.train.latent_parallel > 1:
             self._check_latent_parallel()
+        if self.train.distribute_modules:
+            self._check_distribute_modules()
         if kind(d.type).per_layer_decoders and not (
             self.harvest.layers or (self.synthetic and self.synthetic.n_layers > 1)
         ):
@@ -387,6 +393,21 @@ class TrainConfig(_StrictConfig):
                 "past k): set train.dtype=float32 or train.latent_parallel=1"
             )
 
+    def _check_distribute_modules(self) -> None:
+        # (a config of one dictionary is refused when the run starts: each target's own config keeps the flag)
+        if self.train.latent_parallel > 1:
+            raise ValueError(
+                f"train.distribute_modules=true and train.latent_parallel={self.train.latent_parallel} cannot be "
+                "combined (each dictionary lives on one rank): set train.latent_parallel=1, or "
+                "train.distribute_modules=false to shard every dictionary's latents"
+            )
+        if self.output.wandb is not None:
+            raise ValueError(
+                "train.distribute_modules=true with output.wandb: W&B runs on rank 0, which trains only its own "
+                "dictionaries; unset output.wandb (every owner writes its dictionaries' metrics.jsonl) or set "
+                "train.distribute_modules=false"
+            )
+
     @property
     def steps(self) -> int:
         """Optimizer steps of the run."""
@@ -439,6 +460,7 @@ _NON_NUMERIC_FIELDS = [
     ("output", "log_every"),
     ("output", "wandb"),
     ("train", "latent_parallel"),  # the math is the same; a resume checks the mesh itself
+    ("train", "distribute_modules"),  # the same steps on the same batches; each target's checkpoint is whole
 ]
 
 _ADDED_FIELDS = [

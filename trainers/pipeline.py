@@ -3,7 +3,8 @@
 Data comes from (first match): ``synthetic``; an existing complete harvest in
 ``harvest.cache_dir``; otherwise the model: harvested into ``harvest.cache_dir``
 (every rank its share of the shards, resumable) or streamed. Only rank 0
-evaluates and writes output.
+evaluates and writes output (under ``train.distribute_modules`` each rank trains, evaluates
+and writes its own dictionaries: :mod:`trainers.module_parallel`).
 
 A run of several dictionaries (``harvest.layers``/``harvest.sites``, see
 :func:`trainers.harvest.target_configs`) builds one :class:`~trainers.trainer.Trainer`
@@ -52,6 +53,7 @@ from trainers.harvest import (
     target_configs,
 )
 from trainers.harvest_shards import ShardSource, read_meta
+from trainers.module_parallel import DistributedModules, StopVote
 from trainers.preflight import adopt_harvest, check_harvest_folder, check_sites
 from trainers.progress import METRICS_FILE, RunLog, show_progress_by_default, start_wandb
 from trainers.publish import export_dictionary, save_and_publish, save_dictionary_folder, write_metrics_log
@@ -316,23 +318,28 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     if ctx.is_main:  # after the data checks: a config error comes alone, without warnings before it
         for warning in short_run_warnings(cfg):
             sys.stderr.write(f"warning: {warning}\n")
-    trainers = [Trainer(t.cfg, source, ctx) for t, source in zip(env.targets, env.sources)]
-    logs = _run_logs(cfg, env.targets, ctx)
+    modules = DistributedModules(cfg, env.targets, env.sources, ctx) if cfg.train.distribute_modules else None
+    if modules is not None:  # this rank trains its own targets, each as one process on whole batches
+        env.targets, env.sources, trainers = modules.build()
+    else:
+        trainers = [Trainer(t.cfg, source, ctx) for t, source in zip(env.targets, env.sources)]
+    writes = ctx.is_main or modules is not None  # an owner writes its own targets' outputs
+    logs = _run_logs(cfg, env.targets, ctx, writes)
     wandb_run = start_wandb(cfg, [t.name for t in env.targets]) if ctx.is_main else None
     for log in logs:
         log.wandb_run = wandb_run
     try:
-        results = drive(trainers, logs)
+        results = drive(trainers, logs, modules.vote if modules is not None else None)
     finally:
         for log in logs:
             log.close()
         if wandb_run is not None:
             wandb_run.finish()
     outcomes = [Outcome(r, name=t.name) for r, t in zip(results, env.targets)]
-    for source in env.sources:  # rank 0 evaluates alone: it harvests held-out rows without the other ranks
+    for source in env.sources:  # the writer evaluates alone: it harvests held-out rows without the other ranks
         if isinstance(source, StreamingSource):
             source.stream.ctx = DistContext()
-    if any(r.interrupted for r in results) or not ctx.is_main:
+    if any(r.interrupted for r in results) or not writes:
         ctx.barrier()
         return _combined(cfg, outcomes)
     data = {**env.source.describe(), **env.extra}
@@ -344,12 +351,13 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
         metrics = evaluate_together(dictionaries, [t.cfg for t in env.targets], env, env.sources)
         for dictionary, m in zip(dictionaries, metrics):
             dictionary.config.metrics = m
-    for outcome, dictionary, target, log in zip(outcomes, dictionaries, env.targets, logs):
-        outcome.dictionary = dictionary
-        outcome.folder, outcome.push = save_and_publish(
-            dictionary, target.cfg, target.spec.layers if target.spec else env.layers
-        )
-        write_metrics_log(target.cfg.output.dir, log.text())
+    for _ in modules.one_rank_at_a_time() if modules is not None else [None]:  # one registry writer at a time
+        for outcome, dictionary, target, log in zip(outcomes, dictionaries, env.targets, logs):
+            outcome.dictionary = dictionary
+            outcome.folder, outcome.push = save_and_publish(
+                dictionary, target.cfg, target.spec.layers if target.spec else env.layers
+            )
+            write_metrics_log(target.cfg.output.dir, log.text())
     ctx.barrier()
     return _combined(cfg, outcomes)
 
@@ -361,9 +369,10 @@ def _combined(cfg: TrainConfig, outcomes: list[Outcome]) -> Outcome:
     return Outcome(first.result, folder=cfg.output.dir, parts=outcomes)
 
 
-def _run_logs(cfg: TrainConfig, targets: list[Target], ctx: DistContext) -> list[RunLog]:
-    """Rank 0 logs every dictionary; plain lines unless a bar shows (or ``train.progress=false``)."""
-    lines = ctx.is_main and cfg.train.progress is None and not show_progress_by_default()
+def _run_logs(cfg: TrainConfig, targets: list[Target], ctx: DistContext, writes: bool) -> list[RunLog]:
+    """The writing rank logs its dictionaries (rank 0 all of them, or each owner its own under module
+    distribution); plain lines unless a bar shows (or ``train.progress=false``); bars only on rank 0."""
+    lines = writes and cfg.train.progress is None and not show_progress_by_default()
     bars = ctx.is_main and len(targets) > 1 and (cfg.train.progress or (cfg.train.progress is None and not lines))
     return [
         RunLog(
@@ -375,21 +384,24 @@ def _run_logs(cfg: TrainConfig, targets: list[Target], ctx: DistContext) -> list
             lines=lines,
             bar=bool(bars),
             position=i if bars else None,
-            write=ctx.is_main,
+            write=writes,
         )
         for i, t in enumerate(targets)
     ]
 
 
-def drive(trainers: list[Trainer], logs: list[RunLog]) -> list[TrainResult]:
+def drive(trainers: list[Trainer], logs: list[RunLog], vote: StopVote | None = None) -> list[TrainResult]:
     """Step every trainer in turn until all finish; one stopping early (SIGTERM) stops the others after
-    their next step, each with its checkpoint."""
+    their next step, each with its checkpoint. Under module distribution ``vote`` makes every rank stop
+    in the same round (each step's exchange needs all of them)."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     steps = [t.iterate() for t in trainers]
     live = list(range(len(trainers)))
     try:
         while live:
+            if vote is not None:
+                vote.new_round()
             for i in list(live):
                 if next(steps[i], None) is None:
                     live.remove(i)

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from scope_hub.errors import ConfigError
-from trainers.module_parallel import exchange_activations, exchange_bytes, plan_modules
+from trainers.module_parallel import ModuleExchange, exchange_activations, exchange_bytes, plan_modules
+from trainers.sources import ActivationSource, rank_slice
 
 WORLD, LOCAL_BATCH = 3, 5
 WIDTHS = {"layer_0/resid_post": 8, "layer_0/mlp_out": 12, "layer_1/resid_post": 8, "layer_1/mlp_out": 16, "clt": 4}
@@ -27,6 +28,25 @@ def _local(rank: int) -> dict[str, torch.Tensor]:
     return out
 
 
+class _Rows(ActivationSource):
+    """Global batch ``step`` of one target: fixed random rows; an SAE's target is its input, a transcoder's
+    is another tensor (here stored in bfloat16, so the exchange must carry two dtypes without loss)."""
+
+    def __init__(self, index: int, width: int) -> None:
+        self.index, self.width = index, width
+
+    def whole(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(1000 * step + self.index)
+        x = torch.randn(batch_size, 2, self.width, generator=gen)
+        return (x, x) if self.index % 2 else (x, torch.randn(batch_size, 2, 3, generator=gen).to(torch.bfloat16))
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        x, t = self.whole(step, batch_size)
+        rows = rank_slice(batch_size, rank, world)
+        mine = x[rows]
+        return (mine, mine) if t is x else (mine, t[rows])
+
+
 def _worker(rank: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=WORLD)
@@ -34,6 +54,17 @@ def _worker(rank: int, folder: str) -> None:
         plan = plan_modules(list(WIDTHS), WORLD)
         got = exchange_activations(_local(rank), plan, rank)
         save_file({k: v.contiguous() for k, v in got.items()}, f"{folder}/rank{rank}.safetensors")
+        sources = {name: _Rows(i, width) for i, (name, width) in enumerate(WIDTHS.items())}
+        exchange = ModuleExchange(sources, plan, rank)
+        for step in (0, 1):  # the owner's batches are the sources' whole global batches, both tensors
+            for name in exchange.owned:
+                x, t = exchange.batch(name, step, WORLD * LOCAL_BATCH)
+                want_x, want_t = sources[name].whole(step, WORLD * LOCAL_BATCH)
+                assert torch.equal(x, want_x) and torch.equal(t, want_t) and t.dtype == want_t.dtype, name
+                assert (t is x) == (want_t is want_x), name
+        local_rows = {n: (LOCAL_BATCH, 2 * w + (0 if i % 2 else 2 * 3)) for i, (n, w) in enumerate(WIDTHS.items())}
+        sent = sum(rows * width for n, (rows, width) in local_rows.items() if n not in exchange.owned) * 4
+        assert exchange.exchanges == 2 and exchange.sent_bytes == 2 * sent  # fp32: the bf16 targets are promoted
     finally:
         dist.destroy_process_group()
 
