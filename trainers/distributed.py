@@ -51,6 +51,8 @@ class DistContext:
     """Process group of the data-parallel ranks (None: every rank of the job)."""
     job_rank: int | None = None
     """Rank in the whole job (None: the same as ``rank``)."""
+    meshes: dict[int, tuple[DistContext, LatentGroup | None]] = field(default_factory=dict, repr=False, compare=False)
+    """The meshes already built, by ``latent_parallel``: every dictionary of a run shares one."""
 
     @classmethod
     def from_env(cls, device: str = "cpu") -> DistContext:
@@ -87,9 +89,16 @@ class DistContext:
         Ranks ``[d*R, (d+1)*R)`` form latent group d (they share a data slice and split the
         latents); ranks with the same position in their groups average gradients. Returns the
         data-parallel context and this rank's latent group (None when ``latent_parallel`` is 1).
+        Built once per run: the trainers of a multi-dictionary run all get the same mesh (each
+        mesh creates process groups, which hold sockets and threads for the rest of the job).
         """
         if latent_parallel == 1:
             return self, None
+        if latent_parallel not in self.meshes:
+            self.meshes[latent_parallel] = self._build_mesh(latent_parallel)
+        return self.meshes[latent_parallel]
+
+    def _build_mesh(self, latent_parallel: int) -> tuple[DistContext, LatentGroup]:
         if self.world % latent_parallel:
             raise ConfigError(
                 f"train.latent_parallel={latent_parallel} needs a multiple of {latent_parallel} processes, "

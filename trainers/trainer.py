@@ -101,7 +101,6 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.steps = cfg.steps
-        self.local_batch = cfg.train.batch_size // self.ctx.world
         self.ws = Workspace()
         self.history: list[dict[str, float]] = []
         self._stop = False
