@@ -234,6 +234,9 @@ class TrainLoopConfig(_StrictConfig):
     latent_parallel: int = Field(default=1, gt=0)
     """Ranks that split every dictionary's latents (tensor parallelism); the job's processes form
     (processes / latent_parallel) data-parallel groups of this many. 1: plain data parallelism."""
+    final_wait_minutes: float = Field(default=120.0, gt=0)
+    """How long the other ranks of a distributed run wait at its end while rank 0 evaluates and
+    publishes, before failing (every other collective fails after 10 minutes)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the dictionary's GEMMs (bfloat16: autocast; weights, Adam state and loss reductions stay fp32)."""
 
@@ -428,6 +431,7 @@ _NON_NUMERIC_FIELDS = [
     ("train", "log_every"),
     ("train", "progress"),
     ("train", "threads"),
+    ("train", "final_wait_minutes"),
     ("output", "dir"),
     ("output", "registry"),
     ("output", "key"),
