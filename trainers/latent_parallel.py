@@ -264,10 +264,17 @@ def sharded_aux_k_loss(
 def global_grad_norm(sharded: list[torch.Tensor], replicated: list[torch.Tensor], group: Any = None) -> torch.Tensor:
     """L2 norm of the full gradient: shard norms summed over ranks, replicated ones counted once."""
     ref = (sharded or replicated)[0]
-    local = sum((g.pow(2).sum() for g in sharded), torch.zeros((), device=ref.device))
+    local = _sum_of_squares(sharded, ref.device)
     if dist.is_initialized() and dist.get_world_size(group) > 1:
         dist.all_reduce(local, op=dist.ReduceOp.SUM, group=group)
-    return (local + sum((g.pow(2).sum() for g in replicated), torch.zeros((), device=ref.device))).sqrt()
+    return (local + _sum_of_squares(replicated, ref.device)).sqrt()
+
+
+def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sum of every element squared, without ``g.pow(2)``'s gradient-sized temporary per tensor."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    return torch.stack(torch._foreach_norm(tensors)).square().sum()
 
 
 def clip_sharded_gradients(

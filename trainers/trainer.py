@@ -386,6 +386,8 @@ class Trainer:
         apply_constraints(
             self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=architecture(arch).trains_threshold
         )
+        for p in trainable:  # gradients live from backward to the step only: not beside the next batch's forward
+            p.grad = None
         self._bookkeeping(out.codes)
         if cfg.loss.resample_every and arch in (RELU, JUMPRELU) and (self.step + 1) % cfg.loss.resample_every == 0:
             self._resample()
