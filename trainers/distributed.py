@@ -36,6 +36,8 @@ FINAL_WAIT_TIMEOUT = datetime.timedelta(minutes=120)
 """Default of how long the other ranks wait at the end of a run while rank 0 evaluates and publishes
 (``train.final_wait_minutes``): that work grows with ``eval.tokens`` and the dictionary's size, so it
 gets its own bound instead of :data:`COLLECTIVE_TIMEOUT`."""
+IN_PLACE_BYTES = 1 << 24
+"""Gradients this big (16 MiB) are averaged in place by :meth:`DistContext.average_gradients`."""
 FAILURE_NOTE_BYTES = 4096
 """Room for a failed rank's ``"ErrorType: message"`` in :meth:`DistContext.together` (longer ones are cut)."""
 
@@ -180,22 +182,31 @@ class DistContext:
         return torch.cat(parts)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Average ``.grad`` over ranks with one flat all-reduce (missing grads count as zero)."""
+        """Average ``.grad`` over ranks (missing grads count as zero).
+
+        Gradients of at least :data:`IN_PLACE_BYTES` are all-reduced in place, one collective each;
+        the small rest travel in one flat all-reduce. A flat copy of every gradient would add a
+        whole gradient's size to the step's memory peak.
+        """
         if self.world == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        flat /= self.world
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            update = flat[offset : offset + n].view(g.shape)
+        for p in params:
             if p.grad is None:
-                p.grad = update.clone()
-            else:
-                p.grad.copy_(update)  # copy_ keeps the grad's own (possibly transposed) layout
-            offset += n
+                p.grad = torch.zeros_like(p)
+        large = [p.grad for p in params if p.grad.is_contiguous() and p.grad.nbytes >= IN_PLACE_BYTES]
+        small = [p.grad for p in params if not (p.grad.is_contiguous() and p.grad.nbytes >= IN_PLACE_BYTES)]
+        for grad in large:
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
+            grad /= self.world
+        if small:
+            flat = torch.cat([g.reshape(-1) for g in small])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            flat /= self.world
+            offset = 0
+            for g in small:
+                # copy_ keeps the grad's own (possibly transposed) layout
+                g.copy_(flat[offset : offset + g.numel()].view(g.shape))
+                offset += g.numel()
 
     def barrier(self) -> None:
         """Wait for every rank of the job."""

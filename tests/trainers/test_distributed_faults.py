@@ -1,5 +1,5 @@
-"""Distributed fault paths on 2 gloo ranks: a rank failing mid-harvest stops its peer at once with the original
-message, and the end-of-run wait outlasts the collective timeout."""
+"""Distributed fault paths and collectives on 2 gloo ranks: a rank failing mid-harvest stops its peer at once with
+the original message, the end-of-run wait outlasts the collective timeout, and gradients average in place."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from safetensors.torch import load_file, save_file
 
 from scope_hub.testing.tiny_models import tiny_gemma3, tiny_tokenizer
 
@@ -106,13 +108,35 @@ def test_a_rank_failing_mid_harvest_stops_every_rank_with_its_message(harvest_co
     assert not json.loads((tmp_path / "h" / "harvest.json").read_text())["complete"]
 
 
-def _final_wait_worker(rank: int, port: int, folder: str) -> None:
-    """Rank 0 works past the (shortened) collective timeout before the end-of-run wait."""
+def _grads(rank: int) -> list[torch.Tensor | None]:
+    """Rank ``rank``'s gradients: a big one (averaged in place), a transposed and a small one (the flat
+    all-reduce), and a missing one (zeros)."""
+    gen = torch.Generator().manual_seed(rank)
+    return [
+        torch.randn(64, 32, generator=gen),
+        torch.randn(32, 64, generator=gen).t(),
+        torch.randn(5, generator=gen),
+        None,
+    ]
+
+
+def _collectives_worker(rank: int, port: int, folder: str) -> None:
+    """Gradient averaging; then rank 0 works past the (shortened) collective timeout before the end-of-run wait."""
     _join(rank, port)
+    from trainers import distributed
     from trainers.distributed import DistContext
 
+    distributed.IN_PLACE_BYTES = 1024  # the 8 KiB gradients take the in-place path, the 20-byte one the flat one
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=3))
     ctx = DistContext(rank, 2)
+    params = [torch.nn.Parameter(torch.zeros(64, 32)), torch.nn.Parameter(torch.zeros(64, 32))]
+    params += [torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(3))]
+    for param, grad in zip(params, _grads(rank)):
+        param.grad = grad
+    ctx.average_gradients(params)
+    save_file({str(i): p.grad.contiguous() for i, p in enumerate(params)}, str(Path(folder, f"grads{rank}.st")))
+    Path(folder, f"strides{rank}.json").write_text(json.dumps([p.grad.stride() for p in params]))
+
     ctx.prepare_final_wait(datetime.timedelta(seconds=60))
     outcome: dict[str, object] = {}
     if rank == 0:
@@ -129,8 +153,26 @@ def _final_wait_worker(rank: int, port: int, folder: str) -> None:
     dist.destroy_process_group()
 
 
-def test_the_final_wait_outlasts_the_collective_timeout(tmp_path: Path) -> None:
-    _spawn(_final_wait_worker, _free_port(), str(tmp_path))
-    waiting = json.loads((tmp_path / "rank1.json").read_text())
+@pytest.fixture(scope="module")
+def collectives(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("collectives")
+    _spawn(_collectives_worker, _free_port(), str(folder))
+    return folder
+
+
+def test_gradients_are_averaged_in_place_and_flat(collectives: Path) -> None:
+    expected = [
+        (a + b) / 2 if a is not None and b is not None else torch.zeros(3) for a, b in zip(_grads(0), _grads(1))
+    ]
+    for rank in range(2):
+        got = load_file(str(collectives / f"grads{rank}.st"))
+        for i, want in enumerate(expected):
+            torch.testing.assert_close(got[str(i)], want, atol=0, rtol=0)
+        strides = json.loads((collectives / f"strides{rank}.json").read_text())
+        assert strides[:2] == [[32, 1], [1, 64]]  # a transposed gradient keeps its layout
+
+
+def test_the_final_wait_outlasts_the_collective_timeout(collectives: Path) -> None:
+    waiting = json.loads((collectives / "rank1.json").read_text())
     assert waiting == {"plain_barrier": "timed out", "final_wait": "returned"}
-    assert json.loads((tmp_path / "rank0.json").read_text()) == {"final_wait": "returned"}
+    assert json.loads((collectives / "rank0.json").read_text()) == {"final_wait": "returned"}
