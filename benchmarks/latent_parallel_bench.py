@@ -8,7 +8,8 @@ For each R in ``--lp`` this starts R gloo processes (one CPU share each) running
 * the peak resident memory of the timed steps above that floor, against the memory model
   ``16 x parameters / R`` (fp32 weights, gradients, Adam's two moments) ``+ 4 x B x S / R`` (the
   step's pre-activations) ``+ 2 x 4 x B x d_in`` (the batch as read and its normalised copy), and
-  their ratio (the goal: at most 1.15);
+  their ratio (the goal: at most 1.15), and the same ratio without the code and data loaded
+  after the floor (the trainer's imports and the batches, which do not shrink with R either);
 * tokens per second over ``--steps`` steps after one warm-up step;
 * bytes each rank put into all-reduce / all-gather per step against
   :func:`trainers.latent_parallel.step_bytes` (the formula counts the decode, L0 and TopK
@@ -144,6 +145,7 @@ def _train_and_measure(rank: int, world: int, args: argparse.Namespace, out: str
     )
     planted = SyntheticSource(PlantedDictionary.create(n_atoms=4096, d_in=640, active_per_token=32, seed=0), seed=0)
     source = _Batches(planted, args.batch, 2)
+    loaded = _rss_bytes() - floor  # the trainer's code and the data, before any dictionary exists
     trainer = Trainer(cfg, source, ctx)
     trainer.advance()  # warm-up: allocates the workspace and Adam's state
     hwm_reset = _reset_peak()  # the peak of the training steps, not of initialisation's temporaries
@@ -163,6 +165,7 @@ def _train_and_measure(rank: int, world: int, args: argparse.Namespace, out: str
         "threads": threads,
         "floor_bytes": floor,
         "peak_bytes": peak,
+        "loaded_bytes": loaded,
         "model_bytes": 4 * param_bytes + activations,
         "tok_s": args.batch * args.steps / elapsed,
         "measured_per_step": {k: v // args.steps for k, v in counter.items()},
@@ -204,10 +207,11 @@ def main() -> None:
     print(f"640 -> {args.d_sae} TopK k={args.k}, batch {args.batch}, {args.steps} timed steps, device {args.device}")
     print(f"malloc mmap threshold: {args.malloc_mmap_threshold or 'glibc default (dynamic, up to 32 MiB)'}")
     print(
-        "| R | rank | floor (GiB) | peak - floor (GiB) | model (GiB) | (peak - floor) / model | tok/s | "
+        "| R | rank | floor (GiB) | peak - floor (GiB) | model (GiB) | (peak - floor) / model | code + data (GiB) | "
+        "(peak - floor - code - data) / model | tok/s | "
         "all-reduce B/step (formula) | all-gather B/step (formula) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for world in args.lp:
         with tempfile.TemporaryDirectory() as out:
             mp.start_processes(_worker, (world, _free_port(), args, out), nprocs=world, start_method="spawn")
@@ -216,7 +220,9 @@ def main() -> None:
                 measured, formula = r["measured_per_step"], r["formula_per_step"]
                 print(
                     f"| {world} | {rank} | {r['floor_bytes'] / gib:.2f} | {r['peak_bytes'] / gib:.2f} | "
-                    f"{r['model_bytes'] / gib:.2f} | {r['peak_bytes'] / r['model_bytes']:.2f} | {r['tok_s']:.0f} | "
+                    f"{r['model_bytes'] / gib:.2f} | {r['peak_bytes'] / r['model_bytes']:.2f} | "
+                    f"{r['loaded_bytes'] / gib:.2f} | {(r['peak_bytes'] - r['loaded_bytes']) / r['model_bytes']:.2f} | "
+                    f"{r['tok_s']:.0f} | "
                     f"{measured.get('all_reduce', 0)} ({formula['all_reduce']}) | "
                     f"{measured.get('all_gather', 0)} ({formula['all_gather']}) |",
                     flush=True,
