@@ -1,23 +1,30 @@
 """Latent-parallel TopK training: per-rank peak memory against the memory model, tok/s, bytes communicated.
 
 For each R in ``--lp`` this starts R gloo processes (one CPU share each) running the real
-:class:`~trainers.trainer.Trainer` with ``train.latent_parallel=R`` on random planted data,
-and reports per rank:
+:class:`~trainers.trainer.Trainer` with ``train.latent_parallel=R``, and reports per rank:
 
-* peak resident memory above the process's baseline (imports, data) against the model
-  ``4 x parameter bytes / R`` (weights, gradients, Adam's two moments) ``+ B x S/R x 4``
-  (the step's fp32 pre-activations), the figures docs/training.md tabulates;
+* the process floor: resident memory right after ``init_process_group`` (torch + gloo, nothing
+  else loaded yet);
+* the peak resident memory of the timed steps above that floor, against the memory model
+  ``16 x parameters / R`` (fp32 weights, gradients, Adam's two moments) ``+ 4 x B x S / R`` (the
+  step's pre-activations) ``+ 2 x 4 x B x d_in`` (the batch as read and its normalised copy), and
+  their ratio (the goal: at most 1.15), and the same ratio without the code and data loaded
+  after the floor (the trainer's imports and the batches, which do not shrink with R either);
 * tokens per second over ``--steps`` steps after one warm-up step;
 * bytes each rank put into all-reduce / all-gather per step against
   :func:`trainers.latent_parallel.step_bytes` (the formula counts the decode, L0 and TopK
   gathers; the rest are a few scalars: clip norm, stop flag).
 
-Afterwards rank 0's output of one forward is checked against an unsharded forward of the
-gathered weights (R > 1), so the numbers describe a correct computation; the peak is taken
-over the timed steps only (the kernel's VmHWM, reset after the warm-up step).
+The batches are drawn once from a planted dictionary before the floor is read and served from
+memory: drawing one (dense ``[B, atoms]`` codes) costs more memory than a real harvest's row
+gather, and is not the trainer's. Afterwards rank 0's output of one forward is checked against an
+unsharded forward of the gathered weights (R > 1), so the numbers describe a correct computation;
+the peak is taken over the timed steps only (the kernel's VmHWM, reset after the warm-up step).
+``--malloc-mmap-threshold BYTES`` sets glibc's ``MALLOC_MMAP_THRESHOLD_`` for the ranks (glibc
+otherwise keeps freed blocks of up to 32 MiB in its heaps; docs/training.md has both).
 
     python benchmarks/latent_parallel_bench.py --d-sae 65536 --lp 1 2 4
-    python benchmarks/latent_parallel_bench.py --d-sae 1048576 --lp 1 2 4   # ~40 GB of RAM in all
+    python benchmarks/latent_parallel_bench.py --d-sae 262144 --lp 2 4 --batch 2048
 """
 
 from __future__ import annotations
@@ -80,15 +87,38 @@ def _count_bytes(counter: dict[str, int]) -> None:
         wrap(name)
 
 
+class _Batches:
+    """The planted source's batches, drawn once and served from memory (steps wrap around)."""
+
+    def __init__(self, source, batch: int, count: int) -> None:
+        self.source, self.count = source, count
+        self.drawn = [source.batch(step, batch) for step in range(count)]
+        self.n_layers, self.d_in, self.d_out = source.n_layers, source.d_in, source.d_out
+        self.reconstructs_input = source.reconstructs_input
+
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1):
+        return self.drawn[step % self.count]
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
     os.environ.update(
         {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1"}
     )
     os.environ["MASTER_PORT"] = str(port)
-    from trainers.config import load_config
     from trainers.distributed import DistContext
+
+    with DistContext.from_env(args.device) as ctx:
+        floor = _rss_bytes()  # torch + gloo after init_process_group, nothing else yet
+        _train_and_measure(rank, world, args, out, ctx, floor)
+
+
+def _train_and_measure(rank: int, world: int, args: argparse.Namespace, out: str, ctx, floor: int) -> None:
+    from trainers.config import load_config
     from trainers.forward import SparsitySpec, forward, layer_params
-    from trainers.latent_parallel import step_bytes
+    from trainers.latent_parallel import forward_sharded, step_bytes
     from trainers.sources import SyntheticSource
     from trainers.synthetic import PlantedDictionary
     from trainers.trainer import Trainer
@@ -113,48 +143,44 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             "eval.tokens=0",
         ],
     )
-    source = SyntheticSource(PlantedDictionary.create(n_atoms=4096, d_in=640, active_per_token=32, seed=0), seed=0)
-    source.batch(0, args.batch)  # the data generator's own buffers belong to the baseline
-    with DistContext.from_env(args.device) as ctx:
-        baseline = _rss_bytes()
-        trainer = Trainer(cfg, source, ctx)
-        trainer.advance()  # warm-up: allocates the workspace and Adam's state
-        hwm_reset = _reset_peak()  # the peak of the training steps, not of initialisation's temporaries
-        counter: dict[str, int] = {}
-        if world > 1:
-            _count_bytes(counter)
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            trainer.advance()
-        elapsed = time.perf_counter() - start
-        peak = _peak_bytes(hwm_reset) - baseline
-        param_bytes = sum(p.numel() * p.element_size() for p in trainer.dictionary.parameters())
-        activations = args.batch * (args.d_sae // world) * 4
-        formula = step_bytes(args.batch, args.k, world, 640)
-        result = {
-            "R": world,
-            "rank": rank,
-            "threads": threads,
-            "peak_bytes": peak,
-            "model_bytes": 4 * param_bytes + activations,
-            "state_bytes": 4 * param_bytes,
-            "activation_bytes": activations,
-            "tok_s": args.batch * args.steps / elapsed,
-            "measured_per_step": {k: v // args.steps for k, v in counter.items()},
-            "formula_per_step": formula,
-        }
-        if world > 1 and args.check:  # the sharded forward equals the unsharded one on the gathered weights
-            whole = trainer.whole_dictionary()
-            x, _ = trainer._normalized(*source.batch(0, args.batch))
-            from trainers.latent_parallel import forward_sharded
-
-            sharded = forward_sharded(trainer.params, x, trainer.spec, trainer.latents, sparse=True).outputs[-1]
-            if rank == 0:
-                spec = SparsitySpec("topk", k=args.k)
-                reference = forward(layer_params(whole), x, spec, sparse=True).outputs[-1]
-                torch.testing.assert_close(sharded, reference, atol=1e-4, rtol=1e-4)
-                del whole, reference
-        Path(out, f"r{world}_{rank}.json").write_text(json.dumps(result))
+    planted = SyntheticSource(PlantedDictionary.create(n_atoms=4096, d_in=640, active_per_token=32, seed=0), seed=0)
+    source = _Batches(planted, args.batch, 2)
+    loaded = _rss_bytes() - floor  # the trainer's code and the data, before any dictionary exists
+    trainer = Trainer(cfg, source, ctx)
+    trainer.advance()  # warm-up: allocates the workspace and Adam's state
+    hwm_reset = _reset_peak()  # the peak of the training steps, not of initialisation's temporaries
+    counter: dict[str, int] = {}
+    if world > 1:
+        _count_bytes(counter)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        trainer.advance()
+    elapsed = time.perf_counter() - start
+    peak = _peak_bytes(hwm_reset) - floor
+    param_bytes = sum(p.numel() * p.element_size() for p in trainer.dictionary.parameters())
+    activations = args.batch * (args.d_sae // world) * 4 + 2 * args.batch * 640 * 4
+    result = {
+        "R": world,
+        "rank": rank,
+        "threads": threads,
+        "floor_bytes": floor,
+        "peak_bytes": peak,
+        "loaded_bytes": loaded,
+        "model_bytes": 4 * param_bytes + activations,
+        "tok_s": args.batch * args.steps / elapsed,
+        "measured_per_step": {k: v // args.steps for k, v in counter.items()},
+        "formula_per_step": step_bytes(args.batch, args.k, world, 640),
+    }
+    if world > 1 and args.check:  # the sharded forward equals the unsharded one on the gathered weights
+        whole = trainer.whole_dictionary()
+        x, _ = trainer._normalized(*source.batch(0, args.batch))
+        sharded = forward_sharded(trainer.params, x, trainer.spec, trainer.latents, sparse=True).outputs[-1]
+        if rank == 0:
+            spec = SparsitySpec("topk", k=args.k)
+            reference = forward(layer_params(whole), x, spec, sparse=True).outputs[-1]
+            torch.testing.assert_close(sharded, reference, atol=1e-4, rtol=1e-4)
+            del whole, reference
+    Path(out, f"r{world}_{rank}.json").write_text(json.dumps(result))
 
 
 def _free_port() -> int:
@@ -173,14 +199,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="per rank (default: cores / R)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-check", dest="check", action="store_false")
+    parser.add_argument("--malloc-mmap-threshold", type=int, default=None, help="glibc MALLOC_MMAP_THRESHOLD_")
     args = parser.parse_args()
+    if args.malloc_mmap_threshold is not None:  # read by glibc when each spawned rank starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     gib = 1 << 30
     print(f"640 -> {args.d_sae} TopK k={args.k}, batch {args.batch}, {args.steps} timed steps, device {args.device}")
+    print(f"malloc mmap threshold: {args.malloc_mmap_threshold or 'glibc default (dynamic, up to 32 MiB)'}")
     print(
-        "| R | rank | peak above baseline (GiB) | model (GiB) | peak / model | tok/s | all-reduce B/step "
-        "(formula) | all-gather B/step (formula) |"
+        "| R | rank | floor (GiB) | peak - floor (GiB) | model (GiB) | (peak - floor) / model | code + data (GiB) | "
+        "(peak - floor - code - data) / model | tok/s | "
+        "all-reduce B/step (formula) | all-gather B/step (formula) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for world in args.lp:
         with tempfile.TemporaryDirectory() as out:
             mp.start_processes(_worker, (world, _free_port(), args, out), nprocs=world, start_method="spawn")
@@ -188,8 +219,10 @@ def main() -> None:
                 r = json.loads(Path(out, f"r{world}_{rank}.json").read_text())
                 measured, formula = r["measured_per_step"], r["formula_per_step"]
                 print(
-                    f"| {world} | {rank} | {r['peak_bytes'] / gib:.2f} | {r['model_bytes'] / gib:.2f} | "
-                    f"{r['peak_bytes'] / r['model_bytes']:.2f} | {r['tok_s']:.0f} | "
+                    f"| {world} | {rank} | {r['floor_bytes'] / gib:.2f} | {r['peak_bytes'] / gib:.2f} | "
+                    f"{r['model_bytes'] / gib:.2f} | {r['peak_bytes'] / r['model_bytes']:.2f} | "
+                    f"{r['loaded_bytes'] / gib:.2f} | {(r['peak_bytes'] - r['loaded_bytes']) / r['model_bytes']:.2f} | "
+                    f"{r['tok_s']:.0f} | "
                     f"{measured.get('all_reduce', 0)} ({formula['all_reduce']}) | "
                     f"{measured.get('all_gather', 0)} ({formula['all_gather']}) |",
                     flush=True,

@@ -158,3 +158,8 @@ class FormatError(ScopeHubError, ValueError):
 
 class UnknownReleaseError(ScopeHubError, KeyError):
     """A SAELens release or sae_id that the release table does not list."""
+
+
+class PeerRankError(ScopeHubError, RuntimeError):
+    """Another rank of a distributed job failed, so this one stops too (``rank``: the failed rank;
+    ``error``: its exception type and message)."""

@@ -238,6 +238,9 @@ class TrainLoopConfig(_StrictConfig):
     """Under torchrun, split the dictionaries of a multi-target run (``harvest.layers``/``harvest.sites``) over
     the ranks, as sparsify's ``distribute_modules``: each rank trains only its own dictionaries, on the whole
     global batch (one all_to_all of activations per step; no gradient all-reduce; Adam state on one rank)."""
+    final_wait_minutes: float = Field(default=120.0, gt=0)
+    """How long the other ranks of a distributed run wait at its end while rank 0 evaluates and
+    publishes, before failing (every other collective fails after 10 minutes)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Precision of the dictionary's GEMMs (bfloat16: autocast; weights, Adam state and loss reductions stay fp32)."""
 
@@ -449,6 +452,7 @@ _NON_NUMERIC_FIELDS = [
     ("train", "log_every"),
     ("train", "progress"),
     ("train", "threads"),
+    ("train", "final_wait_minutes"),
     ("output", "dir"),
     ("output", "registry"),
     ("output", "key"),

@@ -19,17 +19,27 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from scope_hub.errors import ConfigError
+from scope_hub.errors import ConfigError, PeerRankError
 
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 """A collective waiting longer than this for a rank fails the job instead of hanging (a rank that dies
 outright fails its peers' collectives at once; this bounds a rank that hangs)."""
+FINAL_WAIT_TIMEOUT = datetime.timedelta(minutes=120)
+"""Default of how long the other ranks wait at the end of a run while rank 0 evaluates and publishes
+(``train.final_wait_minutes``): that work grows with ``eval.tokens`` and the dictionary's size, so it
+gets its own bound instead of :data:`COLLECTIVE_TIMEOUT`."""
+IN_PLACE_BYTES = 1 << 24
+"""Gradients this big (16 MiB) are averaged in place by :meth:`DistContext.average_gradients`."""
+FAILURE_NOTE_BYTES = 4096
+"""Room for a failed rank's ``"ErrorType: message"`` in :meth:`DistContext.together` (longer ones are cut)."""
 
 if TYPE_CHECKING:
     from trainers.latent_parallel import LatentGroup
@@ -51,10 +61,18 @@ class DistContext:
     """Process group of the data-parallel ranks (None: every rank of the job)."""
     job_rank: int | None = None
     """Rank in the whole job (None: the same as ``rank``)."""
+    final_group: Any = None
+    """A gloo group whose timeout is the end-of-run wait's (:meth:`final_wait`); None: the default group."""
+    meshes: dict[int, tuple[DistContext, LatentGroup | None]] = field(default_factory=dict, repr=False, compare=False)
+    """The meshes already built, by ``latent_parallel``: every dictionary of a run shares one."""
 
     @classmethod
-    def from_env(cls, device: str = "cpu") -> DistContext:
-        """Join the torchrun job described by ``RANK``/``WORLD_SIZE`` (if any) and pick the backend."""
+    def from_env(cls, device: str = "cpu", final_wait: datetime.timedelta = FINAL_WAIT_TIMEOUT) -> DistContext:
+        """Join the torchrun job described by ``RANK``/``WORLD_SIZE`` (if any) and pick the backend.
+
+        ``final_wait`` bounds :meth:`final_wait` (the other ranks waiting for rank 0's evaluation and
+        publish); every other collective fails after :data:`COLLECTIVE_TIMEOUT`.
+        """
         world = int(os.environ.get("WORLD_SIZE", "1"))
         dev = torch.device(device)
         if world == 1:
@@ -69,7 +87,15 @@ class DistContext:
             store = dist.PrefixStore(f"round_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
             backend = "nccl" if dev.type == "cuda" else "gloo"
             dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
-        return cls(dist.get_rank(), dist.get_world_size(), dev)
+        ctx = cls(dist.get_rank(), dist.get_world_size(), dev)
+        ctx.prepare_final_wait(final_wait)
+        return ctx
+
+    def prepare_final_wait(self, timeout: datetime.timedelta) -> None:
+        """Create the group :meth:`final_wait` waits on, with its own ``timeout`` (every rank calls this,
+        at the start: creating a group is itself a collective, which rank 0 could not join once busy)."""
+        if self.job_world > 1:
+            self.final_group = dist.new_group(backend="gloo", timeout=timeout)
 
     @property
     def is_main(self) -> bool:
@@ -87,9 +113,16 @@ class DistContext:
         Ranks ``[d*R, (d+1)*R)`` form latent group d (they share a data slice and split the
         latents); ranks with the same position in their groups average gradients. Returns the
         data-parallel context and this rank's latent group (None when ``latent_parallel`` is 1).
+        Built once per run: the trainers of a multi-dictionary run all get the same mesh (each
+        mesh creates process groups, which hold sockets and threads for the rest of the job).
         """
         if latent_parallel == 1:
             return self, None
+        if latent_parallel not in self.meshes:
+            self.meshes[latent_parallel] = self._build_mesh(latent_parallel)
+        return self.meshes[latent_parallel]
+
+    def _build_mesh(self, latent_parallel: int) -> tuple[DistContext, LatentGroup]:
         if self.world % latent_parallel:
             raise ConfigError(
                 f"train.latent_parallel={latent_parallel} needs a multiple of {latent_parallel} processes, "
@@ -149,27 +182,82 @@ class DistContext:
         return torch.cat(parts)
 
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Average ``.grad`` over ranks with one flat all-reduce (missing grads count as zero)."""
+        """Average ``.grad`` over ranks (missing grads count as zero).
+
+        Gradients of at least :data:`IN_PLACE_BYTES` are all-reduced in place, one collective each;
+        the small rest travel in one flat all-reduce. A flat copy of every gradient would add a
+        whole gradient's size to the step's memory peak.
+        """
         if self.world == 1:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        flat /= self.world
-        offset = 0
-        for p, g in zip(params, grads):
-            n = g.numel()
-            update = flat[offset : offset + n].view(g.shape)
+        for p in params:
             if p.grad is None:
-                p.grad = update.clone()
-            else:
-                p.grad.copy_(update)  # copy_ keeps the grad's own (possibly transposed) layout
-            offset += n
+                p.grad = torch.zeros_like(p)
+        large = [p.grad for p in params if p.grad.is_contiguous() and p.grad.nbytes >= IN_PLACE_BYTES]
+        small = [p.grad for p in params if not (p.grad.is_contiguous() and p.grad.nbytes >= IN_PLACE_BYTES)]
+        for grad in large:
+            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
+            grad /= self.world
+        if small:
+            flat = torch.cat([g.reshape(-1) for g in small])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+            flat /= self.world
+            offset = 0
+            for g in small:
+                # copy_ keeps the grad's own (possibly transposed) layout
+                g.copy_(flat[offset : offset + g.numel()].view(g.shape))
+                offset += g.numel()
 
     def barrier(self) -> None:
         """Wait for every rank of the job."""
         if self.job_world > 1:
             dist.barrier()
+
+    def final_wait(self) -> None:
+        """Wait for every rank at the end of a run, while rank 0 evaluates and publishes: bounded by the
+        ``final_wait`` given to :meth:`from_env` (:meth:`prepare_final_wait`), not :data:`COLLECTIVE_TIMEOUT`."""
+        if self.job_world > 1:
+            dist.barrier(group=self.final_group)
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Run the block on every rank, then wait for all; an exception on any rank stops every rank here.
+
+        The failing rank raises its own exception; every other rank raises
+        :class:`~scope_hub.errors.PeerRankError` with the failing rank's number and message. A plain
+        barrier would instead leave them waiting for a rank that never arrives until the collective
+        timeout (a rank whose process stays up, or NCCL, which does not notice a peer leaving), and
+        none of them would say why.
+        """
+        try:
+            yield
+        except Exception as error:
+            self._share_failure(error)
+            raise
+        self._share_failure(None)
+
+    def _share_failure(self, error: Exception | None) -> None:
+        """Every rank's failure note (empty when it succeeded) in one all-gather; raise a peer's."""
+        if self.job_world == 1:
+            return
+        note = torch.zeros(FAILURE_NOTE_BYTES, dtype=torch.uint8)
+        if error is not None:
+            text = f"{type(error).__name__}: {error}".encode()[: FAILURE_NOTE_BYTES - 1]
+            note[0] = 1
+            note[1 : 1 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        notes = [torch.empty_like(note, device=self.device) for _ in range(dist.get_world_size())]
+        dist.all_gather(notes, note.to(self.device))
+        if error is not None:
+            return  # the failing rank raises its own exception, with its traceback
+        for rank, shared in enumerate(notes):
+            if int(shared[0]):
+                message = bytes(shared[1:].cpu().tolist()).rstrip(b"\0").decode(errors="replace")
+                raise PeerRankError(
+                    f"rank {rank} failed, so rank {dist.get_rank()} stops too: {message} "
+                    f"(rank {rank}'s output has the traceback; fix that and run again)",
+                    rank=rank,
+                    error=message,
+                )
 
     def close(self) -> None:
         """Leave the process group (once, at the end of a torchrun job).

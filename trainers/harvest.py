@@ -294,21 +294,23 @@ def harvest_to_disk(
     meta["model_layers"] = adapter_for(harvester.model).n_layers
     if cfg.multi_target:  # which hookpoints each dictionary reads, for runs that reuse the harvest
         meta["targets"] = [{"name": t.name, **t.spec.describe()} for t in targets or run_targets(harvester.model, cfg)]
-    if ctx.is_main:
-        writer = ShardWriter(root, meta)  # checks the fingerprint and creates harvest.json
-    ctx.barrier()
-    if not ctx.is_main:
-        writer = ShardWriter(root, meta, create=False)
+    # each block ends with every rank waiting for the others; a rank that fails in one (a refused
+    # fingerprint, a full disk, the model) stops them all there with its message
+    with ctx.together():
+        main_writer = ShardWriter(root, meta) if ctx.is_main else None  # checks the fingerprint, creates harvest.json
+    with ctx.together():
+        writer = main_writer or ShardWriter(root, meta, create=False)
+        # every rank lists the finished shards before any rank writes a new one: the same split everywhere
+        done = set() if writer.complete else set(writer.records())
     if writer.complete:
         return root
-    done = set(writer.records())
-    ctx.barrier()  # every rank has listed the finished shards before any rank writes a new one: same split
     todo = [i for i in range(meta["n_shards"]) if i not in done][ctx.rank :: ctx.world]
     per_shard, step = meta["shard_sequences"], cfg.harvest.batch_sequences
     show = (show_progress_by_default() if progress is None else progress) and ctx.is_main
     lines = ctx.is_main and progress is None and not show
     total = sum(min(per_shard, len(data) - i * per_shard) for i in todo)
     with (
+        ctx.together(),
         tqdm(total=total, unit="seq", disable=not show, desc="harvest") as bar,
         PlainTicker("harvest", total, "seq", enabled=lines, world=ctx.world) as ticker,
     ):
@@ -323,8 +325,7 @@ def harvest_to_disk(
                 bar.update(hi - lo)
                 ticker.update(hi - lo)
             writer.write(index, {k: torch.cat([p[k] for p in parts]) for k in parts[0]}, [lo_shard, hi_shard])
-    ctx.barrier()
-    if ctx.is_main:
-        writer.merge()
-    ctx.barrier()
+    with ctx.together():
+        if ctx.is_main:
+            writer.merge()
     return root

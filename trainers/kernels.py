@@ -219,6 +219,36 @@ def column_weight_grad(sel: Selection, g: torch.Tensor, rows_in: torch.Tensor) -
     return F.embedding_bag(sel.rows[order], rows_in, column_offsets, mode="sum", per_sample_weights=g[order])
 
 
+TRANSPOSE_BLOCK_ELEMENTS = 1 << 22
+"""Elements (16 MiB in fp32) of the ``[columns, d]`` slab :func:`column_weight_grad_t` transposes at a time."""
+
+
+def column_weight_grad_t(
+    sel: Selection, g: torch.Tensor, rows_in: torch.Tensor, block_elements: int = TRANSPOSE_BLOCK_ELEMENTS
+) -> torch.Tensor:
+    """:func:`column_weight_grad` transposed, ``[d, n_cols]`` contiguous: the layout of ``w_enc`` and its grad.
+
+    Computed a block of columns at a time and copied into place, so only one ``[block, d]`` slab exists
+    besides the result: transposing the whole ``[n_cols, d]`` gradient would hold two copies of it at the
+    step's memory peak (half the parameter bytes of a latent shard).
+    """
+    order, column_offsets = sel.by_column()
+    d, n_cols = rows_in.shape[1], sel.n_cols
+    out = rows_in.new_empty(d, n_cols, dtype=g.dtype)
+    rows, weights = sel.rows[order], g[order]
+    block = max(1, block_elements // max(1, d))
+    starts = list(range(0, n_cols, block))
+    # every block's first entry, read in one transfer (not one sync per block on a GPU)
+    firsts = [*column_offsets[starts].tolist(), sel.nnz]
+    for i, lo in enumerate(starts):
+        hi, first, last = min(lo + block, n_cols), firsts[i], firsts[i + 1]
+        slab = F.embedding_bag(
+            rows[first:last], rows_in, column_offsets[lo:hi] - first, mode="sum", per_sample_weights=weights[first:last]
+        )
+        out[:, lo:hi].copy_(slab.t())
+    return out
+
+
 class _GatherPre(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w_enc, b_enc, x, sel):
@@ -234,9 +264,9 @@ class _GatherPre(torch.autograd.Function):
         sel = ctx.sel
         grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            # Computed as [d_sae, d_in]; one transposing copy (~5% of a step) keeps w_enc and its grad
-            # contiguous, which fused Adam needs (it copies non-contiguous tensors in and out, which costs more).
-            grad_w = column_weight_grad(sel, g, x).t().contiguous()
+            # [d_in, d_sae] contiguous like w_enc, which fused Adam needs (it copies non-contiguous tensors
+            # in and out, which costs more), transposed block by block (no second whole-size copy)
+            grad_w = column_weight_grad_t(sel, g, x)
         if ctx.needs_input_grad[1]:
             grad_b = g.new_zeros(sel.n_cols).index_add_(0, sel.cols, g)
         return grad_w, grad_b, None, None

@@ -8,8 +8,8 @@ skip path) are replicated. Every rank of the group sees the same batch. One step
 2. selection: JumpReLU/ReLU are local; TopK all-gathers each token's local top-k
    values (``B x k x R`` floats) to find the token's global k-th value, then keeps
    its local entries at or above it;
-3. ``y = all_reduce_sum(f_r @ w_dec_r) + b_dec`` and the per-token L0 of every layer
-   travel in one all-reduce of ``B x (L*d_out + L)`` floats, whose backward is the
+3. the partial decodes ``f_r @ w_dec_r`` (summed over the group, plus ``b_dec``: ``y``) and
+   the per-token L0 of every layer travel in one all-reduce of ``B x (L*d_out + L)`` floats, whose backward is the
    identity (every rank computes the same loss from the same sums, so each already
    holds the full gradient with respect to them);
 4. backward and Adam are local; the global gradient norm for clipping needs one
@@ -133,13 +133,6 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return grad, None  # every rank holds the same full gradient of the summed value
-
-
-def all_reduce_sum(partial: torch.Tensor, group: Any = None) -> torch.Tensor:
-    """Sum over ranks, differentiable (identity backward; see module doc)."""
-    if not (dist.is_initialized() and dist.get_world_size(group) > 1):
-        return partial
-    return _AllReduceSum.apply(partial, group)
 
 
 def global_kth(values: torch.Tensor, k: int, latents: LatentGroup) -> torch.Tensor:
@@ -268,20 +261,20 @@ def sharded_aux_k_loss(
     return error / residual_variance(residual, global_mean).clamp_min(1e-12)
 
 
-def sharded_forward(lp: LayerParams, x: torch.Tensor, spec: SparsitySpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y [B, d_out], l0_tokens [B])`` of a single-layer dictionary sharded over every rank (sparse path)."""
-    latents = LatentGroup(dist.get_rank(), dist.get_world_size())
-    out = forward_sharded([lp], x.unsqueeze(1), spec, latents, sparse=True)
-    return out.outputs[-1][:, 0], out.codes[0].l0_tokens
-
-
 def global_grad_norm(sharded: list[torch.Tensor], replicated: list[torch.Tensor], group: Any = None) -> torch.Tensor:
     """L2 norm of the full gradient: shard norms summed over ranks, replicated ones counted once."""
     ref = (sharded or replicated)[0]
-    local = sum((g.pow(2).sum() for g in sharded), torch.zeros((), device=ref.device))
+    local = _sum_of_squares(sharded, ref.device)
     if dist.is_initialized() and dist.get_world_size(group) > 1:
         dist.all_reduce(local, op=dist.ReduceOp.SUM, group=group)
-    return (local + sum((g.pow(2).sum() for g in replicated), torch.zeros((), device=ref.device))).sqrt()
+    return (local + _sum_of_squares(replicated, ref.device)).sqrt()
+
+
+def _sum_of_squares(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Sum of every element squared, without ``g.pow(2)``'s gradient-sized temporary per tensor."""
+    if not tensors:
+        return torch.zeros((), device=device)
+    return torch.stack(torch._foreach_norm(tensors)).square().sum()
 
 
 def clip_sharded_gradients(

@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import signal
 import sys
 import threading
@@ -312,7 +313,8 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
     A run of several dictionaries returns one outcome per dictionary in ``parts``.
     """
     if ctx is None:
-        with DistContext.from_env(cfg.model.device) as joined:
+        final_wait = datetime.timedelta(minutes=cfg.train.final_wait_minutes)
+        with DistContext.from_env(cfg.model.device, final_wait) as joined:
             return train(cfg, joined)
     env = build_environment(cfg, ctx, need_model=cfg.eval.delta_lm_loss)
     if ctx.is_main:  # after the data checks: a config error comes alone, without warnings before it
@@ -340,7 +342,7 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
         if isinstance(source, StreamingSource):
             source.stream.ctx = DistContext()
     if any(r.interrupted for r in results) or not writes:
-        ctx.barrier()
+        ctx.final_wait()
         return _combined(cfg, outcomes)
     data = {**env.source.describe(), **env.extra}
     dictionaries = [
@@ -358,7 +360,7 @@ def train(cfg: TrainConfig, ctx: DistContext | None = None) -> Outcome:
                 dictionary, target.cfg, target.spec.layers if target.spec else env.layers
             )
             write_metrics_log(target.cfg.output.dir, log.text())
-    ctx.barrier()
+    ctx.final_wait()
     return _combined(cfg, outcomes)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from scope_hub.atomic_files import atomic_folder
 from scope_hub.cards import render_dictionary_card
 from scope_hub.dictionaries import KINDS, Dictionary
 from scope_hub.feature_stats import FeatureStats
@@ -186,11 +187,18 @@ def save_dictionary_folder(dictionary: Dictionary, folder: str | Path, card: str
         from scope_hub.registry.backends.file import path_of_url
 
         folder = path_of_url(str(folder))
-    saved = dictionary.save_pretrained(folder, card=card)
     stats = getattr(dictionary, "feature_stats", None)  # measured by trainers.evals.evaluate
-    if isinstance(stats, FeatureStats):
-        stats.save(saved)
-    return saved
+    if not isinstance(stats, FeatureStats):
+        return dictionary.save_pretrained(folder, card=card)
+    # The statistics go into the same staging folder as the weights, so the one rename that
+    # publishes the folder brings them too: no reader ever sees the folder without them.
+    with atomic_folder(folder) as staging:
+        inner = dictionary.save_pretrained(staging / "dictionary", card=card)
+        stats.save(inner)
+        for path in inner.iterdir():
+            path.rename(staging / path.name)
+        inner.rmdir()
+    return Path(folder)
 
 
 def save_and_publish(dictionary: Dictionary, cfg: TrainConfig, layers: list[int]) -> tuple[Path | str, Any]:

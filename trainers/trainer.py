@@ -101,7 +101,6 @@ class Trainer:
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         self.steps = cfg.steps
-        self.local_batch = cfg.train.batch_size // self.ctx.world
         self.ws = Workspace()
         self.history: list[dict[str, float]] = []
         self._stop = False
@@ -387,6 +386,8 @@ class Trainer:
         apply_constraints(
             self.params, unit_decoder=cfg.train.decoder_unit_norm, clamp_threshold=architecture(arch).trains_threshold
         )
+        for p in trainable:  # gradients live from backward to the step only: not beside the next batch's forward
+            p.grad = None
         self._bookkeeping(out.codes)
         if cfg.loss.resample_every and arch in (RELU, JUMPRELU) and (self.step + 1) % cfg.loss.resample_every == 0:
             self._resample()

@@ -7,7 +7,15 @@ import torch
 
 from scope_hub.testing.dictionaries import make_config, make_dictionary
 from trainers.forward import SparsitySpec, forward, layer_params
-from trainers.kernels import JumpReLUDense, gather_pre, select_batch_topk, select_topk, sparse_decode
+from trainers.kernels import (
+    JumpReLUDense,
+    column_weight_grad_t,
+    gather_pre,
+    select_above,
+    select_batch_topk,
+    select_topk,
+    sparse_decode,
+)
 from trainers.losses import aux_k_loss, reconstruction_loss
 
 ARCHS = ["jumprelu", "topk", "batchtopk", "relu"]
@@ -67,6 +75,21 @@ def test_gather_pre_backward_matches_dense_matmul() -> None:
     dense_g = torch.zeros(50, 30).index_put_((sel.rows, sel.cols), g)
     torch.testing.assert_close(w.grad, x.T @ dense_g)
     torch.testing.assert_close(b.grad, dense_g.sum(0))
+    assert w.grad.is_contiguous()
+
+
+@pytest.mark.parametrize("block_columns", [1, 3, 7, 30, 64])
+def test_encoder_grad_transposed_block_by_block_is_the_dense_product(block_columns: int) -> None:
+    torch.manual_seed(1)
+    x = torch.randn(40, 7)
+    pre = x @ torch.randn(7, 30)
+    pre[:, 10:17] = -1.0  # columns nothing selects: whole blocks without an entry at small block sizes
+    sel = select_above(pre, 0.8)
+    g = torch.randn(sel.nnz)
+    got = column_weight_grad_t(sel, g, x, block_elements=block_columns * 7)
+    dense_g = torch.zeros(40, 30).index_put_((sel.rows, sel.cols), g)
+    assert got.shape == (7, 30) and got.is_contiguous()
+    torch.testing.assert_close(got, x.T @ dense_g)
 
 
 def test_sparse_decode_is_a_gather_of_rows() -> None:

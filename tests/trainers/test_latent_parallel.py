@@ -23,7 +23,7 @@ from scope_hub.testing.dictionaries import make_config, make_dictionary
 from trainers.checkpoint import Checkpoint, commit_checkpoint, list_checkpoints, load_whole_checkpoint, save_shard
 from trainers.distributed import DistContext
 from trainers.forward import LayerParams, SparsitySpec, forward, layer_params
-from trainers.latent_parallel import global_grad_norm, shard_range, sharded_forward
+from trainers.latent_parallel import LatentGroup, forward_sharded, global_grad_norm, shard_range
 from trainers.sources import SyntheticSource
 from trainers.synthetic import PlantedDictionary
 
@@ -62,6 +62,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world)
     for arch in ARCHS:
         _train_shard(rank, world, folder, arch)
+    _record_meshes(rank, world, folder)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -85,7 +86,8 @@ def _train_shard(rank: int, world: int, folder: str, arch: str) -> None:
     spec = SparsitySpec(arch, k=6, bandwidth=0.05)
     for x in _batches():
         opt.zero_grad()
-        y, l0 = sharded_forward(lp, x, spec)
+        out = forward_sharded([lp], x.unsqueeze(1), spec, LatentGroup(rank, world), sparse=True)
+        y, l0 = out.outputs[-1][:, 0], out.codes[0].l0_tokens
         _loss(y, x, l0, arch).backward()
         norm = global_grad_norm([p.grad for p in sharded if p.grad is not None], [shard["b_dec"].grad])
         scale = min(1.0, 1.0 / (float(norm) + 1e-6))
@@ -96,8 +98,21 @@ def _train_shard(rank: int, world: int, folder: str, arch: str) -> None:
     save_file({n: p.detach().contiguous() for n, p in shard.items()}, f"{folder}/{arch}-rank{rank}.safetensors")
 
 
+def _record_meshes(rank: int, world: int, folder: str) -> None:
+    """What two trainers of one run (a multi-dictionary run) get from ``DistContext.mesh``."""
+    ctx = DistContext(rank, world)
+    (data_a, latents_a), (data_b, latents_b) = ctx.mesh(world), ctx.mesh(world)
+    assert latents_a is not None and latents_b is not None
+    record = {
+        "same_group": latents_a.group is latents_b.group and data_a is data_b,
+        "group_ranks": dist.get_process_group_ranks(latents_a.group),
+        "latent_rank": latents_a.rank,
+    }
+    Path(folder, f"mesh-rank{rank}.json").write_text(json.dumps(record))
+
+
 @pytest.fixture(scope="module")
-def shard_results() -> dict[str, dict[int, dict[str, torch.Tensor]]]:
+def shard_results() -> dict[str, dict[int, dict]]:
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as folder:
         procs = [ctx.Process(target=_worker, args=(r, 2, folder)) for r in range(2)]
@@ -106,7 +121,16 @@ def shard_results() -> dict[str, dict[int, dict[str, torch.Tensor]]]:
         for p in procs:
             p.join(timeout=180)
             assert p.exitcode == 0
-        return {a: {r: load_file(f"{folder}/{a}-rank{r}.safetensors") for r in range(2)} for a in ARCHS}
+        results = {a: {r: load_file(f"{folder}/{a}-rank{r}.safetensors") for r in range(2)} for a in ARCHS}
+        results["mesh"] = {r: json.loads(Path(folder, f"mesh-rank{r}.json").read_text()) for r in range(2)}
+        return results
+
+
+def test_every_dictionary_of_a_run_shares_one_mesh(shard_results) -> None:
+    meshes = shard_results["mesh"]
+    assert [meshes[r]["latent_rank"] for r in range(2)] == [0, 1]
+    for r in range(2):
+        assert meshes[r]["same_group"] and meshes[r]["group_ranks"] == [0, 1]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
