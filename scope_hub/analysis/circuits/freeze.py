@@ -123,7 +123,7 @@ def _register_attention() -> None:
 @contextlib.contextmanager
 def _attention_implementation(model: nn.Module) -> Iterator[None]:
     _register_attention()
-    config = model.config
+    config: Any = model.config  # a transformers PretrainedConfig
     old = config._attn_implementation
     config._attn_implementation = ATTN_IMPLEMENTATION  # the setter propagates to sub-configs
     try:
@@ -246,7 +246,9 @@ def frozen(model: nn.Module, state: FrozenState, mode: str) -> Iterator[FrozenSt
     norms = [m for _, m in norm_modules(model)]
     with contextlib.ExitStack() as stack:
         if mode == "record":
-            state.patterns.clear(), state.norm_scales.clear(), state.norm_kinds.clear()
+            state.patterns.clear()
+            state.norm_scales.clear()
+            state.norm_kinds.clear()
             for m in norms:
                 stack.callback(m.register_forward_hook(_recording_hook(state), prepend=True).remove)
         else:

@@ -110,21 +110,23 @@ class RowBuilder:
         inputs = [rp.embed] + [rp.block_out[L] for L in range(self.n_layers)]
         grads = torch.autograd.grad(objective, inputs, retain_graph=True, allow_unused=True)
         self.n_backward += 1
-        n = (logits if logits is not None else features).numel()
+        n = logits.numel() if logits is not None else features.numel() if features is not None else 0
         with torch.no_grad():
             return self._contract(grads[0], dict(enumerate(grads[1:])), n)
 
     def _objective(self, rp: Replay, logits: torch.Tensor | None, features: torch.Tensor | None) -> torch.Tensor:
         if logits is not None:
             slots = torch.arange(logits.numel())
-            read = rp.final[slots, self.n_pos - 1]
+            read = rp.final_output()[slots, self.n_pos - 1]
             return (read * self.tg.vectors[logits].to(read.dtype)).sum()
         f = self.rec.features
         total = rp.embed.new_zeros(())
+        if features is None:
+            return total
         for layer in f.layer[features].unique().tolist():
             slots = (f.layer[features] == layer).nonzero(as_tuple=True)[0]
             chosen = features[slots]
-            vectors = self.ts.encoder_vectors(self.ts.block_at(layer), f.index[chosen])
+            vectors = self.ts.encoder_vectors(self.ts.block_for(layer), f.index[chosen])
             read = rp.block_in[layer][slots, f.pos[chosen]]
             total = total + (read * vectors.to(read.dtype)).sum()
         return total
@@ -184,12 +186,12 @@ class RowBuilder:
             bias_feat = torch.zeros(feats.numel(), dtype=torch.float64)
             for layer in f.layer[feats].unique().tolist():
                 sel = (f.layer[feats] == layer).nonzero(as_tuple=True)[0]
-                block = self.ts.block_at(layer)
+                block = self.ts.block_for(layer)
                 idx, pos = f.index[feats[sel]], f.pos[feats[sel]]
                 vectors = self.ts.encoder_vectors(block, idx)
                 read = zero.block_in[layer][0, pos]
                 b_enc = self.ts.b_enc(block)[idx]
                 bias_feat[sel] = ((read * vectors.to(read.dtype)).sum(-1) + b_enc.to(read.dtype)).double()
-            bias_logit = self.tg.values(zero.final[0, -1]).double()[logit_k]
+            bias_logit = self.tg.values(zero.final_output()[0, -1]).double()[logit_k]
         values = torch.cat([f.pre[feats].double(), self.tg.values(rec.final[-1]).double()[logit_k]])
         return values, torch.cat([bias_feat, bias_logit])
