@@ -16,8 +16,10 @@ replaces measured numbers; ``--write-readme`` forces it.
 
 Run it on an otherwise idle machine: the load average before and after is recorded, since
 other jobs on 2 cores move absolute numbers by tens of percent (ratios much less).
-Circuit-tracing benchmarks are separate (``benchmarks/circuits_bench.py``; the
-circuit-tracer comparisons need their own venv), see the README.
+``attribution`` times ``attribute()`` against circuit-tracer 0.5 on the tiny Gemma 3
+(``benchmarks/circuits_vs_circuit_tracer.py --only attribution``); circuit-tracer needs its own
+venv, which the first run builds under ``/tmp/ct-venv`` (PyPI downloads). The real-model circuit
+benchmark (``benchmarks/circuits_bench.py``) stays separate, see the README.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def demeaned_unembedding(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Ten
     bias = getattr(unembed, "bias", None)
     if isinstance(bias, torch.Tensor):
         return vectors, bias.detach()[ids] - bias.detach().mean()
-    return vectors, torch.zeros(ids.numel(), dtype=weight.dtype)
+    return vectors, torch.zeros(ids.numel(), dtype=weight.dtype, device=weight.device)
 
 
 def _target_ids(targets: Sequence[int | str] | torch.Tensor, tokenizer: Any) -> torch.Tensor:
