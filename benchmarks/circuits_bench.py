@@ -38,11 +38,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.device import add_device_argument, resolve_device  # noqa: E402
+
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "scope_hub_circuits_bench"
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cpu_s() -> float:
@@ -67,23 +65,35 @@ def _load(cache: Path):
     return model, tok, [str(f) for f in folders]
 
 
-def child(length: int, feature_rows: int, cache: Path) -> dict:
-    """One measurement in this (fresh) process; prints nothing, returns a JSON-able dict."""
+def child(length: int, feature_rows: int, cache: Path, device_name: str = "cpu") -> dict:
+    """One measurement in this (fresh) process; prints nothing, returns a JSON-able dict.
+
+    On a GPU the peak is ``torch.cuda.max_memory_allocated`` and clocks are read after a synchronize.
+    """
     import torch
 
+    from benchmarks.device import peak_mib, synchronize
     from scope_hub.analysis.circuits.attribution import attribute
     from scope_hub.analysis.circuits.pruning import prune
     from scope_hub.analysis.circuits.quick import TEXT
 
+    device = torch.device(device_name)
     model, tok, folders = _load(cache)
-    ids = tok(TEXT, return_tensors="pt").input_ids[0][:length]
+    model.to(device)
+    ids = tok(TEXT, return_tensors="pt").input_ids[0][:length].to(device)
     if length == 0:  # baseline: the model and one plain forward
         with torch.no_grad():
-            model(input_ids=tok(TEXT, return_tensors="pt").input_ids[:, :256], use_cache=False, logits_to_keep=1)
-        return {"peak_rss_mib": _peak_mib()}
+            model(
+                input_ids=tok(TEXT, return_tensors="pt").input_ids[:, :256].to(device),
+                use_cache=False,
+                logits_to_keep=1,
+            )
+        return {"peak_rss_mib": peak_mib(device)}
     load_avg = os.getloadavg()[0]
+    synchronize(device)
     cpu0, started = _cpu_s(), time.perf_counter()
     graph = attribute(ids, model, folders, tokenizer=tok, max_feature_nodes=feature_rows)
+    synchronize(device)
     build, cpu = time.perf_counter() - started, _cpu_s() - cpu0
     result = prune(graph)
     info = graph.info
@@ -100,7 +110,7 @@ def child(length: int, feature_rows: int, cache: Path) -> dict:
         "total_s": build,
         "cpu_s": cpu,
         "ms_per_row": 1000 * info["backward_s"] / rows,
-        "peak_rss_mib": _peak_mib(),
+        "peak_rss_mib": peak_mib(device),
         "rows_mib": info["rows_mib"],
         "completeness_rel": graph.relative_completeness_error(),
         "kept_nodes": int(result.node_mask.sum()),
@@ -110,24 +120,39 @@ def child(length: int, feature_rows: int, cache: Path) -> dict:
     }
 
 
-def _spawn(length: int, feature_rows: int, cache: Path) -> dict:
+def _spawn(length: int, feature_rows: int, cache: Path, device: str) -> dict:
     cmd = [sys.executable, __file__, "--child", str(length), "--feature-rows", str(feature_rows), "--cache", str(cache)]
+    cmd += ["--device", device]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+PARTS = (16, 64, 128, 256)
+"""What ``--only`` can pick: prompt lengths (the same as ``--lengths``)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 128, 256])
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(PARTS))
+    parser.add_argument(
+        "--only", type=int, nargs="+", choices=PARTS, default=None, help="lengths (wins over --lengths)"
+    )
     parser.add_argument("--feature-rows", type=int, default=1024)
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the quick transcoders are cached")
+    add_device_argument(parser)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    resolve_device(args.device)
+    args.lengths = args.only or args.lengths
     if args.child is not None:
-        print(json.dumps(child(args.child, args.feature_rows, args.cache)))
+        print(json.dumps(child(args.child, args.feature_rows, args.cache, args.device)))
         return 0
-    _spawn(0, args.feature_rows, args.cache)  # fits and caches the transcoders once
-    baseline = _spawn(0, args.feature_rows, args.cache)["peak_rss_mib"]
+    _spawn(0, args.feature_rows, args.cache, args.device)  # fits and caches the transcoders once
+    baseline = _spawn(0, args.feature_rows, args.cache, args.device)["peak_rss_mib"]
     print(f"model baseline peak RSS: {baseline:.0f} MiB (Gemma 3 270M fp32 loaded + one 256-token forward)")
     header = (
         "| tokens | active features | feature rows | batch | backward passes | forward s | backward s | "
@@ -136,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
     for length in args.lengths:
-        r = _spawn(length, args.feature_rows, args.cache)
+        r = _spawn(length, args.feature_rows, args.cache, args.device)
         print(
             f"| {r['tokens']} | {r['active_features']} | {r['feature_rows']} | {r['batch']} | {r['backward_passes']} | "
             f"{r['forward_s']:.1f} | {r['backward_s']:.1f} | {r['total_s']:.1f} | {r['cpu_s']:.0f} | "

@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.device import add_device_argument  # noqa: E402
 
 
 def machine() -> str:
@@ -54,18 +57,40 @@ def timed_demo(args: list[str], log: Path) -> dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "max_rss_mib": after.ru_maxrss / 1024, "exit": float(done.returncode)}
 
 
-def main(argv: list[str] | None = None) -> int:
+PARTS = ("first-run", "rerun")
+"""What ``--only`` can pick: the run in a fresh folder, and a rerun in the same folder."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.demo_time", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="time `make demo-quick` instead of `make demo`")
     parser.add_argument("--rerun", action="store_true", help="also time a second run in the same folder")
     parser.add_argument("--work-dir", default=None, help="work folder (default: a fresh temporary one)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=PARTS,
+        default=None,
+        help="runs to time (rerun alone: pass the --work-dir of a run)",
+    )
+    add_device_argument(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        # The demo's trainer configs fix model.device to its default (cpu); timing it under
+        # --device cuda would report CPU numbers as GPU ones.
+        parser.error("--device cuda: the demo has no device option (trainers.demo runs on cpu); use --device cpu")
+    only = args.only or (["first-run", "rerun"] if args.rerun else ["first-run"])
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="scope-hub-demo-time-"))
     demo_args = ["--work-dir", str(work / "work"), "--registry", f"file://{work / 'registry'}"]
     demo_args += ["--quick"] if args.quick else []
     name = "make demo-quick" if args.quick else "make demo"
     print(f"{name} on {machine()}; Python {platform.python_version()}; work folder {work}", flush=True)
-    runs = ["first run", "rerun"] if args.rerun else ["first run"]
+    runs = [{"first-run": "first run", "rerun": "rerun"}[part] for part in PARTS if part in only]
     failed = False
     for label in runs:
         load = os.getloadavg()[0]

@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.device import add_device_argument, resolve_device, synchronize
 from benchmarks.scoped_model_bench import activation_sae, bench, load_tl, saelens_sae, try_saelens
 from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.dictionaries import SAE
@@ -94,8 +95,9 @@ def synced(fn: Callable[[], object], device: torch.device) -> Callable[[], objec
         return fn
 
     def call() -> object:
+        synchronize(device)  # nothing queued earlier may land in this call's time
         out = fn()
-        torch.cuda.synchronize()
+        synchronize(device)
         return out
 
     return call
@@ -156,10 +158,15 @@ def check_low_precision(reference: dict, acts: list[torch.Tensor], saes: list[SA
     return [own_rel, own_overlap, all_rel, all_overlap]
 
 
-def main() -> None:
+PARTS = ("bare", "splice", "saelens")
+"""What ``--only`` can pick besides the floor (always run: every ratio is against it)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    ap.add_argument("--device", default="cpu")
+    add_device_argument(ap)
+    ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="candidates timed with the floor")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
@@ -172,8 +179,12 @@ def main() -> None:
     )
     ap.add_argument("--active-overlap", type=float, default=0.9, help="bf16: min Jaccard overlap of active sets")
     add_summary_argument(ap)
-    args = ap.parse_args()
-    device, low = torch.device(args.device), args.dtype == "bfloat16"
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device, low = resolve_device(args.device), args.dtype == "bfloat16"
     model, tok = load_causal_lm(gemma3_270m_path())
     model.requires_grad_(False).to(device)
     torch.manual_seed(0)
@@ -209,10 +220,10 @@ def main() -> None:
     print(f"check: |ScopedModel - floor| max over the logits = {diff:.2e}")
     if diff > (0.0 if device.type == "cpu" and not low else 1e-2):
         raise SystemExit("ScopedModel's splice differs from the hand-written floor: not timing")
-    use_sl = not low and not args.no_saelens and try_saelens()
+    use_sl = "saelens" in args.only and not low and not args.no_saelens and try_saelens()
     if use_sl:
         tl = load_tl(model, tok)
-        sl_saes = [saelens_sae(s.cpu(), layer=i) for i, s in enumerate(saes)]
+        sl_saes = [saelens_sae(s, layer=i) for i, s in enumerate(saes)]
         tl.to(device)
 
         def saelens() -> torch.Tensor:
@@ -222,6 +233,10 @@ def main() -> None:
         sl_diff = (saelens().float() - floor().float()).abs().max().item()
         print(f"check: |SAELens run_with_saes - floor| max = {sl_diff:.2e} (TransformerLens's own forward)")
         fns["SAELens run_with_saes (18 SAEs)"] = saelens
+    if "bare" not in args.only:
+        del fns["HF bare"]
+    if "splice" not in args.only:
+        del fns["ScopedModel splice (18 SAEs)"]
     times = bench({name: synced(fn, device) for name, fn in fns.items()}, args.repeats)
     base = "floor: 18 hand-written hooks"
     print(f"\n{'candidate':40s} {'median s':>9s} {'/ floor (paired)':>17s}")
@@ -236,13 +251,16 @@ def headlines(times: dict, dtype: str, worst: list[float] | None) -> list[Headli
         return statistics.median(a / b for a, b in zip(times[num], times[den]))
 
     tag = "bf16" if dtype == "bfloat16" else "fp32"
+    ours = "ScopedModel splice (18 SAEs)"
+    if ours not in times:  # --only without splice: no ratio to ours
+        return []
     rows = [
         Headline(
             "every_layer",
             f"splice 18 SAEs / floor with 18 hooks ({tag})",
-            paired("ScopedModel splice (18 SAEs)", "floor: 18 hand-written hooks"),
+            paired(ours, "floor: 18 hand-written hooks"),
             goal="<= 1.05" if tag == "bf16" else "<= 1.10",
-            note=f"{statistics.median(times['ScopedModel splice (18 SAEs)']):.2f} s per 1024 tokens",
+            note=f"{statistics.median(times[ours]):.2f} s per 1024 tokens",
         )
     ]
     if "SAELens run_with_saes (18 SAEs)" in times:
@@ -250,7 +268,7 @@ def headlines(times: dict, dtype: str, worst: list[float] | None) -> list[Headli
             Headline(
                 "every_layer",
                 "SAELens run_with_saes / ours, 18 SAEs (fp32)",
-                paired("SAELens run_with_saes (18 SAEs)", "ScopedModel splice (18 SAEs)"),
+                paired("SAELens run_with_saes (18 SAEs)", ours),
                 note="same 18 SAEs; TransformerLens forward",
             )
         )

@@ -16,7 +16,7 @@ timing, the rows of the one-forward harvest must equal those of the 18 single-la
 exactly. Arithmetic bound: 18 single-layer harvests run 1 + 2 + ... + 18 = 171 layer forwards
 against 18, so their ratio cannot exceed 9.5x (plus the embedding, run 18 times).
 
-    .venv/bin/python -m benchmarks.harvest_bench [--rounds 5] [--suite layer6|all_layers|both]
+    .venv/bin/python -m benchmarks.harvest_bench [--rounds 5] [--only layer6 all_layers] [--device cuda]
 """
 
 from __future__ import annotations
@@ -27,37 +27,60 @@ import time
 
 import torch
 
+from benchmarks.device import add_device_argument, resolve_device, synchronize
 from benchmarks.summary import Headline, add_summary_argument, write_summary
 
+PARTS = ("layer6", "all_layers")
+"""What ``--only`` can pick (the suites)."""
 
-def main() -> None:
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=3, help="batches per candidate per round")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--suite", choices=["layer6", "all_layers", "both"], default="both")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=None, help="suites to run (wins over --suite)")
+    add_device_argument(parser)
     add_summary_argument(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    suites = set(args.only) if args.only else ({"layer6", "all_layers"} if args.suite == "both" else {args.suite})
 
     from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm
 
     model, tok = load_causal_lm(gemma3_270m_path(progress=False))
+    model.to(device)
+    args.device = device
     rows = []
-    if args.suite in ("layer6", "both"):
+    if "layer6" in suites:
         rows += layer6(model, tok, args)
-    if args.suite in ("all_layers", "both"):
+    if "all_layers" in suites:
         rows += all_layers(model, tok, args)
     write_summary(args.summary, rows)
 
 
-def _batches(tok, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+def _timed(fn, device: torch.device) -> float:
+    """Seconds ``fn`` takes, GPU work included (clocks read after a synchronize)."""
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _batches(tok, n: int, device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(1000, 200000, (8, 128), generator=gen) for _ in range(n)]
     for ids in batches:
         ids[:, 0] = tok.bos_token_id
-    return batches, torch.ones_like(batches[0])
+    return [ids.to(device) for ids in batches], torch.ones_like(batches[0]).to(device)
 
 
 def layer6(model, tok, args) -> list[Headline]:
@@ -66,7 +89,7 @@ def layer6(model, tok, args) -> list[Headline]:
 
     cfg = load_config(None, ["model.id=google/gemma-3-270m", "harvest.layer=6"])
     harvester = Harvester(model, site_spec(model, cfg), tok.bos_token_id, exclude_bos=True)
-    batches, mask = _batches(tok, args.batches)
+    batches, mask = _batches(tok, args.batches, args.device)
 
     layers = model.model.layers
     truncated = torch.nn.ModuleList(list(layers)[:7])
@@ -91,9 +114,7 @@ def layer6(model, tok, args) -> list[Headline]:
         for name, fn in (
             (("bare", bare), ("harvest", harvest)) if r % 2 == 0 else (("harvest", harvest), ("bare", bare))
         ):
-            t0 = time.perf_counter()
-            fn()
-            speeds[name].append(tokens / (time.perf_counter() - t0))
+            speeds[name].append(tokens / _timed(fn, args.device))
         ratios.append(speeds["harvest"][-1] / speeds["bare"][-1])
         print(
             f"round {r + 1}: bare {speeds['bare'][-1]:.0f} tok/s, harvest {speeds['harvest'][-1]:.0f} tok/s, "
@@ -133,7 +154,7 @@ def all_layers(model, tok, args) -> list[Headline]:
         )
         for layer in range(n_layers)
     ]
-    batches, mask = _batches(tok, max(1, args.batches // 3))
+    batches, mask = _batches(tok, max(1, args.batches // 3), args.device)
     # Outputs first: every layer's rows from the one forward equal that layer's own harvest.
     together = one(batches[0], mask)
     for layer, single in enumerate(singles):
@@ -162,9 +183,7 @@ def all_layers(model, tok, args) -> list[Headline]:
     for r in range(args.rounds):
         order = list(candidates) if r % 2 == 0 else list(reversed(candidates))
         for name in order:
-            t0 = time.perf_counter()
-            candidates[name]()
-            speeds[name].append(tokens / (time.perf_counter() - t0))
+            speeds[name].append(tokens / _timed(candidates[name], args.device))
         vs_bare.append(speeds["one forward"][-1] / speeds["bare"][-1])
         vs_singles.append(speeds["one forward"][-1] / speeds["18 harvests"][-1])
         print(

@@ -216,12 +216,26 @@ def import_native(work: Path, cases: list[dict]) -> dict:
     return results
 
 
-def main() -> int:
+PARTS = ("to-circuit-tracer", "from-circuit-tracer")
+"""What ``--only`` can pick: our exports read by circuit-tracer, and its own folders read by scope-hub."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ct-python", default="/tmp/ct-venv/bin/python", help="python of the circuit-tracer venv")
     parser.add_argument("--workdir", help="keep the exported folders here (default: a temporary folder)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="directions to check")
+    # A format cross-check on small tensors: it times nothing, so the device only says where they live.
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="accepted; the checks run on cpu")
     parser.add_argument("--check", metavar="DIR", help=argparse.SUPPRESS)  # second half, run by --ct-python
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch.cuda is not available here; run with --device cpu")
     if args.check:
         work = Path(args.check)
         print(json.dumps(check_cases(work, json.loads((work / "cases.json").read_text())), indent=2))
@@ -229,13 +243,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        (work / "cases.json").write_text(json.dumps(export_cases(work)))
+        cases = export_cases(work) if "to-circuit-tracer" in args.only else []
+        (work / "cases.json").write_text(json.dumps(cases))
         done = subprocess.run([args.ct_python, __file__, "--check", str(work)], capture_output=True, text=True)
         if done.returncode != 0:
             sys.stderr.write(done.stderr[-4000:])
             return 2
         results = json.loads(done.stdout[done.stdout.index("{") :])
-        results.update(import_native(work, results.pop("native_cases")))
+        native = results.pop("native_cases")
+        if "from-circuit-tracer" in args.only:
+            results.update(import_native(work, native))
     print(json.dumps(results, indent=2))
     failed = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]
     print("circuit-tracer agrees with scope-hub on every case" if not failed else f"MISMATCH: {failed}")

@@ -45,6 +45,11 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.device import add_device_argument, resolve_device, synchronize  # noqa: E402
+
+PARTS = (1, 2, 4, 8)
+"""What ``--only`` can pick: latent-parallel group sizes R (the same as ``--lp``)."""
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
@@ -111,7 +116,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
     from trainers.distributed import DistContext
 
     with DistContext.from_env(args.device) as ctx:
-        floor = _rss_bytes()  # torch + gloo after init_process_group, nothing else yet
+        # torch + gloo after init_process_group, nothing else yet (on a GPU: what the allocator already holds)
+        floor = torch.cuda.memory_allocated(ctx.device) if ctx.device.type == "cuda" else _rss_bytes()
         _train_and_measure(rank, world, args, out, ctx, floor)
 
 
@@ -145,18 +151,24 @@ def _train_and_measure(rank: int, world: int, args: argparse.Namespace, out: str
     )
     planted = SyntheticSource(PlantedDictionary.create(n_atoms=4096, d_in=640, active_per_token=32, seed=0), seed=0)
     source = _Batches(planted, args.batch, 2)
-    loaded = _rss_bytes() - floor  # the trainer's code and the data, before any dictionary exists
+    cuda = ctx.device.type == "cuda"
+    loaded = 0 if cuda else _rss_bytes() - floor  # the trainer's code and the data, before any dictionary exists
     trainer = Trainer(cfg, source, ctx)
     trainer.advance()  # warm-up: allocates the workspace and Adam's state
+    if cuda:  # GPU peaks from the allocator: RSS does not see device memory
+        synchronize(ctx.device)
+        torch.cuda.reset_peak_memory_stats(ctx.device)
     hwm_reset = _reset_peak()  # the peak of the training steps, not of initialisation's temporaries
     counter: dict[str, int] = {}
     if world > 1:
         _count_bytes(counter)
+    synchronize(ctx.device)
     start = time.perf_counter()
     for _ in range(args.steps):
         trainer.advance()
+    synchronize(ctx.device)
     elapsed = time.perf_counter() - start
-    peak = _peak_bytes(hwm_reset) - floor
+    peak = (torch.cuda.max_memory_allocated(ctx.device) if cuda else _peak_bytes(hwm_reset)) - floor
     param_bytes = sum(p.numel() * p.element_size() for p in trainer.dictionary.parameters())
     activations = args.batch * (args.d_sae // world) * 4 + 2 * args.batch * 640 * 4
     result = {
@@ -189,7 +201,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--d-sae", type=int, default=65536)
     parser.add_argument("--k", type=int, default=32)
@@ -197,10 +209,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--lp", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--threads", type=int, default=None, help="per rank (default: cores / R)")
-    parser.add_argument("--device", default="cpu")
+    add_device_argument(parser)
+    parser.add_argument("--only", type=int, nargs="+", choices=PARTS, default=None, help="group sizes (wins over --lp)")
     parser.add_argument("--no-check", dest="check", action="store_false")
     parser.add_argument("--malloc-mmap-threshold", type=int, default=None, help="glibc MALLOC_MMAP_THRESHOLD_")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    resolve_device(args.device)
+    args.lp = args.only or args.lp
     if args.malloc_mmap_threshold is not None:  # read by glibc when each spawned rank starts
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.malloc_mmap_threshold)
     gib = 1 << 30

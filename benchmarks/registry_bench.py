@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
+from benchmarks.device import add_device_argument, check_device
 from benchmarks.summary import Headline, add_summary_argument, write_summary
 from scope_hub.keys import parse_key
 from scope_hub.metadata import DictionaryConfig
@@ -326,25 +327,48 @@ def start_moto() -> tuple[object, str]:
     return server, "s3://bench-registry/registry"
 
 
-def main() -> None:
+PARTS = ("file-pulls", "file-listing", "s3-pulls", "s3-listing")
+"""What ``--only`` can pick: pulls and the 20,000-key listing, over file:// and over s3:// (moto)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="18 x 64x1024 dictionaries instead of 640x16384")
-    parser.add_argument("--skip-s3", action="store_true", help="skip the moto part")
+    parser.add_argument(
+        "--skip-s3", action="store_true", help="skip the moto part (same as leaving s3-* out of --only)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="cold pull_many / floor pairs")
-    parser.add_argument("--only-pulls", action="store_true", help="skip the 20,000-key listing part")
+    parser.add_argument(
+        "--only-pulls", action="store_true", help="skip the 20,000-key listing part (same as leaving *-listing out)"
+    )
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run")
+    # Registry work moves bytes and hashes them: no tensor math runs, so the device changes nothing
+    # measured; the flag is accepted (and cuda refused without a GPU) so every benchmark takes it.
+    add_device_argument(parser)
     add_summary_argument(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_device(parser, args.device)
+    parts = set(args.only) - ({"file-listing", "s3-listing"} if args.only_pulls else set())
+    parts -= {"s3-pulls", "s3-listing"} if args.skip_s3 else set()
     os.environ.setdefault("CI", "1")  # no progress bars in benchmark output
+    rows: list[Headline] = []
     with tempfile.TemporaryDirectory(prefix="scope-hub-bench-") as tmp:
         root = Path(tmp)
-        rows = bench_pulls(root, args.small, args.repeats)
-        if not args.only_pulls:
+        if "file-pulls" in parts:
+            rows += bench_pulls(root, args.small, args.repeats)
+        if "file-listing" in parts:
             rows += bench_listing("file://", (root / "big-registry").as_uri(), root, reindex=True)
-        if not args.skip_s3:
+        if parts & {"s3-pulls", "s3-listing"}:
             server, url = start_moto()
             try:
-                rows += bench_s3_pulls(url.replace("/registry", "/pulls"), root, args.small, args.repeats)
-                if not args.only_pulls:
+                if "s3-pulls" in parts:
+                    rows += bench_s3_pulls(url.replace("/registry", "/pulls"), root, args.small, args.repeats)
+                if "s3-listing" in parts:
                     rows += bench_listing("s3:// (moto on 127.0.0.1)", url, root, reindex=False)
             finally:
                 server.stop()

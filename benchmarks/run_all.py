@@ -16,8 +16,10 @@ replaces measured numbers; ``--write-readme`` forces it.
 
 Run it on an otherwise idle machine: the load average before and after is recorded, since
 other jobs on 2 cores move absolute numbers by tens of percent (ratios much less).
-Circuit-tracing benchmarks are separate (``benchmarks/circuits_bench.py``; the
-circuit-tracer comparisons need their own venv), see the README.
+``attribution`` times ``attribute()`` against circuit-tracer 0.5 on the tiny Gemma 3
+(``benchmarks/circuits_vs_circuit_tracer.py --only attribution``); circuit-tracer needs its own
+venv, which the first run builds under ``/tmp/ct-venv`` (PyPI downloads). The real-model circuit
+benchmark (``benchmarks/circuits_bench.py``) stays separate, see the README.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.device import add_device_argument, check_device
 from benchmarks.summary import read_summary
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +55,6 @@ class Benchmark:
     name: str
     argv: tuple[str, ...]  # after ``python``
     quick: tuple[str, ...]  # the arguments that replace ``argv`` with --quick
-    takes_device: bool = False  # accepts ``--device cuda`` (the others measure CPU or storage work)
 
 
 BENCHMARKS = [
@@ -69,19 +71,32 @@ BENCHMARKS = [
         "train",
         ("-m", "benchmarks.train_bench", "--rounds", "3", "--steps", "3", "--tokens", "32768"),
         ("-m", "benchmarks.train_bench", "--rounds", "1", "--steps", "2", "--tokens", "32768"),
-        takes_device=True,
     ),
     Benchmark(
         "every_layer",
         ("benchmarks/every_layer_bench.py",),
         ("benchmarks/every_layer_bench.py", "--repeats", "1", "--batch", "2", "--seq", "64"),
-        takes_device=True,
     ),
     Benchmark(
         "every_layer_bf16",
         ("benchmarks/every_layer_bench.py", "--dtype", "bfloat16"),
         ("benchmarks/every_layer_bench.py", "--dtype", "bfloat16", "--repeats", "1", "--batch", "2", "--seq", "64"),
-        takes_device=True,
+    ),
+    # circuit-tracer needs its own venv (transformers < 5): --setup builds it once (PyPI downloads).
+    Benchmark(
+        "attribution",
+        ("benchmarks/circuits_vs_circuit_tracer.py", "--only", "attribution", "--setup", "--threads", "1"),
+        (
+            "benchmarks/circuits_vs_circuit_tracer.py",
+            "--only",
+            "attribution",
+            "--setup",
+            "--threads",
+            "1",
+            "--lengths",
+            "16",
+            "64",
+        ),
     ),
 ]
 
@@ -127,7 +142,7 @@ def run_one(
     bench: Benchmark, quick: bool, workdir: Path, logs: Path, device: str = "cpu"
 ) -> tuple[list[dict], str, int, float]:
     argv = list(bench.quick if quick else bench.argv)
-    if device != "cpu" and bench.takes_device:
+    if device != "cpu":
         argv += ["--device", device]
     summary = workdir / f"{bench.name}.json"
     command = "python " + shlex.join(argv)
@@ -193,17 +208,24 @@ def write_readme(block: str) -> None:
     tmp.replace(README)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     names = [b.name for b in BENCHMARKS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and smaller sizes (a smoke run)")
     parser.add_argument("--only", nargs="+", choices=names, default=names)
     parser.add_argument("--no-readme", action="store_true", help="print the summary, leave benchmarks/README.md alone")
-    parser.add_argument("--device", default="cpu", help="cuda: run the benchmarks that take --device on the GPU")
+    add_device_argument(parser)
     parser.add_argument(
         "--write-readme", action="store_true", help="rewrite the README table even after a quick or partial run"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = [b.name for b in BENCHMARKS]
+    parser = build_parser()
     args = parser.parse_args(argv)
+    check_device(parser, args.device)
     complete = not args.quick and set(args.only) == set(names)
     write = args.write_readme or (complete and not args.no_readme)
     # Logs sit next to the table they explain; a run that leaves the table alone keeps them elsewhere.

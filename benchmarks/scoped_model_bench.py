@@ -52,6 +52,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.device import add_device_argument, resolve_device, synchronize  # noqa: E402
 from benchmarks.summary import Headline, add_summary_argument, write_summary  # noqa: E402
 from scope_hub.dictionaries import SAE  # noqa: E402
 from scope_hub.gguf_models import gemma3_270m_path, load_causal_lm  # noqa: E402
@@ -65,6 +66,8 @@ TARGET_L0 = 64
 
 
 # --- timing ------------------------------------------------------------------------------
+DEVICE = torch.device("cpu")
+"""Where the model, inputs and dictionaries live (``--device``)."""
 CPU_TIMES: dict[str, list[float]] = {}
 """Process CPU seconds per call (all threads), by variant: a second view when the machine is shared."""
 
@@ -85,8 +88,10 @@ def bench(
             if before_each is not None:
                 before_each()
             gc.collect()
+            synchronize(DEVICE)  # GPU work is queued: clocks are read only once it is done
             c0, t0 = time.process_time(), clock()
             out = fn()
+            synchronize(DEVICE)
             dt, dc = clock() - t0, time.process_time() - c0
             del out
             if r >= warmup:
@@ -200,7 +205,7 @@ def saelens_sae(sae: SAE, layer: int = LAYER):
         d_in=D_IN,
         d_sae=D_SAE,
         dtype="float32",
-        device="cpu",
+        device=str(sae.w_enc.device),
         apply_b_dec_to_input=False,  # Gemma Scope math: x @ W_enc + b_enc
         metadata=SAEMetadata(model_name="google/gemma-3-270m", hook_name=f"blocks.{layer}.hook_resid_post"),
     )
@@ -274,7 +279,7 @@ def load_tl(model, tok):
     # TransformerLens knows gemma-3-270m's architecture by name (no config fetch); with
     # hf_model= it converts the already-loaded weights instead of downloading them.
     return HookedSAETransformer.from_pretrained_no_processing(
-        "google/gemma-3-270m", hf_model=model, tokenizer=tok, device="cpu", dtype=torch.float32
+        "google/gemma-3-270m", hf_model=model, tokenizer=tok, device=str(DEVICE), dtype=torch.float32
     )
 
 
@@ -283,6 +288,7 @@ def forward_groups(rep: Report, model, tok, repeats: int, use_sl: bool, only: se
     torch.manual_seed(0)
     ids = torch.randint(1000, 200_000, (BATCH, SEQ))
     ids[:, 0] = tok.bos_token_id
+    ids = ids.to(DEVICE)
     sae = make_sae(model, ids)
     sm = ScopedModel.from_pretrained(model, dictionaries={"sae": sae})
     layer = model.model.layers[LAYER]
@@ -431,7 +437,7 @@ def overhead_group(rep: Report, model, tok, repeats: int) -> None:
     over many calls, dominated by Python, not by the 640 x 16384 matmuls).
     """
     torch.manual_seed(0)
-    ids = torch.randint(1000, 200_000, (BATCH, SEQ))
+    ids = torch.randint(1000, 200_000, (BATCH, SEQ)).to(DEVICE)
     sae = make_sae(model, ids)
     sm = ScopedModel.from_pretrained(model, dictionaries={"sae": sae})
     layer = model.model.layers[LAYER]
@@ -680,15 +686,19 @@ def attach_group(rep: Report, model, repeats: int, use_sl: bool, workdir: Path |
         shutil.rmtree(root, ignore_errors=True)
 
 
-def main() -> None:
+PARTS = ("full", "keep1", "features", "overhead", "attach")
+"""What ``--only`` can pick."""
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 repeats instead of 5")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument(
         "--only",
         nargs="+",
-        choices=["full", "keep1", "features", "overhead", "attach"],
-        default=["full", "keep1", "features", "overhead", "attach"],
+        choices=PARTS,
+        default=list(PARTS),
     )
     ap.add_argument("--no-saelens", action="store_true", help="skip the SAELens rows")
     ap.add_argument("--workdir", type=Path, default=None, help="where the 18 x 2 SAE folders are written (~3 GB)")
@@ -697,9 +707,16 @@ def main() -> None:
         action="store_true",
         help="cold runs use echo 3 > /proc/sys/vm/drop_caches (root; machine-wide) instead of fadvise",
     )
+    add_device_argument(ap)
     add_summary_argument(ap)
     ap.add_argument("--json", type=Path, default=None, help="also write every timing here")
-    args = ap.parse_args()
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    global DEVICE
+    args = build_parser().parse_args(argv)
+    DEVICE = resolve_device(args.device)
     repeats = args.repeats or (3 if args.quick else 5)
     only = set(args.only)
     use_sl = not args.no_saelens and try_saelens()
@@ -712,7 +729,7 @@ def main() -> None:
         f"cuda {torch.cuda.is_available()}; {versions}; repeats {repeats}"
     )
     model, tok = load_causal_lm(gemma3_270m_path())
-    model.requires_grad_(False)
+    model.requires_grad_(False).to(DEVICE)
     rep = Report()
     if only & {"full", "keep1", "features"}:
         forward_groups(rep, model, tok, repeats, use_sl, only)

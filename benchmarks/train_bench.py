@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import train_peers
+from benchmarks.device import add_device_argument, resolve_device
 from benchmarks.summary import Headline, add_summary_argument, write_summary
 from benchmarks.train_peers import Rows, Work, peer_work
 
@@ -234,7 +235,7 @@ def profile(build: Callable, steps: int) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=25))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4, help="timed steps per candidate per round")
@@ -242,7 +243,7 @@ def main() -> None:
     parser.add_argument("--random", action="store_true", help="Gaussian data instead of Gemma activations")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "scope-hub-bench-harvest-l6"))
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_argument(parser)
     parser.add_argument("--only", nargs="+", metavar="NAME", help="candidates to run (names as in the table)")
     parser.add_argument("--profile", metavar="NAME", help="profile this candidate's step instead of timing")
     add_summary_argument(parser)
@@ -252,11 +253,15 @@ def main() -> None:
         default="wall",
         help="cpu: this process's CPU time (with --threads 1, insensitive to other jobs' load)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     global CLOCK, DEVICE
-    DEVICE = torch.device(args.device)
+    DEVICE = resolve_device(args.device)
     CLOCK = time.process_time if args.clock == "cpu" and DEVICE.type == "cpu" else time.perf_counter
     rows = activations(args).to(DEVICE)
     print(

@@ -220,7 +220,7 @@ def check_prompt_length(ids: torch.Tensor, model: nn.Module) -> None:
 
 
 def _source_mask(ids: torch.Tensor, model: nn.Module, tokenizer: Any, zero_bos: bool) -> torch.Tensor:
-    mask = torch.ones(ids.numel(), dtype=torch.bool)
+    mask = torch.ones(ids.numel(), dtype=torch.bool, device=ids.device)
     bos = (
         getattr(tokenizer, "bos_token_id", None)
         if tokenizer is not None

@@ -185,7 +185,7 @@ def _steering_hooks(
     adds: dict[int, list[tuple[int, torch.Tensor]]] = {}
     for node, s in scales.items():
         layer, pos, index = graph.features[node].tolist()
-        source = ts.block_at(layer)
+        source = ts.block_for(layer)
         delta = (s - 1.0) * float(graph.activations[node])
         for target in ts.writes_to(source):
             vector = ts.decoder_vectors(source, target, torch.tensor([index]))[0] * delta

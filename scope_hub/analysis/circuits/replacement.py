@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,7 +91,8 @@ class Recording:
 
 
 def _embed_hookpoint(model: nn.Module) -> str:
-    embeddings = model.get_input_embeddings()
+    hf_model: Any = model  # a transformers PreTrainedModel; nn.Module's typing does not know its methods
+    embeddings = hf_model.get_input_embeddings()
     for name, module in model.named_modules():
         if module is embeddings:
             return f"{name}.output"
@@ -104,9 +106,10 @@ def final_hookpoint(ts: TranscoderSet) -> str:
 
 def real_logits(model: nn.Module, final: torch.Tensor) -> torch.Tensor:
     """The model's logits from final-norm outputs (softcap applied, as its forward does)."""
-    logits = model.get_output_embeddings()(final)
+    hf_model: Any = model
+    logits = hf_model.get_output_embeddings()(final)
     cap = getattr(
-        model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config,
+        hf_model.config.get_text_config() if hasattr(hf_model.config, "get_text_config") else hf_model.config,
         "final_logit_softcapping",
         None,
     )
@@ -159,8 +162,8 @@ def _active_features(
         constant[block.layer] = (pos[~node], idx[~node], act[~node])
         offsets[block.layer] = (start, start + int(node.sum()))
         start = offsets[block.layer][1]
-    cat = [torch.cat(column) for column in zip(*parts)]
-    return ActiveFeatures(*cat, offsets=offsets), constant
+    layer, pos, index, activation, pre = (torch.cat(column) for column in zip(*parts))
+    return ActiveFeatures(layer, pos, index, activation, pre, offsets=offsets), constant
 
 
 def _split_block_output(
@@ -170,8 +173,8 @@ def _split_block_output(
     block = ts.block_at(layer)
     skip, decoded, from_sources = torch.zeros_like(total), torch.zeros_like(total), torch.zeros_like(total)
     if block is not None:  # (without a dictionary the whole MLP output is this layer's error node)
-        skip = ts.skip(block, rec.block_in[layer])
-        skip = torch.zeros_like(total) if skip is None else skip.to(total.dtype)
+        skip_out = ts.skip(block, rec.block_in[layer])
+        skip = torch.zeros_like(total) if skip_out is None else skip_out.to(total.dtype)
         f, n_pos = rec.features, rec.n_pos
         for source in ts.writers_of(block):
             a, b = f.offsets[source.layer]
@@ -200,6 +203,12 @@ class Replay:
     """Dictionary layer -> the block input (encoder read)."""
     final: torch.Tensor | None = None
     """Final-norm output."""
+
+    def final_output(self) -> torch.Tensor:
+        """The final-norm output, which every replay forward reaches (its hook stops the model there)."""
+        if self.final is None:
+            raise UnsupportedModelError("the replay forward never reached the final norm; the model skipped it")
+        return self.final
 
 
 @contextlib.contextmanager

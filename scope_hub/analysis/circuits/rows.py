@@ -61,7 +61,7 @@ class RowBuilder:
         row_nodes = torch.empty(k + budget, dtype=torch.long)
         for start in range(0, k, batch):
             chunk = torch.arange(start, min(start + batch, k))
-            rows[chunk] = self._rows(rp, logits=chunk)
+            rows[chunk] = self._rows(rp, logits=chunk).to(rows.device)  # the buffer stays in host memory
             row_nodes[chunk] = self.logit_offset + chunk
         visited = torch.zeros(self.n_feat, dtype=torch.bool)
         filled = k
@@ -76,7 +76,7 @@ class RowBuilder:
             )
             for start in range(0, queue.numel(), batch):
                 chunk = queue[start : start + batch]
-                rows[filled : filled + chunk.numel()] = self._rows(rp, features=chunk)
+                rows[filled : filled + chunk.numel()] = self._rows(rp, features=chunk).to(rows.device)
                 row_nodes[filled : filled + chunk.numel()] = chunk
                 visited[chunk] = True
                 filled += chunk.numel()
@@ -110,28 +110,31 @@ class RowBuilder:
         inputs = [rp.embed] + [rp.block_out[L] for L in range(self.n_layers)]
         grads = torch.autograd.grad(objective, inputs, retain_graph=True, allow_unused=True)
         self.n_backward += 1
-        n = (logits if logits is not None else features).numel()
+        n = logits.numel() if logits is not None else features.numel() if features is not None else 0
         with torch.no_grad():
             return self._contract(grads[0], dict(enumerate(grads[1:])), n)
 
     def _objective(self, rp: Replay, logits: torch.Tensor | None, features: torch.Tensor | None) -> torch.Tensor:
         if logits is not None:
             slots = torch.arange(logits.numel())
-            read = rp.final[slots, self.n_pos - 1]
+            read = rp.final_output()[slots, self.n_pos - 1]
             return (read * self.tg.vectors[logits].to(read.dtype)).sum()
         f = self.rec.features
         total = rp.embed.new_zeros(())
+        if features is None:
+            return total
+        features = features.to(f.layer.device)  # chosen on the host; the recording may live on a GPU
         for layer in f.layer[features].unique().tolist():
             slots = (f.layer[features] == layer).nonzero(as_tuple=True)[0]
             chosen = features[slots]
-            vectors = self.ts.encoder_vectors(self.ts.block_at(layer), f.index[chosen])
+            vectors = self.ts.encoder_vectors(self.ts.block_for(layer), f.index[chosen])
             read = rp.block_in[layer][slots, f.pos[chosen]]
             total = total + (read * vectors.to(read.dtype)).sum()
         return total
 
     def _contract(self, g_embed: torch.Tensor | None, g_out: dict[int, torch.Tensor | None], n: int) -> torch.Tensor:
         """Edges of ``n`` targets from their gradients: ``source vector . gradient`` for every source."""
-        row = torch.zeros(n, self.n_nodes, dtype=self.rec.embed.dtype)
+        row = torch.zeros(n, self.n_nodes, dtype=self.rec.embed.dtype, device=self.rec.embed.device)
         if g_embed is not None:
             row[:, self.token_offset : self.logit_offset] = (g_embed[:n] * self.rec.embed).sum(-1)
         for layer, g in g_out.items():
@@ -167,9 +170,10 @@ class RowBuilder:
             pos = self.rec.features.pos[a:b]
             counts = torch.bincount(pos, minlength=self.n_pos)
             starts = torch.cumsum(counts, 0) - counts
-            slot = torch.arange(b - a) - starts[pos]
-            index = torch.full((self.n_pos, max(1, int(counts.max()) if b > a else 1)), -1, dtype=torch.long)
-            index[pos, slot] = torch.arange(a, b)
+            slot = torch.arange(b - a, device=pos.device) - starts[pos]
+            width = max(1, int(counts.max()) if b > a else 1)
+            index = torch.full((self.n_pos, width), -1, dtype=torch.long, device=pos.device)
+            index[pos, slot] = torch.arange(a, b, device=pos.device)
             self._layouts[source.layer] = (index, index >= 0)
         return self._layouts[source.layer]
 
@@ -178,18 +182,18 @@ class RowBuilder:
         """Each row's value in the real forward and its bias (the read with every source zeroed)."""
         f, rec = self.rec.features, self.rec
         is_feature = row_nodes < self.n_feat
-        feats = row_nodes[is_feature]
+        feats = row_nodes[is_feature].to(f.layer.device)
         logit_k = row_nodes[~is_feature] - self.logit_offset
         with replay(model, self.ts, rec, 1, mode="bias") as zero:
-            bias_feat = torch.zeros(feats.numel(), dtype=torch.float64)
+            bias_feat = torch.zeros(feats.numel(), dtype=torch.float64, device=f.layer.device)
             for layer in f.layer[feats].unique().tolist():
                 sel = (f.layer[feats] == layer).nonzero(as_tuple=True)[0]
-                block = self.ts.block_at(layer)
+                block = self.ts.block_for(layer)
                 idx, pos = f.index[feats[sel]], f.pos[feats[sel]]
                 vectors = self.ts.encoder_vectors(block, idx)
                 read = zero.block_in[layer][0, pos]
                 b_enc = self.ts.b_enc(block)[idx]
                 bias_feat[sel] = ((read * vectors.to(read.dtype)).sum(-1) + b_enc.to(read.dtype)).double()
-            bias_logit = self.tg.values(zero.final[0, -1]).double()[logit_k]
-        values = torch.cat([f.pre[feats].double(), self.tg.values(rec.final[-1]).double()[logit_k]])
-        return values, torch.cat([bias_feat, bias_logit])
+            bias_logit = self.tg.values(zero.final_output()[0, -1]).double()[logit_k.to(f.layer.device)]
+        values = torch.cat([f.pre[feats].double(), self.tg.values(rec.final[-1]).double()[logit_k.to(f.layer.device)]])
+        return values.cpu(), torch.cat([bias_feat, bias_logit]).cpu()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,7 +85,8 @@ def logit_targets(
 
 def demeaned_unembedding(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(``W_U[ids] - mean(W_U)`` ``[K, d]``, demeaned output bias ``[K]``) of the model's unembedding."""
-    unembed = model.get_output_embeddings()
+    hf_model: Any = model  # a transformers PreTrainedModel; nn.Module's typing does not know its methods
+    unembed = hf_model.get_output_embeddings()
     weight = unembed.weight.detach()
     if ids.numel() and (int(ids.max()) >= weight.shape[0] or int(ids.min()) < 0):
         raise ConfigError(f"target token ids must lie in [0, {weight.shape[0]}); got {ids.tolist()}")
@@ -92,10 +94,10 @@ def demeaned_unembedding(model: nn.Module, ids: torch.Tensor) -> tuple[torch.Ten
     bias = getattr(unembed, "bias", None)
     if isinstance(bias, torch.Tensor):
         return vectors, bias.detach()[ids] - bias.detach().mean()
-    return vectors, torch.zeros(ids.numel(), dtype=weight.dtype)
+    return vectors, torch.zeros(ids.numel(), dtype=weight.dtype, device=weight.device)
 
 
-def _target_ids(targets: Sequence[int | str] | torch.Tensor, tokenizer: object | None) -> torch.Tensor:
+def _target_ids(targets: Sequence[int | str] | torch.Tensor, tokenizer: Any) -> torch.Tensor:
     if isinstance(targets, torch.Tensor):
         return targets.reshape(-1).long()
     ids = []
@@ -114,5 +116,5 @@ def _target_ids(targets: Sequence[int | str] | torch.Tensor, tokenizer: object |
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _decode(tokenizer: object | None, token_id: int) -> str:
-    return tokenizer.decode([token_id]) if tokenizer is not None else f"<{token_id}>"
+def _decode(tokenizer: Any, token_id: int) -> str:
+    return str(tokenizer.decode([token_id])) if tokenizer is not None else f"<{token_id}>"

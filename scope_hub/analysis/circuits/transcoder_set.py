@@ -111,7 +111,7 @@ class TranscoderSet:
             hook_out = self._resolve(model, explicit_out, config.site_out or "mlp_out", layer)
             model_layer = self.adapter.layer_of(hook_out)
             expected = str(self.adapter.mlp_block(model_layer).output) if model_layer is not None else None
-            if hook_out != expected:
+            if model_layer is None or hook_out != expected:
                 raise ConfigError(
                     f"{name}: writes {hook_out}, which is not an MLP block output (expected e.g. {expected}); "
                     "attribution replaces MLP blocks"
@@ -124,6 +124,8 @@ class TranscoderSet:
     def _resolve(model: nn.Module, explicit: str | None, site: str, layer: int | None) -> str:
         if explicit is not None:
             hp = Hookpoint.parse(explicit.replace("{layer}", str(layer)))
+        elif layer is None:
+            raise ConfigError(f"a dictionary at site {site} names neither a hook point nor a layer")
         else:
             hp = resolve_hookpoint(model, site, int(layer))
         hp.resolve(model)  # fail now, not mid-forward
@@ -142,6 +144,13 @@ class TranscoderSet:
     def block_at(self, layer: int) -> Block | None:
         """The block replacing model layer ``layer``'s MLP, if any."""
         return next((b for b in self.blocks if b.layer == layer), None)
+
+    def block_for(self, layer: int) -> Block:
+        """The block replacing model layer ``layer``'s MLP (a layer with features always has one)."""
+        block = self.block_at(layer)
+        if block is None:
+            raise ConfigError(f"no dictionary replaces the MLP block of layer {layer}; features cannot live there")
+        return block
 
     def mlp_out(self, layer: int) -> str:
         """The MLP block output hookpoint of any model layer (replaced during replay)."""
@@ -206,14 +215,16 @@ class TranscoderSet:
 
     def _decoder_matrix(self, source: Block, target: Block) -> torch.Tensor:
         w_dec = self._param(source, "w_dec")  # a view, never a copy: CLT decoders can be GBs
-        return w_dec if source.clt_index is None else w_dec[:, target.clt_index - source.clt_index]
+        if source.clt_index is None or target.clt_index is None:
+            return w_dec
+        return w_dec[:, target.clt_index - source.clt_index]
 
     def skip(self, block: Block, x: torch.Tensor) -> torch.Tensor | None:
         """The affine skip path's output for ``x`` (None when the dictionary has none)."""
         d = block.dictionary
         if isinstance(d, SkipTranscoder):
             return d.skip(x)
-        if isinstance(d, CrossLayerTranscoder) and d.config.affine_skip:
+        if isinstance(d, CrossLayerTranscoder) and d.config.affine_skip and block.clt_index is not None:
             return d.skip_layer(block.clt_index, x)
         return None
 
