@@ -193,11 +193,16 @@ class DistContext:
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        large = [p.grad for p in params if p.grad.is_contiguous() and p.grad.nbytes >= IN_PLACE_BYTES]
-        small = [p.grad for p in params if not (p.grad.is_contiguous() and p.grad.nbytes >= IN_PLACE_BYTES)]
+        # Split by the parameter's size, never by the gradient's layout: every rank must issue the same
+        # collectives in the same order, whatever strides autograd gave its gradients.
+        large = [p.grad for p in params if p.nbytes >= IN_PLACE_BYTES]
+        small = [p.grad for p in params if p.nbytes < IN_PLACE_BYTES]
         for grad in large:
-            dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=self.group)
-            grad /= self.world
+            buffer = grad if grad.is_contiguous() else grad.contiguous()
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM, group=self.group)
+            buffer /= self.world
+            if buffer is not grad:
+                grad.copy_(buffer)
         if small:
             flat = torch.cat([g.reshape(-1) for g in small])
             dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)

@@ -302,7 +302,7 @@ class DistributedModules:
         for turn in range(self.job.world):
             if turn == self.job.rank:
                 yield None
-            self.job.barrier()
+            self.job.final_wait()  # evaluation and publishing may outlast the collective timeout
 
     def resume_step(self, cfgs: list[TrainConfig]) -> int:
         """The newest step every target of the job has a checkpoint at (0: start over), agreed by all ranks.
@@ -311,23 +311,34 @@ class DistributedModules:
         step together, so each resumes from the newest step they share.
         """
         common: set[int] | None = None
-        for cfg in cfgs:
-            found = _checkpoints(cfg)
-            if found and load_checkpoint(found[-1]).state["fingerprint"] != cfg.fingerprint():
-                raise ConfigError(  # never start over on top of another run's checkpoints
-                    f"{found[-1]} was written by a different configuration; give this run its own "
-                    "train.checkpoint_dir or set train.resume=false to start over there"
-                )
-            steps = {int(str(p).rstrip("/").rsplit("_", 1)[1]) for p in found}
-            common = steps if common is None else common & steps
+        had_checkpoints = False
+        with self.job.together():  # a refusal on one rank stops every rank with its message
+            for cfg in cfgs:
+                found = _checkpoints(cfg)
+                if found and load_checkpoint(found[-1]).state["fingerprint"] != cfg.fingerprint():
+                    raise ConfigError(  # never start over on top of another run's checkpoints
+                        f"{found[-1]} was written by a different configuration; give this run its own "
+                        "train.checkpoint_dir or set train.resume=false to start over there"
+                    )
+                had_checkpoints |= bool(found)
+                steps = {int(str(p).rstrip("/").rsplit("_", 1)[1]) for p in found}
+                common = steps if common is None else common & steps
         candidates = sorted(common or set())
         agreed: int | None = None
         while True:  # each round lowers the bound until every rank has the step (0 always qualifies)
             mine = max((s for s in candidates if agreed is None or s <= agreed), default=0)
             lowest = int(self.job.minimum(float(mine)))
             if lowest == agreed:
-                return lowest
+                break
             agreed = lowest
+        if lowest == 0 and self.job.any(had_checkpoints):
+            # Starting over beside newer checkpoints would let their pruning delete the fresh ones.
+            raise ConfigError(
+                "the targets' checkpoints in train.checkpoint_dir share no step (a job killed between "
+                "owners' checkpoints with train.keep_checkpoints too small to keep a common one); start over "
+                "with a new train.checkpoint_dir, or keep train.keep_checkpoints >= 2"
+            )
+        return lowest
 
     def for_owner(self, cfg: TrainConfig) -> TrainConfig:
         """The owned target's config as its Trainer takes it: resumed here, not by the Trainer itself."""
