@@ -191,14 +191,50 @@ def folded_files(dictionary: Dictionary) -> tuple[DictionaryConfig, Files]:
     return config.model_copy(update={"normalization": type(norm)()}), out
 
 
+def check_encoder_shapes(w_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor) -> None:
+    """Refuse (:class:`ShapeMismatchError`) an encoder whose biases do not fit ``w_enc`` ``[d_in, d_sae]``.
+
+    Foreign files are read before any config can check them; without this, arithmetic on their
+    tensors fails with torch's bare ``RuntimeError``.
+    """
+    if w_enc.dim() != 2:
+        raise ShapeMismatchError(
+            f"encoder weight has shape {tuple(w_enc.shape)}; expected [d_in, d_sae]",
+            tensor="w_enc",
+            actual=tuple(w_enc.shape),
+        )
+    d_in, d_sae = w_enc.shape
+    for name, tensor, want in (("b_enc", b_enc, (d_sae,)), ("b_dec", b_dec, (d_in,))):
+        if tuple(tensor.shape) != want:
+            raise ShapeMismatchError(
+                f"{name} has shape {tuple(tensor.shape)} but the encoder weight {tuple(w_enc.shape)} needs {list(want)}",
+                tensor=name,
+                expected=want,
+                actual=tuple(tensor.shape),
+            )
+
+
 def fold_b_dec_in(b_enc: torch.Tensor, w_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
     """Encoder bias of ``(x - b_dec) @ w_enc + b`` rewritten as ``x @ w_enc + b_enc``: ``b_enc - b_dec @ w_enc``."""
+    check_encoder_shapes(w_enc, b_enc, b_dec)
     return (b_enc.double() - b_dec.double() @ w_enc.double()).to(b_enc.dtype)
 
 
 def unfold_b_dec_in(b_enc: torch.Tensor, w_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`fold_b_dec_in`: the bias a subtract-``b_dec``-first format stores."""
+    check_encoder_shapes(w_enc, b_enc, b_dec)
     return (b_enc.double() + b_dec.double() @ w_enc.double()).to(b_enc.dtype)
+
+
+def scalar_tensor(tensor: torch.Tensor, name: str) -> float:
+    """The one value a stored scalar tensor (``k``, a BatchTopK ``threshold``) holds."""
+    if tensor.numel() != 1:
+        raise ShapeMismatchError(
+            f"{name} must hold one value, got a tensor of shape {tuple(tensor.shape)}",
+            tensor=name,
+            actual=tuple(tensor.shape),
+        )
+    return float(tensor.reshape(()).item())
 
 
 # --- embedded config -----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from scope_hub.interop.common import (
     finish_load,
     fold_b_dec_in,
     read_json,
+    scalar_tensor,
     unfold_b_dec_in,
     write_json,
 )
@@ -120,9 +121,11 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     if cls == "JumpReluAutoEncoder":
         params["threshold"], fields["architecture"] = state["threshold"], JUMPRELU
     elif cls in ("AutoEncoderTopK", "BatchTopKSAE", "MatryoshkaBatchTopKSAE"):
-        fields.update(architecture=TOPK if cls == "AutoEncoderTopK" else BATCHTOPK, k=int(state["k"]))
+        fields.update(
+            architecture=TOPK if cls == "AutoEncoderTopK" else BATCHTOPK, k=int(scalar_tensor(state["k"], "k"))
+        )
         if cls != "AutoEncoderTopK":
-            params["threshold"] = torch.full_like(b_enc, float(state["threshold"]))
+            params["threshold"] = torch.full_like(b_enc, scalar_tensor(state["threshold"], "threshold"))
         if cls == "MatryoshkaBatchTopKSAE":
             fields["matryoshka_groups"] = [int(g) for g in state["group_sizes"].tolist()]
     submodule = config_field(trainer, "submodule_name", str, where, "")

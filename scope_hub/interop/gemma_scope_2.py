@@ -304,6 +304,13 @@ def _crosscoder(folder: Path, raw: dict[str, Any], spec: FolderSpec | None, mode
             raise ShapeMismatchError(
                 f"{folder}: w_enc {list(w_enc.shape)} / w_dec {list(w_dec.shape)} do not split into {n} layers"
             )
+        if b_dec.numel() != w_dec.shape[1]:
+            raise ShapeMismatchError(
+                f"{folder}: b_dec {list(b_dec.shape)} does not match w_dec {list(w_dec.shape)}",
+                path=str(folder),
+                tensor="b_dec",
+                actual=tuple(b_dec.shape),
+            )
         w_enc = w_enc.reshape(n, w_enc.shape[0] // n, w_enc.shape[1])
         w_dec = w_dec.reshape(w_dec.shape[0], n, w_dec.shape[1] // n)
         b_dec = b_dec.reshape(n, -1)

@@ -36,11 +36,12 @@ import torch
 
 from scope_hub.config_io import gemma_model_id, site_of_hook_point, validate_config
 from scope_hub.dictionaries import Dictionary
-from scope_hub.errors import ConfigError, FormatError, UnknownReleaseError, UnsupportedError
+from scope_hub.errors import ConfigError, FormatError, ShapeMismatchError, UnknownReleaseError, UnsupportedError
 from scope_hub.interop import gemma_scope_1, gemma_scope_2
 from scope_hub.interop.common import (
     EMBED_KEY,
     atomic_folder,
+    check_encoder_shapes,
     config_field,
     embed,
     exported,
@@ -198,6 +199,15 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     if ARCHITECTURES[arch][1] == BATCHTOPK and "topk_threshold" in t:
         threshold = torch.full_like(b_enc, float(t.pop("topk_threshold")))
     if cfg.get("rescale_acts_by_decoder_norm"):
+        check_encoder_shapes(w_enc, b_enc, b_dec)
+        if w_dec.dim() != 2 or w_dec.shape[0] != w_enc.shape[1]:
+            raise ShapeMismatchError(
+                f"{folder / 'sae_weights.safetensors'}: W_dec has shape {tuple(w_dec.shape)}; "
+                f"rescaling by decoder norms needs [{w_enc.shape[1]}, d_out]",
+                path=str(folder),
+                tensor="W_dec",
+                actual=tuple(w_dec.shape),
+            )
         norms = w_dec.double().norm(dim=-1)
         w_enc, b_enc = (w_enc.double() * norms).to(w_enc.dtype), (b_enc.double() * norms).to(b_enc.dtype)
         w_dec = (w_dec.double() / norms[:, None]).to(w_dec.dtype)
@@ -212,6 +222,16 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     tl_in, tl_out = (config_field(meta, name, str, where) for name in ("hook_name", "hook_name_out"))
     site, layer = site_of_hook_point(hook_in) if hook_in else tl_site(tl_in)
     site_out = site_of_hook_point(hook_out)[0] if hook_out else tl_site(tl_out)[0]
+    for name, actual in (("d_in", w_enc.shape[0]), ("d_sae", w_enc.shape[1]), ("d_out", w_dec.shape[-1])):
+        stated = config_field(cfg, name, int, where, None)
+        if stated is not None and stated != actual:
+            raise ShapeMismatchError(
+                f"{where}: {name}={stated} but sae_weights.safetensors holds {actual}; the folder's files disagree",
+                path=str(folder),
+                tensor=name,
+                expected=stated,
+                actual=actual,
+            )
     fields = dict(
         type=type_,
         architecture=activation,

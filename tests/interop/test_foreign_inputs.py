@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from scope_hub.errors import ConfigError, NonFiniteWeightsError, ScopeHubError
 from scope_hub.interop.formats import get_format
+from scope_hub.kinds import kind
 from scope_hub.sources import load_folder
 from tests.interop.cases import CASES
 from tests.test_fuzz_inputs import fuzz_settings, json_values
@@ -186,3 +187,68 @@ def test_nonfinite_foreign_weights_are_refused_unless_allowed(tmp_path, case):
     with pytest.warns(RuntimeWarning, match="contains NaN or inf"):
         loaded = load_folder(folder, fmt=case.fmt, allow_nonfinite=True)
     assert not all(bool(torch.isfinite(p).all()) for p in loaded.parameters())
+
+
+# --- tensors of the wrong shape ------------------------------------------------------------------
+
+
+def _tensor_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.suffix in (".safetensors", ".npz", ".pt")]
+
+
+def _shorten(path: Path, name: str) -> None:
+    """Drop the last row of tensor ``name`` in ``path`` (a truncated bias, a decoder short of a latent)."""
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file, save_file
+
+        arrays = load_file(str(path))
+        arrays[name] = np.ascontiguousarray(arrays[name][:-1])
+        save_file(arrays, str(path))
+    elif path.suffix == ".npz":
+        with np.load(path) as data:
+            arrays = {n: data[n] for n in data.files}
+        arrays[name] = arrays[name][:-1]
+        np.savez(path, **arrays)
+    else:
+        state = torch.load(path, weights_only=True)
+        state[name] = state[name][:-1].clone()
+        torch.save(state, path)
+
+
+def _names(path: Path) -> list[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as handle:
+            return [n for n in handle.keys() if len(handle.get_slice(n).get_shape()) >= 1]  # noqa: SIM118
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            return [n for n in data.files if data[n].ndim >= 1]
+    return [n for n, t in torch.load(path, weights_only=True).items() if t.dim() >= 1]
+
+
+@pytest.mark.parametrize("case", FOREIGN_CASES, ids=lambda c: c.id)
+def test_foreign_tensors_of_the_wrong_shape_raise_typed_errors(tmp_path, case):
+    source = tmp_path / "source"
+    get_format(case.fmt).save(case.make(), source)
+    for file in _tensor_files(source):
+        for name in _names(file):
+            folder = tmp_path / f"{file.stem}-{name}".replace("/", "_")
+            folder.mkdir()
+            for part in source.iterdir():
+                (folder / part.name).write_bytes(part.read_bytes())
+            _shorten(folder / file.name, name)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # an edited folder warns that its embedded config is stale
+                    loaded = load_folder(folder, fmt=case.fmt)
+            except ScopeHubError:
+                continue
+            except Exception:
+                pytest.fail(f"untyped error for {case.id}, {file.name}:{name} one row short:\n{traceback.format_exc()}")
+            # Formats that state no sizes infer them from the tensors: a transcoder with one input
+            # dimension fewer is a valid folder, but what loads must describe its tensors exactly.
+            config = loaded.config
+            assert tuple(loaded.w_enc.shape[-2:]) == (config.d_in, config.d_sae), (case.id, name)
+            assert loaded.w_dec.shape[-1] == config.d_out, (case.id, name)
+            assert config.d_in == config.d_out or not kind(config.type).reconstructs_input, (case.id, name)

@@ -122,7 +122,9 @@ def real_logits(model: nn.Module, final: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def record(model: nn.Module, ts: TranscoderSet, input_ids: torch.Tensor, source_mask: torch.Tensor) -> Recording:
     """Run the real model once on ``input_ids`` ``[T]`` and decompose every MLP block output."""
-    ids = input_ids.reshape(1, -1)
+    device = next(model.parameters()).device  # callers may hand CPU ids and masks to a model on a GPU
+    ids = input_ids.reshape(1, -1).to(device)
+    source_mask = source_mask.to(device)
     ins = [b.hook_in for b in ts.blocks]
     outs = [ts.mlp_out(L) for L in range(ts.n_layers)]
     fin, emb = final_hookpoint(ts), _embed_hookpoint(model)
