@@ -154,8 +154,8 @@ def init_dictionary(
     direction (or, with ``d_in == d_out``, the encoder's transpose: an input direction, meaningless as
     an output). With an unrelated decoder a latent's first gradients push its encoder away from the
     tokens it fires on (its output does not match their target) and it dies before its decoder has
-    moved: on planted transcoder data 46% of the latents ended dead with random or transposed decoders,
-    7% with this init.
+    moved: measured on the quick demo's transcoder, 40.3% dead at FVU 0.255 with the transposed encoder,
+    2.3% dead at FVU 0.219 with this init.
     """
     arch, d_sae = cfg.dictionary.architecture, cfg.dictionary.d_sae
     reconstructs = kind(cfg.dictionary.type).reconstructs_input
