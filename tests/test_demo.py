@@ -12,14 +12,15 @@ from trainers.demo import QUICK, demo_key, main
 pytestmark = pytest.mark.integration
 
 # Thresholds measured on the quick plan (24k harvested tokens, 120k training tokens, 1024 latents, k=32):
-# the SAE reached FVU 0.126, ΔLM loss 0.94 nats and 5.5% dead latents, the transcoder FVU 0.255, ΔLM loss
-# 0.11 nats and 40.3% dead; the margins absorb seed- and thread-order noise.
+# the SAE reached FVU 0.126, ΔLM loss 0.94 nats and 5.5% dead latents, the transcoder FVU 0.219 and 2.3%
+# dead (0.255 and 40.3% before its decoder started from the input/output covariance); the margins absorb
+# seed- and thread-order noise.
 SAE_MAX_FVU, SAE_MAX_DELTA_LM = 0.3, 3.0
 TRANSCODER_MAX_FVU, TRANSCODER_MAX_DELTA_LM = 0.45, 1.0
 SAE_MAX_DEAD = 0.10
 """Latents that never fire on the held-out tokens (centred init, aux-k, beta1 0.9, lr 1e-3)."""
-TRANSCODER_MAX_DEAD = 0.5
-"""The transcoder keeps ~40% dead latents with the same settings (lr 5e-4: 10.7% dead, but FVU 0.31)."""
+TRANSCODER_MAX_DEAD = 0.10
+"""The same bound as the SAE's: the transcoder's decoder starts at the output its encoder predicts."""
 
 
 def _corpus_hash(out: str) -> str:

@@ -1,7 +1,9 @@
 """Building a fresh dictionary to train, initialising it, and keeping its constraints.
 
 * Decoder rows (per latent, flattened over output layers for CLTs) start at
-  unit norm; SAE encoders start as the decoder's transpose (tied init).
+  unit norm; SAE encoders start as the decoder's transpose (tied init); a
+  transcoder's decoder row starts as the output its encoder column predicts
+  linearly (:func:`input_output_covariance`), the transcoder's analogue of tying.
 * After each step decoder rows go back to unit norm and JumpReLU thresholds
   stay non-negative.
 
@@ -109,6 +111,23 @@ def randn_rows(
     return out
 
 
+def input_output_covariance(x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer i, the covariance ``[d_in, (L - i) * d_out]`` of input i with the outputs layer i writes.
+
+    ``x`` ``[batch, L, d_in]``, ``t`` ``[batch, L, d_out]``. A latent that reads direction ``w``
+    of the input is best decoded, to first order, along ``w @ C``: the output that moves with
+    ``x @ w`` (for an SAE on whitened inputs that is ``w`` itself, the tied init).
+
+    Example:
+        >>> x = torch.tensor([[[1.0]], [[3.0]]]); t = torch.tensor([[[2.0, 0.0]], [[6.0, 1.0]]])
+        >>> [c.tolist() for c in input_output_covariance(x, t)]
+        [[[4.0, 1.0]]]
+    """
+    batch, n_layers = x.shape[0], x.shape[1]
+    xc, tc = x - x.mean(0, keepdim=True), t - t.mean(0, keepdim=True)
+    return [xc[:, i].T @ tc[:, i:].reshape(batch, -1) / max(1, batch - 1) for i in range(n_layers)]
+
+
 @torch.no_grad()
 def init_dictionary(
     dictionary: Dictionary,
@@ -117,6 +136,7 @@ def init_dictionary(
     b_dec: torch.Tensor | None = None,
     latents: tuple[int, int] | None = None,
     x_mean: torch.Tensor | None = None,
+    covariance: list[torch.Tensor] | None = None,
 ) -> None:
     """Initialise every parameter (``b_dec`` [L, d_out]: e.g. the mean target; zeros when None).
 
@@ -128,18 +148,30 @@ def init_dictionary(
     Residual streams have a large mean; without this, every latent whose random direction points away
     from it starts with negative pre-activations on all tokens, never fires, and gets no gradient (not
     even from aux-k, whose activations are ReLU'd): measured 30% dead latents on the quick demo's SAE.
+
+    ``covariance`` (:func:`input_output_covariance` of a batch) starts a transcoder's decoder row at
+    ``normalise(w_enc[:, j] @ C)``, the output its encoder direction predicts, instead of a random
+    direction (or, with ``d_in == d_out``, the encoder's transpose: an input direction, meaningless as
+    an output). With an unrelated decoder a latent's first gradients push its encoder away from the
+    tokens it fires on (its output does not match their target) and it dies before its decoder has
+    moved: measured on the quick demo's transcoder, 40.3% dead at FVU 0.255 with the transposed encoder,
+    2.3% dead at FVU 0.219 with this init.
     """
     arch, d_sae = cfg.dictionary.architecture, cfg.dictionary.d_sae
+    reconstructs = kind(cfg.dictionary.type).reconstructs_input
     for i, lp in enumerate(layer_params(dictionary)):
         w_dec = randn_rows((d_sae, *lp.w_dec.shape[1:]), gen, latents)
         flat = w_dec.view(w_dec.shape[0], -1)
         flat /= flat.norm(dim=1, keepdim=True)
         lp.w_dec.copy_(w_dec)
-        if lp.w_dec.dim() == 2 and lp.w_dec.shape[1] == lp.w_enc.shape[0]:
+        if reconstructs:
             lp.w_enc.copy_(lp.w_dec.T)
         else:
             w_enc = randn_rows((d_sae, lp.w_enc.shape[0]), gen, latents)
             lp.w_enc.copy_((w_enc / w_enc.norm(dim=1, keepdim=True)).T)
+            if covariance is not None:
+                predicted = lp.w_enc.T @ covariance[i].to(lp.w_enc)
+                lp.w_dec_flat().copy_(predicted / predicted.norm(dim=1, keepdim=True).clamp_min(1e-12))
         if x_mean is not None:
             lp.b_enc.copy_(-(x_mean[i].to(lp.w_enc) @ lp.w_enc))
         else:

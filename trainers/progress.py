@@ -1,6 +1,6 @@
 """What a user sees while a run goes: a tqdm bar on a terminal, plain lines off it, ``metrics.jsonl`` always.
 
-* :class:`Progress`: the bar with loss, L0, FVU and tok/s (one per dictionary in a run of several);
+* :class:`Progress`: the bar with loss, L0, FVU, dead fraction and tok/s (one per dictionary in a run of several);
 * :class:`PlainTicker`: a plain line about every 30 seconds for long loops (harvesting) when stderr is
   not a terminal, so ``make demo | tee log`` and batch-job logs show progress;
 * :class:`RunLog`: rank 0's record of one dictionary's training: every logged step appended to
@@ -72,6 +72,7 @@ class Progress:
             loss=f"{stats.get('loss', 0):.4g}",
             l0=f"{stats.get('l0', 0):.1f}",
             fvu=f"{stats.get('fvu', 0):.3f}",
+            dead=f"{100 * stats.get('dead', 0):.1f}%",
             tok_s=f"{stats.get('tok_s', 0):.0f}",
             refresh=False,
         )

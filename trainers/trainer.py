@@ -35,7 +35,7 @@ import torch
 
 from scope_hub.dictionaries import Dictionary
 from scope_hub.errors import ConfigError
-from scope_hub.kinds import JUMPRELU, RELU, architecture
+from scope_hub.kinds import JUMPRELU, RELU, architecture, kind
 from trainers.checkpoint import (
     Checkpoint,
     commit_checkpoint,
@@ -69,6 +69,7 @@ from trainers.params import (
     apply_constraints,
     build_dictionary,
     init_dictionary,
+    input_output_covariance,
     remove_parallel_grads,
     trainable_parameters,
 )
@@ -124,7 +125,10 @@ class Trainer:
         )
         x, t = self._normalized(*src.batch(0, cfg.train.batch_size))
         gen = torch.Generator().manual_seed(cfg.train.seed)
-        init_dictionary(self.dictionary, cfg, gen, b_dec=t.mean(0), latents=shard, x_mean=x.mean(0))
+        covariance = None if kind(cfg.dictionary.type).reconstructs_input else input_output_covariance(x, t)
+        init_dictionary(
+            self.dictionary, cfg, gen, b_dec=t.mean(0), latents=shard, x_mean=x.mean(0), covariance=covariance
+        )
         self.params = layer_params(self.dictionary)
         self.named = trainable_parameters(self.dictionary)
         self.optimizer = make_optimizer(self.named, cfg.optim)

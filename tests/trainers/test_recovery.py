@@ -98,7 +98,9 @@ def test_skip_transcoder_recovers_atoms_and_uses_its_skip_path() -> None:
     # (x @ M is a linear image of the sparse code, which the decoder can absorb); with it, M is only
     # partly identifiable within this budget: TopK's truncation errors are correlated with x, and
     # the skip path legitimately soaks some of them up. So we check (a) atoms, (b) that the skip
-    # path explains variance a plain transcoder cannot, (c) that it points toward M (measured ~0.58).
+    # path explains variance a plain transcoder cannot (measured FVU 0.340 vs 0.379; the gap was 0.335
+    # vs 0.441 while plain transcoders started from random decoder rows and lost latents to it),
+    # (c) that it points toward M (measured ~0.58).
     planted = PlantedDictionary.create(
         n_atoms=64, d_in=32, d_out=24, active_per_token=3, kind="skip_transcoder", seed=1234
     )
@@ -117,7 +119,7 @@ def test_skip_transcoder_recovers_atoms_and_uses_its_skip_path() -> None:
         f"skip_cos={skip_cos:.3f}"
     )
     assert skip.recovery()[0] >= 0.78
-    assert fvu_skip <= fvu_plain - 0.05
+    assert fvu_skip <= fvu_plain - 0.025
     assert skip_cos >= 0.4
 
 
