@@ -6,6 +6,7 @@ Import-only: each script builds its argument parser (``build_parser``) without r
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
 
@@ -23,7 +24,12 @@ def test_every_script_is_found() -> None:
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_script_accepts_device_and_only(name: str) -> None:
-    module = importlib.import_module(f"benchmarks.{name}")
+    before = dict(os.environ)
+    try:
+        module = importlib.import_module(f"benchmarks.{name}")
+    finally:  # scripts set HF_HUB_OFFLINE & co. at import, for their own process; not for the tests after this one
+        os.environ.clear()
+        os.environ.update(before)
     parser = module.build_parser()
     actions = {option: action for action in parser._actions for option in action.option_strings}
     assert actions["--device"].choices is not None and set(actions["--device"].choices) == {"cpu", "cuda"}

@@ -347,7 +347,7 @@ def test_clt_layer_files_use_gemma_scope_2_full_width_decoders_and_compact_files
     torch.testing.assert_close(again.w_dec(1), clt.w_dec(1), rtol=0, atol=0)
 
 
-def test_gemma_scope_2_crosscoder_folder_points_to_the_converter(tmp_path):
+def test_gemma_scope_2_crosscoder_folder_goes_through_the_converter(tmp_path):
     config = {
         "hf_hook_point_in": "model.layers.5.output",
         "model_name": "gemma-v3-270m-pt",
@@ -356,7 +356,14 @@ def test_gemma_scope_2_crosscoder_folder_points_to_the_converter(tmp_path):
     }
     folder = _gemma_scope_2_folder(tmp_path, "crosscoder/width_16k_l0_small", config, _gs2_tensors(32, 16, 32))
     with pytest.raises(ConfigError, match="scope_hub.interop.gemma_scope_2.load"):
-        load_dictionary(folder)
+        Dictionary.from_pretrained(folder)  # the native reader cannot split the layers; it names the converter
+    loaded = load_dictionary(folder)  # the general loader detects the layout and converts
+    from scope_hub.interop import gemma_scope_2
+
+    converted = gemma_scope_2.load(folder)
+    assert loaded.config.type == converted.config.type
+    for name, tensor in converted.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
