@@ -101,15 +101,7 @@ class Outcome:
 
 def _synthetic(cfg: TrainConfig) -> Environment:
     s = cfg.synthetic
-    planted = PlantedDictionary.create(
-        n_atoms=s.n_atoms,
-        d_in=s.d_in,
-        d_out=s.d_out,
-        n_layers=s.n_layers,
-        active_per_token=s.active_per_token,
-        kind=cfg.dictionary.type,
-        seed=s.seed,
-    )
+    planted = PlantedDictionary.for_config(cfg)
     layers = cfg.harvest.layers if isinstance(cfg.harvest.layers, list) else list(range(s.n_layers))
     source = SyntheticSource(planted, seed=cfg.train.seed, noise=s.noise)
     return Environment(source, layers, targets=[Target("", cfg, None)], sources=[source])  # type: ignore[arg-type]

@@ -20,10 +20,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from scope_hub.errors import ConfigError
 from scope_hub.kinds import SAE, SKIP_TRANSCODER
+
+if TYPE_CHECKING:
+    from trainers.config import TrainConfig
 
 
 def _unit_rows(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -77,6 +82,22 @@ class PlantedDictionary:
             skip = [torch.randn(d_in, d_out, generator=gen) * 0.3 / d_in**0.5 for _ in range(n_layers)]
         probs = torch.full((n_atoms,), min(1.0, active_per_token / n_atoms))
         return cls(enc, dec, probs, skip, kind)
+
+    @classmethod
+    def for_config(cls, cfg: TrainConfig) -> PlantedDictionary:
+        """The planted dictionary a config's ``synthetic`` section and ``dictionary.type`` describe."""
+        s = cfg.synthetic
+        if s is None:
+            raise ConfigError("the config has no synthetic section; set synthetic.d_in, synthetic.n_atoms, ...")
+        return cls.create(
+            n_atoms=s.n_atoms,
+            d_in=s.d_in,
+            d_out=s.d_out,
+            n_layers=s.n_layers,
+            active_per_token=s.active_per_token,
+            kind=cfg.dictionary.type,
+            seed=s.seed,
+        )
 
     @property
     def n_layers(self) -> int:

@@ -53,19 +53,6 @@ def config(*overrides: str) -> TrainConfig:
     return load_config(None, [*FAST, *overrides])
 
 
-def planted_for(cfg: TrainConfig) -> PlantedDictionary:
-    s = cfg.synthetic
-    return PlantedDictionary.create(
-        n_atoms=s.n_atoms,
-        d_in=s.d_in,
-        d_out=s.d_out,
-        n_layers=s.n_layers,
-        active_per_token=s.active_per_token,
-        kind=cfg.dictionary.type,
-        seed=s.seed,
-    )
-
-
 @dataclass
 class PlantedRun:
     planted: PlantedDictionary
@@ -88,7 +75,7 @@ def run_planted(*overrides: str, noise: float = 0.0, planted: PlantedDictionary 
     """Train on planted data; the planted atoms come from ``synthetic.seed`` (or ``planted``),
     the token stream from ``train.seed``."""
     cfg = config(*overrides)
-    planted = planted or planted_for(cfg)
+    planted = planted or PlantedDictionary.for_config(cfg)
     trainer = Trainer(cfg, SyntheticSource(planted, seed=cfg.train.seed, noise=noise))
     return PlantedRun(planted, trainer, trainer.run())
 
