@@ -380,9 +380,10 @@ def setup_verify(parser: argparse.ArgumentParser) -> Runner:
         report = _verify_folders(args.folders) if args.folders else _registry(args).verify(cache=args.cache)
         for problem in report.problems:
             print(problem)
+        cards = "" if args.folders else f", {report.cards_checked} card(s)"
         print(
             f"checked {report.blobs_checked} {'file' if args.folders else 'blob'}(s), {report.manifests_checked} "
-            f"{'card' if args.folders else 'manifest'}(s): "
+            f"{'card' if args.folders else 'manifest'}(s){cards}: "
             f"{len(report.problems)} problem(s)"
         )
         if not report.ok:

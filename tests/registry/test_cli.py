@@ -57,7 +57,7 @@ def test_push_pull_ls_info_lock_yank_gc_reindex_verify(url, tmp_path, capsys):
     assert cli(capsys, "--registry", url, "gc", "--grace", "0")[0] == 0
     assert cli(capsys, "--registry", url, "reindex")[1] == "indexed 2 version(s)\n"
     code, out, _ = cli(capsys, "--registry", url, "verify", "--cache")
-    assert code == 0 and "0 problem(s)" in out
+    assert code == 0 and "2 card(s): 0 problem(s)" in out
 
 
 def _sha(url: str) -> str:
