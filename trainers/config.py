@@ -194,7 +194,8 @@ class LossConfig(_StrictConfig):
     """A latent is dead after not firing for this many training tokens."""
     resample_every: int | None = Field(default=None, gt=0)
     """ReLU/JumpReLU: re-initialise dead latents toward badly reconstructed inputs every N steps (JumpReLU also
-    has the pre-activation loss; TopK kinds use aux-k: resampling them measured worse)."""
+    has the pre-activation loss). Refused for TopK kinds: they revive dead latents with aux-k (resampling them
+    measured worse)."""
     batchtopk_threshold_decay: float = Field(default=0.99, ge=0, lt=1)
     """BatchTopK: EMA decay of the learned inference threshold (mean of the smallest kept activation)."""
 
@@ -320,6 +321,12 @@ class TrainConfig(_StrictConfig):
         d = self.dictionary
         if architecture(d.architecture).needs_k and d.k is None:
             raise ValueError(f"dictionary.k is required for architecture {d.architecture}")
+        if architecture(d.architecture).needs_k and self.loss.resample_every is not None:
+            # The trainer resamples only relu and jumprelu; a setting that silently does nothing misleads.
+            raise ValueError(
+                f"loss.resample_every applies to relu and jumprelu; {d.architecture} revives dead latents with "
+                "aux-k (loss.aux_coefficient, loss.dead_tokens): unset loss.resample_every"
+            )
         if architecture(d.architecture).trains_threshold and d.l0_target is None:
             raise ValueError("dictionary.l0_target is required for jumprelu (the quadratic L0 penalty's target)")
         if d.matryoshka_groups is not None and sum(d.matryoshka_groups) != d.d_sae:

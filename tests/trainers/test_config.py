@@ -43,6 +43,13 @@ def test_errors_name_the_field(override: str, where: str) -> None:
         load_config(None, [source, override])
 
 
+def test_resampling_a_topk_dictionary_is_refused_not_ignored() -> None:
+    topk = ["synthetic.d_in=8", "dictionary.architecture=topk", "dictionary.k=4", "loss.resample_every=10"]
+    with pytest.raises(ConfigError, match=r"loss\.resample_every applies to relu and jumprelu"):
+        load_config(None, topk)
+    load_config(None, [*topk[:1], "dictionary.architecture=relu", "loss.resample_every=10"])
+
+
 def test_every_field_is_documented() -> None:
     def walk(model: type) -> None:
         for name, field in model.model_fields.items():
