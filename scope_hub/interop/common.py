@@ -191,11 +191,12 @@ def folded_files(dictionary: Dictionary) -> tuple[DictionaryConfig, Files]:
     return config.model_copy(update={"normalization": type(norm)()}), out
 
 
-def check_encoder_shapes(w_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor) -> None:
+def check_encoder_shapes(w_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor | None) -> None:
     """Refuse (:class:`ShapeMismatchError`) an encoder whose biases do not fit ``w_enc`` ``[d_in, d_sae]``.
 
-    Foreign files are read before any config can check them; without this, arithmetic on their
-    tensors fails with torch's bare ``RuntimeError``.
+    ``b_dec`` is checked against ``d_in`` only where it is subtracted from the input (pass None for a
+    transcoder, whose ``b_dec`` lives in the output space). Foreign files are read before any config
+    can check them; without this, arithmetic on their tensors fails with torch's bare ``RuntimeError``.
     """
     if w_enc.dim() != 2:
         raise ShapeMismatchError(
@@ -205,7 +206,7 @@ def check_encoder_shapes(w_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.
         )
     d_in, d_sae = w_enc.shape
     for name, tensor, want in (("b_enc", b_enc, (d_sae,)), ("b_dec", b_dec, (d_in,))):
-        if tuple(tensor.shape) != want:
+        if tensor is not None and tuple(tensor.shape) != want:
             raise ShapeMismatchError(
                 f"{name} has shape {tuple(tensor.shape)} but the encoder weight {tuple(w_enc.shape)} needs {list(want)}",
                 tensor=name,

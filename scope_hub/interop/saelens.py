@@ -199,7 +199,7 @@ def load(folder: Path, *, allow_nonfinite: bool = False) -> Dictionary:
     if ARCHITECTURES[arch][1] == BATCHTOPK and "topk_threshold" in t:
         threshold = torch.full_like(b_enc, float(t.pop("topk_threshold")))
     if cfg.get("rescale_acts_by_decoder_norm"):
-        check_encoder_shapes(w_enc, b_enc, b_dec)
+        check_encoder_shapes(w_enc, b_enc, None)  # rescaling touches the encoder and decoder, not b_dec
         if w_dec.dim() != 2 or w_dec.shape[0] != w_enc.shape[1]:
             raise ShapeMismatchError(
                 f"{folder / 'sae_weights.safetensors'}: W_dec has shape {tuple(w_dec.shape)}; "

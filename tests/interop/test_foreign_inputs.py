@@ -252,3 +252,37 @@ def test_foreign_tensors_of_the_wrong_shape_raise_typed_errors(tmp_path, case):
             assert tuple(loaded.w_enc.shape[-2:]) == (config.d_in, config.d_sae), (case.id, name)
             assert loaded.w_dec.shape[-1] == config.d_out, (case.id, name)
             assert config.d_in == config.d_out or not kind(config.type).reconstructs_input, (case.id, name)
+
+
+def test_a_saelens_transcoder_rescaled_by_decoder_norms_loads_with_its_output_space_b_dec(tmp_path):
+    # The shape checks must not hold a transcoder's b_dec [d_out] to the input width.
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    d_in, d_sae, d_out = 6, 16, 8
+    t = {
+        "W_enc": torch.randn(d_in, d_sae, generator=g),
+        "b_enc": torch.randn(d_sae, generator=g),
+        "W_dec": torch.randn(d_sae, d_out, generator=g),
+        "b_dec": torch.randn(d_out, generator=g),
+    }
+    save_file(t, str(tmp_path / "sae_weights.safetensors"))
+    hooks = {"hook_name": "blocks.3.ln2.hook_normalized", "hook_name_out": "blocks.3.hook_mlp_out"}
+    cfg = {
+        "architecture": "transcoder",
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "d_out": d_out,
+        "activation_fn": "relu",
+        "apply_b_dec_to_input": False,
+        "rescale_acts_by_decoder_norm": True,
+        "metadata": {"model_name": "gemma-3-270m", **hooks},
+    }
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    loaded = load_folder(tmp_path, fmt="saelens")
+    x = torch.randn(32, d_in, generator=g, dtype=torch.float64).numpy()
+    w = {k: v.double().numpy() for k, v in t.items()}
+    # Folding the decoder norms into the encoder leaves the transcoder's function unchanged.
+    expected = np.maximum(x @ w["W_enc"] + w["b_enc"], 0) @ w["W_dec"] + w["b_dec"]
+    got = loaded(torch.from_numpy(x).float()).double().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
