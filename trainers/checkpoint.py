@@ -173,11 +173,17 @@ def list_checkpoints(root: str | Path) -> list[Path | str]:
     return [_located(root, fs, p) for p in _complete(fs, base)]
 
 
+def read_checkpoint_state(path: str | Path) -> dict[str, Any]:
+    """A committed checkpoint's ``state.json`` alone (step, fingerprint, ...), without its tensors."""
+    fs, folder = _store(path)
+    with fs.open(f"{folder}/{STATE_FILE}", "rb") as handle:
+        return json.loads(handle.read())
+
+
 def load_checkpoint(path: str | Path, shard: int = 0) -> Checkpoint:
     """Read one checkpoint folder (latent shard ``shard`` of a sharded one), checking its hashes."""
     fs, folder = _store(path)
-    with fs.open(f"{folder}/{STATE_FILE}", "rb") as handle:
-        state = json.loads(handle.read())
+    state = read_checkpoint_state(path)
     files = state.get("files", {TENSORS_FILE: None})
     name = shard_file(shard, len(files))
     target = f"{folder}/{name}"

@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from scope_hub.errors import ConfigError
-from trainers.checkpoint import list_checkpoints, load_checkpoint
+from trainers.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint_state
 from trainers.config import TrainConfig
 from trainers.distributed import DistContext
 from trainers.sources import ActivationSource
@@ -315,7 +315,7 @@ class DistributedModules:
         with self.job.together():  # a refusal on one rank stops every rank with its message
             for cfg in cfgs:
                 found = _checkpoints(cfg)
-                if found and load_checkpoint(found[-1]).state["fingerprint"] != cfg.fingerprint():
+                if found and read_checkpoint_state(found[-1])["fingerprint"] != cfg.fingerprint():
                     raise ConfigError(  # never start over on top of another run's checkpoints
                         f"{found[-1]} was written by a different configuration; give this run its own "
                         "train.checkpoint_dir or set train.resume=false to start over there"
