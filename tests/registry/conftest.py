@@ -53,11 +53,37 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _atomic_conditional_puts() -> None:
+    """Make moto's ``If-None-Match: *`` PUT atomic, as S3's is.
+
+    moto's threaded server looks the key up and then writes it, so two racing exclusive creates can
+    both succeed there (two pushers given the same version), which real S3 never allows. The
+    registry's concurrency tests exercise the protocol, not that emulator gap.
+    """
+    import threading
+
+    from moto.s3.responses import S3Response
+
+    if getattr(S3Response.put_object, "atomic_conditional", False):
+        return
+    original, lock = S3Response.put_object, threading.Lock()
+
+    def put_object(self: S3Response) -> object:
+        if self.headers.get("If-None-Match") != "*":
+            return original(self)
+        with lock:
+            return original(self)
+
+    put_object.atomic_conditional = True  # type: ignore[attr-defined]
+    S3Response.put_object = put_object  # type: ignore[method-assign,assignment]
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real moto S3 server on 127.0.0.1 (shared by the session; each test uses its own bucket)."""
     from moto.server import ThreadedMotoServer
 
+    _atomic_conditional_puts()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
